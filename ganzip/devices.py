@@ -1,0 +1,20 @@
+"""Pick the compute device, refusing clearly when the asked-for one is not there."""
+
+from __future__ import annotations
+
+import torch
+
+from ganzip.errors import UserError
+
+
+def resolve_device(name: str) -> str:
+    name = (name or "cpu").lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but this machine has no usable CUDA GPU; use --device cpu")
+        return name
+    if name != "cpu":
+        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
+    return name

@@ -1,0 +1,172 @@
+"""What a generator costs: parameters, MACs in two conventions, and measured latency.
+
+Papers (GAN Compression, Wavelet KD) report MACs as counted by thop, which charges a ConvTranspose2d as if it
+were a convolution producing its output (out_elements x Cin x k^2): that is how the CycleGAN generator gets
+"56.8G". The real work of a transposed convolution is in_elements x Cout x k^2, 4x less at stride 2, giving
+about 49.5G. ganzip prints both, labelled, so numbers compare with papers and with reality.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _conv_macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> tuple[int, int]:
+    """(paper, exact) MACs of one Conv2d/ConvTranspose2d call."""
+    k = module.kernel_size[0] * module.kernel_size[1] // module.groups
+    if isinstance(module, nn.ConvTranspose2d):
+        return out.numel() * module.in_channels * k, inp.numel() * module.out_channels * k
+    macs = out.numel() * module.in_channels * k
+    return macs, macs
+
+
+def count_macs(module: nn.Module, size: int | tuple[int, int] = 256, batch: int = 1, in_channels: int | None = None
+               ) -> dict[str, int]:
+    """MACs of one forward pass: `paper` (thop convention) and `exact`, convolutions only.
+
+    Norms, activations and padding are left out in both, as in the papers' tables (they add about 0.1%).
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    in_channels = in_channels or _input_channels(module)
+    totals = {"paper": 0, "exact": 0}
+
+    def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        paper, exact = _conv_macs(mod, inputs[0], output)
+        totals["paper"] += paper
+        totals["exact"] += exact
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    try:
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(batch, in_channels, h, w))
+        module.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return totals
+
+
+def _input_channels(module: nn.Module) -> int:
+    spec = getattr(module, "spec", None)
+    if spec is not None:
+        return spec["input_nc"]
+    first = next(m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+    return first.in_channels
+
+
+@dataclass
+class Latency:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _summary(samples: list[float]) -> Latency:
+    ordered = sorted(samples)
+    q = statistics.quantiles(ordered, n=10) if len(ordered) >= 2 else [ordered[0]] * 9
+    return Latency(statistics.median(ordered) * 1e3, q[0] * 1e3, q[-1] * 1e3, len(ordered))
+
+
+def time_alternating(fns: dict[str, Callable[[], object]], runs: int = 20, warmup: int = 3) -> dict[str, Latency]:
+    """Time several callables in alternation so that machine noise (thermal, other load) hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: _summary(s) for name, s in samples.items()}
+
+
+def torch_runner(module: nn.Module, size: int, batch: int = 1, device: str = "cpu") -> Callable[[], object]:
+    module = copy.deepcopy(module).eval().to(device)
+    x = torch.randn(batch, _input_channels(module), size, size, device=device)
+
+    def run() -> object:
+        with torch.inference_mode():
+            out = module(x)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+@dataclass
+class Profile:
+    params: int
+    macs: int
+    macs_exact: int
+    latency_ms: float | None = None
+    latency: Latency | None = None
+    onnx_latency_ms: float | None = None
+
+    def as_dict(self) -> dict:
+        d = {"params": self.params, "macs": self.macs, "macs_exact": self.macs_exact,
+             "latency_ms": self.latency_ms}
+        if self.latency is not None:
+            d["latency"] = self.latency.as_dict()
+        if self.onnx_latency_ms is not None:
+            d["onnx_latency_ms"] = self.onnx_latency_ms
+        return d
+
+
+def static_profile(module: nn.Module, size: int = 256, batch: int = 1) -> Profile:
+    macs = count_macs(module, size, batch)
+    return Profile(count_params(module), macs["paper"], macs["exact"])
+
+
+def profile(student: nn.Module, teacher: nn.Module | None = None, size: int = 256, batch: int = 1, runs: int = 20,
+            warmup: int = 3, threads: int | None = None, device: str = "cpu",
+            extra_runners: dict[str, dict[str, Callable[[], object]]] | None = None) -> dict:
+    """Profile a generator, and with `teacher` the compression and the speedup measured in the same run.
+
+    `extra_runners` maps a model name ("student"/"teacher") to further named runners (e.g. onnxruntime) that
+    join the alternation, so every latency in one report was taken under the same conditions.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    models = {"student": student} if teacher is None else {"student": student, "teacher": teacher}
+    profiles = {name: static_profile(m, size, batch) for name, m in models.items()}
+    fns = {name: torch_runner(m, size, batch, device) for name, m in models.items()}
+    for owner, runners in (extra_runners or {}).items():
+        for key, fn in runners.items():
+            fns[f"{owner}:{key}"] = fn
+    timings = time_alternating(fns, runs=runs, warmup=warmup)
+    for name, prof in profiles.items():
+        prof.latency = timings[name]
+        prof.latency_ms = timings[name].median_ms
+        if f"{name}:onnx" in timings:
+            prof.onnx_latency_ms = timings[f"{name}:onnx"].median_ms
+    result = profiles["student"].as_dict()
+    result.update({"size": size, "batch": batch, "runs": runs, "threads": torch.get_num_threads(), "device": device})
+    if teacher is not None:
+        t, s = profiles["teacher"], profiles["student"]
+        result["teacher"] = t.as_dict()
+        result["compression"] = t.params / s.params
+        result["macs_ratio"] = t.macs / s.macs
+        result["macs_exact_ratio"] = t.macs_exact / s.macs_exact
+        result["speedup"] = t.latency_ms / s.latency_ms
+        if t.onnx_latency_ms and s.onnx_latency_ms:
+            result["onnx_speedup"] = t.onnx_latency_ms / s.onnx_latency_ms
+    return result
