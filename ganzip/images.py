@@ -1,0 +1,108 @@
+"""Image files in and out: the one place that knows about file formats, modes and the [-1, 1] range.
+
+Generators from the CycleGAN code base read and write RGB in [-1, 1]; real folders hold JPEGs, PNGs in gray,
+RGBA, palette or 16-bit modes, and stray non-image files. Everything is converted here so nothing else has to.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ganzip.atomic import write_bytes
+from ganzip.errors import UserError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
+
+
+def list_images(folder: str | os.PathLike, what: str = "image folder") -> list[Path]:
+    """Sorted image files in `folder` (not recursive); other files are skipped with one warning."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise UserError(f"{what} {folder} does not exist; check the path")
+    if not folder.is_dir():
+        raise UserError(f"{what} {folder} is a file, not a folder of images")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} non-image file(s) in {folder}: {', '.join(skipped[:3])}"
+                      + (" ..." if len(skipped) > 3 else ""), stacklevel=2)
+    if not images:
+        raise UserError(f"{what} {folder} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return images
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open any supported image as 8-bit RGB (gray, RGBA, palette and 16-bit images are converted)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"cannot read image {path}: {e}; remove or replace the file") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float tensor (3, H, W) in [-1, 1], as the upstream generators expect."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def to_pil(t: torch.Tensor) -> Image.Image:
+    """Tensor (3, H, W) in [-1, 1] -> PIL RGB, rounding like the upstream `tensor2im`."""
+    arr = ((t.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(arr, mode="RGB")
+
+
+def save_png(img: Image.Image | torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write a PNG atomically."""
+    if torch.is_tensor(img):
+        img = to_pil(img)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return write_bytes(buf.getvalue(), path)
+
+
+def grid(rows: Sequence[Sequence[torch.Tensor]], pad: int = 2) -> torch.Tensor:
+    """Tile images (each (3, H, W) in [-1, 1], all the same size) into one image, rows x columns, white gaps."""
+    h, w = rows[0][0].shape[-2:]
+    n_cols = max(len(r) for r in rows)
+    out = torch.ones(3, len(rows) * (h + pad) - pad, n_cols * (w + pad) - pad)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            out[:, i * (h + pad): i * (h + pad) + h, j * (w + pad): j * (w + pad) + w] = img.detach().float().cpu()
+    return out
+
+
+def load_batch(paths: Iterable[str | os.PathLike], size: int | None = None) -> torch.Tensor:
+    """Load images as one batch (N, 3, size, size) in [-1, 1], resized with bicubic when `size` is given."""
+    tensors = []
+    for p in paths:
+        img = load_rgb(p)
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.BICUBIC)
+        tensors.append(to_tensor(img))
+    return torch.stack(tensors)
