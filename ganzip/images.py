@@ -106,3 +106,13 @@ def load_batch(paths: Iterable[str | os.PathLike], size: int | None = None) -> t
             img = img.resize((size, size), Image.BICUBIC)
         tensors.append(to_tensor(img))
     return torch.stack(tensors)
+
+
+def split_aligned(img: Image.Image, direction: str = "AtoB") -> tuple[Image.Image, Image.Image]:
+    """Split a pix2pix A|B side-by-side image into (input, target) for the given direction."""
+    if direction not in ("AtoB", "BtoA"):
+        raise UserError(f"--direction must be AtoB or BtoA, not {direction!r}")
+    w, h = img.size
+    half = w // 2
+    a, b = img.crop((0, 0, half, h)), img.crop((half, 0, 2 * half, h))
+    return (a, b) if direction == "AtoB" else (b, a)
