@@ -231,11 +231,16 @@ def _recognise(sd: dict, notes: list[str]) -> tuple[dict, dict] | None:
 
 def _guess_specs(sd: dict) -> list[dict]:
     """Upstream-shaped specs whose parameter count could fit `sd`, from the 4-D tensors in order."""
-    convs = [v for k, v in sd.items() if v.dim() == 4]
+    items = list(sd.items())
+    convs = [v for _, v in items if v.dim() == 4]
+    if not convs:
+        return []
+    first = next(i for i, (_, v) in enumerate(items) if v.dim() == 4)
+    after = items[first + 1] if first + 1 < len(items) else ("", torch.empty(0))
+    bias = after[0].endswith("bias") and after[1].dim() == 1  # the tensor after the first conv weight
     stats = any(k.endswith("running_mean") for k in sd)
-    affine_1d = sum(1 for k, v in sd.items() if v.dim() == 1 and k.endswith("weight"))
-    bias = any(k.endswith("bias") and v.dim() == 1 and v.shape[0] == convs[0].shape[0] for k, v in sd.items())
-    norms = [{"norm": "batch"}] if stats else [{"norm": "instance", "affine": affine_1d > 0, "bias": bias}]
+    affine = any(v.dim() == 1 and k.endswith("weight") for k, v in items)
+    norms = [{"norm": "batch"}] if stats else [{"norm": "instance", "affine": affine, "bias": bias}]
     candidates = []
     for norm in norms:
         n_blocks, rem = divmod(len(convs) - 6, 2)
