@@ -1,0 +1,3 @@
+from ganzip.cli import run
+
+run()
