@@ -222,6 +222,56 @@ class _null:
 
 # --- demo / spectrum ---------------------------------------------------------------------------------------
 
+@command("spectrum")
+def spectrum_cmd(
+    checkpoints: list[Path] = typer.Argument(..., help="Generators to compare (teacher first, then students)."),
+    data: Path = typer.Option(..., "--data", help="Folder of input images to translate."),
+    real: Optional[Path] = typer.Option(None, "--real", help="Folder of real target-domain images (the reference)."),
+    direction: Optional[str] = typer.Option(None, help="AtoB or BtoA: --data holds A|B pairs; targets are the reference."),
+    size: Optional[int] = typer.Option(None, help="Resize images to this many pixels (square)."),
+    limit: int = typer.Option(100, help="Use at most this many images from each folder."),
+    levels: int = typer.Option(3, help="Wavelet levels."),
+    wave: str = typer.Option("haar", help="Wavelet (pytorch_wavelets name)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per forward pass."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write a PNG plot here (needs matplotlib)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full analysis as JSON."),
+) -> None:
+    """Power spectrum and wavelet band energies of real images and each generator's outputs."""
+    from ganzip import spectrum
+    from ganzip.devices import resolve_device
+
+    if limit <= 0 or levels <= 0 or batch_size <= 0 or (size is not None and size <= 0):
+        raise UserError("--limit, --levels, --batch-size and --size must be positive integers")
+    if output is not None:
+        from ganzip.atomic import check_writable
+
+        check_writable(output)
+    with console.status("translating and analysing...", spinner="dots") if not as_json else _null():
+        result = spectrum.spectrum(checkpoints, data, real=real, size=size, direction=direction, limit=limit,
+                                   batch_size=batch_size, device=resolve_device(device), wave=wave, levels=levels)
+    if output is not None:
+        result["plot"] = str(spectrum.plot(result, output))
+    if as_json:
+        emit_json(result)
+        return
+    table = Table(title=f"frequency content @ {result['size']}px, reference: {result['reference']}")
+    for col in ("", "images", "HF wavelet share", "HF ratio", "spectral HF ratio", "finest band ratio"):
+        table.add_column(col, justify="right" if col else "left")
+    for name, s in result["series"].items():
+        finest = [s["band_ratios"].get(f"L1_{b}") for b in ("LH", "HL", "HH")]
+        finest = [v for v in finest if v is not None]
+        table.add_row(name, str(s["n_images"]), f"{s['hf_share']:.4f}", _ratio(s["hf_ratio"]),
+                      _ratio(s["spectral_hf_ratio"]), _ratio(sum(finest) / len(finest) if finest else None))
+    console.print(table)
+    console.print("[dim]HF = energy outside the wavelet LL band; ratio = series / reference (below 1: detail lost).[/]")
+    if output is not None:
+        console.print(f"plot: {result['plot']}")
+
+
+def _ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
 
 def run() -> None:
     app()

@@ -1,0 +1,228 @@
+"""Frequency analysis of generator outputs: has a compressed student lost the high frequencies?
+
+The paper behind ganzip observes that small students trained with pixel losses reproduce the low-frequency
+content of the teacher but lose its high-frequency detail, which is why it distils in the wavelet domain. This
+module measures that directly, two ways, on the same images: the azimuthally averaged power spectrum (power at
+each spatial frequency, regardless of orientation) and the energy in each wavelet band (LL and LH/HL/HH per level).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ganzip.errors import UserError
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB -> (N, H, W) luma; one channel is enough to compare spectra and avoids colour weighting."""
+    if x.dim() != 4:
+        raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] == 1:
+        return x[:, 0]
+    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x[:, :3] * w).sum(1)
+
+
+def radial_power_spectrum(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Azimuthally averaged power spectrum of a batch: (frequencies in cycles/pixel, mean power per radius).
+
+    Power is |FFT|^2 with orthonormal scaling (Parseval: the mean over all frequencies equals the image's mean
+    square), averaged over the images and over every frequency whose distance from DC rounds to the same
+    integer radius r = 0 .. min(H, W) // 2. Frequency r / min(H, W) makes sizes comparable.
+    """
+    y = luminance(x.detach().double().cpu()).numpy()
+    n, h, w = y.shape
+    power = (np.abs(np.fft.fft2(y, norm="ortho")) ** 2).mean(axis=0)
+    fy = np.fft.fftfreq(h) * h
+    fx = np.fft.fftfreq(w) * w
+    # Radius in units of the shorter side's frequency step, so a non-square image still bins consistently.
+    scale = min(h, w)
+    radius = np.sqrt((fy[:, None] * scale / h) ** 2 + (fx[None, :] * scale / w) ** 2)
+    bins = np.rint(radius).astype(np.int64)
+    n_bins = scale // 2 + 1
+    keep = bins < n_bins
+    sums = np.bincount(bins[keep], weights=power[keep], minlength=n_bins)
+    counts = np.bincount(bins[keep], minlength=n_bins)
+    spectrum = sums / np.maximum(counts, 1)
+    return np.arange(n_bins) / scale, spectrum
+
+
+def high_frequency_share(freqs: np.ndarray, spectrum: np.ndarray, cutoff: float = 0.25) -> float:
+    """Fraction of the (non-DC) radial power at or above `cutoff` cycles/pixel (0.25 = half of Nyquist)."""
+    ac = spectrum[1:]
+    total = float(ac.sum())
+    return float(ac[freqs[1:] >= cutoff].sum()) / total if total > 0 else 0.0
+
+
+def wavelet_bands(x: torch.Tensor, wave: str = "haar", levels: int = 3) -> dict[str, float]:
+    """Energy per wavelet band (LL, L1_LH, ...), from ganzip.wavelet so the analysis sees what the KD loss sees."""
+    from ganzip.wavelet import band_energies
+
+    energies = band_energies(x.detach().float().cpu(), wave=wave, levels=levels)
+    return {k: float(v) for k, v in energies.items()}
+
+
+def detail_share(bands: dict[str, float]) -> float:
+    """Share of wavelet energy outside LL: the high-frequency content the paper says students lose."""
+    total = sum(bands.values())
+    return (total - bands.get("LL", 0.0)) / total if total > 0 else 0.0
+
+
+def analyse(batches: dict[str, torch.Tensor], reference: str, wave: str = "haar", levels: int = 3,
+            cutoff: float = 0.25) -> dict:
+    """Spectrum and wavelet bands for each named batch, each compared with the `reference` batch.
+
+    `hf_ratio` is the series' high-frequency wavelet energy share over the reference's (1.0 = as much detail as
+    the reference; below 1 = detail lost), `spectral_hf_ratio` the same from the radial spectrum above `cutoff`.
+    """
+    if reference not in batches:
+        raise ValueError(f"reference {reference!r} not among {list(batches)}")
+    series: dict[str, dict] = {}
+    freqs = None
+    for name, x in batches.items():
+        f, spec = radial_power_spectrum(x)
+        if freqs is not None and len(f) != len(freqs):
+            raise UserError(f"{name} images are {tuple(x.shape[-2:])}, unlike the others; use --size to resize all")
+        freqs = f
+        bands = wavelet_bands(x, wave, levels)
+        total = sum(bands.values())
+        series[name] = {
+            "n_images": int(x.shape[0]),
+            "spectrum": spec.tolist(),
+            "bands": bands,
+            "band_fractions": {k: (v / total if total > 0 else 0.0) for k, v in bands.items()},
+            "hf_share": detail_share(bands),
+            "spectral_hf_share": high_frequency_share(f, spec, cutoff),
+        }
+    ref = series[reference]
+    for s in series.values():
+        s["hf_ratio"] = s["hf_share"] / ref["hf_share"] if ref["hf_share"] > 0 else None
+        s["spectral_hf_ratio"] = (s["spectral_hf_share"] / ref["spectral_hf_share"]
+                                  if ref["spectral_hf_share"] > 0 else None)
+        s["band_ratios"] = {k: (v / ref["bands"][k] if ref["bands"].get(k) else None) for k, v in s["bands"].items()}
+    return {"reference": reference, "wave": wave, "levels": levels, "cutoff": cutoff,
+            "frequencies": freqs.tolist(), "series": series}
+
+
+def _unique_names(paths: Sequence[Path]) -> list[str]:
+    names: list[str] = []
+    for p in paths:
+        name = Path(p).name
+        if name in names:
+            name = str(p)
+        names.append(name)
+    return names
+
+
+def load_inputs(data: str | os.PathLike, size: int | None, limit: int | None, direction: str | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Input images (and, for A|B pairs with a direction, their target halves) as [-1, 1] batches."""
+    from PIL import Image
+
+    from ganzip import images
+
+    paths = images.list_images(data, "--data folder")
+    if limit:
+        paths = paths[:limit]
+    inputs, targets = [], []
+    for p in paths:
+        img = images.load_rgb(p)
+        pair = images.split_aligned(img, direction) if direction else (img, None)
+        for part, bucket in zip(pair, (inputs, targets)):
+            if part is None:
+                continue
+            if size is not None and part.size != (size, size):
+                part = part.resize((size, size), Image.BICUBIC)
+            bucket.append(images.to_tensor(part))
+    shapes = {tuple(t.shape) for t in inputs}
+    if len(shapes) > 1:
+        raise UserError(f"images in {data} have different sizes {sorted(shapes)[:3]}; pass --size to resize them")
+    return torch.stack(inputs), (torch.stack(targets) if targets else None)
+
+
+def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, real: str | os.PathLike | None = None,
+             size: int | None = None, direction: str | None = None, limit: int | None = 100, batch_size: int = 4,
+             device: str = "cpu", wave: str = "haar", levels: int = 3) -> dict:
+    """Translate `data` with each generator and analyse the outputs against real images.
+
+    The reference is, in order: the `real` folder; the target halves of A|B pairs (when `direction` is given);
+    otherwise the first checkpoint's outputs (usually the teacher), so a student is judged against it.
+    """
+    from ganzip import archs, images
+    from ganzip import checkpoint as ckpt
+    from ganzip.translate import translate_tensor
+
+    if not checkpoints:
+        raise UserError("give at least one generator checkpoint, e.g. ganzip spectrum teacher.pth student.pth --data DIR")
+    x, targets = load_inputs(data, size, limit, direction)
+    batches: dict[str, torch.Tensor] = {}
+    sources: dict[str, str] = {}
+    if real is not None:
+        real_paths = images.list_images(real, "--real folder")
+        if limit:
+            real_paths = real_paths[:limit]
+        batches["real"] = images.load_batch(real_paths, size or x.shape[-1])
+        sources["real"] = str(real)
+    elif targets is not None:
+        batches["real"] = targets
+        sources["real"] = f"{data} (target halves, {direction})"
+    for name, path in zip(_unique_names([Path(c) for c in checkpoints]), checkpoints):
+        module = ckpt.load_generator(path)
+        multiple = archs.size_multiple(module.spec)
+        if x.shape[-1] % multiple or x.shape[-2] % multiple:
+            raise UserError(f"{path} needs image sides that are multiples of {multiple}, but the images are "
+                            f"{x.shape[-1]}x{x.shape[-2]}; pass --size {max(multiple, x.shape[-1] // multiple * multiple)}")
+        batches[name] = translate_tensor(module.to(device), x.to(device), batch_size).cpu()
+        sources[name] = str(path)
+    reference = "real" if "real" in batches else next(iter(batches))
+    result = analyse(batches, reference, wave, levels)
+    result.update({"data": str(data), "size": int(x.shape[-1]), "sources": sources})
+    return result
+
+
+def plot(result: dict, path: str | os.PathLike) -> Path:
+    """A PNG with the radial spectra (log scale) and each band's energy relative to the reference."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("the plot needs matplotlib: pip install 'ganzip[plot]' (or use --json)") from None
+    from ganzip.atomic import write_bytes
+
+    freqs = np.asarray(result["frequencies"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = list(result["series"])
+    for name in names:
+        s = result["series"][name]
+        style = "--" if name == result["reference"] else "-"
+        ax1.semilogy(freqs[1:], np.maximum(np.asarray(s["spectrum"])[1:], 1e-12), style, label=name)
+    ax1.set_xlabel("spatial frequency (cycles / pixel)")
+    ax1.set_ylabel("power (azimuthal mean)")
+    ax1.set_title("radially averaged power spectrum")
+    ax1.legend(fontsize=8)
+    bands = list(result["series"][result["reference"]]["bands"])
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        ratios = [result["series"][name]["band_ratios"].get(b) or 0.0 for b in bands]
+        ax2.bar(np.arange(len(bands)) + i * width, ratios, width, label=name)
+    ax2.axhline(1.0, color="k", lw=0.8)
+    ax2.set_xticks(np.arange(len(bands)) + width * (len(names) - 1) / 2)
+    ax2.set_xticklabels(bands, rotation=45, ha="right", fontsize=8)
+    ax2.set_ylabel(f"band energy / {result['reference']}")
+    ax2.set_title(f"wavelet band energy ({result['wave']}, {result['levels']} levels)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return write_bytes(buf.getvalue(), path)
