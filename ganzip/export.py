@@ -1,0 +1,138 @@
+"""ONNX export with PyTorch's current (dynamo) exporter, checked against PyTorch in onnxruntime.
+
+An export is only useful if it computes the same function, so every export is loaded back in onnxruntime
+and compared with the PyTorch module on random inputs of two sizes (a dynamic export that only works at
+the traced size would otherwise pass). Batch, height and width are dynamic by default. Weights stay inside
+the one .onnx file: generators are far below protobuf's 2 GB limit and a single file is easier to ship.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ganzip import archs
+from ganzip.atomic import atomic_path, check_writable
+from ganzip.errors import UserError
+
+TOLERANCE = 1e-4
+
+
+def _channels(module: nn.Module) -> int:
+    spec = getattr(module, "spec", None)
+    return spec["input_nc"] if spec else 3
+
+
+def _multiple(module: nn.Module) -> int:
+    spec = getattr(module, "spec", None)
+    return archs.size_multiple(spec) if spec else 1
+
+
+def check_size(module: nn.Module, size: int) -> None:
+    m = _multiple(module)
+    if size <= 0 or size % m:
+        raise UserError(f"--size {size} must be a positive multiple of {m} for this "
+                        f"{archs.describe(module.spec) if getattr(module, 'spec', None) else 'generator'}; "
+                        f"use e.g. --size {max(m, size // m * m)}")
+
+
+def _program(module: nn.Module, size: int, batch: int, opset: int | None, dynamic: bool) -> Any:
+    from torch.export import Dim
+
+    model = copy.deepcopy(module).cpu().eval()
+    x = torch.zeros(batch, _channels(module), size, size)
+    shapes = ({0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC},) if dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter (deprecations inside torch) is not actionable here
+        return torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=shapes, opset_version=opset,
+                                 input_names=["input"], output_names=["output"], verbose=False)
+
+
+def _opset(model_proto: Any) -> int:
+    return next(o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def export_onnx(module: nn.Module, path: str | os.PathLike, opset: int | None = None, dynamic: bool = True,
+                size: int = 256, batch: int = 1) -> dict:
+    """Export to one self-contained .onnx file (written atomically); returns path, bytes, opset and shapes."""
+    check_size(module, size)
+    if opset is not None and opset < 18:
+        raise UserError(f"--opset {opset} is older than PyTorch's exporter supports; use 18 or newer, or leave it out")
+    path = check_writable(path)
+    program = _program(module, size, batch, opset, dynamic)
+    with atomic_path(path) as tmp:
+        program.save(str(tmp), external_data=False)
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    return {"path": str(path), "bytes": path.stat().st_size, "opset": _opset(proto), "dynamic": dynamic,
+            "input_shape": dims, "traced_size": size}
+
+
+def _session(source: str | os.PathLike | bytes, threads: int | None = None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    data = source if isinstance(source, bytes) else str(source)
+    try:
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        where = "the exported model" if isinstance(source, bytes) else str(source)
+        raise UserError(f"onnxruntime {ort.__version__} cannot load {where}: {str(e).splitlines()[0][:160]}; "
+                        f"try a lower --opset") from None
+
+
+def verify(module: nn.Module, onnx_path: str | os.PathLike, sizes: Sequence[int] = (256, 128), batch: int = 1,
+           seed: int = 0, tolerance: float = TOLERANCE) -> dict:
+    """Max |onnxruntime - PyTorch| on random inputs at each size; `ok` when every one is within `tolerance`."""
+    session = _session(onnx_path)
+    name = session.get_inputs()[0].name
+    model = copy.deepcopy(module).cpu().eval()
+    gen = torch.Generator().manual_seed(seed)
+    diffs: dict[int, float] = {}
+    for size in sizes:
+        check_size(module, size)
+        x = torch.randn(batch, _channels(module), size, size, generator=gen)
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        got = session.run(None, {name: x.numpy()})[0]
+        if got.shape != expected.shape:
+            raise UserError(f"onnxruntime output shape {got.shape} differs from PyTorch's {expected.shape} at "
+                            f"size {size}; export with --dynamic or verify at the exported --size")
+        diffs[size] = float(np.abs(got - expected).max())
+    return {"max_abs_diff": diffs, "tolerance": tolerance, "ok": all(d <= tolerance for d in diffs.values())}
+
+
+def verify_sizes(module: nn.Module, size: int, dynamic: bool = True) -> tuple[int, ...]:
+    """The exported size and, for dynamic exports, a second valid size (half of it, or one multiple more)."""
+    if not dynamic:
+        return (size,)
+    m = _multiple(module)
+    half = size // 2
+    return (size, half) if half >= m and half % m == 0 else (size, size + m)
+
+
+def onnx_runner(module: nn.Module, size: int, batch: int = 1, threads: int | None = None) -> Callable[[], object]:
+    """A zero-argument callable running one onnxruntime inference (export and session built once, here)."""
+    check_size(module, size)
+    program = _program(module, size, batch, None, dynamic=False)
+    session = _session(program.model_proto.SerializeToString(), threads)
+    name = session.get_inputs()[0].name
+    feed = {name: np.random.default_rng(0).standard_normal((batch, _channels(module), size, size), dtype=np.float32)}
+
+    def run() -> object:
+        return session.run(None, feed)
+
+    return run

@@ -1,0 +1,116 @@
+"""Run a generator over images: a tensor batch, or a folder written out as PNGs with the same stems.
+
+The generators only give an output the size of their input when height and width are multiples of
+`archs.size_multiple(spec)` (4 for the CycleGAN ResNet, 256 for unet_256). Other sizes are padded by
+reflection up to the next multiple and the output is cropped back, so every image keeps its size and no
+border is invented from zeros. `size` resizes (bicubic, square, like the upstream test script) first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ganzip import archs, images
+from ganzip.errors import UserError
+
+
+def _multiple(module: nn.Module) -> int:
+    spec = getattr(module, "spec", None)
+    return archs.size_multiple(spec) if spec else 1
+
+
+def translate_tensor(module: nn.Module, x: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    """`module(x)` in batches without gradients, for any height/width (reflection-padded, then cropped back)."""
+    if x.dim() != 4:
+        raise ValueError(f"expected (N, C, H, W), got shape {tuple(x.shape)}")
+    if batch_size < 1:
+        raise UserError("--batch-size must be a positive integer")
+    m = _multiple(module)
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % m, (-w) % m
+    device = next(module.parameters()).device
+    outs = []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            chunk = x[start:start + batch_size].to(device)
+            if ph or pw:
+                # reflection needs the pad to be smaller than the side; tiny images fall back to edge copies
+                mode = "reflect" if ph < h and pw < w else "replicate"
+                chunk = F.pad(chunk, (0, pw, 0, ph), mode=mode)
+            outs.append(module(chunk)[..., :h, :w].cpu())
+    return torch.cat(outs)
+
+
+def _as_input(img: Image.Image, channels: int) -> torch.Tensor:
+    if channels == 1:
+        arr = np.asarray(img.convert("L"), dtype=np.float32) / 127.5 - 1.0
+        return torch.from_numpy(arr.copy())[None]
+    if channels != 3:
+        raise UserError(f"this generator takes {channels}-channel input; ganzip translates RGB or gray images only")
+    return images.to_tensor(img)
+
+
+def _as_rgb(t: torch.Tensor) -> torch.Tensor:
+    if t.shape[0] == 1:
+        return t.expand(3, -1, -1)
+    if t.shape[0] != 3:
+        raise UserError(f"this generator outputs {t.shape[0]} channels; ganzip writes RGB or gray images only")
+    return t
+
+
+def translate_folder(module: nn.Module, input_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                     size: int | None = None, batch_size: int = 4, device: str = "cpu", direction: str | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> list[Path]:
+    """Translate every image in `input_dir` into `out_dir/<stem>.png`; returns the written paths in order.
+
+    With `direction` ("AtoB"/"BtoA") the folder holds pix2pix A|B pairs and the input half is translated.
+    """
+    if size is not None and size <= 0:
+        raise UserError("--size must be a positive integer")
+    if batch_size < 1:
+        raise UserError("--batch-size must be a positive integer")
+    files = images.list_images(input_dir, "input folder")
+    stems: dict[str, Path] = {}
+    for p in files:
+        if p.stem in stems:
+            raise UserError(f"{stems[p.stem].name} and {p.name} in {input_dir} would both be written as "
+                            f"{p.stem}.png; rename one")
+        stems[p.stem] = p
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output {out_dir} is a file; give a folder with -o")
+    if out_dir.resolve() == Path(input_dir).resolve():
+        raise UserError("the output folder is the input folder; choose another -o so inputs are not overwritten")
+    module = module.eval().to(device)
+    channels = module.spec["input_nc"] if getattr(module, "spec", None) else 3
+    written: list[Path] = []
+    batch: list[tuple[Path, torch.Tensor]] = []
+
+    def flush() -> None:
+        out = translate_tensor(module, torch.stack([t for _, t in batch]), batch_size)
+        for (p, _), y in zip(batch, out):
+            written.append(images.save_png(_as_rgb(y), out_dir / f"{p.stem}.png"))
+        batch.clear()
+        if progress:
+            progress(len(written), len(files))
+
+    for p in files:
+        img = images.load_rgb(p)
+        if direction:
+            img = images.split_aligned(img, direction)[0]
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.BICUBIC)
+        t = _as_input(img, channels)
+        if batch and (t.shape != batch[0][1].shape or len(batch) >= batch_size):
+            flush()
+        batch.append((p, t))
+    flush()
+    return written
