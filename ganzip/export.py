@@ -124,15 +124,25 @@ def verify_sizes(module: nn.Module, size: int, dynamic: bool = True) -> tuple[in
     return (size, half) if half >= m and half % m == 0 else (size, size + m)
 
 
-def onnx_runner(module: nn.Module, size: int, batch: int = 1, threads: int | None = None) -> Callable[[], object]:
-    """A zero-argument callable running one onnxruntime inference (export and session built once, here)."""
-    check_size(module, size)
-    program = _program(module, size, batch, None, dynamic=False)
-    session = _session(program.model_proto.SerializeToString(), threads)
+def _runner(session: Any, shape: tuple[int, ...], seed: int = 0) -> Callable[[], object]:
     name = session.get_inputs()[0].name
-    feed = {name: np.random.default_rng(0).standard_normal((batch, _channels(module), size, size), dtype=np.float32)}
+    feed = {name: np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)}
 
     def run() -> object:
         return session.run(None, feed)
 
     return run
+
+
+def onnx_runner(module: nn.Module, size: int, batch: int = 1, threads: int | None = None) -> Callable[[], object]:
+    """A zero-argument callable running one onnxruntime inference (export and session built once, here)."""
+    check_size(module, size)
+    program = _program(module, size, batch, None, dynamic=False)
+    session = _session(program.model_proto.SerializeToString(), threads)
+    return _runner(session, (batch, _channels(module), size, size))
+
+
+def file_runner(onnx_path: str | os.PathLike, shape: tuple[int, ...], threads: int | None = None
+                ) -> Callable[[], object]:
+    """Like `onnx_runner`, for an exported file (times exactly what was written)."""
+    return _runner(_session(onnx_path, threads), shape)
