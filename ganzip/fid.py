@@ -160,10 +160,16 @@ def convert_fid_helper(ts_path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return out
 
 
+_CHECKED: set[tuple[str, int, int]] = set()
+
+
 def _check_weights_file(path: Path) -> Path:
     """Refuse files that are not plain tensors or not this Inception (torch-fidelity itself unpickles freely)."""
     if not path.is_file():
         raise UserError(f"Inception weights {path} do not exist; {HOW_TO}")
+    identity = (str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size)
+    if identity in _CHECKED:
+        return path
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
@@ -173,6 +179,7 @@ def _check_weights_file(path: Path) -> Path:
     if not isinstance(sd, dict) or any(k not in sd or tuple(sd[k].shape) != tuple(v.shape)
                                        for k, v in target.items() if not k.endswith("num_batches_tracked")):
         raise UserError(f"{path} is not torch-fidelity's inception-v3-compat state dict; {HOW_TO}")
+    _CHECKED.add(identity)
     return path
 
 
@@ -188,10 +195,10 @@ def resolve_weights(path: str | os.PathLike | None = None, convert: bool = True)
         return _check_weights_file(Path(explicit).expanduser())
     official = torch_fidelity_cache_file()
     if official.is_file():
-        return official
+        return _check_weights_file(official)
     converted = cache_dir() / CONVERTED_NAME
     if converted.is_file():
-        return converted
+        return _check_weights_file(converted)
     source = fid_helper_model_file()
     if source is None or not convert:
         raise UserError(f"the standard Inception weights for FID are not available offline; {HOW_TO}")
@@ -205,7 +212,7 @@ def resolve_weights(path: str | os.PathLike | None = None, convert: bool = True)
     except UserError as e:
         raise UserError(f"cannot cache the converted Inception weights: {e}; set {ENV_CACHE} to a writable folder"
                         ) from None
-    return converted
+    return _check_weights_file(converted)
 
 
 # --- features ----------------------------------------------------------------------------------------------
