@@ -338,7 +338,7 @@ def fid_cmd(
     console.print(table)
     if "fid_delta" in main_result:
         console.print(f"student - teacher FID: {main_result['fid_delta']:+.3f}")
-    console.print(f"[dim]weights: {weights}[/]")
+    console.print(f"[dim]Inception weights: {weights}[/]", soft_wrap=True, highlight=False)
 
 
 @command("export")
@@ -349,7 +349,7 @@ def export_cmd(
                                                                  "checkpoint)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's choice, 18 or newer)."),
     dynamic: bool = typer.Option(True, "--dynamic/--static", help="Dynamic batch, height and width, or fixed to "
-                                                                  "--size."),
+                                                                  "--size (then verified at --size only)."),
     size: int = typer.Option(256, help="Traced input size; also the first verification and timing size."),
     runs: int = typer.Option(20, help="Timed onnxruntime runs."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads (default: its choice)."),
