@@ -201,3 +201,19 @@ def test_bad_explicit_weights_are_refused(tmp_path):
 def test_fid_helper_model_is_found_inside_the_installed_package():
     path = fid.fid_helper_model_file()
     assert path is not None and path.name == "default_1.pt" and path.stat().st_size > 80e6
+
+
+def test_resolution_order_explicit_then_torch_fidelity_cache_then_conversion(weights, monkeypatch, tmp_path):
+    official = tmp_path / "hub" / "weights-inception-2015-12-05-6726825d.pth"
+    official.parent.mkdir()
+    official.symlink_to(weights)
+    monkeypatch.delenv(fid.ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(fid.ENV_CACHE, str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(fid, "torch_fidelity_cache_file", lambda: official)
+    assert fid.resolve_weights() == official  # torch-fidelity's own download is used as is
+    other = tmp_path / "mine.pth"
+    other.symlink_to(weights)
+    assert fid.resolve_weights(other) == other
+    monkeypatch.setenv(fid.ENV_WEIGHTS, str(other))
+    assert fid.resolve_weights() == other
+    assert not (tmp_path / "empty-cache").exists()  # nothing was converted while a file was available
