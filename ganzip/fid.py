@@ -239,10 +239,11 @@ def _uint8(img: "Image.Image") -> torch.Tensor:
 
 def folder_features(folder: str | os.PathLike, weights: str | os.PathLike | None = None, batch_size: int = 16,
                     device: str = "cpu", progress: Callable[[int, int], None] | None = None,
-                    aligned: str | None = None) -> np.ndarray:
+                    aligned: str | None = None, cache: bool = True) -> np.ndarray:
     """pool3 features (N, 2048) of every image in `folder`, cached for this process by file identity.
 
-    With `aligned` ("AtoB"/"BtoA") the folder holds A|B pairs and the target half of each is used.
+    With `aligned` ("AtoB"/"BtoA") the folder holds A|B pairs and the target half of each is used. Freshly
+    generated images pass `cache=False`: they are read once, and temporary folders must not pile up here.
     """
     files = images.list_images(folder)
     path = resolve_weights(weights)
@@ -279,7 +280,8 @@ def folder_features(folder: str | os.PathLike, weights: str | os.PathLike | None
         batch.append(t)
     flush()
     result = np.concatenate(feats, axis=0)
-    _FEATURES[key] = result
+    if cache:
+        _FEATURES[key] = result
     return result
 
 
@@ -347,22 +349,30 @@ def fid_folders(fake_dir: str | os.PathLike, real_dir: str | os.PathLike, kid: b
 
 # --- generators --------------------------------------------------------------------------------------------
 
-def dataset_test_folders(data_dir: str | os.PathLike, direction: str = "AtoB") -> tuple[Path, Path, str | None]:
+def dataset_test_folders(data_dir: str | os.PathLike, direction: str = "AtoB", need_reals: bool = True
+                         ) -> tuple[Path, Path | None, str | None]:
     """(inputs, reals, aligned direction or None) of a dataset folder's test split.
 
     Unaligned (CycleGAN) data: testA -> testB for AtoB. Aligned (pix2pix) data: the first of test, val holding
-    A|B images; inputs and reals are both that folder and are split per image.
+    A|B images; inputs and reals are both that folder and are split per image. Without `need_reals` (the reals
+    come from elsewhere) the target folder may be missing.
     """
+    if direction not in ("AtoB", "BtoA"):
+        raise UserError(f"--direction must be AtoB or BtoA, not {direction!r}")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"--data {data_dir} is not a folder; give a dataset folder with testA/testB or val/test")
     src, dst = ("testA", "testB") if direction == "AtoB" else ("testB", "testA")
-    if (data_dir / src).is_dir() and (data_dir / dst).is_dir():
-        return data_dir / src, data_dir / dst, None
+    if (data_dir / src).is_dir():
+        if (data_dir / dst).is_dir():
+            return data_dir / src, data_dir / dst, None
+        if not need_reals:
+            return data_dir / src, None, None
+        raise UserError(f"--data {data_dir} has {src}/ but no {dst}/ with the real targets; add it or give --real DIR")
     for name in ("test", "val"):
         if (data_dir / name).is_dir():
             return data_dir / name, data_dir / name, direction
-    raise UserError(f"--data {data_dir} has neither testA/testB nor test/ or val/ (aligned A|B); "
+    raise UserError(f"--data {data_dir} has neither {src}/ nor test/ or val/ (aligned A|B); "
                     f"point --data at a dataset folder")
 
 
@@ -375,7 +385,7 @@ def fid_for_generator(module: torch.nn.Module, data_dir: str | os.PathLike, real
     from ganzip.translate import translate_folder
 
     path = resolve_weights(weights)  # fail before translating anything
-    inputs, reals, aligned = dataset_test_folders(data_dir, direction)
+    inputs, reals, aligned = dataset_test_folders(data_dir, direction, need_reals=real_dir is None)
     if real_dir is not None:
         reals, aligned_reals = Path(real_dir), None
     else:
@@ -388,7 +398,7 @@ def fid_for_generator(module: torch.nn.Module, data_dir: str | os.PathLike, real
         def report(name: str) -> Callable[[int, int], None] | None:
             return (lambda done, total: progress(name, done, total)) if progress else None
 
-        fake = folder_features(fake_dir, path, 16, device, report("fake"))
+        fake = folder_features(fake_dir, path, 16, device, report("fake"), cache=False)
         real = folder_features(reals, path, 16, device, report("real"), aligned=aligned_reals)
     result: dict[str, Any] = {"fid": frechet_distance(fake, real), "n_fake": len(fake), "n_real": len(real),
                               "weights": str(path), "inputs": str(inputs), "real_dir": str(reals),

@@ -217,3 +217,16 @@ def test_resolution_order_explicit_then_torch_fidelity_cache_then_conversion(wei
     monkeypatch.setenv(fid.ENV_WEIGHTS, str(other))
     assert fid.resolve_weights() == other
     assert not (tmp_path / "empty-cache").exists()  # nothing was converted while a file was available
+
+
+def test_dataset_folders_and_their_refusals(tmp_path):
+    (tmp_path / "testA").mkdir()
+    with pytest.raises(UserError, match="no testB/"):
+        fid.dataset_test_folders(tmp_path)
+    assert fid.dataset_test_folders(tmp_path, need_reals=False) == (tmp_path / "testA", None, None)
+    (tmp_path / "testB").mkdir()
+    assert fid.dataset_test_folders(tmp_path, "BtoA") == (tmp_path / "testB", tmp_path / "testA", None)
+    with pytest.raises(UserError, match="AtoB or BtoA"):
+        fid.dataset_test_folders(tmp_path, "AB")
+    with pytest.raises(UserError, match="neither"):
+        fid.dataset_test_folders(tmp_path / "testA")
