@@ -1,0 +1,290 @@
+"""From a compression ratio to a student: which widths (uniform or searched), and which of the teacher's channels.
+
+Users ask for "7x smaller", not for widths. `prune` turns the ratio into widths, then `inherit` gives the student
+the teacher's most important channels (`ganzip.channels` knows where each width lives), so distillation starts
+close to the teacher instead of from noise.
+
+`search` is a greedy, NetAdapt-style descent from the teacher: each step tries narrowing every width variable
+(stem, each down/up width, the trunk, each residual block's inner width; each U-Net level) by one step, builds
+each candidate with inherited weights, and keeps the one that loses the least of the teacher's function per
+unit of cost saved. The loss is the mean squared distance between the candidate's and the teacher's outputs on
+a calibration batch: it is what distillation will have to recover, measured directly, on real images when given.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ganzip import archs, channels
+from ganzip.channels import Layout, Path
+from ganzip.errors import UserError
+from ganzip.profile import count_macs, count_params
+
+TOLERANCE = 0.03  # achieved ratio within 3% of the request
+METHODS = ("uniform", "search")
+MEASURES = ("macs", "params")
+
+
+@dataclass
+class PruneResult:
+    module: nn.Module
+    spec: dict
+    achieved: float
+    info: dict = field(default_factory=dict)
+
+
+def _round(w: float, multiple_of: int) -> int:
+    return max(multiple_of, int(w / multiple_of + 0.5) * multiple_of)
+
+
+def uniform_spec(spec: dict, multiplier: float, multiple_of: int = 1) -> dict:
+    """Every width times `multiplier`, rounded to a multiple of `multiple_of` (at least one multiple)."""
+    layout = channels.layout_of(spec)
+    return channels.with_widths(spec, {p: _round(w * multiplier, multiple_of) for p, w in layout.widths().items()})
+
+
+def _check_student(layout: Layout, student_spec: dict) -> dict[Path, int]:
+    fixed = {k: v for k, v in layout.spec.items() if k != "widths"}
+    other = {k: v for k, v in student_spec.items() if k != "widths"}
+    if fixed != other:
+        diff = sorted(k for k in set(fixed) | set(other) if fixed.get(k) != other.get(k))
+        raise ValueError(f"student spec differs from the teacher's outside the widths: {', '.join(diff)}")
+    try:
+        widths = layout.widths(student_spec)
+    except (KeyError, IndexError, TypeError):
+        raise ValueError("student spec widths do not have the teacher's structure") from None
+    teacher = layout.widths()
+    for p, w in widths.items():
+        if not 1 <= w <= teacher[p]:
+            raise ValueError(f"student width {'.'.join(map(str, p))}={w} must be between 1 and the teacher's {teacher[p]}")
+    return widths
+
+
+def inherit(teacher: nn.Module, student_spec: dict) -> nn.Module:
+    """The student of `student_spec` holding the teacher's most important channels (L1, coupled groups jointly)."""
+    layout = channels.layout_of(teacher)
+    widths = _check_student(layout, student_spec)
+    sd = teacher.state_dict()
+    keep = channels.keep_sets(layout, channels.ranking(layout, sd), widths)
+    return channels.materialise(student_spec, channels.slice_state(layout, sd, keep)).eval()
+
+
+class _Problem:
+    """The teacher, its channel layout and ranking, and the analytic cost of any widths."""
+
+    def __init__(self, teacher: nn.Module, by: str, size: int, multiple_of: int):
+        if by not in MEASURES:
+            raise UserError(f"--by must be one of {', '.join(MEASURES)}, not {by!r}")
+        if multiple_of < 1:
+            raise UserError(f"--multiple-of must be a positive integer, not {multiple_of}")
+        self.teacher = teacher
+        self.layout = channels.layout_of(teacher)
+        self.by, self.multiple_of = by, multiple_of
+        self.hw = channels.conv_spatial(self.layout, size) if by == "macs" else None
+        self.full = self.layout.widths()
+        self.base = self.cost(self.full)
+        self.floor = {p: min(multiple_of, w) for p, w in self.full.items()}
+        self._sd = teacher.state_dict()
+        self._ranks: dict[str, torch.Tensor] | None = None
+
+    def cost(self, widths: dict[Path, int]) -> int:
+        return channels.cost(self.layout, widths, self.by, self.hw)
+
+    def ratio(self, widths: dict[Path, int]) -> float:
+        return self.base / self.cost(widths)
+
+    def check_ratio(self, ratio: float) -> None:
+        if not ratio > 1:
+            raise UserError(f"--ratio must be greater than 1 (the teacher itself is 1x), not {ratio}")
+        best = self.ratio(self.floor)
+        if ratio > best * (1 + TOLERANCE):
+            raise UserError(f"--ratio {ratio:g} is out of reach for this {archs.describe(self.layout.spec)}: even "
+                            f"with every width at {self.multiple_of} channel(s) it is {best:.2f}x by {self.by}; "
+                            f"use --ratio {best:.2f} or less")
+
+    def student(self, widths: dict[Path, int]) -> nn.Module:
+        if self._ranks is None:
+            self._ranks = channels.ranking(self.layout, self._sd)
+        keep = channels.keep_sets(self.layout, self._ranks, widths)
+        spec = channels.with_widths(self.layout.spec, widths)
+        return channels.materialise(spec, channels.slice_state(self.layout, self._sd, keep)).eval()
+
+    def uniform(self, ratio: float) -> dict[Path, int]:
+        """The uniform multiplier whose ratio is nearest to `ratio`; candidates make some width exact."""
+        mo = self.multiple_of
+        candidates = {1.0}
+        for w in set(self.full.values()):
+            candidates.update(k * mo / w for k in range(1, w // mo + 1))
+        best, best_err = self.full, math.inf
+        for m in sorted(candidates, reverse=True):
+            widths = {p: min(w, _round(w * m, mo)) for p, w in self.full.items()}
+            err = abs(math.log(self.ratio(widths) / ratio))
+            if err < best_err - 1e-12:
+                best, best_err = widths, err
+        return best
+
+
+def synthetic_batch(n: int, channels_in: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Smooth random images in [-1, 1]: large blobs plus fine texture, like photos more than white noise is."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = F.interpolate(torch.randn(n, channels_in, 8, 8, generator=g), size=(size, size), mode="bicubic",
+                           align_corners=False)
+    fine = 0.15 * torch.randn(n, channels_in, size, size, generator=g)
+    return torch.tanh(coarse + fine)
+
+
+def calibration_batch(folder: str | os.PathLike, size: int, n: int = 8, crop: int = 64, seed: int = 0
+                      ) -> torch.Tensor:
+    """`n` real images spread over `folder`, loaded at the deployment `size`, each cut to a random `crop`.
+
+    Crops keep the scale the network will see at `size` (a whole image shrunk to 64 px would not), while
+    costing the search a sixteenth of full images.
+    """
+    from ganzip.images import list_images, load_batch
+
+    paths = list_images(folder, "calibration folder")
+    chosen = [paths[i * len(paths) // min(n, len(paths))] for i in range(min(n, len(paths)))]
+    batch = load_batch(chosen, size)
+    crop = min(crop, size)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for img in batch:
+        top, left = (int(torch.randint(0, size - crop + 1, (1,), generator=g)) for _ in range(2))
+        out.append(img[:, top:top + crop, left:left + crop])
+    return torch.stack(out)
+
+
+def _distance(module: nn.Module, x: torch.Tensor, target: torch.Tensor) -> float:
+    with torch.inference_mode():
+        return F.mse_loss(module(x), target).item()
+
+
+def _greedy(problem: _Problem, ratio: float, x: torch.Tensor, target_out: torch.Tensor,
+            progress: Callable[[float], None] | None) -> tuple[dict[Path, int], float, int]:
+    """NetAdapt-style descent: narrow the width whose step loses least teacher function per cost saved.
+
+    Scores are re-evaluated lazily: candidates are tried in order of their last known score and the search
+    stops looking once the best fresh score beats every remaining stale one. Narrowing one width rarely
+    changes how much another one matters by much, and this cuts the network evaluations from one per width
+    per step to about two per step. Returns the widths, their distance to the teacher and the evaluations spent.
+    """
+    target_cost = problem.base / ratio
+    mo = problem.multiple_of
+    step = {p: max(mo, _round(w / 8, mo)) for p, w in problem.full.items()}
+    widths, dist, evaluations = dict(problem.full), 0.0, 0
+    stale: dict[Path, float] = {}
+
+    def candidate(p: Path) -> dict[Path, int] | None:
+        if widths[p] <= problem.floor[p]:
+            return None
+        cand = {**widths, p: max(problem.floor[p], (widths[p] - step[p]) // mo * mo)}
+        if problem.cost(cand) < target_cost:  # last step: narrow only as far as the target needs
+            w = cand[p]
+            while w + mo < widths[p] and problem.cost({**widths, p: w + mo}) <= target_cost:
+                w += mo
+            cand[p] = w
+            if problem.ratio(cand) > ratio * (1 + TOLERANCE):
+                return None  # too coarse a step to land on the target; finer widths elsewhere may
+        return cand
+
+    while problem.cost(widths) > target_cost:
+        now = problem.cost(widths)
+        cands = {p: c for p in problem.layout.paths if (c := candidate(p)) is not None}
+        order = sorted(cands, key=lambda p: stale.get(p, -math.inf))
+        best: tuple[float, dict[Path, int], float] | None = None
+        for i, p in enumerate(order):
+            d = _distance(problem.student(cands[p]), x, target_out)
+            evaluations += 1
+            stale[p] = (d - dist) / (now - problem.cost(cands[p]))
+            if best is None or stale[p] < best[0]:
+                best = (stale[p], cands[p], d)
+            if i + 1 < len(order) and best[0] <= stale.get(order[i + 1], -math.inf):
+                break
+        if best is None:
+            break
+        _, widths, dist = best
+        if progress:
+            progress(min(1.0, math.log(problem.ratio(widths)) / math.log(ratio)))
+    return widths, dist, evaluations
+
+
+def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str = "search", size: int = 256,
+          calib: torch.Tensor | None = None, multiple_of: int = 1, seed: int = 0,
+          progress: Callable[[float], None] | None = None) -> PruneResult:
+    """A student `ratio` times smaller than `teacher` (by MACs at `size` px or parameters), with inherited weights.
+
+    `calib` is the batch on which `search` compares candidates with the teacher; without it a fixed synthetic
+    batch is used. `progress` receives the fraction done (search only).
+    """
+    if method not in METHODS:
+        raise UserError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
+    spec = getattr(teacher, "spec", None)
+    if spec is None or not archs.get(spec["arch"]).generator:
+        raise UserError("prune needs a ResNet or U-Net generator built by ganzip (load it with checkpoint.load_generator)")
+    multiple = archs.size_multiple(spec)
+    if size <= 0 or size % multiple:
+        raise UserError(f"--size {size} must be a positive multiple of {multiple} for this {archs.describe(spec)}")
+    teacher = teacher.eval()
+    problem = _Problem(teacher, by, size, multiple_of)
+    problem.check_ratio(ratio)
+    if calib is None:
+        calib_size = max(64, multiple)
+        x, calib_source = synthetic_batch(4, spec["input_nc"], calib_size, seed), "synthetic"
+    else:
+        if calib.dim() != 4 or calib.shape[1] != spec["input_nc"] or calib.shape[-1] % multiple or calib.shape[-2] % multiple:
+            raise UserError(f"calibration batch must be N x {spec['input_nc']} x H x W with H, W multiples of {multiple}")
+        x, calib_source = calib.float(), "images"
+    with torch.inference_mode():
+        target_out = teacher(x)
+
+    uniform = problem.uniform(ratio)
+    uniform_score = _distance(problem.student(uniform), x, target_out)
+    info: dict = {"method": method, "by": by, "ratio": ratio, "size": size, "multiple_of": multiple_of,
+                  "calibration": {"source": calib_source, "images": int(x.shape[0]), "size": list(x.shape[-2:])},
+                  "uniform_score": uniform_score}
+    if method == "uniform":
+        widths, score = uniform, uniform_score
+    else:
+        widths, score, evaluations = _greedy(problem, ratio, x, target_out, progress)
+        info.update({"search_score": score, "evaluations": evaluations})
+        info["picked"] = "search"
+        uniform_ok = abs(problem.ratio(uniform) / ratio - 1) <= TOLERANCE
+        if uniform_ok and uniform_score < score:  # uniform widths are one of the candidates search may return
+            widths, score, info["picked"] = uniform, uniform_score, "uniform"
+
+    student = problem.student(widths)
+    measured = {name: {"params": count_params(m), "macs": count_macs(m, size)["paper"]}
+                for name, m in (("teacher", teacher), ("student", student))}
+    achieved = measured["teacher"][by] / measured["student"][by]
+    if abs(achieved / ratio - 1) > TOLERANCE:
+        raise UserError(f"{method} widths reach {achieved:.2f}x, not within {TOLERANCE:.0%} of --ratio {ratio:g} "
+                        f"(this network is too narrow for fine steps); try --method search or --ratio {achieved:.2f}")
+    info.update({"achieved": achieved, "score": score, **measured})
+    return PruneResult(student, student.spec, achieved, info)
+
+
+def prune_discriminator(spec_or_module: dict | nn.Module, ratio: float) -> nn.Module:
+    """A PatchGAN `ratio` times smaller by parameters (uniform widths), in train mode, ready to be trained.
+
+    With a module its most important channels are inherited; with a spec the weights are freshly initialised.
+    """
+    module = spec_or_module if isinstance(spec_or_module, nn.Module) else None
+    spec = module.spec if module is not None else spec_or_module
+    if spec.get("arch") != "patchgan":
+        raise UserError(f"--disc-ratio prunes a PatchGAN discriminator, not a {spec.get('arch')}")
+    if module is None:
+        with torch.device("meta"):
+            module = archs.build(spec)
+        problem = _Problem(module, "params", 256, 1)
+        problem.check_ratio(ratio)
+        return archs.build(channels.with_widths(spec, problem.uniform(ratio))).train()
+    problem = _Problem(module, "params", 256, 1)
+    problem.check_ratio(ratio)
+    return problem.student(problem.uniform(ratio)).train()
