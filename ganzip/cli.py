@@ -217,6 +217,58 @@ class _null:
 
 # --- prune -------------------------------------------------------------------------------------------------
 
+@command("prune")
+def prune_cmd(
+    teacher: Path = typer.Argument(..., help="Teacher generator checkpoint (upstream or ganzip)."),
+    ratio: float = typer.Option(..., "--ratio", help="Target compression ratio, e.g. 7 for 7x smaller."),
+    by: str = typer.Option("macs", "--by", help="What the ratio counts: macs (paper/thop convention) or params."),
+    method: str = typer.Option("search", "--method", help="search (per-layer widths) or uniform (one multiplier)."),
+    size: int = typer.Option(256, help="Input size (pixels) at which MACs are counted."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of real input images scoring the search "
+                                         "(default: a fixed synthetic batch)."),
+    multiple_of: int = typer.Option(1, "--multiple-of", help="Round every width to a multiple of this."),
+    seed: int = typer.Option(0, help="Seed for the calibration crops."),
+    output: Path = typer.Option(Path("student.pth"), "-o", "--output", help="Where to write the student."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Find a student RATIO times smaller than the teacher and give it the teacher's most important channels."""
+    from rich.progress import Progress
+
+    from ganzip import checkpoint as ckpt
+    from ganzip import prune
+    from ganzip.atomic import check_writable
+
+    check_writable(output)
+    module = ckpt.load_generator(teacher)
+    batch = prune.calibration_batch(calib, size, seed=seed) if calib is not None else None
+    with Progress(console=err_console, transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"{method} for {ratio:g}x by {by}", total=1.0)
+        result = prune.prune(module, ratio, by=by, method=method, size=size, calib=batch, multiple_of=multiple_of,
+                             seed=seed, progress=lambda done: bar.update(task, completed=done))
+    info = result.info
+    ckpt.save_generator(result.module, output, teacher_sha256=ckpt.sha256(teacher), teacher=str(teacher),
+                        ratio=ratio, by=by, method=method, achieved=result.achieved, size=size,
+                        calibration=info["calibration"]["source"])
+    info = {**info, "output": str(output), "spec": result.spec, "architecture": archs.describe(result.spec)}
+    if as_json:
+        emit_json(info)
+        return
+    unit = "MACs" if by == "macs" else "parameters"
+    table = Table(title=f"{teacher} -> {output}")
+    table.add_column("")
+    table.add_column("teacher", justify="right")
+    table.add_column("student", justify="right")
+    table.add_column("ratio", justify="right")
+    t, s = info["teacher"], info["student"]
+    table.add_row("parameters", f"{t['params']:,}", f"{s['params']:,}", f"{t['params'] / s['params']:.2f}x")
+    table.add_row(f"MACs @{size}px (paper/thop)", giga(t["macs"]), giga(s["macs"]), f"{t['macs'] / s['macs']:.2f}x")
+    console.print(table)
+    for key, text in _widths_text(result.spec):
+        console.print(f"  widths.{key}: {text}")
+    console.print(f"ratio by {unit}: [bold]{result.achieved:.2f}x[/] (asked {ratio:g}x); method {method}"
+                  + (f", picked {info['picked']}" if "picked" in info else "")
+                  + f"; distance to teacher on {info['calibration']['source']} calibration: {info['score']:.4g}")
+
 # --- distill -----------------------------------------------------------------------------------------------
 
 # --- translate / fid / export ------------------------------------------------------------------------------
