@@ -360,10 +360,10 @@ def fid_cmd(
 
         if checkpoint is None or data is None:
             raise UserError("give a generator checkpoint and --data DIR (or --fake DIR --real DIR for two folders)")
-        weights = fidlib.resolve_weights(inception_weights)
         models = {"student": ckpt.load_generator(checkpoint)}
         if teacher is not None:
             models["teacher"] = ckpt.load_generator(teacher)
+        weights = fidlib.resolve_weights(inception_weights)  # before any translation starts
         results = {}
         with _progress_bar() as update:
             for name, module in models.items():
