@@ -240,7 +240,8 @@ def prune_cmd(
 
     check_writable(output)
     module = ckpt.load_generator(teacher)
-    batch = prune.calibration_batch(calib, size, seed=seed) if calib is not None else None
+    batch = (prune.calibration_batch(calib, size, multiple=archs.size_multiple(module.spec), seed=seed)
+             if calib is not None else None)
     with Progress(console=err_console, transient=True, disable=as_json) as bar:
         task = bar.add_task(f"{method} for {ratio:g}x by {by}", total=1.0)
         result = prune.prune(module, ratio, by=by, method=method, size=size, calib=batch, multiple_of=multiple_of,

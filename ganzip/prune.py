@@ -140,19 +140,19 @@ def synthetic_batch(n: int, channels_in: int, size: int, seed: int = 0) -> torch
     return torch.tanh(coarse + fine)
 
 
-def calibration_batch(folder: str | os.PathLike, size: int, n: int = 8, crop: int = 64, seed: int = 0
+def calibration_batch(folder: str | os.PathLike, size: int, n: int = 4, multiple: int = 4, seed: int = 0
                       ) -> torch.Tensor:
-    """`n` real images spread over `folder`, loaded at the deployment `size`, each cut to a random `crop`.
+    """`n` real images spread over `folder`, loaded at the deployment `size`, each cut to a random crop.
 
-    Crops keep the scale the network will see at `size` (a whole image shrunk to 64 px would not), while
-    costing the search a sixteenth of full images.
+    Crops (64 px, or the network's size multiple if larger) keep the scale the network will see at `size`
+    (a whole image shrunk to 64 px would not), while costing the search a sixteenth of full images.
     """
     from ganzip.images import list_images, load_batch
 
     paths = list_images(folder, "calibration folder")
     chosen = [paths[i * len(paths) // min(n, len(paths))] for i in range(min(n, len(paths)))]
     batch = load_batch(chosen, size)
-    crop = min(crop, size)
+    crop = min(max(64, multiple), size)
     g = torch.Generator().manual_seed(seed)
     out = []
     for img in batch:
