@@ -156,8 +156,8 @@ def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, 
     The reference is, in order: the `real` folder; the target halves of A|B pairs (when `direction` is given);
     otherwise the first checkpoint's outputs (usually the teacher), so a student is judged against it.
     """
-    from ganzip import archs, images
     from ganzip import checkpoint as ckpt
+    from ganzip import images
     from ganzip.translate import translate_tensor
 
     if not checkpoints:
@@ -176,10 +176,6 @@ def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, 
         sources["real"] = f"{data} (target halves, {direction})"
     for name, path in zip(_unique_names([Path(c) for c in checkpoints]), checkpoints):
         module = ckpt.load_generator(path)
-        multiple = archs.size_multiple(module.spec)
-        if x.shape[-1] % multiple or x.shape[-2] % multiple:
-            raise UserError(f"{path} needs image sides that are multiples of {multiple}, but the images are "
-                            f"{x.shape[-1]}x{x.shape[-2]}; pass --size {max(multiple, x.shape[-1] // multiple * multiple)}")
         batches[name] = translate_tensor(module.to(device), x.to(device), batch_size).cpu()
         sources[name] = str(path)
     reference = "real" if "real" in batches else next(iter(batches))

@@ -128,12 +128,11 @@ def test_spectrum_command_writes_json_and_plot(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_spectrum_command_rejects_a_size_the_generator_cannot_take(tmp_path):
-    pytest.importorskip("ganzip.translate")
-    data = tmp_path / "data"
-    data.mkdir()
+def test_spectrum_command_reports_an_empty_real_folder_in_one_line(tmp_path):
+    data, real = tmp_path / "data", tmp_path / "real"
+    data.mkdir(), real.mkdir()
     images.save_png(_textured(1, 30)[0], data / "0.png")
     _tiny_generator(tmp_path / "a.pth", 0)
-    result = CliRunner().invoke(app, ["spectrum", str(tmp_path / "a.pth"), "--data", str(data), "--json"])
+    result = CliRunner().invoke(app, ["spectrum", str(tmp_path / "a.pth"), "--data", str(data), "--real", str(real)])
     assert result.exit_code == 2
-    assert "--size 28" in result.output
+    assert "contains no images" in result.output and "Traceback" not in result.output
