@@ -231,7 +231,16 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str = "
     multiple = archs.size_multiple(spec)
     if size <= 0 or size % multiple:
         raise UserError(f"--size {size} must be a positive multiple of {multiple} for this {archs.describe(spec)}")
-    teacher = teacher.eval()
+    was_training = teacher.training
+    try:
+        return _prune(teacher.eval(), ratio, by, method, size, calib, multiple_of, seed, progress)
+    finally:
+        teacher.train(was_training)
+
+
+def _prune(teacher: nn.Module, ratio: float, by: str, method: str, size: int, calib: torch.Tensor | None,
+           multiple_of: int, seed: int, progress: Callable[[float], None] | None) -> PruneResult:
+    spec, multiple = teacher.spec, archs.size_multiple(teacher.spec)
     problem = _Problem(teacher, by, size, multiple_of)
     problem.check_ratio(ratio)
     if calib is None:
@@ -264,8 +273,9 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str = "
                 for name, m in (("teacher", teacher), ("student", student))}
     achieved = measured["teacher"][by] / measured["student"][by]
     if abs(achieved / ratio - 1) > TOLERANCE:
+        hint = "--method search or " if method == "uniform" else ""
         raise UserError(f"{method} widths reach {achieved:.2f}x, not within {TOLERANCE:.0%} of --ratio {ratio:g} "
-                        f"(this network is too narrow for fine steps); try --method search or --ratio {achieved:.2f}")
+                        f"(this network is too narrow for fine steps); try {hint}--ratio {achieved:.2f}")
     info.update({"achieved": achieved, "score": score, **measured})
     return PruneResult(student, student.spec, achieved, info)
 

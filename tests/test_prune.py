@@ -253,3 +253,16 @@ def test_cli_prune_writes_a_loadable_student_with_provenance(tmp_path):
 
     bad = runner.invoke(app, ["prune", str(tpath), "--ratio", "0.5", "--size", "32", "-o", str(tmp_path / "x.pth")])
     assert bad.exit_code == 2 and "greater than 1" in bad.output
+
+
+@pytest.mark.parametrize("method,ratio", [("uniform", 3), ("search", 2.5)])
+def test_multiple_of_rounds_every_width(method, ratio):
+    torch.manual_seed(0)
+    teacher = archs.build(archs.default_spec("resnet", ngf=8, n_blocks=2)).eval()
+    result = prune.prune(teacher, ratio, method=method, size=32, multiple_of=4)
+    layout = channels.layout_of(result.spec)
+    assert all(w % 4 == 0 for w in layout.widths().values())
+    assert abs(result.achieved / ratio - 1) <= 0.03
+    if method == "uniform":  # coarse uniform steps are refused with the nearest reachable ratio, not missed
+        with pytest.raises(UserError, match=r"reach \d+\.\d\dx, not within 3%"):
+            prune.prune(teacher, 2.5, method=method, size=32, multiple_of=4)
