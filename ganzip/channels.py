@@ -246,7 +246,7 @@ def slice_state(layout: Layout, state_dict: dict[str, torch.Tensor], keep: dict[
             for g, size in segs:
                 parts.append((keep[g] if g else torch.arange(size)) + offset)
                 offset += size
-            t = t.index_select(dim, torch.cat(parts))
+            t = t.index_select(dim, torch.cat(parts).to(t.device))
         out[key] = t.detach().clone()
     return out
 

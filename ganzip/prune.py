@@ -250,6 +250,7 @@ def _prune(teacher: nn.Module, ratio: float, by: str, method: str, size: int, ca
         if calib.dim() != 4 or calib.shape[1] != spec["input_nc"] or calib.shape[-1] % multiple or calib.shape[-2] % multiple:
             raise UserError(f"calibration batch must be N x {spec['input_nc']} x H x W with H, W multiples of {multiple}")
         x, calib_source = calib.float(), "images"
+    x = x.to(next(teacher.parameters()).device)
     with torch.inference_mode():
         target_out = teacher(x)
 

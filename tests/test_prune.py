@@ -251,6 +251,11 @@ def test_cli_prune_writes_a_loadable_student_with_provenance(tmp_path):
     assert prof.exit_code == 0, prof.output
     assert json.loads(prof.stdout)["macs_ratio"] == pytest.approx(info["achieved"])
 
+    from ganzip import export
+
+    exported = export.export_onnx(student, tmp_path / "student.onnx", size=32)
+    assert export.verify(student, exported["path"], sizes=(32,))["ok"]
+
     bad = runner.invoke(app, ["prune", str(tpath), "--ratio", "0.5", "--size", "32", "-o", str(tmp_path / "x.pth")])
     assert bad.exit_code == 2 and "greater than 1" in bad.output
 
