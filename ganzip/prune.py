@@ -9,6 +9,10 @@ close to the teacher instead of from noise.
 each candidate with inherited weights, and keeps the one that loses the least of the teacher's function per
 unit of cost saved. The loss is the mean squared distance between the candidate's and the teacher's outputs on
 a calibration batch: it is what distillation will have to recover, measured directly, on real images when given.
+The uniform widths are one more candidate: search returns them if they score better (`info["picked"]`).
+On a trained CycleGAN horse->zebra teacher at 7x MACs, searched widths start twice as close to the teacher on
+held-out images as uniform ones and stay closer after the same short distillation (bench/prune_compare.py),
+so search is the default.
 """
 
 from __future__ import annotations
