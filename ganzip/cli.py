@@ -498,6 +498,37 @@ def _ratio(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+@command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("ganzip-demo"), "--out", help="Folder for the report, images, checkpoints, ONNX."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny settings (about 2 minutes), for CI and a first look."),
+    seed: int = typer.Option(0, help="Seed for the teacher fit, pruning and distillation."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON (progress goes to stderr)."),
+) -> None:
+    """Fit a small teacher on the bundled maps, prune 7x, distill with wavelet KD, measure, export, report."""
+    from ganzip import demo
+    from ganzip.devices import resolve_device
+
+    summary = demo.run(out, quick=quick, seed=seed, device=resolve_device(device),
+                       console=err_console if as_json else console)
+    if as_json:
+        emit_json(summary)
+        return
+    p = summary["profile"]
+    fid = summary["fid"]
+    table = Table(title="ganzip demo", show_header=False)
+    table.add_row("MACs teacher -> student", f"{giga(p['teacher']['macs'])} -> {giga(p['macs'])} ({p['macs_ratio']:.2f}x)")
+    table.add_row("parameters", f"{mega(p['teacher']['params'])} -> {mega(p['params'])} ({p['compression']:.1f}x)")
+    table.add_row("latency PyTorch", f"{p['teacher']['latency_ms']:.1f} ms -> {p['latency_ms']:.1f} ms ({p['speedup']:.2f}x)")
+    table.add_row("FID teacher / student", "skipped" if "skipped" in fid
+                  else f"{fid['teacher']['fid']:.1f} / {fid['student']['fid']:.1f}")
+    table.add_row("student vs teacher PSNR", f"{summary['similarity']['psnr_db']:.1f} dB")
+    table.add_row("time", f"{summary['seconds']:.0f} s")
+    console.print(table)
+    console.print(f"report: [bold]{summary['files']['report']}[/]")
+
+
 def run() -> None:
     app()
 

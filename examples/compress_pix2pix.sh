@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Compress a pix2pix U-Net generator 7x with ganzip, end to end.
+#
+#   examples/compress_pix2pix.sh TEACHER.pth DATA_DIR [DIRECTION] [OUT_DIR] [STEPS]
+#
+# TEACHER.pth  a pix2pix generator, e.g. checkpoints/maps_pix2pix/latest_net_G.pth (unet_256)
+# DATA_DIR     an aligned folder: train/ and val/ (or test/) holding A|B images side by side
+# DIRECTION    AtoB or BtoA, as the teacher was trained (default AtoB)
+# OUT_DIR      where everything goes (default: compressed-pix2pix)
+# STEPS        distillation steps (default 20000)
+#
+# No pix2pix checkpoint at hand? `ganzip demo --out DIR` fits a small one on the bundled maps and leaves it
+# in DIR/teacher.pth (map -> aerial, so DIRECTION BtoA, 128 px: add --size 128 to the commands below).
+set -euo pipefail
+
+TEACHER=${1:?usage: $0 TEACHER.pth DATA_DIR [DIRECTION] [OUT_DIR] [STEPS]}
+DATA=${2:?usage: $0 TEACHER.pth DATA_DIR [DIRECTION] [OUT_DIR] [STEPS]}
+DIRECTION=${3:-AtoB}
+OUT=${4:-compressed-pix2pix}
+STEPS=${5:-20000}
+mkdir -p "$OUT"
+
+ganzip inspect "$TEACHER"
+
+# U-Net skip connections tie each encoder level to its decoder level; ganzip prunes them together.
+ganzip prune "$TEACHER" --ratio 7 -o "$OUT/student_init.pth"
+
+# Aligned data: the target half of each training pair is the real image for the discriminator.
+ganzip distill --teacher "$TEACHER" --student "$OUT/student_init.pth" --data "$DATA" --direction "$DIRECTION" \
+    --kd wavelet --steps "$STEPS" -o "$OUT/student.pth"
+
+ganzip profile "$OUT/student.pth" --teacher "$TEACHER" --onnx
+
+# FID on val/ (or test/): each pair's input half is translated, the other half is the real image.
+ganzip fid "$OUT/student.pth" --data "$DATA" --direction "$DIRECTION" --teacher "$TEACHER"
+
+VAL="$DATA/val"; [ -d "$VAL" ] || VAL="$DATA/test"
+ganzip spectrum "$TEACHER" "$OUT/student.pth" --data "$VAL" --direction "$DIRECTION" -o "$OUT/spectrum.png"
+
+ganzip translate "$OUT/student.pth" "$VAL" --direction "$DIRECTION" -o "$OUT/translated"
+ganzip export "$OUT/student.pth" -o "$OUT/student.onnx"
+echo "done: $OUT/student.pth, $OUT/student.onnx, $OUT/translated/, $OUT/spectrum.png"
