@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -271,6 +272,64 @@ def prune_cmd(
                   + f"; distance to teacher on {info['calibration']['source']} calibration: {info['score']:.4g}")
 
 # --- distill -----------------------------------------------------------------------------------------------
+
+@command("distill")
+def distill_cmd(
+    teacher: Path = typer.Argument(..., help="Teacher generator checkpoint (frozen during training)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset: DIR/trainA+trainB (unpaired) or DIR/train (A|B)."),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder of input images (with --targets)."),
+    targets: Optional[Path] = typer.Option(None, "--targets", help="Folder of real target-domain images."),
+    direction: str = typer.Option("AtoB", help="AtoB or BtoA: which side is the input."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Prune the teacher this many times smaller first."),
+    student: Optional[Path] = typer.Option(None, "--student", help="Start from this pruned student instead."),
+    by: str = typer.Option("macs", "--by", help="With --ratio: macs (paper convention) or params."),
+    method: str = typer.Option("search", "--method", help="With --ratio: search or uniform widths."),
+    init: str = typer.Option("inherit", "--init", help="inherit (teacher's channels) or scratch (paper's setting)."),
+    kd: str = typer.Option("wavelet", "--kd", help="wavelet (high DWT bands), pixel (L1 on the image) or none."),
+    wavelet: str = typer.Option("haar", "--wavelet", help="Any discrete PyWavelets name (haar, db2, sym4, ...)."),
+    levels: int = typer.Option(4, "--levels", help="DWT levels; every level's LH/HL/HH bands are distilled."),
+    kd_distance: str = typer.Option("l2", "--kd-distance", help="l2 (authors' code) or l1 (paper's text)."),
+    lambda_kd: float = typer.Option(0.4, "--lambda-kd", help="Weight of the KD loss."),
+    lambda_rec: float = typer.Option(10.0, "--lambda-rec", help="Weight of L1 to the real target (paired data)."),
+    disc_ratio: Optional[float] = typer.Option(None, "--disc-ratio", help="Prune the discriminator this many times "
+                                               "(paper: about 4x, ndf 64 -> 32)."),
+    teacher_disc: Optional[Path] = typer.Option(None, "--teacher-disc", help="Start D from the teacher's "
+                                                "discriminator (latest_net_D*.pth)."),
+    steps: int = typer.Option(1000, "--steps", help="Training steps."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per step (per process under torchrun)."),
+    lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (betas 0.5, 0.999)."),
+    size: int = typer.Option(256, "--size", help="Training crop size in pixels."),
+    load_size: Optional[int] = typer.Option(None, "--load-size", help="Resize to this before random cropping "
+                                            "(default: --size, no crop)."),
+    save_every: int = typer.Option(500, "--save-every", help="Save a resumable checkpoint every N steps."),
+    sample_every: int = typer.Option(250, "--sample-every", help="Write an input|teacher|student grid every N steps."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out-dir from its last save."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Student checkpoint (default OUT_DIR/student.pth)."),
+    out_dir: Path = typer.Option(Path("runs/distill"), "--out-dir", help="Run folder: state, log, samples."),
+    cache_teacher: bool = typer.Option(False, "--cache-teacher", help="Compute each image's teacher output once "
+                                       "(per flip) and reuse it (fp16, in memory)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
+) -> None:
+    """Prune the teacher (or take --student) and train it with wavelet knowledge distillation."""
+    from ganzip.distill import DistillConfig, distill
+
+    cfg = DistillConfig(teacher=teacher, data=data, inputs=inputs, targets=targets, direction=direction, ratio=ratio,
+                        student=student, by=by, method=method, init=init, kd=kd, wavelet=wavelet, levels=levels,
+                        kd_distance=kd_distance, lambda_kd=lambda_kd, lambda_rec=lambda_rec, disc_ratio=disc_ratio,
+                        teacher_disc=teacher_disc, steps=steps, batch_size=batch_size, lr=lr, size=size,
+                        load_size=load_size, save_every=save_every, sample_every=sample_every, seed=seed,
+                        device=device, resume=resume, output=output, out_dir=out_dir, cache_teacher=cache_teacher,
+                        progress=not as_json)
+    summary = distill(cfg)
+    if as_json:
+        emit_json(summary)
+        return
+    if int(os.environ.get("RANK", "0")) == 0:
+        console.print(f"[green]student[/] {summary['student']} -> {summary['output']} "
+                      f"({summary['steps']} steps, {summary['images_per_s']:.1f} img/s)")
+
 
 # --- translate / fid / export ------------------------------------------------------------------------------
 

@@ -1,0 +1,275 @@
+"""The distillation loop: exact resume, survival of SIGKILL, NaN stops, DDP under torchrun, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from ganzip import archs, checkpoint
+from ganzip.cli import app
+from ganzip.distill import DistillConfig, distill
+from ganzip.errors import UserError
+
+runner = CliRunner()
+
+
+def _images(folder: Path, n: int, size: int, seed: int, width: int | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        arr = rng.integers(0, 256, (size, width or size, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture
+def setup(tmp_path):
+    data = tmp_path / "data"
+    _images(data / "trainA", 8, 32, 0)
+    _images(data / "trainB", 6, 32, 1)
+    teacher = archs.build(archs.default_spec("resnet", ngf=8, n_blocks=2))
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
+    return tmp_path, data
+
+
+def _cfg(tmp_path, data, out, **kw):
+    base = dict(teacher=tmp_path / "teacher.pth", data=data, ratio=2.0, method="uniform", steps=6, batch_size=2,
+                size=32, save_every=3, sample_every=3, out_dir=tmp_path / out, progress=False, levels=2)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_resume_is_exact(setup):
+    tmp_path, data = setup
+    distill(_cfg(tmp_path, data, "straight"))
+    distill(_cfg(tmp_path, data, "split", steps=3))
+    summary = distill(_cfg(tmp_path, data, "split", steps=6, resume=True))
+    assert summary["resumed_from"] == 3
+    straight, split = _log(tmp_path / "straight"), _log(tmp_path / "split")
+    keys = ("loss_g", "loss_gan", "loss_kd", "loss_d")
+    assert [[r[k] for k in keys] for r in straight] == [[r[k] for k in keys] for r in split]
+    a = checkpoint.load(tmp_path / "straight" / "student.pth")
+    b = checkpoint.load(tmp_path / "split" / "student.pth")
+    assert a.state_dict.keys() == b.state_dict.keys()
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert a.provenance["steps"] == 6 and a.provenance["kd"] == "wavelet" and a.provenance["wavelet"] == "haar"
+    assert a.provenance["teacher_sha256"] == checkpoint.sha256(tmp_path / "teacher.pth")
+
+
+def test_existing_run_is_not_overwritten(setup):
+    tmp_path, data = setup
+    distill(_cfg(tmp_path, data, "run", steps=3))
+    with pytest.raises(UserError, match=r"already holds a run \(train_state.pth\); pass --resume"):
+        distill(_cfg(tmp_path, data, "run", steps=3))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(setup):
+    tmp_path, data = setup
+
+    def poison(step, losses):
+        if step == 3:  # after the save at step 2: the student diverges
+            student_state = torch.load(tmp_path / "nan" / "train_state.pth", weights_only=True)
+            assert student_state["step"] == 2
+            for p in poison.student.parameters():
+                p.data.fill_(float("nan"))
+
+    import ganzip.distill as dmod
+
+    original = dmod._make_student
+
+    def capture(cfg, teacher, train):
+        student, info = original(cfg, teacher, train)
+        poison.student = student
+        return student, info
+
+    dmod._make_student = capture
+    try:
+        with pytest.raises(UserError, match=r"loss G \(generator total\) became nan at step 4; training stopped"):
+            distill(_cfg(tmp_path, data, "nan", save_every=2), on_step=poison)
+    finally:
+        dmod._make_student = original
+    state = torch.load(tmp_path / "nan" / "train_state.pth", weights_only=True)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["student"]["state_dict"].values() if v.is_floating_point())
+
+
+def test_teacher_cache_computes_each_image_and_flip_once(setup, monkeypatch):
+    tmp_path, data = setup
+    import ganzip.distill as dmod
+
+    seen = {"images": 0}
+    load = dmod.checkpoint.load_generator
+
+    def counting_teacher(path):
+        module = load(path)
+        if Path(path).name != "teacher.pth":
+            return module
+        forward = module.forward
+
+        def counted(x):
+            seen["images"] += x.shape[0]
+            return forward(x)
+
+        module.forward = counted
+        return module
+
+    monkeypatch.setattr(dmod.checkpoint, "load_generator", counting_teacher)
+    student = tmp_path / "student.pth"
+    checkpoint.save_generator(archs.build(archs.default_spec("resnet", ngf=4, n_blocks=2)), student)
+    # 12 steps x 2 images = 24 teacher inputs over 8 images x 2 flips: at most 16 distinct ones; the final
+    # sample grid adds 4 more.
+    distill(_cfg(tmp_path, data, "cached", ratio=None, student=student, steps=12, sample_every=1000,
+                 cache_teacher=True, kd="pixel"))
+    cached = seen["images"]
+    seen["images"] = 0
+    distill(_cfg(tmp_path, data, "plain", ratio=None, student=student, steps=12, sample_every=1000, kd="pixel"))
+    assert seen["images"] == 24 + 4
+    assert cached <= 16 + 4
+    with pytest.raises(UserError, match="--cache-teacher needs inputs that depend only on the image"):
+        distill(_cfg(tmp_path, data, "cached2", cache_teacher=True, load_size=36))
+
+
+def test_paired_data_and_pruned_discriminator(tmp_path):
+    _images(tmp_path / "maps" / "train", 4, 32, 3, width=64)
+    teacher = archs.build(archs.default_spec("unet", ngf=8, num_downs=5, norm="batch"))
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
+    summary = distill(DistillConfig(teacher=tmp_path / "teacher.pth", data=tmp_path / "maps", ratio=2.0,
+                                    method="uniform", steps=2, batch_size=2, size=32, disc_ratio=4.0, ndf=16,
+                                    kd="none", out_dir=tmp_path / "run", progress=False))
+    state = torch.load(tmp_path / "run" / "train_state.pth", weights_only=True)
+    assert state["disc"]["spec"]["input_nc"] == 6  # conditional: input and output
+    d_full = archs.build(archs.default_spec("patchgan", ndf=16, input_nc=6))
+    d_small = archs.build(state["disc"]["spec"])
+    ratio = sum(p.numel() for p in d_full.parameters()) / sum(p.numel() for p in d_small.parameters())
+    assert 3.5 < ratio < 4.5
+    assert summary["losses"]["loss_rec"] > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_ddp_two_processes_gloo(setup):
+    tmp_path, data = setup
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "ganzip", "distill", str(tmp_path / "teacher.pth"),
+           "--data", str(data), "--ratio", "2", "--method", "uniform", "--steps", "4", "--batch-size", "2",
+           "--size", "32", "--levels", "2", "--save-every", "2", "--out-dir", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("*.pth")) == ["student.pth", "train_state.pth"]
+    assert [r["step"] for r in _log(out)] == [1, 2, 3, 4]  # rank 0 alone writes
+    assert checkpoint.load(out / "student.pth").provenance["steps"] == 4
+
+
+def test_sigkill_then_resume_finishes(setup):
+    tmp_path, data = setup
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "ganzip", "distill", str(tmp_path / "teacher.pth"), "--data", str(data),
+            "--ratio", "2", "--method", "uniform", "--steps", "400", "--batch-size", "2", "--size", "32",
+            "--levels", "2", "--save-every", "5", "--sample-every", "1000", "--out-dir", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+    deadline = time.time() + 120
+    while not (out / "train_state.pth").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    saved = torch.load(out / "train_state.pth", weights_only=True)["step"]
+    assert 0 < saved < 400
+    resumed = subprocess.run(args[:args.index("--steps") + 1] + ["30"] + args[args.index("--steps") + 2:]
+                             + ["--resume"], capture_output=True, text=True, timeout=180, env=_env())
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    steps = [r["step"] for r in _log(out)]
+    if saved < 30:
+        assert steps == list(range(1, 31))
+        assert checkpoint.load(out / "student.pth").provenance["steps"] == 30
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_sigterm_saves_before_exit(setup):
+    tmp_path, data = setup
+    out = tmp_path / "term"
+    args = [sys.executable, "-m", "ganzip", "distill", str(tmp_path / "teacher.pth"), "--data", str(data),
+            "--ratio", "2", "--method", "uniform", "--steps", "100000", "--batch-size", "2", "--size", "32",
+            "--levels", "2", "--save-every", "100000", "--sample-every", "100000", "--out-dir", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.time() + 120
+    while not (out / "log.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "saved to" in err and "--resume" in err
+    state = torch.load(out / "train_state.pth", weights_only=True)
+    assert state["step"] == len(_log(out))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--wavelet", "haarr"], "error: unknown wavelet 'haarr'; use a discrete PyWavelets name such as haar, db2"),
+    (["--device", "cuda"], "error: --device cuda was asked for but this machine has no usable CUDA GPU; use --device cpu"),
+    (["--ratio", "1"], "error: --ratio must be greater than 1"),
+    (["--kd", "feature"], "error: --kd must be one of wavelet, pixel, none, not 'feature'"),
+])
+def test_bad_options(setup, extra, message):
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    tmp_path, data = setup
+    args = ["distill", str(tmp_path / "teacher.pth"), "--data", str(data), "--steps", "1", "--size", "32",
+            "--out-dir", str(tmp_path / "bad")]
+    if "--ratio" not in extra:
+        args += ["--ratio", "2"]
+    result = runner.invoke(app, args + extra)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[0].startswith(message), result.output
+
+
+def test_student_that_does_not_fit_the_teacher(setup):
+    tmp_path, data = setup
+    gray = archs.build(archs.default_spec("resnet", ngf=4, n_blocks=2, output_nc=1))
+    checkpoint.save_generator(gray, tmp_path / "gray.pth")
+    result = runner.invoke(app, ["distill", str(tmp_path / "teacher.pth"), "--data", str(data), "--student",
+                                 str(tmp_path / "gray.pth"), "--steps", "1", "--size", "32", "--out-dir",
+                                 str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert (f"error: --student {tmp_path / 'gray.pth'} maps 3->1 channels but the teacher maps 3->3; prune it from "
+            f"this teacher (ganzip prune)") in result.output
+
+
+def test_data_folder_problems(setup):
+    tmp_path, _ = setup
+    base = ["distill", str(tmp_path / "teacher.pth"), "--ratio", "2", "--steps", "1", "--size", "32"]
+    missing = runner.invoke(app, base + ["--data", str(tmp_path / "nope")])
+    assert f"error: data folder {tmp_path / 'nope'} does not exist; check the --data path" in missing.output
+    (tmp_path / "empty" / "trainA").mkdir(parents=True)
+    (tmp_path / "empty" / "trainB").mkdir(parents=True)
+    empty = runner.invoke(app, base + ["--data", str(tmp_path / "empty")])
+    assert f"error: input folder {tmp_path / 'empty' / 'trainA'} contains no images" in empty.output
+    (tmp_path / "odd").mkdir()
+    odd = runner.invoke(app, base + ["--data", str(tmp_path / "odd")])
+    assert f"error: data folder {tmp_path / 'odd'} has neither trainA/trainB nor train/" in odd.output
+    for r in (missing, empty, odd):
+        assert r.exit_code == 2
