@@ -9,6 +9,7 @@ without talking, and lets the teacher's outputs be cached per (image, flip) when
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,7 @@ class TrainSet:
                             f">= the crop size")
         self.source, self.load_size, self.crop_size, self.flip, self.seed = source, load_size, crop_size, flip, seed
         self._cache: dict[tuple[str, Path], torch.Tensor] = {}
+        self._warned_small = False
 
     def __len__(self) -> int:
         return len(self.source.inputs)
@@ -105,6 +107,11 @@ class TrainSet:
             img = images.load_rgb(path)
             if self.source.aligned:
                 img = images.split_aligned(img, self.source.direction)[0 if kind == "input" else 1]
+            if min(img.size) < self.crop_size and not self._warned_small:
+                self._warned_small = True  # once per run: a folder of thumbnails would otherwise flood the log
+                warnings.warn(f"{path.name} is {img.size[0]}x{img.size[1]}, smaller than the {self.crop_size} px crop; "
+                              f"such images are resized up to {self.load_size} px (blurrier training data)",
+                              stacklevel=2)
             img = img.resize((self.load_size, self.load_size), Image.BICUBIC)
             self._cache[key] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
         return self._cache[key]
