@@ -327,6 +327,12 @@ def distill(cfg: DistillConfig, on_step: Callable[[int, dict], None] | None = No
         return torch.stack([teacher_cache[k] for k in keys]).to(device, torch.float32)
 
     def save(step: int) -> None:
+        # A finite loss can precede an update that overflows the weights; never let such weights replace the
+        # last good save.
+        for name, module in (("student", student), ("discriminator", disc)):
+            if not all(torch.isfinite(p).all() for p in module.parameters()):
+                raise NonFiniteLoss(f"the {name}'s weights became NaN/Inf by step {step}; training stopped and the "
+                                    f"last good checkpoint in {out_dir} is kept; lower --lr or check the data")
         if rt.main:
             _save_state(state_path, step, student, disc, opt_g, opt_d, cfg, meta)
             checkpoint.save(output, student.spec, student.state_dict(),

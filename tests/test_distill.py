@@ -273,3 +273,15 @@ def test_data_folder_problems(setup):
     assert f"error: data folder {tmp_path / 'odd'} has neither trainA/trainB nor train/" in odd.output
     for r in (missing, empty, odd):
         assert r.exit_code == 2
+
+
+def test_huge_learning_rate_stops_with_a_named_loss_and_finite_checkpoint(setup):
+    tmp_path, data = setup
+    with pytest.raises(UserError, match=r"(loss .* became (nan|inf|-inf) at step \d+|weights became NaN/Inf by step"
+                                        r" \d+); training stopped and the last good checkpoint"):
+        distill(_cfg(tmp_path, data, "huge", lr=1e38, steps=20, save_every=1))
+    state_path = tmp_path / "huge" / "train_state.pth"
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        for part in ("student", "disc"):
+            assert all(torch.isfinite(v).all() for v in state[part]["state_dict"].values() if v.is_floating_point())
