@@ -158,6 +158,9 @@ def _make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet) 
     if cfg.student is not None:
         student = checkpoint.load_generator(cfg.student)
         ts, ss = teacher.spec, student.spec
+        if ss["arch"] != ts["arch"]:
+            raise UserError(f"--student {cfg.student} is a {archs.describe(ss)} but the teacher is a "
+                            f"{archs.describe(ts)}; prune a student from this teacher (ganzip prune)")
         if (ss["input_nc"], ss["output_nc"]) != (ts["input_nc"], ts["output_nc"]):
             raise UserError(f"--student {cfg.student} maps {ss['input_nc']}->{ss['output_nc']} channels but the teacher "
                             f"maps {ts['input_nc']}->{ts['output_nc']}; prune it from this teacher (ganzip prune)")

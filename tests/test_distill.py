@@ -257,6 +257,14 @@ def test_student_that_does_not_fit_the_teacher(setup):
     assert result.exit_code == 2
     assert (f"error: --student {tmp_path / 'gray.pth'} maps 3->1 channels but the teacher maps 3->3; prune it from "
             f"this teacher (ganzip prune)") in result.output
+    unet = archs.build(archs.default_spec("unet", ngf=4, num_downs=5))
+    checkpoint.save_generator(unet, tmp_path / "unet.pth")
+    result = runner.invoke(app, ["distill", str(tmp_path / "teacher.pth"), "--data", str(data), "--student",
+                                 str(tmp_path / "unet.pth"), "--steps", "1", "--size", "32", "--out-dir",
+                                 str(tmp_path / "y")])
+    assert result.exit_code == 2
+    assert f"error: --student {tmp_path / 'unet.pth'} is a " in result.output
+    assert "but the teacher is a" in result.output
 
 
 def test_data_folder_problems(setup):
