@@ -1,4 +1,4 @@
-"""Teacher vs 7x students (uniform and searched widths), PyTorch eager and onnxruntime, timed in alternation.
+"""Teacher vs 7x students (uniform, searched, searched in multiples of 8), PyTorch eager and onnxruntime, timed in alternation.
 
 MACs promise a speedup; this measures how much of it a CPU delivers. All six runners (3 models x 2 runtimes) are
 timed round-robin in one loop, so load on the machine hits them alike. Prints one JSON object.
@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
 from ganzip import archs, checkpoint, export, profile, prune
+
+SHARED_CALIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "horse2zebra" / "trainA"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-onnx", action="store_true", help="PyTorch only")
+    p.add_argument("--calib", default=str(SHARED_CALIB) if SHARED_CALIB.is_dir() else None,
+                   help="folder of real input images that score the width search (default: horse2zebra trainA)")
+    p.add_argument("--multiple-of", type=int, default=8,
+                   help="also time a searched student with every width a multiple of this (0: skip)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -42,11 +49,17 @@ def main(argv: list[str] | None = None) -> int:
         teacher = archs.build(archs.default_spec("unet", ngf=64, num_downs=8, norm="batch")).eval()
     models = {"teacher": teacher}
     prune_info = {}
-    for method in ("uniform", "search"):
+    multiple = archs.size_multiple(teacher.spec)
+    calib = prune.calibration_batch(args.calib, args.size, n=4, multiple=multiple) if args.calib else None
+    variants = [("uniform", "uniform", 1), ("search", "search", 1)]
+    if args.multiple_of > 1:
+        variants.append((f"search_x{args.multiple_of}", "search", args.multiple_of))
+    for name, method, multiple_of in variants:
         start = time.perf_counter()
-        result = prune.prune(teacher, args.ratio, by="macs", method=method, size=args.size)
-        models[method] = result.module.eval()
-        prune_info[method] = {"achieved_macs_ratio": result.achieved, "picked": result.info.get("picked", method),
+        result = prune.prune(teacher, args.ratio, by="macs", method=method, size=args.size, calib=calib,
+                             multiple_of=multiple_of)
+        models[name] = result.module.eval()
+        prune_info[name] = {"multiple_of": multiple_of, "achieved_macs_ratio": result.achieved, "picked": result.info.get("picked", method),
                               "seconds": time.perf_counter() - start, "widths": result.spec["widths"]}
     runners = {}
     for name, m in models.items():
@@ -56,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     timings = profile.time_alternating(runners, runs=args.runs, warmup=args.warmup)
     static = {name: profile.static_profile(m, args.size) for name, m in models.items()}
     out: dict = {"size": args.size, "runs": args.runs, "threads": torch.get_num_threads(), "ratio": args.ratio,
+                 "calibration": args.calib or "synthetic",
                  "teacher": args.teacher or f"upstream {archs.describe(teacher.spec)}, random weights",
                  "models": {}}
     for name, m in models.items():

@@ -563,11 +563,19 @@ def demo_cmd(
     quick: bool = typer.Option(False, "--quick", help="Tiny settings (about 2 minutes), for CI and a first look."),
     seed: int = typer.Option(0, help="Seed for the teacher fit, pruning and distillation."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's choice)."),
     as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON (progress goes to stderr)."),
 ) -> None:
     """Fit a small teacher on the bundled maps, prune 7x, distill with wavelet KD, measure, export, report."""
+    import torch
+
     from ganzip import demo
     from ganzip.devices import resolve_device
+
+    if threads is not None:
+        if threads <= 0:
+            raise UserError("--threads must be a positive integer")
+        torch.set_num_threads(threads)
 
     summary = demo.run(out, quick=quick, seed=seed, device=resolve_device(device),
                        console=err_console if as_json else console)

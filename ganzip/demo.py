@@ -7,9 +7,11 @@ writes what they measured into one report. A newcomer sees every stage work; a r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -116,7 +118,8 @@ def _distill(s: Settings, data: Path, out: Path, seed: int, device: str) -> dict
     cfg = distill.DistillConfig(
         teacher=out / "teacher.pth", data=data, student=out / "student_init.pth", kd="wavelet",
         steps=s.distill_steps, batch_size=s.batch_size, size=s.size, seed=seed, device=device,
-        direction=DIRECTION, output=out / "student.pth", out_dir=out / "distill")
+        direction=DIRECTION, ndf=s.ngf, cache_teacher=True, sample_every=max(s.distill_steps // 4, 1),
+        save_every=s.distill_steps, output=out / "student.pth", out_dir=out / "distill")
     start = time.perf_counter()
     summary = distill.distill(cfg)
     return {"kd": "wavelet", "steps": s.distill_steps, "seconds": time.perf_counter() - start,
@@ -169,15 +172,30 @@ def similarity(a: torch.Tensor, b: torch.Tensor) -> dict:
 
 def run(out: str | os.PathLike = "ganzip-demo", quick: bool = False, seed: int = 0, device: str = "cpu",
         console: Console | None = None) -> dict:
-    """Run the whole demo into `out` and return the summary that the report is written from."""
+    """Run the whole demo into `out` and return the summary that the report is written from.
+
+    With a stderr `console` (the `--json` mode) anything a stage prints to stdout (distill's progress bar) is
+    sent to stderr too, so stdout carries the JSON alone.
+    """
+    console = console or Console(stderr=True)
+    if console.stderr:
+        with contextlib.redirect_stdout(sys.stderr):
+            return _run(Path(out), quick, seed, device, console)
+    return _run(Path(out), quick, seed, device, console)
+
+
+def _run(out: Path, quick: bool, seed: int, device: str, console: Console) -> dict:
     from ganzip import checkpoint, fit, report, spectrum
     from ganzip.atomic import write_text
     from ganzip.translate import translate_tensor
 
-    console = console or Console(stderr=True)
     s = QUICK if quick else FULL
-    out = Path(out)
-    (out / ".").mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the demo's outputs")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {out}: {e.strerror}; choose another folder") from None
     if not os.access(out, os.W_OK):
         raise UserError(f"--out {out} is not writable; choose another folder")
     data = bundled_data()
