@@ -23,6 +23,7 @@ Get the vintagify weights (never commit them):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -94,8 +95,8 @@ def evaluate(generators: dict[str, Path], inputs: torch.Tensor, reference: torch
     return result
 
 
-def ablate(name: str, teacher_path: Path, data: Path, calib: torch.Tensor, eval_inputs: torch.Tensor,
-           reference: torch.Tensor, work: Path, args: argparse.Namespace, weights: Path, direction: str | None) -> dict:
+def ablate(name: str, teacher_path: Path, data: dict, calib: torch.Tensor, eval_inputs: torch.Tensor,
+           reference: torch.Tensor, work: Path, args: argparse.Namespace, weights: Path) -> dict:
     """Prune once, distill the same student with each KD, evaluate all; timings per run."""
     teacher = checkpoint.load_generator(teacher_path)
     t0 = time.perf_counter()
@@ -105,10 +106,13 @@ def ablate(name: str, teacher_path: Path, data: Path, calib: torch.Tensor, eval_
     runs = {}
     for kd in KDS:
         t0 = time.perf_counter()
-        extra = {"direction": direction} if direction else {}
-        cfg = distill_config(teacher=teacher_path, data=data, student=student_init, kd=kd, steps=args.steps,
-                             batch_size=args.batch_size, size=args.size, seed=args.seed, device="cpu",
-                             output=work / f"student_{kd}.pth", out_dir=work / f"run_{kd}", **extra)
+        run_dir = work / f"run_{kd}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        cfg = distill_config(teacher=teacher_path, student=student_init, kd=kd, steps=args.steps,
+                             batch_size=args.batch_size, size=args.size, seed=args.seed, device="cpu", ndf=args.ndf,
+                             cache_teacher=True, save_every=args.steps, sample_every=args.steps,
+                             output=work / f"student_{kd}.pth", out_dir=run_dir, **data)
         from ganzip.distill import distill
 
         summary = distill(cfg)
@@ -125,16 +129,22 @@ def setup_vintagify(args: argparse.Namespace, work: Path, weights: Path) -> dict
     if not args.vintagify or not Path(args.vintagify).is_file():
         raise SystemExit("--vintagify PATH/G_A2B_epoch33.pth is required for the vintagify setup (see --help)")
     h2z = SHARED / "horse2zebra"
-    data = work / "data"
-    link_subset(h2z / "trainA", data / "trainA", args.train_images)
-    link_subset(h2z / "trainB", data / "trainB", args.train_images)
-    # no vintage domain offline: the evaluation inputs are horses and zebras; the reference, the teacher's outputs
-    eval_paths = images.list_images(h2z / "testA")[: args.images // 2] + images.list_images(h2z / "testB")[: args.images - args.images // 2]
-    eval_inputs = images.load_batch(eval_paths, args.size)
+    inputs = link_subset(h2z / "trainA", work / "data" / "inputs", args.train_images)
     teacher = checkpoint.load_generator(args.vintagify)
+    # No real vintage photos offline: the discriminator's "real" images are the teacher's outputs on other
+    # photos (trainB zebras), never on the student's own inputs.
+    t0 = time.perf_counter()
+    target_src = images.list_images(h2z / "trainB")[: args.train_images]
+    targets = save_batch(translate_tensor(teacher, images.load_batch(target_src, args.size), args.batch_size),
+                         work / "data" / "teacher_targets")
+    log(f"vintagify: {len(target_src)} teacher-made targets in {time.perf_counter() - t0:.0f} s")
+    eval_paths = (images.list_images(h2z / "testA")[: args.images // 2]
+                  + images.list_images(h2z / "testB")[: args.images - args.images // 2])
+    eval_inputs = images.load_batch(eval_paths, args.size)
     reference = translate_tensor(teacher, eval_inputs, args.batch_size)
-    calib = images.load_batch(images.list_images(data / "trainA")[:8], args.size)
-    result = ablate("vintagify", Path(args.vintagify), data, calib, eval_inputs, reference, work, args, weights, None)
+    calib = images.load_batch(images.list_images(inputs)[:8], args.size)
+    result = ablate("vintagify", Path(args.vintagify), {"inputs": inputs, "targets": targets}, calib, eval_inputs,
+                    reference, work, args, weights)
     result["fid_reference"] = f"teacher outputs on {len(eval_paths)} testA+testB photos (teacher FID is 0 by definition)"
     return result
 
@@ -148,11 +158,12 @@ def setup_maps(args: argparse.Namespace, work: Path, weights: Path) -> dict:
     pairs = fit.load_pairs(data / "train", args.size, direction)
     spec = fit_spec(args.size)
     t0 = time.perf_counter()
-    teacher = fit.fit_paired(spec, pairs, args.teacher_steps, batch_size=args.batch_size, lr=5e-4, seed=args.seed)
+    teacher = fit.fit_paired(spec, pairs, args.teacher_steps, batch_size=4, lr=5e-4, seed=args.seed)
     teacher_path = checkpoint.save_generator(teacher, work / "teacher.pth", steps=args.teacher_steps, direction=direction)
     log(f"maps: teacher fitted ({args.teacher_steps} steps) in {time.perf_counter() - t0:.0f} s")
     val = fit.load_pairs(data / "val", args.size, direction)
-    result = ablate("maps", teacher_path, data, pairs.inputs[:8], val.inputs, val.targets, work, args, weights, direction)
+    result = ablate("maps", teacher_path, {"data": data, "direction": direction}, pairs.inputs[:8], val.inputs,
+                    val.targets, work, args, weights)
     result["fid_reference"] = f"{len(val.targets)} real aerial photos (maps val, B->A targets)"
     result["teacher_steps"] = args.teacher_steps
     return result
@@ -174,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=40, help="evaluation images")
     p.add_argument("--train-images", type=int, default=200, help="training images per domain")
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--ndf", type=int, default=64, help="discriminator width (PatchGAN ndf)")
     p.add_argument("--ratio", type=float, default=7.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ganzip-kd-ablation")
@@ -189,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.setup in (name, "both"):
             work = args.work / name
             work.mkdir(parents=True, exist_ok=True)
-            out["setups"][name] = fn(args, work, weights)
+            with contextlib.redirect_stdout(sys.stderr):  # distill's progress bar; stdout is for the JSON
+                out["setups"][name] = fn(args, work, weights)
     out["seconds"] = time.perf_counter() - start
     print(json.dumps(out, indent=2))
     return 0
