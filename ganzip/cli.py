@@ -509,7 +509,7 @@ def export_cmd(
 @command("spectrum")
 def spectrum_cmd(
     checkpoints: list[Path] = typer.Argument(..., help="Generators to compare (teacher first, then students)."),
-    data: Path = typer.Option(..., "--data", help="Folder of input images to translate."),
+    data: Path = typer.Option(..., "--data", help="Folder of input images, or a dataset (testA/testB or val/test A|B)."),
     real: Optional[Path] = typer.Option(None, "--real", help="Folder of real target-domain images (the reference)."),
     direction: Optional[str] = typer.Option(None, help="AtoB or BtoA: --data holds A|B pairs; targets are the reference."),
     size: Optional[int] = typer.Option(None, help="Resize images to this many pixels (square)."),

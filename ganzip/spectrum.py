@@ -148,6 +148,22 @@ def load_inputs(data: str | os.PathLike, size: int | None, limit: int | None, di
     return torch.stack(inputs), (torch.stack(targets) if targets else None)
 
 
+def resolve_folders(data: str | os.PathLike, real: str | os.PathLike | None, direction: str | None
+                    ) -> tuple[Path, Path | None, str | None]:
+    """A folder of images is used as is; a dataset root resolves as in `ganzip fid` (testA -> testB, or val/test
+    A|B pairs), so `--data datasets/horse2zebra` compares against the real testB images."""
+    from ganzip.fid import dataset_test_folders
+    from ganzip.images import IMAGE_EXTENSIONS
+
+    folder = Path(data)
+    if not folder.is_dir() or any(f.suffix.lower() in IMAGE_EXTENSIONS for f in folder.iterdir() if f.is_file()):
+        return folder, (Path(real) if real is not None else None), direction
+    inputs, reals, aligned = dataset_test_folders(folder, direction or "AtoB", need_reals=False)
+    if real is None and aligned is None:
+        real = reals
+    return inputs, (Path(real) if real is not None else None), aligned or direction
+
+
 def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, real: str | os.PathLike | None = None,
              size: int | None = None, direction: str | None = None, limit: int | None = 100, batch_size: int = 4,
              device: str = "cpu", wave: str = "haar", levels: int = 3) -> dict:
@@ -162,6 +178,7 @@ def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, 
 
     if not checkpoints:
         raise UserError("give at least one generator checkpoint, e.g. ganzip spectrum teacher.pth student.pth --data DIR")
+    data, real, direction = resolve_folders(data, real, direction)
     x, targets = load_inputs(data, size, limit, direction)
     batches: dict[str, torch.Tensor] = {}
     sources: dict[str, str] = {}

@@ -136,3 +136,17 @@ def test_spectrum_command_reports_an_empty_real_folder_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["spectrum", str(tmp_path / "a.pth"), "--data", str(data), "--real", str(real)])
     assert result.exit_code == 2
     assert "contains no images" in result.output and "Traceback" not in result.output
+
+
+def test_spectrum_resolves_a_dataset_root_like_fid(tmp_path):
+    root = tmp_path / "h2z"
+    x = _textured(4, 32)
+    for sub, batch in (("testA", x[:2]), ("testB", x[2:])):
+        (root / sub).mkdir(parents=True)
+        for i, t in enumerate(batch):
+            images.save_png(t, root / sub / f"{i}.png")
+    _tiny_generator(tmp_path / "g.pth", 0)
+    report = spectrum.spectrum([tmp_path / "g.pth"], root)
+    assert report["sources"]["real"] == str(root / "testB")
+    expected = spectrum.radial_power_spectrum(images.load_batch(sorted((root / "testB").iterdir())))[1]
+    np.testing.assert_allclose(report["series"]["real"]["spectrum"], expected, rtol=1e-6)
