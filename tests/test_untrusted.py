@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from ganzip.cli import app
@@ -28,18 +29,20 @@ def evil(tmp_path):
 
 
 def _commands(evil_path, tmp_path):
+    # Valid data, so that every command gets as far as reading the checkpoint.
     data = tmp_path / "data"
     for sub in ("trainA", "trainB", "testA", "testB"):
         (data / sub).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (120, 60, 30)).save(data / sub / "img.png")
     p = str(evil_path)
     return {
         "inspect": ["inspect", p],
         "profile": ["profile", p],
         "profile-teacher": ["profile", p, "--teacher", p],
         "prune": ["prune", p, "--ratio", "4", "-o", str(tmp_path / "s.pth")],
-        "distill": ["distill", p, "--data", str(data), "--ratio", "4", "--steps", "1",
+        "distill": ["distill", p, "--data", str(data), "--ratio", "4", "--steps", "1", "--batch-size", "1",
                     "--out-dir", str(tmp_path / "run")],
-        "distill-student": ["distill", p, "--data", str(data), "--student", p, "--steps", "1",
+        "distill-student": ["distill", p, "--data", str(data), "--student", p, "--steps", "1", "--batch-size", "1",
                             "--out-dir", str(tmp_path / "run2")],
         "translate": ["translate", p, str(data / "testA"), "-o", str(tmp_path / "out")],
         "fid": ["fid", p, "--data", str(data)],
