@@ -174,7 +174,7 @@ def run(out: str | os.PathLike = "ganzip-demo", quick: bool = False, seed: int =
         console: Console | None = None) -> dict:
     """Run the whole demo into `out` and return the summary that the report is written from.
 
-    With a stderr `console` (the `--json` mode) anything a stage prints to stdout (distill's progress bar) is
+    With a stderr `console` (the `--json` mode) anything a stage prints to stdout (the ONNX exporter's chatter) is
     sent to stderr too, so stdout carries the JSON alone.
     """
     console = console or Console(stderr=True)
