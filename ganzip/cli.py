@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -41,7 +42,8 @@ def command(*args: Any, **kwargs: Any) -> Callable:
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
             try:
-                return fn(*a, **kw)
+                with _warnings_as_lines():
+                    return fn(*a, **kw)
             except UserError as e:
                 if _state["debug"]:
                     raise
@@ -54,6 +56,25 @@ def command(*args: Any, **kwargs: Any) -> Callable:
         return app.command(*args, **kwargs)(wrapper)
 
     return decorate
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Any:
+    """ganzip's own warnings (skipped files, small images) reach users as one yellow line, not as a source dump."""
+    package = str(Path(__file__).resolve().parent)
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        if issubclass(category, UserWarning) and str(Path(filename).resolve()).startswith(package):
+            err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 def emit_json(obj: Any) -> None:
@@ -320,8 +341,7 @@ def distill_cmd(
                         kd_distance=kd_distance, lambda_kd=lambda_kd, lambda_rec=lambda_rec, disc_ratio=disc_ratio,
                         teacher_disc=teacher_disc, steps=steps, batch_size=batch_size, lr=lr, size=size,
                         load_size=load_size, save_every=save_every, sample_every=sample_every, seed=seed,
-                        device=device, resume=resume, output=output, out_dir=out_dir, cache_teacher=cache_teacher,
-                        progress=not as_json)
+                        device=device, resume=resume, output=output, out_dir=out_dir, cache_teacher=cache_teacher)
     summary = distill(cfg)
     if as_json:
         emit_json(summary)
@@ -515,9 +535,9 @@ def spectrum_cmd(
     size: Optional[int] = typer.Option(None, help="Resize images to this many pixels (square)."),
     limit: int = typer.Option(100, help="Use at most this many images from each folder."),
     levels: int = typer.Option(3, help="Wavelet levels."),
-    wave: str = typer.Option("haar", help="Wavelet (pytorch_wavelets name)."),
+    wave: str = typer.Option("haar", "--wavelet", "--wave", help="Any discrete PyWavelets name (as distill)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per forward pass."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write a PNG plot here (needs matplotlib)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full analysis as JSON."),
 ) -> None:
@@ -527,6 +547,9 @@ def spectrum_cmd(
 
     if limit <= 0 or levels <= 0 or batch_size <= 0 or (size is not None and size <= 0):
         raise UserError("--limit, --levels, --batch-size and --size must be positive integers")
+    from ganzip.wavelet import check_wavelet
+
+    check_wavelet(wave)  # before minutes of translating, not after
     if output is not None:
         from ganzip.atomic import check_writable
 

@@ -77,3 +77,41 @@ def test_debug_shows_the_traceback(tmp_path):
     result = runner.invoke(app, ["--debug", "inspect", str(tmp_path / "nope.pth")])
     assert result.exit_code != 0
     assert type(result.exception).__name__ == "UserError"
+
+
+def test_output_under_a_file_is_refused_before_work(tmp_path, good):
+    blocker = tmp_path / "report.txt"
+    blocker.write_text("a file, not a folder")
+    line = _error_line(runner.invoke(app, ["prune", str(good), "--ratio", "2", "-o", str(blocker / "s.pth")]))
+    assert line == (f"error: cannot create output folder {blocker}: File exists; choose another -o path")
+
+
+def test_output_that_is_a_directory(tmp_path, good):
+    line = _error_line(runner.invoke(app, ["prune", str(good), "--ratio", "2", "-o", str(tmp_path)]))
+    assert line == f"error: output path {tmp_path} is a directory: give a file name, e.g. {tmp_path / 'out.pth'}"
+
+
+def test_non_image_files_are_skipped_with_one_warning_line(tmp_path, good):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(src / "a.png")
+    (src / "notes.txt").write_text("not an image")
+    (src / "Thumbs.db").write_bytes(b"\0")
+    result = runner.invoke(app, ["translate", str(good), str(src), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    warning_lines = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warning_lines == [f"warning: skipped 2 non-image file(s) in {src}: Thumbs.db, notes.txt"]
+    assert "UserWarning" not in result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
+
+
+def test_unknown_wavelet_in_spectrum_fails_before_translating(tmp_path, good):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (32, 32)).save(src / "a.png")
+    line = _error_line(runner.invoke(app, ["spectrum", str(good), "--data", str(src), "--wavelet", "haarr"]))
+    assert line.startswith("error: unknown wavelet 'haarr'; use a discrete PyWavelets name such as haar, db2, ")
