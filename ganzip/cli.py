@@ -177,7 +177,9 @@ def profile_cmd(
     device = resolve_device(device)
     student = ckpt.load_generator(checkpoint)
     teacher_module = ckpt.load_generator(teacher) if teacher else None
-    _check_size(student, size)
+    for module in (student, teacher_module):
+        if module is not None:
+            archs.check_size(module.spec, size)
     extra = None
     if onnx:
         from ganzip import export
@@ -220,13 +222,6 @@ def profile_cmd(
             cells += [f"{t['onnx_latency_ms']:.1f} ms", f"{result.get('onnx_speedup', float('nan')):.2f}x"]
         table.add_row(*cells)
     console.print(table)
-
-
-def _check_size(module: Any, size: int) -> None:
-    multiple = archs.size_multiple(module.spec)
-    if size % multiple:
-        raise UserError(f"--size {size} is not a multiple of {multiple}, which this "
-                        f"{archs.describe(module.spec)} needs; use e.g. --size {max(multiple, size // multiple * multiple)}")
 
 
 class _null:

@@ -202,14 +202,6 @@ def _make_discriminator(cfg: DistillConfig, teacher: nn.Module, paired: bool) ->
     return disc.train()
 
 
-def _check_size(cfg: DistillConfig, *modules: nn.Module) -> None:
-    for m in modules:
-        multiple = archs.size_multiple(m.spec)
-        if cfg.size % multiple:
-            raise UserError(f"--size {cfg.size} is not a multiple of {multiple}, which {archs.describe(m.spec)} needs; "
-                            f"use --size {max(multiple, cfg.size // multiple * multiple)}")
-
-
 # --- saving and resuming -------------------------------------------------------------------------------------
 
 def _config_record(cfg: DistillConfig) -> dict:
@@ -283,7 +275,8 @@ def distill(cfg: DistillConfig, on_step: Callable[[int, dict], None] | None = No
     else:
         student, student_info = _make_student(cfg, teacher, train)
         disc = _make_discriminator(cfg, teacher, source.paired)
-    _check_size(cfg, teacher, student)
+    for m in (teacher, student):
+        archs.check_size(m.spec, cfg.size)
     if rt.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         from ganzip.atomic import check_writable

@@ -36,11 +36,11 @@ def _multiple(module: nn.Module) -> int:
 
 
 def check_size(module: nn.Module, size: int) -> None:
-    m = _multiple(module)
-    if size <= 0 or size % m:
-        raise UserError(f"--size {size} must be a positive multiple of {m} for this "
-                        f"{archs.describe(module.spec) if getattr(module, 'spec', None) else 'generator'}; "
-                        f"use e.g. --size {max(m, size // m * m)}")
+    spec = getattr(module, "spec", None)
+    if spec:
+        archs.check_size(spec, size)
+    elif size <= 0:
+        raise UserError(f"--size must be a positive number of pixels, not {size}")
 
 
 def _program(module: nn.Module, size: int, batch: int, opset: int | None, dynamic: bool) -> Any:

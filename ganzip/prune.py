@@ -232,9 +232,7 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str = "
     spec = getattr(teacher, "spec", None)
     if spec is None or not archs.get(spec["arch"]).generator:
         raise UserError("prune needs a ResNet or U-Net generator built by ganzip (load it with checkpoint.load_generator)")
-    multiple = archs.size_multiple(spec)
-    if size <= 0 or size % multiple:
-        raise UserError(f"--size {size} must be a positive multiple of {multiple} for this {archs.describe(spec)}")
+    archs.check_size(spec, size)
     was_training = teacher.training
     try:
         return _prune(teacher.eval(), ratio, by, method, size, calib, multiple_of, seed, progress)

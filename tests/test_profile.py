@@ -104,4 +104,5 @@ def test_profile_rejects_size_the_generator_cannot_take(tmp_path):
     torch.save(resnet_state_dict(ngf=4, n_blocks=6, norm="instance"), path)
     out = CliRunner().invoke(app, ["profile", str(path), "--size", "30"])
     assert out.exit_code == 2
-    assert "not a multiple of 4" in out.output
+    assert out.output == ("error: --size 30 is not a positive multiple of 4, which resnet_6blocks (ngf 4, instance "
+                          "norm) needs; use e.g. --size 28\n")

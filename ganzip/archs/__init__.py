@@ -47,6 +47,16 @@ def size_multiple(spec: dict) -> int:
     return fn(spec) if fn else 1
 
 
+def check_size(spec: dict, size: int) -> None:
+    """Refuse a size the network cannot take back at its own resolution, naming the nearest one that works."""
+    from ganzip.errors import UserError
+
+    multiple = size_multiple(spec)
+    if size <= 0 or size % multiple:
+        raise UserError(f"--size {size} is not a positive multiple of {multiple}, which {describe(spec)} needs; "
+                        f"use e.g. --size {max(multiple, size // multiple * multiple)}")
+
+
 def describe(spec: dict) -> str:
     """A short human name, e.g. 'resnet_9blocks (ngf 64, instance norm)'."""
     w = spec["widths"]
