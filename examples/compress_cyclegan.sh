@@ -25,7 +25,7 @@ ganzip inspect "$TEACHER" --size "$SIZE"
 ganzip prune "$TEACHER" --ratio 7 --size "$SIZE" --calib "$DATA/trainA" -o "$OUT/student_init.pth"
 
 # 3. Distill: the teacher is frozen; the student learns its outputs through the wavelet high-frequency bands,
-#    with a GAN loss against real trainB images. Interrupt and rerun with --resume to continue.
+#    with a GAN loss against real trainB images. Interrupted? Run this command again with --resume added.
 ganzip distill "$TEACHER" --student "$OUT/student_init.pth" --data "$DATA" \
     --kd wavelet --steps "$STEPS" --size "$SIZE" --out-dir "$OUT/run" -o "$OUT/student.pth"
 
