@@ -358,13 +358,18 @@ def dataset_test_folders(data_dir: str | os.PathLike, direction: str = "AtoB", n
 
     Unaligned (CycleGAN) data: testA -> testB for AtoB. Aligned (pix2pix) data: the first of test, val holding
     A|B images; inputs and reals are both that folder and are split per image. Without `need_reals` (the reals
-    come from elsewhere) the target folder may be missing.
+    come from elsewhere) the target folder may be missing, and a plain folder of images is the inputs.
     """
     if direction not in ("AtoB", "BtoA"):
         raise UserError(f"--direction must be AtoB or BtoA, not {direction!r}")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"--data {data_dir} is not a folder; give a dataset folder with testA/testB or val/test")
+    if images.holds_images(data_dir):
+        if need_reals:
+            raise UserError(f"--data {data_dir} holds images, not testA/testB or val/test: to use them as the "
+                            f"inputs, give the real target images with --real DIR")
+        return data_dir, None, None
     src, dst = ("testA", "testB") if direction == "AtoB" else ("testB", "testA")
     if (data_dir / src).is_dir():
         if (data_dir / dst).is_dir():

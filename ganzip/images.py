@@ -40,6 +40,12 @@ def list_images(folder: str | os.PathLike, what: str = "image folder") -> list[P
     return images
 
 
+def holds_images(folder: str | os.PathLike) -> bool:
+    """True for a folder with image files directly in it: the inputs themselves, not a dataset root."""
+    folder = Path(folder)
+    return folder.is_dir() and any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir())
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open any supported image as 8-bit RGB (gray, RGBA, palette and 16-bit images are converted)."""
     try:

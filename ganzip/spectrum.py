@@ -153,10 +153,10 @@ def resolve_folders(data: str | os.PathLike, real: str | os.PathLike | None, dir
     """A folder of images is used as is; a dataset root resolves as in `ganzip fid` (testA -> testB, or val/test
     A|B pairs), so `--data datasets/horse2zebra` compares against the real testB images."""
     from ganzip.fid import dataset_test_folders
-    from ganzip.images import IMAGE_EXTENSIONS
+    from ganzip.images import holds_images
 
     folder = Path(data)
-    if not folder.is_dir() or any(f.suffix.lower() in IMAGE_EXTENSIONS for f in folder.iterdir() if f.is_file()):
+    if not folder.is_dir() or holds_images(folder):  # kept with its --direction: a folder of A|B pairs
         return folder, (Path(real) if real is not None else None), direction
     inputs, reals, aligned = dataset_test_folders(folder, direction or "AtoB", need_reals=False)
     if real is None and aligned is None:

@@ -230,3 +230,15 @@ def test_dataset_folders_and_their_refusals(tmp_path):
         fid.dataset_test_folders(tmp_path, "AB")
     with pytest.raises(UserError, match="neither"):
         fid.dataset_test_folders(tmp_path / "testA")
+
+
+def test_a_plain_folder_of_inputs_needs_real_targets(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "a.png")
+    assert fid.dataset_test_folders(tmp_path / "photos", need_reals=False) == (tmp_path / "photos", None, None)
+    with pytest.raises(UserError) as e:
+        fid.dataset_test_folders(tmp_path / "photos")
+    assert str(e.value) == (f"--data {tmp_path / 'photos'} holds images, not testA/testB or val/test: to use them "
+                            f"as the inputs, give the real target images with --real DIR")
