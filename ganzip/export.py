@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -55,6 +56,20 @@ def _program(module: nn.Module, size: int, batch: int, opset: int | None, dynami
                                  input_names=["input"], output_names=["output"], verbose=False)
 
 
+def _name_dynamic_dims(proto: Any) -> Any:
+    """The exporter's shape symbols (s77, s53 ...) renamed batch, height, width wherever they appear, so that the
+    file says what its inputs are to anyone who opens it (Netron, onnxruntime's error messages, our own table)."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    names = {d.dim_param: n for d, n in zip(dims, ("batch", "", "height", "width")) if d.dim_param and n}
+    if names:
+        symbol = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+        for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+            for d in value.type.tensor_type.shape.dim:
+                if d.dim_param:
+                    d.dim_param = symbol.sub(lambda m: names[m.group(1)], d.dim_param)
+    return proto
+
+
 def _opset(model_proto: Any) -> int:
     return next(o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx"))
 
@@ -66,12 +81,11 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, opset: int | None = 
     if opset is not None and opset < 18:
         raise UserError(f"--opset {opset} is older than PyTorch's exporter supports; use 18 or newer, or leave it out")
     path = check_writable(path)
-    program = _program(module, size, batch, opset, dynamic)
-    with atomic_path(path) as tmp:
-        program.save(str(tmp), external_data=False)
     import onnx
 
-    proto = onnx.load(str(path), load_external_data=False)
+    proto = _name_dynamic_dims(_program(module, size, batch, opset, dynamic).model_proto)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     return {"path": str(path), "bytes": path.stat().st_size, "opset": _opset(proto), "dynamic": dynamic,
             "input_shape": dims, "traced_size": size}
