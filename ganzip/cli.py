@@ -30,8 +30,20 @@ err_console = Console(stderr=True)
 _state = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import torch
+
+        from ganzip import __version__
+
+        console.print(f"ganzip {__version__} (torch {torch.__version__})", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+         version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print ganzip's and torch's versions and exit.")) -> None:
     _state["debug"] = debug
 
 

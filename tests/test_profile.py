@@ -106,3 +106,14 @@ def test_profile_rejects_size_the_generator_cannot_take(tmp_path):
     assert out.exit_code == 2
     assert out.output == ("error: --size 30 is not a positive multiple of 4, which resnet_6blocks (ngf 4, instance "
                           "norm) needs; use e.g. --size 28\n")
+
+
+def test_version_matches_the_installed_distribution():
+    from importlib.metadata import version
+
+    import ganzip
+
+    out = CliRunner().invoke(app, ["--version"])
+    assert out.exit_code == 0
+    assert out.output.startswith(f"ganzip {version('ganzip')} (torch ")
+    assert ganzip.__version__ == version("ganzip")
