@@ -156,7 +156,8 @@ def _calibration_batch(train: data.TrainSet, n: int = 8) -> torch.Tensor:
 
 def _make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet) -> tuple[nn.Module, dict]:
     if cfg.student is not None:
-        student = checkpoint.load_generator(cfg.student)
+        loaded = checkpoint.load(cfg.student)
+        student = checkpoint.instantiate(loaded)
         ts, ss = teacher.spec, student.spec
         if ss["arch"] != ts["arch"]:
             raise UserError(f"--student {cfg.student} is a {archs.describe(ss)} but the teacher is a "
@@ -164,7 +165,11 @@ def _make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet) 
         if (ss["input_nc"], ss["output_nc"]) != (ts["input_nc"], ts["output_nc"]):
             raise UserError(f"--student {cfg.student} maps {ss['input_nc']}->{ss['output_nc']} channels but the teacher "
                             f"maps {ts['input_nc']}->{ts['output_nc']}; prune it from this teacher (ganzip prune)")
-        info = {"student_from": str(cfg.student)}
+        # A student from `ganzip prune` carries its ratio; the distilled checkpoint keeps saying what it is.
+        pruned = loaded.provenance
+        info = {"student_from": str(cfg.student), **{k: pruned[k] for k in ("ratio", "by", "method") if k in pruned}}
+        if "achieved" in pruned:
+            info["achieved_ratio"] = pruned["achieved"]
     else:
         from ganzip import prune
 

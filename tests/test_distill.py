@@ -293,3 +293,15 @@ def test_huge_learning_rate_stops_with_a_named_loss_and_finite_checkpoint(setup)
         state = torch.load(state_path, weights_only=True)
         for part in ("student", "disc"):
             assert all(torch.isfinite(v).all() for v in state[part]["state_dict"].values() if v.is_floating_point())
+
+
+def test_student_from_prune_keeps_its_ratio_in_the_distilled_provenance(setup):
+    tmp_path, data = setup
+    pruned = runner.invoke(app, ["prune", str(tmp_path / "teacher.pth"), "--ratio", "2", "--method", "uniform",
+                                 "--size", "32", "-o", str(tmp_path / "s.pth")])
+    assert pruned.exit_code == 0, pruned.output
+    achieved = checkpoint.load(tmp_path / "s.pth").provenance["achieved"]
+    summary = distill(_cfg(tmp_path, data, "from_student", ratio=None, student=tmp_path / "s.pth", steps=2))
+    prov = checkpoint.load(summary["output"]).provenance
+    assert prov["student_from"] == str(tmp_path / "s.pth")
+    assert (prov["ratio"], prov["by"], prov["method"], prov["achieved_ratio"]) == (2.0, "macs", "uniform", achieved)
