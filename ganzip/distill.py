@@ -441,9 +441,8 @@ def _write_samples(path: Path, student: nn.Module, teacher: nn.Module, x: torch.
 
 
 def _progress(enabled: bool, total: int, start: int) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     # stderr, as every ganzip progress bar: stdout stays clean for --json and pipes.
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
