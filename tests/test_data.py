@@ -139,3 +139,22 @@ def test_bad_sizes(tmp_path):
         data.TrainSet(src, 8, 16)
     with pytest.raises(UserError, match="only 1 training image"):
         data.Schedule(1, batch_size=2, seed=0)
+
+
+def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path):
+    # A dark 16-bit image (all values below 256) must stay dark: its depth comes from the mode, not its values.
+    for side in ("trainA", "trainB"):
+        (tmp_path / side).mkdir()
+    deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)
+    dark = np.full((8, 8), 200, dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "trainA" / "deep.png")
+    Image.fromarray(dark).save(tmp_path / "trainA" / "dark.png")
+    Image.fromarray(_rgb(1, 8, 8)).save(tmp_path / "trainB" / "b.png")
+    assert Image.open(tmp_path / "trainA" / "dark.png").mode == "I;16"
+    src = data.resolve(tmp_path)
+    train = data.TrainSet(src, 8, 8, flip=False)
+    for i, path in enumerate(src.inputs):
+        raw = deep if path.name == "deep.png" else dark
+        gray = np.floor(raw.astype(np.float64) / 65535.0 * 255.0 + 0.5)
+        want = torch.from_numpy(np.repeat(gray[None], 3, axis=0).astype(np.float32) / 127.5 - 1.0)
+        assert torch.allclose(train.item(i, 0)["input"], want, atol=1e-5), path.name
