@@ -1,0 +1,218 @@
+"""Commands that run a generator over images or ship it: translate, fid, export, spectrum."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ganzip.cli.common import command, console, emit_json, progress_bar
+from ganzip.errors import UserError
+
+
+@command("translate")
+def translate_cmd(
+    checkpoint: Path = typer.Argument(..., help="Generator checkpoint."),
+    input_dir: Path = typer.Argument(..., help="Folder of input images (or of aligned A|B pairs with --direction)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder; each image is written as <stem>.png."),
+    size: Optional[int] = typer.Option(None, help="Resize inputs to this square size first (default: keep sizes)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per forward pass."),
+    direction: Optional[str] = typer.Option(None, help="AtoB or BtoA: the inputs are aligned A|B pairs; use that "
+                                                       "input half."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
+) -> None:
+    """Run a generator over a folder and write PNGs with the same stems (any size: padded by reflection)."""
+    from ganzip import checkpoint as ckpt
+    from ganzip.devices import resolve_device
+    from ganzip.translate import translate_folder
+
+    device = resolve_device(device)
+    module = ckpt.load_generator(checkpoint)
+    with progress_bar() as update:
+        written = translate_folder(module, input_dir, out, size=size, batch_size=batch_size, device=device,
+                                   direction=direction,
+                                   progress=(lambda d, t: update("translating", d, t)) if update else None)
+    if as_json:
+        emit_json({"out": out, "n": len(written), "files": written})
+        return
+    console.print(f"wrote {len(written)} image(s) to {out}")
+
+
+@command("fid")
+def fid_cmd(
+    checkpoint: Optional[Path] = typer.Argument(None, help="Generator checkpoint (leave out with --fake)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder: testA/testB (unaligned) or test/ or "
+                                                             "val/ with A|B pairs (aligned)."),
+    real: Optional[Path] = typer.Option(None, "--real", help="Real target images (default: from --data)."),
+    fake: Optional[Path] = typer.Option(None, "--fake", help="Already generated images: compare with --real "
+                                                             "directly."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher checkpoint: its FID on the same data, "
+                                                                   "and the difference."),
+    kid: bool = typer.Option(False, "--kid", help="Also compute KID (mean and std over subsets)."),
+    direction: str = typer.Option("AtoB", help="AtoB or BtoA."),
+    size: Optional[int] = typer.Option(None, help="Resize inputs to this square size before translating."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per generator forward pass."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Keep the generator's images in this folder."),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's "
+                                                     "inception-v3-compat weights file (else found offline)."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """FID (and KID) with the standard TF Inception weights, computed offline through torch-fidelity."""
+    from ganzip import fid as fidlib
+    from ganzip.devices import resolve_device
+
+    device = resolve_device(device)
+    if fake is not None:
+        if real is None or checkpoint is not None or data is not None or teacher is not None:
+            raise UserError("--fake compares two folders: give exactly --fake DIR --real DIR (no checkpoint, "
+                            "--data or --teacher)")
+        weights = fidlib.resolve_weights(inception_weights)
+        with progress_bar() as update:
+            result = fidlib.fid_folders(fake, real, kid=kid, weights=weights, device=device, progress=update)
+        results = {"fake": result}
+    else:
+        from ganzip import checkpoint as ckpt
+
+        if checkpoint is None or data is None:
+            raise UserError("give a generator checkpoint and --data DIR (or --fake DIR --real DIR for two folders)")
+        models = {"student": ckpt.load_generator(checkpoint)}
+        if teacher is not None:
+            models["teacher"] = ckpt.load_generator(teacher)
+        weights = fidlib.resolve_weights(inception_weights)  # before any translation starts
+        results = {}
+        with progress_bar() as update:
+            for name, module in models.items():
+                results[name] = fidlib.fid_for_generator(
+                    module, data, real_dir=real, kid=kid, weights=weights, size=size, batch_size=batch_size,
+                    device=device, direction=direction, out_dir=out if name == "student" else None,
+                    progress=(lambda task, d, t, n=name: update(f"{n}: {task}", d, t)) if update else None)
+    main_result = dict(next(iter(results.values())))
+    if "teacher" in results:
+        main_result["teacher"] = results["teacher"]
+        main_result["fid_delta"] = main_result["fid"] - results["teacher"]["fid"]
+    if as_json:
+        emit_json(main_result)
+        return
+    table = Table(title="FID (TF-Inception-2015-12-05, pool3)")
+    table.add_column("")
+    for name in results:
+        table.add_column(name if name != "fake" else str(fake), justify="right")
+    table.add_row("FID", *[f"{r['fid']:.3f}" for r in results.values()])
+    if kid:
+        table.add_row("KID (x1000, mean ± std)",
+                      *[f"{r['kid_mean'] * 1e3:.3f} ± {r['kid_std'] * 1e3:.3f}" for r in results.values()])
+    table.add_row("images (generated / real)", *[f"{r['n_fake']} / {r['n_real']}" for r in results.values()])
+    console.print(table)
+    if "fid_delta" in main_result:
+        console.print(f"student - teacher FID: {main_result['fid_delta']:+.3f}")
+    console.print(f"[dim]Inception weights: {weights}[/]", soft_wrap=True, highlight=False)
+
+
+@command("export")
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="Generator checkpoint."),
+    onnx: bool = typer.Option(True, "--onnx", help="Export to ONNX (the one supported format)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output .onnx file (default: beside the "
+                                                                 "checkpoint)."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's choice, 18 or newer)."),
+    dynamic: bool = typer.Option(True, "--dynamic/--static", help="Dynamic batch, height and width, or fixed to "
+                                                                  "--size (then verified at --size only)."),
+    size: int = typer.Option(256, help="Traced input size; also the first verification and timing size."),
+    runs: int = typer.Option(20, help="Timed onnxruntime runs."),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads (default: its choice)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Export to ONNX, then check onnxruntime against PyTorch at two sizes (fails above 1e-4) and time it."""
+    from ganzip import checkpoint as ckpt
+    from ganzip import export
+    from ganzip import profile as prof
+
+    if runs <= 0:
+        raise UserError("--runs must be a positive integer")
+    module = ckpt.load_generator(checkpoint)
+    export.check_size(module, size)
+    out = out or checkpoint.with_suffix(".onnx")
+    with console.status("exporting...", spinner="dots") if not as_json else contextlib.nullcontext():
+        info = export.export_onnx(module, out, opset=opset, dynamic=dynamic, size=size)
+        check = export.verify(module, out, sizes=export.verify_sizes(module, size, dynamic))
+        shape = (1, module.spec["input_nc"], size, size)
+        latency = prof.time_alternating({"onnxruntime": export.file_runner(out, shape, threads)}, runs=runs)
+    info.update(check)
+    info["onnxruntime_latency"] = latency["onnxruntime"].as_dict()
+    info["onnxruntime_latency"]["input_shape"] = list(shape)
+    if as_json:
+        emit_json(info)
+    else:
+        table = Table(title=f"ONNX export of {checkpoint}", show_header=False)
+        table.add_row("file", f"{info['path']} ({info['bytes'] / 2**20:.2f} MiB)")
+        table.add_row("opset", str(info["opset"]))
+        table.add_row("input shape", " x ".join(map(str, info["input_shape"])))
+        for s, d in check["max_abs_diff"].items():
+            table.add_row(f"max |ORT - PyTorch| @{s}px", f"{d:.2e}" + ("" if d <= check["tolerance"] else " FAIL"))
+        lat = info["onnxruntime_latency"]
+        table.add_row(f"onnxruntime latency @{size}px", f"{lat['median_ms']:.1f} ms "
+                                                         f"({lat['p10_ms']:.1f}-{lat['p90_ms']:.1f})")
+        console.print(table)
+    if not check["ok"]:
+        worst = max(check["max_abs_diff"].items(), key=lambda kv: kv[1])
+        raise UserError(f"onnxruntime differs from PyTorch by {worst[1]:.2e} at {worst[0]}px (limit "
+                        f"{check['tolerance']:.0e}); the file {out} was kept for inspection, do not deploy it")
+
+
+@command("spectrum")
+def spectrum_cmd(
+    checkpoints: list[Path] = typer.Argument(..., help="Generators to compare (teacher first, then students)."),
+    data: Path = typer.Option(..., "--data", help="Folder of input images, or a dataset (testA/testB or val/test A|B)."),
+    real: Optional[Path] = typer.Option(None, "--real", help="Folder of real target-domain images (the reference)."),
+    direction: Optional[str] = typer.Option(None, help="AtoB or BtoA: --data holds A|B pairs; targets are the reference."),
+    size: Optional[int] = typer.Option(None, help="Resize images to this many pixels (square)."),
+    limit: int = typer.Option(100, help="Use at most this many images from each folder."),
+    levels: int = typer.Option(3, help="Wavelet levels."),
+    wave: str = typer.Option("haar", "--wavelet", "--wave", help="Any discrete PyWavelets name (as distill)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per forward pass."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write a PNG plot here (needs matplotlib)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full analysis as JSON."),
+) -> None:
+    """Power spectrum and wavelet band energies of real images and each generator's outputs."""
+    from ganzip import spectrum
+    from ganzip.devices import resolve_device
+
+    if limit <= 0 or levels <= 0 or batch_size <= 0 or (size is not None and size <= 0):
+        raise UserError("--limit, --levels, --batch-size and --size must be positive integers")
+    from ganzip.wavelet import check_wavelet
+
+    check_wavelet(wave)  # before minutes of translating, not after
+    if output is not None:
+        from ganzip.atomic import check_writable
+
+        check_writable(output)
+    with console.status("translating and analysing...", spinner="dots") if not as_json else contextlib.nullcontext():
+        result = spectrum.spectrum(checkpoints, data, real=real, size=size, direction=direction, limit=limit,
+                                   batch_size=batch_size, device=resolve_device(device), wave=wave, levels=levels)
+    if output is not None:
+        result["plot"] = str(spectrum.plot(result, output))
+    if as_json:
+        emit_json(result)
+        return
+    table = Table(title=f"frequency content @ {result['size']}px, reference: {result['reference']}")
+    for col in ("", "images", "HF wavelet share", "HF ratio", "spectral HF ratio", "finest band ratio"):
+        table.add_column(col, justify="right" if col else "left")
+    for name, s in result["series"].items():
+        finest = [s["band_ratios"].get(f"L1_{b}") for b in ("LH", "HL", "HH")]
+        finest = [v for v in finest if v is not None]
+        table.add_row(name, str(s["n_images"]), f"{s['hf_share']:.4f}", _ratio(s["hf_ratio"]),
+                      _ratio(s["spectral_hf_ratio"]), _ratio(sum(finest) / len(finest) if finest else None))
+    console.print(table)
+    console.print("[dim]HF = energy outside the wavelet LL band; ratio = series / reference (below 1: detail lost).[/]")
+    if output is not None:
+        console.print(f"plot: {result['plot']}")
+
+
+def _ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"

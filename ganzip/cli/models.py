@@ -1,0 +1,131 @@
+"""Commands that describe a generator: what it is (inspect) and what it costs (profile)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.table import Table
+
+from ganzip import archs
+from ganzip.cli.common import command, console, emit_json, giga, widths_text
+from ganzip.errors import UserError
+
+# --- inspect -----------------------------------------------------------------------------------------------
+
+@command("inspect")
+def inspect_cmd(
+    checkpoint: Path = typer.Argument(..., help="Generator checkpoint (upstream latest_net_G*.pth or ganzip)."),
+    size: int = typer.Option(256, help="Input size (pixels, square) for the MAC count."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Recognise a checkpoint's architecture and show its widths, parameters and MACs."""
+    from ganzip import checkpoint as ckpt
+    from ganzip import profile
+
+    loaded = ckpt.load(checkpoint)
+    module = ckpt.instantiate(loaded)
+    stats = profile.static_profile(module, size)
+    info = {"path": str(checkpoint), "source": loaded.source, "architecture": archs.describe(loaded.spec),
+            "spec": loaded.spec, "params": stats.params, "macs": stats.macs, "macs_exact": stats.macs_exact,
+            "size": size, "notes": loaded.notes, "provenance": loaded.provenance}
+    if loaded.mapping:
+        info["mapping"] = [{"checkpoint": a, "ganzip": b} for a, b in loaded.mapping]
+    if as_json:
+        emit_json(info)
+        return
+    table = Table(title=f"{checkpoint}", show_header=False)
+    table.add_row("architecture", info["architecture"])
+    table.add_row("format", {"upstream": "upstream state dict", "ganzip": "ganzip checkpoint",
+                             "mapped": "other code base (keys mapped by layer order)"}[loaded.source])
+    for key in ("input_nc", "output_nc", "n_blocks", "num_downs", "n_layers", "dropout"):
+        if key in loaded.spec:
+            table.add_row(key, str(loaded.spec[key]))
+    for key, text in widths_text(loaded.spec):
+        table.add_row(f"widths.{key}", text)
+    table.add_row("parameters", f"{stats.params:,}")
+    table.add_row(f"MACs @{size}px (paper/thop)", giga(stats.macs))
+    table.add_row(f"MACs @{size}px (exact)", giga(stats.macs_exact))
+    for key, value in loaded.provenance.items():
+        table.add_row(f"provenance.{key}", str(value))
+    console.print(table)
+    for note in loaded.notes:
+        console.print(f"[dim]note: {note}[/]")
+    if loaded.mapping:
+        renamed = [(a, b) for a, b in loaded.mapping if a != b]
+        console.print(f"[dim]key mapping ({len(renamed)} renamed, first shown):[/]")
+        for a, b in renamed[:8]:
+            console.print(f"[dim]  {a} -> {b}[/]")
+
+
+# --- profile -----------------------------------------------------------------------------------------------
+
+@command("profile")
+def profile_cmd(
+    checkpoint: Path = typer.Argument(..., help="Generator to profile (usually the student)."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher checkpoint: adds compression and speedup."),
+    size: int = typer.Option(256, help="Input size in pixels (square)."),
+    batch: int = typer.Option(1, help="Batch size for the latency measurement."),
+    runs: int = typer.Option(20, help="Timed runs per model (after warm-up)."),
+    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's choice)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Also time the model(s) in onnxruntime."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Parameters, MACs (paper convention and exact) and latency; with --teacher, compression and speedup."""
+    from ganzip import checkpoint as ckpt
+    from ganzip import profile as prof
+    from ganzip.devices import resolve_device
+
+    if size <= 0 or batch <= 0 or runs <= 0:
+        raise UserError("--size, --batch and --runs must be positive integers")
+    device = resolve_device(device)
+    student = ckpt.load_generator(checkpoint)
+    teacher_module = ckpt.load_generator(teacher) if teacher else None
+    for module in (student, teacher_module):
+        if module is not None:
+            archs.check_size(module.spec, size)
+    extra = None
+    if onnx:
+        from ganzip import export
+
+        models = {"student": student, **({"teacher": teacher_module} if teacher_module is not None else {})}
+        extra = {name: {"onnx": export.onnx_runner(m, size, batch, threads=threads)} for name, m in models.items()}
+    with console.status("timing...", spinner="dots") if not as_json else contextlib.nullcontext():
+        result = prof.profile(student, teacher_module, size=size, batch=batch, runs=runs, threads=threads,
+                              device=device, extra_runners=extra)
+    if as_json:
+        emit_json(result)
+        return
+    table = Table(title=f"profile @ {batch}x{size}x{size}, {result['threads']} threads, {device}")
+    table.add_column("")
+    table.add_column("student", justify="right")
+    if teacher_module is not None:
+        table.add_column("teacher", justify="right")
+        table.add_column("ratio", justify="right")
+    t = result.get("teacher")
+
+    def row(label: str, key: str, fmt: Callable, ratio: str | None = None) -> None:
+        cells = [label, fmt(result[key])]
+        if t is not None:
+            cells += [fmt(t[key]), ratio or ""]
+        table.add_row(*cells)
+
+    row("parameters", "params", lambda v: f"{v:,}", t and f"{result['compression']:.2f}x")
+    row("MACs (paper/thop convention)", "macs", giga, t and f"{result['macs_ratio']:.2f}x")
+    row("MACs (exact)", "macs_exact", giga, t and f"{result['macs_exact_ratio']:.2f}x")
+    lat = result["latency"]
+    spread = f"{lat['median_ms']:.1f} ms ({lat['p10_ms']:.1f}-{lat['p90_ms']:.1f})"
+    cells = ["latency PyTorch (median, p10-p90)", spread]
+    if t is not None:
+        tl = t["latency"]
+        cells += [f"{tl['median_ms']:.1f} ms ({tl['p10_ms']:.1f}-{tl['p90_ms']:.1f})", f"{result['speedup']:.2f}x"]
+    table.add_row(*cells)
+    if "onnx_latency_ms" in result:
+        cells = ["latency onnxruntime (median)", f"{result['onnx_latency_ms']:.1f} ms"]
+        if t is not None:
+            cells += [f"{t['onnx_latency_ms']:.1f} ms", f"{result.get('onnx_speedup', float('nan')):.2f}x"]
+        table.add_row(*cells)
+    console.print(table)
