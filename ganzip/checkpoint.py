@@ -331,13 +331,26 @@ def instantiate(loaded: Loaded) -> nn.Module:
     return module.eval()
 
 
-def load_generator(path: str | os.PathLike) -> nn.Module:
-    """The generator in `path` as an eval-mode module whose outputs equal the upstream model's."""
+def load_generator(path: str | os.PathLike, teacher_mode: str = "eval") -> nn.Module:
+    """The generator in `path` as an eval-mode module whose outputs equal the upstream model's.
+
+    `teacher_mode` says how BatchNorm layers normalise (archs.layers.set_teacher_mode): with the saved running
+    statistics (`eval`) or with each image's own (`batch-stats`, upstream's test script without --eval).
+    """
+    import warnings
+
+    from ganzip.archs.layers import set_teacher_mode
+
     loaded = load(path)
     if not archs.get(loaded.spec["arch"]).generator:
         raise UserError(f"{path} is a {archs.describe(loaded.spec)} discriminator, not a generator; "
                         f"pass a generator checkpoint (latest_net_G*.pth)")
-    return instantiate(loaded)
+    module = instantiate(loaded)
+    module.provenance = loaded.provenance  # how it was made (a ganzip student's ratio, a teacher's direction)
+    if set_teacher_mode(module, teacher_mode) == 0 and teacher_mode != "eval":
+        warnings.warn(f"{Path(path).name} has no BatchNorm layers: --teacher-mode {teacher_mode} changes nothing",
+                      stacklevel=2)
+    return module
 
 
 def save(path: str | os.PathLike, spec: dict, state_dict: Mapping[str, torch.Tensor], **provenance: Any) -> Path:

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ganzip import images
 from ganzip.errors import UserError
+from ganzip.memory import MemoryBudget
 
 LAYOUTS = ("DIR/trainA + DIR/trainB (unpaired)", "DIR/train with A|B side-by-side pairs", "--inputs DIR --targets DIR")
 
@@ -73,23 +74,75 @@ def seeded(seed: int, *parts: int) -> torch.Generator:
 
 
 def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
-    """This rank's share of the shuffled indices for `epoch`; every rank gets the same count."""
-    perm = torch.randperm(n, generator=seeded(seed, epoch)).tolist()
+    """This rank's indices for `epoch`, shuffled; every rank gets the same count.
+
+    Each rank keeps one fixed share of the images for the whole run (a seeded split), reshuffled every epoch, so
+    a rank decodes and caches only its own share; the gradients are averaged across ranks either way.
+    """
     share = n // world
-    return perm[rank::world][:share]
+    own = torch.randperm(n, generator=seeded(seed, -1)).tolist()[rank::world][:share]
+    order = torch.randperm(share, generator=seeded(seed, epoch, rank)).tolist()
+    return [own[i] for i in order]
+
+
+def check_images(paths: list[Path], what: str) -> None:
+    """Open every image's header before training starts: a broken file found at step 9000 would cost the steps
+    since the last save. Headers are cheap (no decoding); a file that is damaged past its header is still
+    caught when it is decoded, and the run saves before it stops."""
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                img.size  # noqa: B018 - reading the header is the check
+        except (UnidentifiedImageError, OSError) as e:
+            raise UserError(f"cannot read {what} {p}: {e}; remove or replace the file") from None
+
+
+def hold_out(source: Source, fraction: float = 0.05, minimum: int = 2) -> tuple[Source, list[Path]]:
+    """Split every 1/fraction-th input off for validation when the dataset has no held-out folder.
+
+    Evenly spaced, not random: the same files are held out whatever the seed, so runs with different seeds are
+    scored on the same images. Paired data holds out whole pairs.
+    """
+    n = len(source.inputs)
+    k = max(minimum, round(n * fraction))
+    if n - k < 1:
+        raise UserError(f"only {n} input image(s): too few to hold {k} out for validation; add images, give --val "
+                        f"DIR, or turn validation off with --val-images 0")
+    held = sorted({i * n // k + (n // k) // 2 for i in range(k)})
+    held_set = set(held)
+    keep = [i for i in range(n) if i not in held_set]
+    inputs = [source.inputs[i] for i in keep]
+    targets = [source.targets[i] for i in keep] if source.paired else source.targets
+    return (Source(inputs, targets, source.paired, source.aligned, source.direction, source.description),
+            [source.inputs[i] for i in held])
+
+
+def held_out_folder(data: str | os.PathLike | None, direction: str, paired: bool) -> Path | None:
+    """The dataset's own test inputs, as the code base lays them out: testA (testB for BtoA) for unpaired data,
+    val/ or test/ with A|B pairs for paired data."""
+    if data is None:
+        return None
+    root = Path(data)
+    names = ("val", "test") if paired else ("testA" if direction == "AtoB" else "testB",)
+    return next((root / n for n in names if (root / n).is_dir()), None)
 
 
 class TrainSet:
-    """Resize to `load_size`, random-crop `crop_size`, random horizontal flip: the code base's `resize_and_crop`.
+    """Resize to `load_size`, random horizontal flip, random `crop_size` crop: the code base's `resize_and_crop`.
 
-    Decoded, resized images are kept in memory (uint8), so an epoch after the first costs no JPEG decoding.
+    Decoded, resized images are kept in memory (uint8) while `budget` allows, so later epochs skip JPEG decoding.
+    Flipping before cropping (the code base crops first; the two draw the same distribution of windows) puts each
+    crop at a window of one of two fixed images per file, which is what lets the teacher's output on the whole
+    image be cached once per (image, flip) and cropped like the input (ganzip.targets).
     """
 
-    def __init__(self, source: Source, load_size: int, crop_size: int, flip: bool = True, seed: int = 0):
+    def __init__(self, source: Source, load_size: int, crop_size: int, flip: bool = True, seed: int = 0,
+                 budget: MemoryBudget | None = None):
         if load_size < crop_size:
             raise UserError(f"--load-size {load_size} is smaller than the crop --size {crop_size}; use a load size "
                             f">= the crop size")
         self.source, self.load_size, self.crop_size, self.flip, self.seed = source, load_size, crop_size, flip, seed
+        self.budget = budget if budget is not None else MemoryBudget(2**62)
         self._cache: dict[tuple[str, Path], torch.Tensor] = {}
         self._warned_small = False
 
@@ -98,48 +151,61 @@ class TrainSet:
 
     @property
     def deterministic_input(self) -> bool:
-        """True when an input image depends only on (index, flip): its teacher output can be cached."""
+        """True when an input image depends only on (index, flip): no random crop."""
         return self.load_size == self.crop_size
 
     def _load(self, kind: str, path: Path) -> torch.Tensor:
         key = (kind, path)
-        if key not in self._cache:
-            img = images.load_rgb(path)
-            if self.source.aligned:
-                img = images.split_aligned(img, self.source.direction)[0 if kind == "input" else 1]
-            if min(img.size) < self.crop_size and not self._warned_small:
-                self._warned_small = True  # once per run: a folder of thumbnails would otherwise flood the log
-                warnings.warn(f"{path.name} is {img.size[0]}x{img.size[1]}, smaller than the {self.crop_size} px crop; "
-                              f"such images are resized up to {self.load_size} px (blurrier training data)",
-                              stacklevel=2)
-            img = img.resize((self.load_size, self.load_size), Image.BICUBIC)
-            self._cache[key] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-        return self._cache[key]
+        if key in self._cache:
+            return self._cache[key]
+        img = images.load_rgb(path)
+        if self.source.aligned:
+            img = images.split_aligned(img, self.source.direction)[0 if kind == "input" else 1]
+        if min(img.size) < self.crop_size and not self._warned_small:
+            self._warned_small = True  # once per run: a folder of thumbnails would otherwise flood the log
+            warnings.warn(f"{path.name} is {img.size[0]}x{img.size[1]}, smaller than the {self.crop_size} px crop; "
+                          f"such images are resized up to {self.load_size} px (blurrier training data)",
+                          stacklevel=2)
+        img = img.resize((self.load_size, self.load_size), Image.BICUBIC)
+        t = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+        if self.budget.take(t.numel() * t.element_size()):
+            self._cache[key] = t
+        return t
 
-    def item(self, index: int, epoch: int) -> dict:
-        """Input (and target) for one index in one epoch; all randomness drawn from seeded(seed, epoch, index)."""
+    def draw(self, index: int, epoch: int) -> tuple[bool, int, int, int | None]:
+        """(flip, top, left, unpaired target index) for one index in one epoch, from seeded(seed, epoch, index)."""
         g = seeded(self.seed, epoch, index)
         span = self.load_size - self.crop_size
         top = int(torch.randint(0, span + 1, (1,), generator=g))
         left = int(torch.randint(0, span + 1, (1,), generator=g))
         flip = bool(self.flip and torch.rand(1, generator=g).item() < 0.5)
-        if self.source.paired:
-            target_path = self.source.targets[index]
-        else:
-            target_path = self.source.targets[int(torch.randint(0, len(self.source.targets), (1,), generator=g))]
+        other = None if self.source.paired else int(torch.randint(0, len(self.source.targets), (1,), generator=g))
+        return flip, top, left, other
 
-        def prep(t: torch.Tensor) -> torch.Tensor:
-            t = t[:, top: top + self.crop_size, left: left + self.crop_size].float() / 127.5 - 1.0
-            return t.flip(-1) if flip else t
+    def whole(self, kind: str, index: int, flip: bool) -> torch.Tensor:
+        """The resized (load_size) image in [-1, 1], flipped or not: what every crop of it is cut from."""
+        path = self.source.inputs[index] if kind == "input" else self.source.targets[index]
+        t = self._load(kind, path).float() / 127.5 - 1.0
+        return t.flip(-1) if flip else t
 
-        return {"input": prep(self._load("input", self.source.inputs[index])),
-                "target": prep(self._load("target", target_path)), "index": index, "flip": flip}
+    def item(self, index: int, epoch: int) -> dict:
+        """Input (and target) for one index in one epoch, with the crop window (in the flipped frame)."""
+        flip, top, left, other = self.draw(index, epoch)
+        c = self.crop_size
+
+        def crop(t: torch.Tensor) -> torch.Tensor:
+            return t[:, top: top + c, left: left + c]
+
+        target = self.whole("target", index if other is None else other, flip)
+        return {"input": crop(self.whole("input", index, flip)), "target": crop(target), "index": index,
+                "flip": flip, "window": (top, left)}
 
     def batch(self, indices: list[int], epoch: int) -> dict:
         items = [self.item(i, epoch) for i in indices]
         return {"input": torch.stack([it["input"] for it in items]),
                 "target": torch.stack([it["target"] for it in items]),
-                "index": [it["index"] for it in items], "flip": [it["flip"] for it in items]}
+                "index": [it["index"] for it in items], "flip": [it["flip"] for it in items],
+                "window": [it["window"] for it in items]}
 
     def fixed_inputs(self, n: int = 4) -> torch.Tensor:
         """The first n inputs, centre-cropped and unflipped: the same images in every sample grid."""

@@ -1,24 +1,32 @@
-"""Wavelet knowledge distillation: train a pruned student to match a frozen teacher's high-frequency detail.
+"""Wavelet knowledge distillation: train a pruned student to keep a frozen teacher's output, detail included.
 
-One loop, readable top to bottom. Each step: the teacher (frozen, eval, no grad) and the student translate the
-same batch; the student is pushed by an LSGAN discriminator towards real target images and by the KD loss
-towards the teacher (wavelet: high DWT bands only; pixel: L1 on the image; none: adversarial only), plus an L1
-to the real target when the data is paired; then the discriminator learns to tell real targets from the
-student's outputs (conditioned on the input for paired data, as in pix2pix).
+One loop, readable top to bottom. Each step the teacher (frozen) and the student translate the same crops, and
+the student's loss is a weighted sum of named terms (ganzip.losses):
+- `gan`: an LSGAN discriminator pulls its outputs towards real target images (conditioned on the input for
+  paired data, as pix2pix);
+- `kd`: the KD term pulls it towards the teacher: the high DWT bands only (wavelet, the method), L1 on the whole
+  image (pixel) or nothing (none);
+- `anchor` (unpaired data): keeps colour and layout on the teacher's, which the high bands leave free: the low
+  DWT band (low), the whole image (pixel) or a cycle through the teacher's reverse generator (cycle);
+- `rec` (paired data): L1 to the real target, weight 100 as upstream.
+Then the discriminator learns real targets from the student's outputs. The learning rate is constant for the
+first half, then falls linearly to zero (ganzip.schedule). Every `--eval-every` steps the student is scored
+against the teacher on held-out images (ganzip.validate) and the best checkpoint is kept beside the final one.
 
-Runs survive anything: state is saved atomically every `save_every` steps, SIGINT/SIGTERM save before exiting,
-and every random choice is a function of (seed, step), so `--resume` continues bit-exactly after even a SIGKILL.
-Under `torchrun` the same loop runs as DistributedDataParallel, each rank on its share of the data.
+The run lives in a folder (ganzip.runs): locked, saved atomically every `--save-every` steps and on SIGINT or
+SIGTERM, resumable bit-exactly after anything (every random choice is a function of seed and step), with a
+recipe that `--resume` refuses to change (ganzip.config). Under `torchrun` the loop runs as
+DistributedDataParallel, each rank on its own share of the data.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import contextlib
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,61 +35,30 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ganzip import archs, checkpoint, data, images
-from ganzip.atomic import torch_save, write_text
+from ganzip import archs, checkpoint, config, data, images
+from ganzip.config import DistillConfig
 from ganzip.devices import resolve_device
 from ganzip.errors import UserError
-from ganzip.losses import WaveletKD, lsgan_d_loss, lsgan_g_loss, pixel_kd
-from ganzip.wavelet import check_wavelet
+from ganzip.losses import CycleL1, LowBandL1, WaveletKD, lsgan_d_loss, lsgan_g_loss, pixel_kd
+from ganzip.memory import MemoryBudget, default_budget
+from ganzip.runs import RunFolder
+from ganzip.schedule import lr_factor
+from ganzip.targets import TeacherTargets
+from ganzip.validate import Validator, load_inputs, spaced
 
-KD_MODES = ("wavelet", "pixel", "none")
-STATE_FILE = "train_state.pth"
-LOG_FILE = "log.jsonl"
+__all__ = ["DistillConfig", "distill", "NonFiniteLoss", "Stopped"]
 
 
-@dataclass
-class DistillConfig:
-    teacher: Path
-    data: Path | None = None
-    inputs: Path | None = None
-    targets: Path | None = None
-    direction: str = "AtoB"
-    ratio: float | None = None
-    student: Path | None = None
-    by: str = "macs"
-    method: str = "search"
-    init: str = "inherit"            # or "scratch": the paper's students were trained from scratch
-    kd: str = "wavelet"
-    wavelet: str = "haar"
-    levels: int = 4
-    kd_distance: str = "l2"
-    lambda_kd: float = 0.4
-    lambda_gan: float = 1.0
-    lambda_rec: float = 10.0         # L1 to the real target, paired data only
-    disc_ratio: float | None = None
-    teacher_disc: Path | None = None
-    ndf: int = 64
-    steps: int = 1000
-    batch_size: int = 4
-    lr: float = 2e-4
-    size: int = 256                  # crop size: the training resolution
-    load_size: int | None = None     # resize before cropping; default = size (no random crop)
-    flip: bool = True
-    save_every: int = 500
-    sample_every: int = 250
-    seed: int = 0
-    device: str = "cpu"
-    resume: bool = False
-    output: Path | None = None       # the student checkpoint; default out_dir/student.pth
-    out_dir: Path = Path("runs/distill")
-    cache_teacher: bool = False
-    progress: bool = True
+class NonFiniteLoss(UserError):
+    pass
 
-    def __post_init__(self) -> None:
-        for name in ("teacher", "data", "inputs", "targets", "student", "teacher_disc", "output", "out_dir"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
-                setattr(self, name, Path(value))
+
+class Stopped(UserError):
+    """A run stopped by SIGINT/SIGTERM; the CLI exits with 128 + the signal number, as shells do."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -94,34 +71,203 @@ class _Dist:
         return self.rank == 0
 
 
-class _StopRequested(Exception):
-    pass
+def distill(cfg: DistillConfig, on_step: Callable[[int, dict], None] | None = None) -> dict:
+    """Train the student; returns a summary (final and best checkpoints, steps, last losses, images/s)."""
+    config.validate(cfg)
+    device = resolve_device(cfg.device)
+    rt, device = _init_distributed(device)
+    try:
+        with RunFolder(cfg.out_dir, writer=rt.main) as run, _StopSignals(rt.main or rt.world == 1) as stop:
+            return _distill(cfg, run, stop, rt, device, on_step)
+    finally:
+        if rt.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
 
-class NonFiniteLoss(UserError):
-    pass
+def _distill(cfg: DistillConfig, run: RunFolder, stop: "_StopSignals", rt: _Dist, device: str,
+             on_step: Callable[[int, dict], None] | None) -> dict:
+    # --- the teacher, the data, and the recipe resolved against them --------------------------------------
+    teacher = checkpoint.load_generator(cfg.teacher, cfg.teacher_mode)
+    teacher_sha = checkpoint.sha256(cfg.teacher)
+    source = data.resolve(cfg.data, cfg.inputs, cfg.targets, config.direction_of(cfg, teacher.provenance))
+    cfg = config.resolve(cfg, teacher.provenance, source.paired)
+    output = config.output_path(cfg)
+    config.check_outputs(cfg, output)
+    for m in (teacher,):
+        archs.check_size(m.spec, cfg.size)
+
+    # --- start or resume ------------------------------------------------------------------------------------
+    state = None
+    if run.state.exists():
+        if not cfg.resume:
+            raise UserError(f"{run.path} already holds a run ({run.state.name}); pass --resume to continue it or "
+                            f"choose another --out-dir")
+        state = run.load_state()
+        _check_contract(cfg, state, teacher_sha, run)
+    elif cfg.resume and rt.main:
+        warnings.warn(f"--resume: {run.path} holds no saved state yet; starting from step 0", stacklevel=2)
+    start = int(state["step"]) if state else 0
+
+    source, val_paths, val_description = _split_validation(cfg, source)
+    data.check_images(source.inputs, "input image")
+    data.check_images(source.targets, "target image")
+    data.check_images(val_paths, "validation image")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", rt.world))
+    budget = MemoryBudget(cfg.cache_mb * 2**20 if cfg.cache_mb is not None else default_budget(local))
+    train = data.TrainSet(source, cfg.load_size, cfg.size, cfg.flip, cfg.seed, budget)
+    schedule = data.Schedule(len(train), cfg.batch_size, cfg.seed, rt.rank, rt.world)
+
+    # --- models and optimisers ------------------------------------------------------------------------------
+    if state is not None:
+        student = _module(state["student"])
+        disc = _module(state["disc"])
+        student_info = state["meta"]["student_info"]
+    else:
+        student, student_info = _make_student(cfg, teacher, train, stop, rt.main)
+        disc = _make_discriminator(cfg, teacher, source.paired)
+    archs.check_size(student.spec, cfg.size)
+    teacher.to(device).eval().requires_grad_(False)
+    student.to(device).train()
+    disc.to(device).train()
+    opt_g = torch.optim.Adam(student.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    if state is not None:
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        torch.set_rng_state(state["rng"])
+    else:
+        torch.manual_seed(cfg.seed + rt.rank)
+    g_model, d_model = student, disc
+    if rt.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [torch.device(device).index] if device.startswith("cuda") else None
+        g_model, d_model = DDP(student, device_ids=ids), DDP(disc, device_ids=ids)
+
+    # --- the objective: named terms and their weights ---------------------------------------------------------
+    autocast = _autocast(cfg.precision, device)
+    kd_term = _kd_term(cfg, device)
+    anchor_term = _anchor_term(cfg, device, autocast)
+    weights = {"gan": cfg.lambda_gan, "kd": cfg.lambda_kd, "anchor": cfg.lambda_anchor, "rec": cfg.lambda_rec}
+    targets = TeacherTargets(teacher, train, device, cfg.cache_teacher, budget, autocast)
+    validator = None
+    if cfg.val_images and rt.main:
+        validator = Validator(teacher, load_inputs(val_paths, cfg.size, source.direction if source.aligned else None),
+                              val_description, device)
+    fixed = train.fixed_inputs(4).to(device)
+    meta = {"teacher_sha256": teacher_sha, "student_info": student_info, "val": val_description,
+            "best": state["meta"].get("best") if state else None, "last_save": start if state else None}
+
+    def save(step: int) -> None:
+        # A finite loss can precede an update that overflows the weights: never let such weights replace a save.
+        for name, module in (("student", student), ("discriminator", disc)):
+            if not all(torch.isfinite(p).all() for p in module.parameters()):
+                raise NonFiniteLoss(f"the {name}'s weights became NaN/Inf by step {step}; training stopped and "
+                                    f"{_kept(meta, run)}; lower --lr or check the data")
+        meta["last_save"] = step
+        if rt.main:
+            run.save_state({"step": step, "student": _packed(student), "disc": _packed(disc),
+                            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": torch.get_rng_state(),
+                            "config": config.record(cfg), "meta": meta})
+            checkpoint.save(output, student.spec, student.state_dict(),
+                            **_provenance(cfg, student_info, step, meta))
+
+    def evaluate(step: int) -> dict:
+        score = validator.score(student)
+        run.append({"step": step, **score, "val_images": validator.n_images})
+        if validator.better(score, meta["best"]):
+            meta["best"] = {"step": step, **score, "selected_by": validator.selects_by}
+            checkpoint.save(run.best, student.spec, student.state_dict(),
+                            **_provenance(cfg, student_info, step, meta), best=meta["best"])
+        return score
+
+    def check(name: str, value: torch.Tensor, step: int) -> None:
+        if not torch.isfinite(value):
+            raise NonFiniteLoss(f"loss {name} became {value.item()} at step {step + 1}; training stopped and "
+                                f"{_kept(meta, run)}; lower --lr or check the data")
+
+    # --- the loop -------------------------------------------------------------------------------------------
+    run.start_log(start if state else None)
+    if rt.main:
+        run.write_config(config.record(cfg))
+        if state is not None and (changed := config.runtime_changes(state["config"], cfg)):
+            run.append({"step": start, "event": "resume", "changed": changed})
+    losses: dict[str, float] = {}
+    score: dict[str, float] = {}
+    step = start
+    t_start, images_seen = time.perf_counter(), 0
+    with _progress(rt.main and cfg.progress, "distilling", cfg.steps, start) as bar:
+        for step in range(start, cfg.steps):
+            lr = cfg.lr * lr_factor(step, cfg.steps, cfg.decay_from)
+            for opt in (opt_g, opt_d):
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            try:
+                epoch, idx = schedule.indices(step)
+                batch = train.batch(idx, epoch)
+                x, real = batch["input"].to(device), batch["target"].to(device)
+                t = targets(batch, x)
+            except UserError as e:  # an image damaged past its header: keep the steps done so far
+                save(step)
+                raise UserError(f"{e} (found at step {step + 1}; the run was saved, fix the file and continue with "
+                                f"--resume)") from None
+
+            # Generator step: the weighted sum of the objective's terms.
+            with autocast():
+                s = g_model(x).float()
+                fake_in = torch.cat([x, s], 1) if source.paired else s
+                terms = {"gan": lsgan_g_loss(disc(fake_in).float())}  # D's weights are not updated here: no DDP
+            if kd_term is not None:
+                terms["kd"] = kd_term(s, t)
+            if anchor_term is not None:
+                terms["anchor"] = anchor_term(s, t, x)
+            if source.paired:
+                terms["rec"] = F.l1_loss(s, real)
+            loss_g = sum(weights[name] * value for name, value in terms.items())
+            check("G (generator total)", loss_g, step)
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_d.zero_grad(set_to_none=True)  # drop what the G step left on D's weights
+
+            # Discriminator step: real targets vs the student's outputs.
+            real_in = torch.cat([x, real], 1) if source.paired else real
+            with autocast():
+                loss_d = lsgan_d_loss(d_model(real_in).float(), d_model(fake_in.detach()).float())
+            check("D (discriminator)", loss_d, step)
+            opt_g.step()
+            loss_d.backward()
+            opt_d.step()
+
+            # Bookkeeping: log, samples, validation, saves, stop requests.
+            done = step + 1
+            images_seen += x.shape[0] * rt.world
+            rate = images_seen / max(time.perf_counter() - t_start, 1e-9)
+            losses = {"loss_g": loss_g.item(), **{f"loss_{k}": v.item() for k, v in terms.items()},
+                      "loss_d": loss_d.item()}
+            run.append({"step": done, **losses, "lr": lr, "images_per_s": rate})
+            if rt.main and (done % cfg.sample_every == 0 or done == cfg.steps):
+                _write_samples(run.samples / f"step_{done:06d}.png", student, teacher, fixed)
+            if validator is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+                score = evaluate(done)
+            bar.update(done, _status(losses, score, rate))
+            if on_step is not None:
+                on_step(done, losses)
+            if done % cfg.save_every == 0 or done == cfg.steps:
+                save(done)
+            if stop.signum is not None:
+                save(done)
+                raise Stopped(f"stopped by {signal.Signals(stop.signum).name} at step {done}; saved to {run.path}, "
+                              f"continue with --resume", stop.signum)
+    if rt.world > 1:
+        dist.barrier()
+    return {"output": str(output), "out_dir": str(run.path), "steps": cfg.steps, "resumed_from": start,
+            "losses": losses, "final": {"path": str(output), "step": cfg.steps, **score},
+            "best": {"path": str(run.best), **meta["best"]} if meta["best"] else None,
+            "images_per_s": images_seen / max(time.perf_counter() - t_start, 1e-9),
+            "cache": budget.as_dict(), "student": archs.describe(student.spec), **student_info}
 
 
 # --- setting up ----------------------------------------------------------------------------------------------
-
-def _validate(cfg: DistillConfig) -> None:
-    if cfg.kd not in KD_MODES:
-        raise UserError(f"--kd must be one of {', '.join(KD_MODES)}, not {cfg.kd!r}")
-    if cfg.kd_distance not in ("l1", "l2"):
-        raise UserError(f"--kd-distance must be l1 or l2, not {cfg.kd_distance!r}")
-    if cfg.init not in ("inherit", "scratch"):
-        raise UserError(f"--init must be inherit or scratch, not {cfg.init!r}")
-    check_wavelet(cfg.wavelet)
-    if (cfg.ratio is None) == (cfg.student is None):
-        raise UserError("give exactly one of --ratio R (prune the teacher now) or --student CKPT (a pruned student)")
-    for name in ("steps", "batch_size", "size", "save_every", "sample_every", "levels"):
-        if getattr(cfg, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, not {getattr(cfg, name)}")
-    if cfg.lr <= 0 or not math.isfinite(cfg.lr):
-        raise UserError(f"--lr must be a positive number, not {cfg.lr}")
-    if cfg.disc_ratio is not None and cfg.disc_ratio <= 1:
-        raise UserError(f"--disc-ratio must be greater than 1, not {cfg.disc_ratio}")
-
 
 def _init_distributed(device: str) -> tuple[_Dist, str]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -137,6 +283,34 @@ def _init_distributed(device: str) -> tuple[_Dist, str]:
     return _Dist(rank, world), device
 
 
+def _check_contract(cfg: DistillConfig, state: dict, teacher_sha: str, run: RunFolder) -> None:
+    """A resumed run must be the same run: same teacher, same recipe, and only more steps."""
+    if state["meta"].get("teacher_sha256") != teacher_sha:
+        raise UserError(f"{run.state} was trained from a different teacher; use that teacher or another --out-dir")
+    changes = config.recipe_changes(state["config"], cfg)
+    if changes:
+        raise UserError(f"{run.path} was trained with another recipe ({'; '.join(changes)}); resume with the "
+                        f"run's own flags (recorded in {run.config}) or choose another --out-dir")
+    if cfg.steps < int(state["step"]):
+        raise UserError(f"--steps {cfg.steps} is below the {state['step']} steps {run.path} has already trained; "
+                        f"--steps can only grow (give {state['step']} or more)")
+
+
+def _split_validation(cfg: DistillConfig, source: data.Source) -> tuple[data.Source, list, str | None]:
+    """(training source, validation inputs, where they come from): --val, the held-out folder, or 5% of inputs."""
+    if not cfg.val_images:
+        return source, [], None
+    from ganzip.images import list_images
+
+    folder = cfg.val or data.held_out_folder(cfg.data, source.direction, source.paired)
+    if folder is not None:
+        paths = spaced(list_images(folder, "--val folder"), cfg.val_images)
+        return source, paths, f"{folder} ({len(paths)} images)"
+    source, held = data.hold_out(source)
+    paths = spaced(held, cfg.val_images)
+    return source, paths, f"{len(paths)} of the inputs held out (5%)"
+
+
 def _scratch_init(module: nn.Module, seed: int) -> None:
     """The CycleGAN code base's `init_weights(init_type='normal', gain=0.02)`."""
     g = torch.Generator().manual_seed(seed)
@@ -150,11 +324,8 @@ def _scratch_init(module: nn.Module, seed: int) -> None:
             m.bias.data.zero_()
 
 
-def _calibration_batch(train: data.TrainSet, n: int = 8) -> torch.Tensor:
-    return torch.stack([train.item(i, 0)["input"] for i in range(min(n, len(train)))])
-
-
-def _make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet) -> tuple[nn.Module, dict]:
+def _make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet, stop: "_StopSignals",
+                  show: bool) -> tuple[nn.Module, dict]:
     if cfg.student is not None:
         loaded = checkpoint.load(cfg.student)
         student = checkpoint.instantiate(loaded)
@@ -173,8 +344,16 @@ def _make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet) 
     else:
         from ganzip import prune
 
-        result = prune.prune(teacher, cfg.ratio, by=cfg.by, method=cfg.method, size=cfg.size,
-                             calib=_calibration_batch(train), seed=cfg.seed)
+        calib = torch.stack([train.item(i, 0)["input"] for i in range(min(8, len(train)))])
+        with _progress(show and cfg.progress, f"pruning to {cfg.ratio:g}x by {cfg.by}", 1000, 0, True) as bar:
+            def progress(fraction: float) -> None:
+                bar.update(int(fraction * 1000), "")
+                if stop.signum is not None:
+                    raise Stopped(f"stopped by {signal.Signals(stop.signum).name} while pruning, before training "
+                                  f"began; nothing was saved", stop.signum)
+
+            result = prune.prune(teacher, cfg.ratio, by=cfg.by, method=cfg.method, size=cfg.size, calib=calib,
+                                 seed=cfg.seed, progress=progress)
         student = result.module
         info = {"ratio": cfg.ratio, "achieved_ratio": result.achieved, "by": cfg.by, "method": cfg.method}
     if cfg.init == "scratch":
@@ -207,228 +386,77 @@ def _make_discriminator(cfg: DistillConfig, teacher: nn.Module, paired: bool) ->
     return disc.train()
 
 
-# --- saving and resuming -------------------------------------------------------------------------------------
-
-def _config_record(cfg: DistillConfig) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-
-
-def _save_state(path: Path, step: int, student: nn.Module, disc: nn.Module, opt_g: torch.optim.Optimizer,
-                opt_d: torch.optim.Optimizer, cfg: DistillConfig, meta: dict) -> None:
-    torch_save({"format": "ganzip-train", "version": 1, "step": step,
-                "student": {"spec": student.spec, "state_dict": student.state_dict()},
-                "disc": {"spec": disc.spec, "state_dict": disc.state_dict()},
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "rng": torch.get_rng_state(), "config": _config_record(cfg), "meta": meta}, path)
+def _kd_term(cfg: DistillConfig, device: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    if cfg.kd == "wavelet":
+        return WaveletKD(cfg.wavelet, cfg.levels, cfg.kd_distance).to(device)
+    return pixel_kd if cfg.kd == "pixel" else None
 
 
-def _load_state(path: Path) -> dict:
-    state = checkpoint.read(path)
-    if not isinstance(state, dict) or state.get("format") != "ganzip-train":
-        raise UserError(f"{path} is not a ganzip training state; remove it or choose another --out-dir")
-    return state
+def _anchor_term(cfg: DistillConfig, device: str, autocast: Callable) -> Callable | None:
+    """The anchor as a function of (student output, teacher output, input)."""
+    if cfg.anchor == "low":
+        low = LowBandL1(cfg.wavelet, cfg.levels).to(device)
+        return lambda s, t, x: low(s, t)
+    if cfg.anchor == "pixel":
+        return lambda s, t, x: pixel_kd(s, t)
+    if cfg.anchor == "cycle":
+        reverse = checkpoint.load_generator(cfg.teacher_reverse, cfg.teacher_mode)
+        spec = reverse.spec
+        if (spec["input_nc"], spec["output_nc"]) != (3, 3) and spec["input_nc"] != spec["output_nc"]:
+            raise UserError(f"--teacher-reverse {cfg.teacher_reverse} maps {spec['input_nc']}->{spec['output_nc']} "
+                            f"channels; it must map the teacher's outputs back to its inputs")
+        archs.check_size(spec, cfg.size)
+        cycle = CycleL1(reverse).to(device)
+
+        def term(s: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            with autocast():
+                back = cycle.reverse(s).float()
+            return F.l1_loss(back, x)
+
+        return term
+    return None
 
 
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log lines after the resumed step (written after the last save by a run that was then killed)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    write_text("".join(line + "\n" for line in kept), path)
+def _autocast(precision: str, device: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast for the forward passes (losses and optimiser state stay fp32), or nothing."""
+    if precision != "bf16":
+        return contextlib.nullcontext
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    return lambda: torch.autocast(kind, dtype=torch.bfloat16)
 
 
-def _provenance(cfg: DistillConfig, teacher_sha: str, student_info: dict, step: int) -> dict:
-    return {"teacher_sha256": teacher_sha, **student_info, "kd": cfg.kd, "wavelet": cfg.wavelet, "levels": cfg.levels,
-            "kd_distance": cfg.kd_distance, "lambda_kd": cfg.lambda_kd, "steps": step,
-            "data": str(cfg.data or f"{cfg.inputs} -> {cfg.targets}"), "direction": cfg.direction, "size": cfg.size,
-            "disc_ratio": cfg.disc_ratio, "seed": cfg.seed}
+# --- saving --------------------------------------------------------------------------------------------------
+
+def _module(packed: dict) -> nn.Module:
+    module = archs.build(packed["spec"])
+    module.load_state_dict(packed["state_dict"])
+    return module
 
 
-# --- the loop ------------------------------------------------------------------------------------------------
+def _packed(module: nn.Module) -> dict:
+    return {"spec": module.spec, "state_dict": module.state_dict()}
 
-def distill(cfg: DistillConfig, on_step: Callable[[int, dict], None] | None = None) -> dict:
-    """Train the student; returns a summary (output path, steps, last losses, images/s)."""
-    _validate(cfg)
-    device = resolve_device(cfg.device)
-    rt, device = _init_distributed(device)
-    out_dir = cfg.out_dir
-    output = cfg.output or out_dir / "student.pth"
-    state_path, log_path = out_dir / STATE_FILE, out_dir / LOG_FILE
 
-    # Data and models.
-    source = data.resolve(cfg.data, cfg.inputs, cfg.targets, cfg.direction)
-    train = data.TrainSet(source, cfg.load_size or cfg.size, cfg.size, cfg.flip, cfg.seed)
-    schedule = data.Schedule(len(train), cfg.batch_size, cfg.seed, rt.rank, rt.world)
-    if cfg.cache_teacher and not train.deterministic_input:
-        raise UserError("--cache-teacher needs inputs that depend only on the image and its flip: drop --load-size "
-                        "or set it equal to --size (no random crop)")
-    teacher = checkpoint.load_generator(cfg.teacher)
-    teacher_sha = checkpoint.sha256(cfg.teacher)
-    state = None
-    if state_path.exists() and not cfg.resume:
-        raise UserError(f"{out_dir} already holds a run ({STATE_FILE}); pass --resume to continue it or choose "
-                        f"another --out-dir")
-    if cfg.resume and state_path.exists():
-        state = _load_state(state_path)
-        if state["meta"]["teacher_sha256"] != teacher_sha:
-            raise UserError(f"{state_path} was trained from a different teacher; use that teacher or another --out-dir")
-        student = archs.build(state["student"]["spec"])
-        student.load_state_dict(state["student"]["state_dict"])
-        disc = archs.build(state["disc"]["spec"])
-        disc.load_state_dict(state["disc"]["state_dict"])
-        student_info = state["meta"]["student_info"]
-    else:
-        student, student_info = _make_student(cfg, teacher, train)
-        disc = _make_discriminator(cfg, teacher, source.paired)
-    for m in (teacher, student):
-        archs.check_size(m.spec, cfg.size)
-    if rt.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        from ganzip.atomic import check_writable
+def _kept(meta: dict, run: RunFolder) -> str:
+    if meta.get("last_save") is None:
+        return "no checkpoint had been saved yet"
+    return f"the last good checkpoint (step {meta['last_save']}) in {run.path} is kept"
 
-        check_writable(output)
-    teacher.to(device).eval().requires_grad_(False)
-    student.to(device).train()
-    disc.to(device).train()
-    opt_g = torch.optim.Adam(student.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    start = 0
-    if state is not None:
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        torch.set_rng_state(state["rng"])
-        start = int(state["step"])
-        if rt.main:
-            _trim_log(log_path, start)
-    else:
-        torch.manual_seed(cfg.seed + rt.rank)
-    meta = {"teacher_sha256": teacher_sha, "student_info": student_info}
-    g_model, d_model = student, disc
-    if rt.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ids = [torch.device(device).index] if device.startswith("cuda") else None
-        g_model, d_model = DDP(student, device_ids=ids), DDP(disc, device_ids=ids)
-
-    kd_loss = WaveletKD(cfg.wavelet, cfg.levels, cfg.kd_distance).to(device) if cfg.kd == "wavelet" else None
-    teacher_cache: dict[tuple[int, bool], torch.Tensor] = {}
-    fixed = train.fixed_inputs(4).to(device)
-
-    def teacher_out(batch: dict, x: torch.Tensor) -> torch.Tensor:
-        if not cfg.cache_teacher:
-            with torch.no_grad():
-                return teacher(x)
-        keys = list(zip(batch["index"], batch["flip"]))
-        missing = [i for i, k in enumerate(keys) if k not in teacher_cache]
-        if missing:
-            with torch.no_grad():
-                fresh = teacher(x[missing])
-            for i, t in zip(missing, fresh):
-                teacher_cache[keys[i]] = t.to(torch.float16).cpu()
-        return torch.stack([teacher_cache[k] for k in keys]).to(device, torch.float32)
-
-    def save(step: int) -> None:
-        # A finite loss can precede an update that overflows the weights; never let such weights replace the
-        # last good save.
-        for name, module in (("student", student), ("discriminator", disc)):
-            if not all(torch.isfinite(p).all() for p in module.parameters()):
-                raise NonFiniteLoss(f"the {name}'s weights became NaN/Inf by step {step}; training stopped and the "
-                                    f"last good checkpoint in {out_dir} is kept; lower --lr or check the data")
-        if rt.main:
-            _save_state(state_path, step, student, disc, opt_g, opt_d, cfg, meta)
-            checkpoint.save(output, student.spec, student.state_dict(),
-                            **_provenance(cfg, teacher_sha, student_info, step))
-
-    def check(name: str, value: torch.Tensor, step: int) -> None:
-        if not torch.isfinite(value):
-            raise NonFiniteLoss(f"loss {name} became {value.item()} at step {step + 1}; training stopped and the last "
-                                f"good checkpoint in {out_dir} is kept; lower --lr or check the data")
-
-    # SIGINT/SIGTERM: finish the step in flight, save, exit (a second Ctrl-C interrupts at once).
-    stop = {"signal": None}
-    previous: dict[int, Any] = {}
-
-    def request_stop(signum: int, frame: Any) -> None:
-        stop["signal"] = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    if rt.main or rt.world == 1:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[sig] = signal.signal(sig, request_stop)
-            except ValueError:  # not the main thread
-                pass
-
-    progress = _progress(rt.main and cfg.progress, cfg.steps, start)
-    losses: dict[str, float] = {}
-    step = start
-    t_last, images_seen = time.perf_counter(), 0
-    try:
-        with progress as bar:
-            task = bar.add_task("distilling", total=cfg.steps, completed=start, info="")
-            for step in range(start, cfg.steps):
-                epoch, idx = schedule.indices(step)
-                batch = train.batch(idx, epoch)
-                x, real = batch["input"].to(device), batch["target"].to(device)
-
-                # Generator step: adversarial + KD (+ reconstruction for pairs).
-                t = teacher_out(batch, x)
-                s = g_model(x)
-                fake_in = torch.cat([x, s], 1) if source.paired else s
-                loss_gan = lsgan_g_loss(disc(fake_in))  # D's weights are not updated here: no DDP wrapper
-                if cfg.kd == "wavelet":
-                    loss_kd = kd_loss(s, t)
-                elif cfg.kd == "pixel":
-                    loss_kd = pixel_kd(s, t)
-                else:
-                    loss_kd = torch.zeros((), device=device)
-                loss_rec = F.l1_loss(s, real) if source.paired else torch.zeros((), device=device)
-                loss_g = cfg.lambda_gan * loss_gan + cfg.lambda_kd * loss_kd + cfg.lambda_rec * loss_rec
-                check("G (generator total)", loss_g, step)
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                opt_d.zero_grad(set_to_none=True)  # drop what the G step left on D's weights
-
-                # Discriminator step: real targets vs the student's outputs.
-                real_in = torch.cat([x, real], 1) if source.paired else real
-                loss_d = lsgan_d_loss(d_model(real_in), d_model(fake_in.detach()))
-                check("D (discriminator)", loss_d, step)
-                opt_g.step()
-                loss_d.backward()
-                opt_d.step()
-
-                done = step + 1
-                images_seen += x.shape[0] * rt.world
-                now = time.perf_counter()
-                losses = {"loss_g": loss_g.item(), "loss_gan": loss_gan.item(), "loss_kd": loss_kd.item(),
-                          "loss_rec": loss_rec.item(), "loss_d": loss_d.item()}
-                rate = images_seen / max(now - t_last, 1e-9)
-                if rt.main:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps({"step": done, **losses, "images_per_s": rate}) + "\n")
-                    bar.update(task, completed=done, info=f"G {losses['loss_g']:.3f}  KD {losses['loss_kd']:.4f}  "
-                                                          f"D {losses['loss_d']:.3f}  {rate:.1f} img/s")
-                    if done % cfg.sample_every == 0 or done == cfg.steps:
-                        _write_samples(out_dir / "samples" / f"step_{done:06d}.png", student, teacher, fixed)
-                if on_step is not None:
-                    on_step(done, losses)
-                if done % cfg.save_every == 0 or done == cfg.steps:
-                    save(done)
-                if stop["signal"] is not None:
-                    raise _StopRequested()
-    except _StopRequested:
-        save(step + 1)
-        raise UserError(f"stopped by signal {stop['signal']} at step {step + 1}; saved to {out_dir}, continue with "
-                        f"--resume") from None
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if rt.world > 1 and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
-    return {"output": str(output), "out_dir": str(out_dir), "steps": cfg.steps, "resumed_from": start,
-            "losses": losses, "images_per_s": images_seen / max(time.perf_counter() - t_last, 1e-9),
-            "student": archs.describe(student.spec), **student_info}
+def _provenance(cfg: DistillConfig, student_info: dict, step: int, meta: dict) -> dict:
+    """What this student is and how it was trained: every setting here is one the run used."""
+    recipe = {k: getattr(cfg, k) for k in ("kd", "wavelet", "levels", "kd_distance", "lambda_kd", "anchor",
+                                           "lambda_anchor", "lambda_gan", "lr", "decay_from", "batch_size", "size",
+                                           "load_size", "flip", "seed", "disc_ratio", "ndf", "teacher_mode",
+                                           "precision", "cache_teacher", "direction")}
+    if cfg.anchor == "none":
+        recipe.pop("lambda_anchor")
+    if cfg.kd == "none":
+        recipe.pop("lambda_kd")
+    if cfg.teacher_reverse is not None:
+        recipe["teacher_reverse"] = str(cfg.teacher_reverse)
+    return {"teacher_sha256": meta["teacher_sha256"], **student_info, **recipe, "steps": step,
+            "data": str(cfg.data or f"{cfg.inputs} -> {cfg.targets}"), "validation": meta["val"]}
 
 
 def _write_samples(path: Path, student: nn.Module, teacher: nn.Module, x: torch.Tensor) -> None:
@@ -440,11 +468,58 @@ def _write_samples(path: Path, student: nn.Module, teacher: nn.Module, x: torch.
     images.save_png(images.grid([[x[i], t[i], s[i]] for i in range(x.shape[0])]), path)
 
 
-def _progress(enabled: bool, total: int, start: int) -> Any:
+# --- signals and progress ------------------------------------------------------------------------------------
+
+class _StopSignals:
+    """SIGINT/SIGTERM ask the run to stop after the step in flight (and save); a second Ctrl-C stops at once.
+
+    Installed before anything slow starts (pruning included), so no signal finds the default handler.
+    """
+
+    def __init__(self, install: bool):
+        self.install, self.signum = install, None
+        self._previous: dict[int, Any] = {}
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __enter__(self) -> "_StopSignals":
+        if self.install:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    self._previous[sig] = signal.signal(sig, self._request)
+                except ValueError:  # not the main thread
+                    pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _status(losses: dict, score: dict, rate: float) -> str:
+    text = f"G {losses['loss_g']:.3f}  D {losses['loss_d']:.3f}  {rate:.1f} img/s"
+    if "val_psnr" in score:
+        text += f"  val {score['val_psnr']:.1f} dB" + (f" FID {score['val_fid']:.1f}" if "val_fid" in score else "")
+    return text
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, description: str, total: int, start: int, transient: bool = False) -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     # stderr, as every ganzip progress bar: stdout stays clean for --json and pipes.
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled, transient=False)
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), disable=not enabled, transient=transient)
+    with bar:
+        task = bar.add_task(description, total=total, completed=start, info="")
+
+        class _Update:
+            @staticmethod
+            def update(done: int, info: str) -> None:
+                bar.update(task, completed=done, info=info)
+
+        yield _Update

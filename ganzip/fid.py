@@ -288,6 +288,20 @@ def folder_features(folder: str | os.PathLike, weights: str | os.PathLike | None
     return result
 
 
+def tensor_features(x: torch.Tensor, weights: str | os.PathLike | None = None, batch_size: int = 16,
+                    device: str = "cpu") -> np.ndarray:
+    """pool3 features of a batch of generated images in [-1, 1], quantised to 8 bits exactly as writing them as
+    PNGs would (images.to_pil), so a FID from tensors equals the FID of the same images saved and read back."""
+    model = extractor(weights, device)
+    feats = []
+    for start in range(0, len(x), batch_size):
+        chunk = ((x[start:start + batch_size].detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().byte()
+        with torch.inference_mode():
+            (out,) = model(chunk.to(device))
+        feats.append(out.double().cpu().numpy())
+    return np.concatenate(feats, axis=0)
+
+
 # --- metrics -----------------------------------------------------------------------------------------------
 
 def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:

@@ -1,13 +1,20 @@
-"""Distillation and adversarial losses.
+"""The named terms of a student's objective: wavelet KD, content anchors, reconstruction and adversarial losses.
 
 Wavelet KD compares only the high-frequency DWT bands of student and teacher outputs, never the low band: the
-low band is easy for a small student and dominated by colour; the detail bands are where it falls short. The
-authors' released code used a squared-error distance per level, summed over levels, with weight 0.4 (their text
-says L1); ganzip defaults to that and offers L1. Pixel KD (L1 on the whole image) is the usual output-KD baseline.
+detail bands are where a small student falls short. The authors' released code used a squared-error distance per
+level, summed over levels, with weight 0.4 (their text says L1); ganzip defaults to that and offers L1.
+
+The high bands alone leave colour and layout free: at 4 levels the 16x16 low band of a 256 px image is invisible
+to the KD term, and on unpaired data nothing else ties the student to the teacher's colours (a real student
+drifted to sepia). An *anchor* closes that gap, one of: L1 to the teacher on the last level's low band (`low`),
+L1 to the teacher on the whole image (`pixel`, GAN Compression's reconstruction term), or a cycle through the
+teacher's reverse generator back to the input (`cycle`, the paper's CycleGAN objective with a one-way student).
+Pixel KD alone (L1 on the whole image, no wavelets) is the usual output-KD baseline.
 """
 
 from __future__ import annotations
 
+import pywt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +40,41 @@ class WaveletKD(nn.Module):
             _, t_high = self.dwt(teacher.detach())
         dist = F.mse_loss if self.distance == "l2" else F.l1_loss
         return sum(dist(s, t) for s, t in zip(s_high, t_high))
+
+
+class LowBandL1(nn.Module):
+    """L1 between the coarsest low bands (LL) of student and teacher, in image units.
+
+    A DWT level multiplies a smooth region's value by sum(lowpass)^2 (2 for haar), so the level-J LL band is
+    divided by that factor to the J-th power: the term then reads like an L1 between blurred, downsampled
+    images, and its weight compares with the pixel anchor's.
+    """
+
+    def __init__(self, wave: str = "haar", levels: int = 4, mode: str = "zero"):
+        super().__init__()
+        self.dwt = DWT(wave, levels, mode)
+        self.scale = float(sum(pywt.Wavelet(wave).dec_lo)) ** (2 * levels)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        s_low, _ = self.dwt(student)
+        with torch.no_grad():
+            t_low, _ = self.dwt(teacher.detach())
+        return F.l1_loss(s_low, t_low) / self.scale
+
+
+class CycleL1(nn.Module):
+    """L1 between the input and the frozen reverse teacher's translation of the student's output.
+
+    Only the student learns: the reverse teacher's weights take no gradient (they are frozen here), while the
+    gradient still flows through it back to the student's output.
+    """
+
+    def __init__(self, reverse_teacher: nn.Module):
+        super().__init__()
+        self.reverse = reverse_teacher.eval().requires_grad_(False)
+
+    def forward(self, student: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(self.reverse(student), inputs)
 
 
 def pixel_kd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

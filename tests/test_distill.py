@@ -45,13 +45,14 @@ def setup(tmp_path):
 
 def _cfg(tmp_path, data, out, **kw):
     base = dict(teacher=tmp_path / "teacher.pth", data=data, ratio=2.0, method="uniform", steps=6, batch_size=2,
-                size=32, save_every=3, sample_every=3, out_dir=tmp_path / out, progress=False, levels=2)
+                size=32, save_every=3, sample_every=3, out_dir=tmp_path / out, progress=False, levels=2, val_images=0)
     base.update(kw)
     return DistillConfig(**base)
 
 
 def _log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    """The per-step training lines of a run's log (validation and event lines have no loss_g)."""
+    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss_g" in r]
 
 
 def test_resume_is_exact(setup):
@@ -92,8 +93,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(setup):
 
     original = dmod._make_student
 
-    def capture(cfg, teacher, train):
-        student, info = original(cfg, teacher, train)
+    def capture(*args):
+        student, info = original(*args)
         poison.student = student
         return student, info
 
@@ -115,8 +116,8 @@ def test_teacher_cache_computes_each_image_and_flip_once(setup, monkeypatch):
     seen = {"images": 0}
     load = dmod.checkpoint.load_generator
 
-    def counting_teacher(path):
-        module = load(path)
+    def counting_teacher(path, *args):
+        module = load(path, *args)
         if Path(path).name != "teacher.pth":
             return module
         forward = module.forward
@@ -140,8 +141,45 @@ def test_teacher_cache_computes_each_image_and_flip_once(setup, monkeypatch):
     distill(_cfg(tmp_path, data, "plain", ratio=None, student=student, steps=12, sample_every=1000, kd="pixel"))
     assert seen["images"] == 24 + 4
     assert cached <= 16 + 4
-    with pytest.raises(UserError, match="--cache-teacher needs inputs that depend only on the image"):
-        distill(_cfg(tmp_path, data, "cached2", cache_teacher=True, load_size=36))
+    # With random crops (load 40, crop 32) the cache still runs the teacher once per image and flip.
+    seen["images"] = 0
+    distill(_cfg(tmp_path, data, "cropped", ratio=None, student=student, steps=12, sample_every=1000,
+                 cache_teacher=True, kd="pixel", load_size=40))
+    assert seen["images"] <= 16 + 4
+
+
+def test_cached_target_is_the_teacher_output_on_the_whole_image_cropped_with_the_inputs_window(setup):
+    from ganzip import data as datalib
+    from ganzip.memory import MemoryBudget
+    from ganzip.targets import TeacherTargets
+
+    tmp_path, root = setup
+    teacher = checkpoint.load_generator(tmp_path / "teacher.pth")
+    train = datalib.TrainSet(datalib.resolve(root), load_size=42, crop_size=32, flip=True, seed=5)
+    targets = TeacherTargets(teacher, train, "cpu", cache=True, budget=MemoryBudget(2**30))
+    plain = TeacherTargets(teacher, train, "cpu", cache=False, budget=MemoryBudget(0))
+    windows, flips = set(), set()
+    for epoch in range(3):
+        batch = train.batch(list(range(8)), epoch)
+        got = targets(batch, batch["input"])
+        for i, (index, flip, (top, left)) in enumerate(zip(batch["index"], batch["flip"], batch["window"])):
+            # Independent: decode the file, resize to 42 like the code base, flip, pad to 44 by reflection,
+            # run the teacher, cut the padding and the input's window.
+            img = Image.open(train.source.inputs[index]).convert("RGB").resize((42, 42), Image.BICUBIC)
+            whole = torch.from_numpy(np.asarray(img).astype(np.float32) / 127.5 - 1).permute(2, 0, 1)
+            whole = whole.flip(-1) if flip else whole
+            assert torch.allclose(batch["input"][i], whole[:, top:top + 32, left:left + 32], atol=1e-6)
+            with torch.no_grad():
+                out = teacher(torch.nn.functional.pad(whole[None], (0, 2, 0, 2), mode="reflect"))[0, :, :42, :42]
+            expected = out[:, top:top + 32, left:left + 32].half().float()  # the cache keeps fp16
+            assert torch.allclose(got[i], expected, atol=1e-6)
+            windows.add((top, left))
+            flips.add(flip)
+    assert len(targets) <= 16 and len(windows) > 3 and flips == {True, False}
+    # Without the cache the teacher runs on the crop itself: the same picture, a slightly different image
+    # (more context at the borders, instance norm over the whole image).
+    batch = train.batch(list(range(8)), 0)
+    assert not torch.allclose(plain(batch, batch["input"]), targets(batch, batch["input"]), atol=1e-3)
 
 
 def test_paired_data_and_pruned_discriminator(tmp_path):
@@ -179,7 +217,8 @@ def test_ddp_two_processes_gloo(setup):
            "--size", "32", "--levels", "2", "--save-every", "2", "--out-dir", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in out.glob("*.pth")) == ["student.pth", "train_state.pth"]
+    assert sorted(p.name for p in out.glob("*.pth")) == ["best.pth", "student.pth", "train_state.pth"]
+    assert len([r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "val_psnr" in r]) == 1
     assert [r["step"] for r in _log(out)] == [1, 2, 3, 4]  # rank 0 alone writes
     assert checkpoint.load(out / "student.pth").provenance["steps"] == 4
 
@@ -222,8 +261,8 @@ def test_sigterm_saves_before_exit(setup):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 2
-    assert "saved to" in err and "--resume" in err
+    assert proc.returncode == 128 + signal.SIGTERM  # as a shell reports a process stopped by SIGTERM
+    assert "stopped by SIGTERM at step" in err and "saved to" in err and "--resume" in err
     state = torch.load(out / "train_state.pth", weights_only=True)
     assert state["step"] == len(_log(out))
 
@@ -286,11 +325,15 @@ def test_data_folder_problems(setup):
 def test_huge_learning_rate_stops_with_a_named_loss_and_finite_checkpoint(setup):
     tmp_path, data = setup
     with pytest.raises(UserError, match=r"(loss .* became (nan|inf|-inf) at step \d+|weights became NaN/Inf by step"
-                                        r" \d+); training stopped and the last good checkpoint"):
+                                        r" \d+); training stopped and (the last good checkpoint \(step \d+\) in "
+                                        r".* is kept|no checkpoint had been saved yet)") as info:
         distill(_cfg(tmp_path, data, "huge", lr=1e38, steps=20, save_every=1))
     state_path = tmp_path / "huge" / "train_state.pth"
+    # The message tells the truth about what is on disk.
+    assert state_path.exists() == ("no checkpoint had been saved yet" not in str(info.value))
     if state_path.exists():
         state = torch.load(state_path, weights_only=True)
+        assert f"(step {state['step']})" in str(info.value)
         for part in ("student", "disc"):
             assert all(torch.isfinite(v).all() for v in state[part]["state_dict"].values() if v.is_floating_point())
 

@@ -57,7 +57,7 @@ def command(*args: Any, **kwargs: Any) -> Callable:
                 if _state["debug"]:
                     raise
                 err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-                raise typer.Exit(2) from None
+                raise typer.Exit(getattr(e, "exit_code", 2)) from None  # 128 + signal for a stopped run
             except KeyboardInterrupt:
                 err_console.print("[yellow]interrupted[/]")
                 raise typer.Exit(130) from None

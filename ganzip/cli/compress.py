@@ -69,54 +69,115 @@ def prune_cmd(
 
 # --- distill -----------------------------------------------------------------------------------------------
 
+_DATA, _STUDENT, _OBJECTIVE = "Data", "Student (exactly one of --ratio or --student)", "Objective"
+_TRAINING, _VALIDATION, _RUN = "Training", "Validation", "Run folder"
+
+
 @command("distill")
 def distill_cmd(
     teacher: Path = typer.Argument(..., help="Teacher generator checkpoint (frozen during training)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset: DIR/trainA+trainB (unpaired) or DIR/train (A|B)."),
-    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder of input images (with --targets)."),
-    targets: Optional[Path] = typer.Option(None, "--targets", help="Folder of real target-domain images."),
-    direction: str = typer.Option("AtoB", help="AtoB or BtoA: which side is the input."),
-    ratio: Optional[float] = typer.Option(None, "--ratio", help="Prune the teacher this many times smaller first."),
-    student: Optional[Path] = typer.Option(None, "--student", help="Start from this pruned student instead."),
-    by: str = typer.Option("macs", "--by", help="With --ratio: macs (paper convention) or params."),
-    method: str = typer.Option("search", "--method", help="With --ratio: search or uniform widths."),
-    init: str = typer.Option("inherit", "--init", help="inherit (teacher's channels) or scratch (paper's setting)."),
-    kd: str = typer.Option("wavelet", "--kd", help="wavelet (high DWT bands), pixel (L1 on the image) or none."),
-    wavelet: str = typer.Option("haar", "--wavelet", help="Any discrete PyWavelets name (haar, db2, sym4, ...)."),
-    levels: int = typer.Option(4, "--levels", help="DWT levels; every level's LH/HL/HH bands are distilled."),
-    kd_distance: str = typer.Option("l2", "--kd-distance", help="l2 (authors' code) or l1 (paper's text)."),
-    lambda_kd: float = typer.Option(0.4, "--lambda-kd", help="Weight of the KD loss."),
-    lambda_rec: float = typer.Option(10.0, "--lambda-rec", help="Weight of L1 to the real target (paired data)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset: DIR/trainA+trainB (unpaired) or DIR/train "
+                                        "(A|B pairs).", rich_help_panel=_DATA),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder of input images (with --targets).",
+                                          rich_help_panel=_DATA),
+    targets: Optional[Path] = typer.Option(None, "--targets", help="Folder of real target-domain images.",
+                                           rich_help_panel=_DATA),
+    direction: Optional[str] = typer.Option(None, "--direction", help="AtoB or BtoA: which side is the input "
+                                            "(default: the teacher's recorded direction, else AtoB).",
+                                            rich_help_panel=_DATA),
+    size: int = typer.Option(256, "--size", help="Training crop size in pixels.", rich_help_panel=_DATA),
+    load_size: Optional[int] = typer.Option(None, "--load-size", help="Resize to this, then crop --size at random "
+                                            "(default: size x 286/256 as upstream; equal to --size: no crop).",
+                                            rich_help_panel=_DATA),
+    flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips.", rich_help_panel=_DATA),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Prune the teacher this many times smaller first.",
+                                          rich_help_panel=_STUDENT),
+    student: Optional[Path] = typer.Option(None, "--student", help="Start from this pruned student instead "
+                                           "(ganzip prune).", rich_help_panel=_STUDENT),
+    by: str = typer.Option("macs", "--by", help="With --ratio: macs (paper convention) or params.",
+                           rich_help_panel=_STUDENT),
+    method: str = typer.Option("search", "--method", help="With --ratio: search or uniform widths.",
+                               rich_help_panel=_STUDENT),
+    init: str = typer.Option("inherit", "--init", help="inherit (the teacher's channels) or scratch (the paper's "
+                             "setting).", rich_help_panel=_STUDENT),
+    kd: str = typer.Option("wavelet", "--kd", help="wavelet (high DWT bands, the method), pixel (L1 on the image) "
+                           "or none.", rich_help_panel=_OBJECTIVE),
+    wavelet: str = typer.Option("haar", "--wavelet", help="Any discrete PyWavelets name (haar, db2, sym4, ...).",
+                                rich_help_panel=_OBJECTIVE),
+    levels: int = typer.Option(4, "--levels", help="DWT levels; every level's LH/HL/HH bands are distilled.",
+                               rich_help_panel=_OBJECTIVE),
+    kd_distance: str = typer.Option("l2", "--kd-distance", help="l2 (authors' code) or l1 (paper's text).",
+                                    rich_help_panel=_OBJECTIVE),
+    lambda_kd: Optional[float] = typer.Option(None, "--lambda-kd", help="Weight of the KD term (default: 0.4 for "
+                                              "wavelet, as the authors; 10 for pixel, as GAN Compression).",
+                                              rich_help_panel=_OBJECTIVE),
+    anchor: Optional[str] = typer.Option(None, "--anchor", help="Unpaired data: what keeps colour and layout on the "
+                                         "teacher's: low (L1 on the DWT low band), pixel (L1 on the image), cycle "
+                                         "(through --teacher-reverse) or none. Default: cycle with "
+                                         "--teacher-reverse, else low; none for paired data.",
+                                         rich_help_panel=_OBJECTIVE),
+    lambda_anchor: float = typer.Option(10.0, "--lambda-anchor", help="Weight of the anchor.",
+                                        rich_help_panel=_OBJECTIVE),
+    teacher_reverse: Optional[Path] = typer.Option(None, "--teacher-reverse", help="The teacher's reverse generator "
+                                                   "(latest_net_G_B.pth) for --anchor cycle; frozen.",
+                                                   rich_help_panel=_OBJECTIVE),
+    lambda_rec: float = typer.Option(100.0, "--lambda-rec", help="Paired data: weight of L1 to the real target "
+                                     "(100, as pix2pix and GAN Compression).", rich_help_panel=_OBJECTIVE),
     disc_ratio: Optional[float] = typer.Option(None, "--disc-ratio", help="Prune the discriminator this many times "
-                                               "(paper: about 4x, ndf 64 -> 32)."),
+                                               "(paper: about 4x, ndf 64 -> 32).", rich_help_panel=_OBJECTIVE),
     teacher_disc: Optional[Path] = typer.Option(None, "--teacher-disc", help="Start D from the teacher's "
-                                                "discriminator (latest_net_D*.pth)."),
-    steps: int = typer.Option(1000, "--steps", help="Training steps."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Images per step (per process under torchrun)."),
-    lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (betas 0.5, 0.999)."),
-    size: int = typer.Option(256, "--size", help="Training crop size in pixels."),
-    load_size: Optional[int] = typer.Option(None, "--load-size", help="Resize to this before random cropping "
-                                            "(default: --size, no crop)."),
-    save_every: int = typer.Option(500, "--save-every", help="Save a resumable checkpoint every N steps."),
-    sample_every: int = typer.Option(250, "--sample-every", help="Write an input|teacher|student grid every N steps."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out-dir from its last save."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Student checkpoint (default OUT_DIR/student.pth)."),
-    out_dir: Path = typer.Option(Path("runs/distill"), "--out-dir", help="Run folder: state, log, samples."),
-    cache_teacher: bool = typer.Option(False, "--cache-teacher", help="Compute each image's teacher output once "
-                                       "(per flip) and reuse it (fp16, in memory)."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
+                                                "discriminator (latest_net_D*.pth).", rich_help_panel=_OBJECTIVE),
+    teacher_mode: str = typer.Option("eval", "--teacher-mode", help="BatchNorm teachers: eval (saved running "
+                                     "statistics, as GAN Compression) or batch-stats (each image's own, as "
+                                     "upstream's test.py without --eval).", rich_help_panel=_OBJECTIVE),
+    steps: int = typer.Option(1000, "--steps", help="Training steps.", rich_help_panel=_TRAINING),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per step (per process under torchrun).",
+                                   rich_help_panel=_TRAINING),
+    lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (betas 0.5, 0.999).", rich_help_panel=_TRAINING),
+    decay_from: float = typer.Option(0.5, "--decay-from", help="Fraction of --steps after which the lr falls "
+                                     "linearly to 0 (1: constant).", rich_help_panel=_TRAINING),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 autocast for the forward passes (CPUs "
+                                  "with AVX512-BF16, CUDA).", rich_help_panel=_TRAINING),
+    seed: int = typer.Option(0, "--seed", help="Seed for initialisation, data order, crops and flips.",
+                             rich_help_panel=_TRAINING),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.", rich_help_panel=_TRAINING),
+    cache_teacher: bool = typer.Option(False, "--cache-teacher", help="Run the teacher once per image and flip on "
+                                       "the whole resized image and crop its output like the input (fp16, in "
+                                       "memory).", rich_help_panel=_TRAINING),
+    cache_mb: Optional[float] = typer.Option(None, "--cache-mb", help="Memory for decoded images and cached teacher "
+                                             "outputs, in MiB (default: a quarter of the available memory).",
+                                             rich_help_panel=_TRAINING),
+    val: Optional[Path] = typer.Option(None, "--val", help="Held-out input images (default: the dataset's testA, "
+                                       "or val/test pairs, else 5% of the inputs).", rich_help_panel=_VALIDATION),
+    val_images: int = typer.Option(100, "--val-images", help="Score on at most this many held-out images "
+                                   "(0: no validation).", rich_help_panel=_VALIDATION),
+    eval_every: int = typer.Option(250, "--eval-every", help="Score the student (PSNR and FID to the teacher) every "
+                                   "N steps; best.pth keeps the lowest FID.", rich_help_panel=_VALIDATION),
+    out_dir: Path = typer.Option(Path("runs/distill"), "--out-dir", help="Run folder: state, config, log, samples, "
+                                 "best.pth.", rich_help_panel=_RUN),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="The final student (default "
+                                          "OUT_DIR/student.pth; .safetensors also works).", rich_help_panel=_RUN),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out-dir from its last save (same "
+                                "recipe; --steps may grow).", rich_help_panel=_RUN),
+    save_every: int = typer.Option(500, "--save-every", help="Save a resumable state every N steps.",
+                                   rich_help_panel=_RUN),
+    sample_every: int = typer.Option(250, "--sample-every", help="Write an input|teacher|student grid every N steps.",
+                                     rich_help_panel=_RUN),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end.", rich_help_panel=_RUN),
 ) -> None:
-    """Prune the teacher (or take --student) and train it with wavelet knowledge distillation."""
+    """Prune the teacher (--ratio) or take a pruned --student, and train it to match the teacher: wavelet KD on the
+    high bands, an anchor for colour and layout, a discriminator. Ctrl-C saves; --resume continues."""
     from ganzip.distill import DistillConfig, distill
 
-    cfg = DistillConfig(teacher=teacher, data=data, inputs=inputs, targets=targets, direction=direction, ratio=ratio,
-                        student=student, by=by, method=method, init=init, kd=kd, wavelet=wavelet, levels=levels,
-                        kd_distance=kd_distance, lambda_kd=lambda_kd, lambda_rec=lambda_rec, disc_ratio=disc_ratio,
-                        teacher_disc=teacher_disc, steps=steps, batch_size=batch_size, lr=lr, size=size,
-                        load_size=load_size, save_every=save_every, sample_every=sample_every, seed=seed,
-                        device=device, resume=resume, output=output, out_dir=out_dir, cache_teacher=cache_teacher)
+    cfg = DistillConfig(teacher=teacher, data=data, inputs=inputs, targets=targets, direction=direction, size=size,
+                        load_size=load_size, flip=flip, ratio=ratio, student=student, by=by, method=method, init=init,
+                        kd=kd, wavelet=wavelet, levels=levels, kd_distance=kd_distance, lambda_kd=lambda_kd,
+                        anchor=anchor, lambda_anchor=lambda_anchor, teacher_reverse=teacher_reverse,
+                        lambda_rec=lambda_rec, disc_ratio=disc_ratio, teacher_disc=teacher_disc,
+                        teacher_mode=teacher_mode, steps=steps, batch_size=batch_size, lr=lr, decay_from=decay_from,
+                        precision=precision, seed=seed, device=device, cache_teacher=cache_teacher, cache_mb=cache_mb,
+                        val=val, val_images=val_images, eval_every=eval_every, out_dir=out_dir, output=output,
+                        resume=resume, save_every=save_every, sample_every=sample_every)
     summary = distill(cfg)
     if as_json:
         emit_json(summary)
@@ -124,3 +185,13 @@ def distill_cmd(
     if int(os.environ.get("RANK", "0")) == 0:
         console.print(f"[green]student[/] {summary['student']} -> {summary['output']} "
                       f"({summary['steps']} steps, {summary['images_per_s']:.1f} img/s)")
+        final, best = summary["final"], summary["best"]
+        if "val_psnr" in final:
+            console.print(f"final (step {final['step']}): {_val_text(final)}")
+        if best:
+            console.print(f"best (step {best['step']}, by {best['selected_by']}): {_val_text(best)} -> {best['path']}")
+
+
+def _val_text(score: dict) -> str:
+    text = f"val PSNR to teacher {score['val_psnr']:.2f} dB"
+    return text + (f", val FID to teacher {score['val_fid']:.2f}" if "val_fid" in score else "")

@@ -1,0 +1,217 @@
+"""Every setting of a distillation run, which of them make up its recipe, and the checks they must pass.
+
+A run's recipe (data, student, objective, optimiser, augmentation, seed) is fixed when it starts: `--resume`
+compares the recipe it is given with the recorded one and refuses any difference, naming each flag, because a
+run trained half with one recipe and half with another is neither, and its provenance would record settings
+that were never used. Only `--steps` may grow. Run-time settings (how often to save, sample or evaluate, where
+to write the student, the device, progress display) may change on resume and are logged when they do.
+
+Defaults that depend on the teacher or the data (direction, KD weight, anchor, load size) are resolved once, up
+front, and the resolved values are what is recorded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import pywt
+
+from ganzip.archs.layers import TEACHER_MODES
+from ganzip.errors import UserError
+from ganzip.wavelet import check_wavelet
+
+KD_MODES = ("wavelet", "pixel", "none")
+ANCHORS = ("low", "pixel", "cycle", "none")
+DEFAULT_ANCHOR = "low"             # unpaired data without a reverse teacher; see README "Choosing the anchor"
+KD_WEIGHTS = {"wavelet": 0.4, "pixel": 10.0, "none": 0.0}  # authors' wavelet runs; GAN Compression's L1 weight
+PRECISIONS = ("fp32", "bf16")
+LOAD_RATIO = 286 / 256             # upstream: resize to 286, random crop 256
+
+RECIPE = ("data", "inputs", "targets", "direction", "ratio", "student", "by", "method", "init", "kd", "wavelet",
+          "levels", "kd_distance", "lambda_kd", "lambda_gan", "lambda_rec", "anchor", "lambda_anchor",
+          "teacher_reverse", "disc_ratio", "teacher_disc", "ndf", "batch_size", "lr", "decay_from", "size",
+          "load_size", "flip", "seed", "teacher_mode", "precision", "cache_teacher", "val", "val_images")
+RUNTIME = ("steps", "save_every", "sample_every", "eval_every", "device", "output", "cache_mb", "progress")
+_PATHS = ("teacher", "data", "inputs", "targets", "student", "teacher_reverse", "teacher_disc", "val", "output",
+          "out_dir")
+
+
+@dataclass
+class DistillConfig:
+    teacher: Path
+    data: Path | None = None
+    inputs: Path | None = None
+    targets: Path | None = None
+    direction: str | None = None     # None: the teacher's recorded direction, else AtoB
+    ratio: float | None = None
+    student: Path | None = None
+    by: str = "macs"
+    method: str = "search"
+    init: str = "inherit"            # or "scratch": the paper's students were trained from scratch
+    kd: str = "wavelet"
+    wavelet: str = "haar"
+    levels: int = 4
+    kd_distance: str = "l2"
+    lambda_kd: float | None = None   # None: KD_WEIGHTS[kd]
+    lambda_gan: float = 1.0
+    lambda_rec: float = 100.0        # L1 to the real target, paired data only (pix2pix, GAN Compression: 100)
+    anchor: str | None = None        # None: cycle with --teacher-reverse, else DEFAULT_ANCHOR (none for pairs)
+    lambda_anchor: float = 10.0
+    teacher_reverse: Path | None = None
+    disc_ratio: float | None = None
+    teacher_disc: Path | None = None
+    ndf: int = 64
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 2e-4
+    decay_from: float = 0.5          # fraction of --steps after which the lr falls linearly to 0
+    size: int = 256                  # crop size: the training resolution
+    load_size: int | None = None     # resize before cropping; None: size x 286/256, as upstream
+    flip: bool = True
+    val: Path | None = None          # None: the dataset's held-out folder, else 5% of the inputs
+    val_images: int = 100            # 0 turns validation off
+    eval_every: int = 250
+    teacher_mode: str = "eval"
+    precision: str = "fp32"
+    save_every: int = 500
+    sample_every: int = 250
+    seed: int = 0
+    device: str = "cpu"
+    resume: bool = False
+    output: Path | None = None       # the student checkpoint; default out_dir/student.pth
+    out_dir: Path = Path("runs/distill")
+    cache_teacher: bool = False
+    cache_mb: float | None = None    # None: a quarter of the available memory (ganzip.memory)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in _PATHS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
+
+
+def validate(cfg: DistillConfig) -> None:
+    """Refuse settings that cannot work or would distort the run, before anything is loaded."""
+    choices = {"kd": KD_MODES, "kd_distance": ("l1", "l2"), "init": ("inherit", "scratch"),
+               "teacher_mode": TEACHER_MODES, "precision": PRECISIONS}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise UserError(f"--{_flag(name)} must be one of {', '.join(allowed)}, not {getattr(cfg, name)!r}")
+    if cfg.anchor is not None and cfg.anchor not in ANCHORS:
+        raise UserError(f"--anchor must be one of {', '.join(ANCHORS)}, not {cfg.anchor!r}")
+    if cfg.direction is not None and cfg.direction not in ("AtoB", "BtoA"):
+        raise UserError(f"--direction must be AtoB or BtoA, not {cfg.direction!r}")
+    check_wavelet(cfg.wavelet)
+    if (cfg.ratio is None) == (cfg.student is None):
+        raise UserError("give exactly one of --ratio R (prune the teacher now) or --student CKPT (a pruned student)")
+    if cfg.ratio is not None and not cfg.ratio > 1:
+        raise UserError(f"--ratio must be greater than 1 (the teacher itself is 1x), not {cfg.ratio}")
+    for name in ("steps", "batch_size", "size", "save_every", "sample_every", "levels", "eval_every", "ndf"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value <= 0:
+            raise UserError(f"--{_flag(name)} must be a positive integer, not {value}")
+    if cfg.val_images < 0:
+        raise UserError(f"--val-images must be 0 (no validation) or more, not {cfg.val_images}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise UserError(f"--lr must be a positive number, not {cfg.lr}")
+    for name in ("lambda_kd", "lambda_gan", "lambda_rec", "lambda_anchor"):
+        value = getattr(cfg, name)
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise UserError(f"--{_flag(name)} must be a finite number >= 0 (a negative weight rewards the student "
+                            f"for moving away), not {value}")
+    if not 0 <= cfg.decay_from <= 1:
+        raise UserError(f"--decay-from is the fraction of --steps before the lr decays: 0 to 1 (1 keeps it "
+                        f"constant), not {cfg.decay_from}")
+    if cfg.disc_ratio is not None and not cfg.disc_ratio > 1:
+        raise UserError(f"--disc-ratio must be greater than 1, not {cfg.disc_ratio}")
+    if cfg.load_size is not None and cfg.load_size < cfg.size:
+        raise UserError(f"--load-size {cfg.load_size} is smaller than the crop --size {cfg.size}; use a load size "
+                        f">= the crop size (equal: no random crop)")
+    if cfg.cache_mb is not None and cfg.cache_mb < 0:
+        raise UserError(f"--cache-mb must be 0 (no caching) or more, not {cfg.cache_mb}")
+    if cfg.anchor == "cycle" and cfg.teacher_reverse is None:
+        raise UserError("--anchor cycle needs the teacher's reverse generator: --teacher-reverse latest_net_G_B.pth")
+    if cfg.teacher_reverse is not None and cfg.anchor not in (None, "cycle"):
+        raise UserError(f"--teacher-reverse is only used by --anchor cycle, not --anchor {cfg.anchor}; drop one")
+    max_levels = pywt.dwt_max_level(cfg.size, pywt.Wavelet(cfg.wavelet).dec_len)
+    if cfg.levels > max_levels:
+        raise UserError(f"--levels {cfg.levels} is more than a {cfg.size} px image has for {cfg.wavelet} (at most "
+                        f"{max_levels}: each level halves the image and the filter needs {pywt.Wavelet(cfg.wavelet).dec_len} px); "
+                        f"use --levels {max_levels} or less")
+
+
+def direction_of(cfg: DistillConfig, teacher_provenance: dict) -> str:
+    """--direction, else the direction the teacher's provenance records (a ganzip teacher trained BtoA), else AtoB."""
+    recorded = teacher_provenance.get("direction")
+    return cfg.direction or (recorded if recorded in ("AtoB", "BtoA") else "AtoB")
+
+
+def output_path(cfg: DistillConfig) -> Path:
+    return cfg.output or cfg.out_dir / "student.pth"
+
+
+def check_outputs(cfg: DistillConfig, output: Path) -> None:
+    """No output of the run may be one of its inputs: `-o teacher.pth` would overwrite the teacher."""
+    for name in ("teacher", "student", "teacher_reverse", "teacher_disc"):
+        given = getattr(cfg, name)
+        if given is not None and _same_file(output, given):
+            raise UserError(f"the student would be written to {output}, which is this run's --{_flag(name)} "
+                            f"checkpoint; choose another -o (or --out-dir) so the input is not overwritten")
+
+
+def resolve(cfg: DistillConfig, teacher_provenance: dict, paired: bool) -> DistillConfig:
+    """The config with every teacher- and data-dependent default filled in: what the run really uses."""
+    direction = direction_of(cfg, teacher_provenance)
+    if cfg.anchor is not None:
+        anchor = cfg.anchor
+    elif cfg.teacher_reverse is not None:
+        anchor = "cycle"
+    else:
+        anchor = "none" if paired else DEFAULT_ANCHOR
+    return replace(cfg, direction=direction, anchor=anchor,
+                   lambda_kd=KD_WEIGHTS[cfg.kd] if cfg.lambda_kd is None else cfg.lambda_kd,
+                   load_size=cfg.load_size or round(cfg.size * LOAD_RATIO))
+
+
+def record(cfg: DistillConfig) -> dict[str, Any]:
+    """The config as JSON-ready values (paths as given, so a moved run folder still reads naturally)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+
+
+def recipe_changes(saved: dict, new: DistillConfig) -> list[str]:
+    """Each recipe flag whose value differs from the saved run's, as '--flag saved -> new'."""
+    now = record(new)
+    changed = []
+    for name in RECIPE:
+        before, after = saved.get(name), now.get(name)
+        if name in _PATHS and before is not None and after is not None:
+            if _same_file(before, after):
+                continue
+        if before != after:
+            changed.append(f"--{_flag(name)} {_show(before)} -> {_show(after)}")
+    return changed
+
+
+def runtime_changes(saved: dict, new: DistillConfig) -> dict[str, list]:
+    now = record(new)
+    return {name: [saved.get(name), now.get(name)] for name in RUNTIME if saved.get(name) != now.get(name)}
+
+
+def field_names() -> set[str]:
+    return {f.name for f in fields(DistillConfig)}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _show(value: Any) -> str:
+    return "(not set)" if value is None else str(value)
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()

@@ -1,0 +1,151 @@
+"""A distillation run is a folder: a lock, a recorded config, a training state, a log and checkpoints.
+
+The folder is what makes a run safe to stop, kill and resume:
+- the lock (an OS file lock, released by the kernel when the process dies, so a killed run leaves no stale
+  lock) refuses a second process writing into the same folder;
+- `config.json` and the state's config are the contract `--resume` checks (ganzip.config.recipe_changes);
+- `log.jsonl` is append-only, one JSON object per line; a line torn by a kill or a full disk is dropped on read,
+  lines past the last save are dropped on resume, and a fresh run starts a fresh log;
+- every file is written atomically; temporary files a killed save left behind are removed at start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from ganzip import checkpoint
+from ganzip.atomic import torch_save, write_text
+from ganzip.errors import UserError
+
+STATE_FILE = "train_state.pth"
+LOG_FILE = "log.jsonl"
+CONFIG_FILE = "config.json"
+BEST_FILE = "best.pth"
+LOCK_FILE = ".lock"
+STATE_FORMAT, STATE_VERSION = "ganzip-train", 2
+
+
+class RunFolder:
+    def __init__(self, path: str | os.PathLike, writer: bool = True):
+        self.path = Path(path)
+        self.writer = writer  # under torchrun only rank 0 writes; the others only read
+        self._lock_fd: int | None = None
+
+    state = property(lambda self: self.path / STATE_FILE)
+    log = property(lambda self: self.path / LOG_FILE)
+    config = property(lambda self: self.path / CONFIG_FILE)
+    best = property(lambda self: self.path / BEST_FILE)
+    samples = property(lambda self: self.path / "samples")
+
+    # --- the lock ------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> "RunFolder":
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out-dir {self.path} is a file; give a folder for the run (it is created if missing)")
+        if not self.writer:
+            return self
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create --out-dir {self.path}: {e.strerror}; choose another folder") from None
+        self._lock_fd = _lock(self.path / LOCK_FILE)
+        self._remove_stale_temporaries()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the lock
+            self._lock_fd = None
+
+    def _remove_stale_temporaries(self) -> None:
+        """`.NAME.xxxx.tmp` files are saves a kill interrupted (atomic.py); with the lock held none is in flight."""
+        for folder in (self.path, self.samples):
+            if folder.is_dir():
+                for tmp in folder.glob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
+
+    # --- state ---------------------------------------------------------------------------------------------
+
+    def save_state(self, payload: dict) -> None:
+        torch_save({"format": STATE_FORMAT, "version": STATE_VERSION, **payload}, self.state)
+
+    def load_state(self) -> dict:
+        state = checkpoint.read(self.state)
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise UserError(f"{self.state} is not a ganzip training state; remove it or choose another --out-dir")
+        if state.get("version") != STATE_VERSION:
+            raise UserError(f"{self.state} was written by an older ganzip (training state version "
+                            f"{state.get('version')}, this one reads {STATE_VERSION}) whose recipe differs; its "
+                            f"student.pth is usable, but start a new run in another --out-dir to train further")
+        missing = [k for k in ("step", "student", "disc", "opt_g", "opt_d", "rng", "config", "meta") if k not in state]
+        if missing:
+            raise UserError(f"{self.state} is incomplete (no {', '.join(missing)}); it was edited or damaged: remove "
+                            f"it to start over, or choose another --out-dir")
+        return state
+
+    def write_config(self, record: dict) -> None:
+        write_text(json.dumps(record, indent=2) + "\n", self.config)
+
+    # --- the log -------------------------------------------------------------------------------------------
+
+    def read_log(self) -> list[dict]:
+        """Every complete line; a torn last line (a kill or a full disk mid-write) is dropped."""
+        return list(_complete_lines(self.log))
+
+    def start_log(self, resumed_at: int | None) -> None:
+        """A fresh run starts an empty log; a resumed one keeps the lines up to its saved step."""
+        if not self.writer:
+            return
+        if resumed_at is None:
+            write_text("", self.log)
+            return
+        kept = [r for r in self.read_log() if r.get("step", 0) <= resumed_at]
+        write_text("".join(json.dumps(r) + "\n" for r in kept), self.log)
+
+    def append(self, record: dict) -> None:
+        if self.writer:
+            with open(self.log, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _complete_lines(path: Path) -> Iterator[dict]:
+    if not path.exists():
+        return
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            yield record
+
+
+def _lock(path: Path) -> int:
+    """Hold an exclusive lock on `path` for the life of this process, or say who holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            os.close(fd)
+            raise UserError(f"another ganzip distill is writing to {path.parent}; wait for it to finish or choose "
+                            f"another --out-dir") from None
+    except OSError:
+        os.lseek(fd, 0, os.SEEK_SET)
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(f"another ganzip distill (pid {holder}) is writing to {path.parent}; wait for it to finish, "
+                        f"stop it, or choose another --out-dir") from None
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, str(os.getpid()).encode())
+    return fd

