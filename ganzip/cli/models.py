@@ -144,6 +144,7 @@ def compare_cmd(
     direction: str = typer.Option("AtoB", help="AtoB or BtoA."),
     size: Optional[int] = typer.Option(None, help="Resize inputs to this square size (default: keep sizes; latency "
                                                   "and MACs at the first input's size)."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N test images (and real targets)."),
     onnx: bool = typer.Option(False, "--onnx", help="Also time every model in onnxruntime."),
     runs: int = typer.Option(20, help="Timed runs per model (after warm-up), in alternation."),
     threads: Optional[int] = typer.Option(None, help="torch (and onnxruntime) intra-op threads."),
@@ -161,15 +162,15 @@ def compare_cmd(
     from ganzip.devices import resolve_device
 
     with progress_bar() as update:
-        result = compare(checkpoints, data, size=size, direction=direction, onnx=onnx, runs=runs, threads=threads,
-                         device=resolve_device(device), weights=inception_weights, batch_size=batch_size,
-                         grid=output, grid_rows=grid_rows, progress=update)
+        result = compare(checkpoints, data, size=size, direction=direction, limit=limit, onnx=onnx, runs=runs,
+                         threads=threads, device=resolve_device(device), weights=inception_weights,
+                         batch_size=batch_size, grid=output, grid_rows=grid_rows, progress=update)
     if as_json:
         emit_json(result)
         return
     px = result["latency_size"]
-    table = Table(title=f"{result['n_images']} images from {result['inputs']}; cost and latency @{px}px, "
-                        f"{result['threads']} threads, {result['device']}")
+    table = Table(title=f"{result['n_images']} images from {result['inputs']} ({result['n_real']} real); cost and "
+                        f"latency @{px}px, {result['threads']} threads, {result['device']}")
     table.add_column("")
     models = result["models"]
     for m in models:
