@@ -1,11 +1,13 @@
 """Read any generator checkpoint users already have; write self-describing ganzip checkpoints.
 
-Upstream CycleGAN/pix2pix checkpoints are bare state dicts, so the architecture has to be recovered from key
-names and tensor shapes. Recognition is always confirmed the same way: build the inferred spec and require its
-state dict to have exactly the checkpoint's keys and shapes. Checkpoints from other code bases with the same
-layers under other names are matched layer by layer, in order, by shape.
+Upstream CycleGAN/pix2pix checkpoints (and GAN Compression's mobile/sub-mobile ResNets) are bare state dicts,
+so the architecture has to be recovered from key names and tensor shapes. Recognition is always confirmed the
+same way: build the inferred spec and require its state dict to have exactly the checkpoint's keys and shapes.
+Checkpoints from other code bases with the same layers under other names are matched layer by layer, in order,
+by shape. Any of them may be a torch.save file or a safetensors file; the bytes say which.
 
-Every file is untrusted: `torch.load(weights_only=True)` only, so a pickle carrying code is refused unrun.
+Every file is untrusted: `torch.load(weights_only=True)` only, so a pickle carrying code is refused unrun, and
+what loads is checked before use (finite, dense tensors; a spec that builds), so a bad file costs one line.
 """
 
 from __future__ import annotations

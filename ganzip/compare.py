@@ -144,13 +144,15 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *
         first = out[0] if out else row
         row["params_ratio"] = first["params"] / row["params"]
         row["macs_ratio"] = first["macs"] / row["macs"]
+        row["macs_exact_ratio"] = first["macs_exact"] / row["macs_exact"]
         row["speedup"] = first["latency_ms"] / row["latency_ms"]
         if onnx:
             row["onnx_speedup"] = first["onnx_latency_ms"] / row["onnx_latency_ms"]
         out.append(row)
     return {"models": out, "reference": names[0], "data": str(data), "inputs": str(inputs_dir),
-            "real_dir": str(reals_dir), "aligned": aligned, "n_images": len(inputs), "n_real": len(reals), "size": size, "latency_size": side, "runs": runs,
-            "threads": torch.get_num_threads(), "device": device, "weights": str(path),
+            "real_dir": str(reals_dir), "aligned": aligned, "n_images": len(inputs), "n_real": len(reals),
+            "size": size, "latency_size": side, "runs": runs, "threads": torch.get_num_threads(), "device": device,
+            "weights": str(path),
             "grid": str(grid) if grid is not None else None, "grid_columns": ["input", *names] if grid else None}
 
 

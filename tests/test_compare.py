@@ -36,11 +36,11 @@ def models(tmp_path_factory):
 
 
 def test_compare_on_the_bundled_data_matches_the_single_model_tools(models, weights, tmp_path):  # noqa: F811
-    root, paths = models
+    _, paths = models
     data = bundled_data()
     result = runner.invoke(app, ["compare", *map(str, paths), "--data", str(data), "--size", "64", "--runs", "2",
-                                 "--onnx", "--grid-rows", "3", "--limit", "4", "-o", str(tmp_path / "grid.png"), "--json",
-                                 "--inception-weights", str(weights)])
+                                 "--onnx", "--grid-rows", "3", "--limit", "4", "-o", str(tmp_path / "grid.png"),
+                                 "--json", "--inception-weights", str(weights)])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     rows = out["models"]

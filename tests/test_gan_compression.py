@@ -136,7 +136,7 @@ def test_every_reading_command_takes_them(tmp_path):
     assert "latest_net_G.pth" in json.loads(out.stdout)["series"]
 
 
-def test_fid_takes_them(tmp_path, weights):
+def test_fid_takes_them(tmp_path, weights):  # noqa: F811 - the fixture imported above
     path = _save(mobile_state_dict(**SUB_MOBILE, seed=5), tmp_path / "latest_net_G.pth")
     data = tmp_path / "data"
     _folder(data / "testA", n=3)
@@ -199,8 +199,9 @@ def test_prune_and_distill_take_a_mobile_teacher(tmp_path):
     _folder(data / "trainB", size=32)
     out = runner.invoke(app, ["distill", path, "--data", str(data), "--student", str(tmp_path / "s.pth"),
                               "--steps", "2", "--batch-size", "1", "--size", "32", "--levels", "2",
-                              "--out-dir", str(tmp_path / "run"), "--json"])
+                              "--out-dir", str(tmp_path / "run"), "-o", str(tmp_path / "d.safetensors"), "--json"])
     assert out.exit_code == 0, out.output
-    trained = checkpoint.load_generator(tmp_path / "run" / "student.pth")
+    assert checkpoint.file_format(tmp_path / "d.safetensors") == "safetensors"  # distill writes it by the suffix
+    trained = checkpoint.load_generator(tmp_path / "d.safetensors")
     assert trained.spec == student.spec
     assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), student.state_dict().values()))

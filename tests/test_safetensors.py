@@ -52,17 +52,17 @@ def test_pruned_student_as_safetensors_profiles_identically_to_its_pth_twin(tmp_
 @pytest.mark.parametrize("kind", ["resnet", "mobile"])
 def test_upstream_teacher_converted_to_safetensors_loads(tmp_path, kind):
     if kind == "resnet":
-        sd, forward = resnet_state_dict(ngf=4, n_blocks=2, norm="batch"), lambda x: resnet_forward(sd, x, 2, "batch")
+        sd = resnet_state_dict(ngf=4, n_blocks=2, norm="batch")
     else:
         sd = mobile_state_dict(stem=4, down=8, trunk=16, inner=[16, 16], up=(8, 4))
-        forward = lambda x: mobile_forward(sd, x, 2)  # noqa: E731
     save_file(sd, str(tmp_path / "teacher.safetensors"))
     info = _json(["inspect", str(tmp_path / "teacher.safetensors"), "--json"])
     assert (info["file_format"], info["source"]) == ("safetensors", "upstream")
     model = checkpoint.load_generator(tmp_path / "teacher.safetensors")
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(model(x), forward(x))
+        expected = resnet_forward(sd, x, 2, "batch") if kind == "resnet" else mobile_forward(sd, x, 2)
+        assert torch.equal(model(x), expected)
     table = runner.invoke(app, ["inspect", str(tmp_path / "teacher.safetensors")])
     assert "safetensors" in table.output
 

@@ -182,7 +182,7 @@ def compare_cmd(
     row("architecture", lambda m: m["architecture"])
     row("parameters", lambda m: f"{mega(m['params'])} ({m['params_ratio']:.2f}x)")
     row("MACs (paper/thop convention)", lambda m: f"{giga(m['macs'])} ({m['macs_ratio']:.2f}x)")
-    row("MACs (exact)", lambda m: giga(m["macs_exact"]))
+    row("MACs (exact)", lambda m: f"{giga(m['macs_exact'])} ({m['macs_exact_ratio']:.2f}x)")
     row("latency PyTorch (median)", lambda m: f"{m['latency_ms']:.1f} ms ({m['speedup']:.2f}x)")
     row("  p10-p90", lambda m: f"{m['latency']['p10_ms']:.1f}-{m['latency']['p90_ms']:.1f} ms")
     if onnx:
