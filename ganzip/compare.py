@@ -105,6 +105,8 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *
     if grid is not None:
         from ganzip.atomic import check_writable
 
+        if any(Path(grid).resolve() == Path(c).resolve() for c in checkpoints):
+            raise UserError(f"-o {grid} is one of the checkpoints being compared; choose another file for the grid")
         check_writable(grid)
     path = fid.resolve_weights(weights)  # before any model runs
     inputs_dir, reals_dir, aligned = fid.dataset_test_folders(data, direction)

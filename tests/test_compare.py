@@ -93,3 +93,13 @@ def test_compare_needs_two_models_and_says_so_in_json(models):
     message = "compare needs at least two checkpoints (the first, usually the teacher, is the reference)"
     assert json.loads(result.stdout) == {"error": message}
     assert result.stderr.strip() == f"error: {message}"
+
+
+def test_the_grid_never_overwrites_a_checkpoint(models):
+    _, paths = models
+    before = paths[1].read_bytes()
+    result = runner.invoke(app, ["compare", *map(str, paths), "--data", str(bundled_data()), "-o", str(paths[1])])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.strip() == (f"error: -o {paths[1]} is one of the checkpoints being compared; choose another "
+                                     f"file for the grid")
+    assert paths[1].read_bytes() == before
