@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ganzip import archs
+from ganzip.archs.mobile_resnet import MobileResnetBlock
 from ganzip.archs.resnet import ResnetBlock
 from ganzip.archs.unet import UnetSkipConnectionBlock
 
@@ -106,6 +107,13 @@ class _Tracer:
         transposed = isinstance(conv, nn.ConvTranspose2d)
         in_dim, out_dim = (0, 1) if transposed else (1, 0)
         self.layout.convs.append(f"{name}.weight")
+        if conv.groups > 1:
+            if transposed or not conv.groups == conv.in_channels == conv.out_channels:
+                raise ValueError(f"{name}: only depthwise grouped convolutions are traced (groups = channels)")
+            # depthwise: channel c reads and writes only channel c, so its filters and biases follow the input's
+            self._add(f"{name}.weight", 0, inp)
+            self._add(f"{name}.bias", 0, inp)
+            return inp
         if any(g for g, _ in inp):
             self._add(f"{name}.weight", in_dim, inp)
         if out is None:
@@ -136,13 +144,17 @@ def _trace_resnet(module: nn.Module, tr: _Tracer) -> None:
     n_block = 0
     for i, (idx, child) in enumerate(children):
         name = f"model.{idx}"
-        if isinstance(child, ResnetBlock):
+        if isinstance(child, (ResnetBlock, MobileResnetBlock)):
             trunk = cur
             inner_path = ("inner", n_block)
-            convs = [(f"{name}.conv_block.{j}", c) for j, c in child.conv_block.named_children()]
+            # leaves in forward order: a separable conv contributes its depthwise, norm and pointwise layers
+            convs = [(f"{name}.conv_block.{j}", c) for j, c in child.conv_block.named_modules()
+                     if isinstance(c, _CONVS + _NORMS)]
             seg = trunk
             for cname, c in convs:
-                if isinstance(c, _CONVS):
+                if isinstance(c, _CONVS) and c.groups > 1:
+                    seg = tr.conv(cname, c, seg, None)
+                elif isinstance(c, _CONVS):
                     out = (_gid(inner_path), inner_path) if seg is trunk else (_gid(("trunk",)), ("trunk",))
                     seg = tr.conv(cname, c, seg, out)
                 elif isinstance(c, _NORMS):
@@ -195,7 +207,7 @@ def _trace_patchgan(module: nn.Module, tr: _Tracer) -> None:
             tr.norm(name, cur)
 
 
-_TRACERS = {"resnet": _trace_resnet, "unet": _trace_unet, "patchgan": _trace_patchgan}
+_TRACERS = {"resnet": _trace_resnet, "mobile_resnet": _trace_resnet, "unet": _trace_unet, "patchgan": _trace_patchgan}
 
 
 def layout_of(module_or_spec: nn.Module | dict) -> Layout:

@@ -1,19 +1,23 @@
 """Read any generator checkpoint users already have; write self-describing ganzip checkpoints.
 
-Upstream CycleGAN/pix2pix checkpoints are bare state dicts, so the architecture has to be recovered from key
-names and tensor shapes. Recognition is always confirmed the same way: build the inferred spec and require its
-state dict to have exactly the checkpoint's keys and shapes. Checkpoints from other code bases with the same
-layers under other names are matched layer by layer, in order, by shape.
+Upstream CycleGAN/pix2pix checkpoints (and GAN Compression's mobile/sub-mobile ResNets) are bare state dicts,
+so the architecture has to be recovered from key names and tensor shapes. Recognition is always confirmed the
+same way: build the inferred spec and require its state dict to have exactly the checkpoint's keys and shapes.
+Checkpoints from other code bases with the same layers under other names are matched layer by layer, in order,
+by shape. Any of them may be a torch.save file or a safetensors file; the bytes say which.
 
-Every file is untrusted: `torch.load(weights_only=True)` only, so a pickle carrying code is refused unrun.
+Every file is untrusted: `torch.load(weights_only=True)` only, so a pickle carrying code is refused unrun, and
+what loads is checked before use (finite, dense tensors; a spec that builds), so a bad file costs one line.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +27,7 @@ import torch
 from torch import nn
 
 from ganzip import archs
-from ganzip.atomic import torch_save
+from ganzip.atomic import torch_save, write_bytes
 from ganzip.errors import UserError
 
 FORMAT = "ganzip"
@@ -42,6 +46,7 @@ class Loaded:
     provenance: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     mapping: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint key, ganzip key) when mapped
+    file_format: str = "pytorch"  # "pytorch" (torch.save) or "safetensors"
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -52,17 +57,53 @@ def sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def read(path: str | os.PathLike) -> Any:
-    """`torch.load` for untrusted files: weights only, every failure turned into one actionable line."""
+def file_format(path: str | os.PathLike) -> str:
+    """"safetensors", "torchscript" or "pytorch" (torch.save), from the file's bytes: names prove nothing, since
+    .pt, .pth, .bin and .ckpt are used for all three."""
     p = Path(path)
+    with open(p, "rb") as f:
+        head = f.read(9)
+    header = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+    if head[8:9] == b"{" and 2 <= header <= p.stat().st_size - 8:  # safetensors: u64 header length, JSON header
+        return "safetensors"
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "pytorch"
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):  # what torch.jit.save adds
+            return "torchscript"
+    return "pytorch"
+
+
+def read(path: str | os.PathLike) -> Any:
+    """The contents of an untrusted checkpoint, every failure turned into one actionable line.
+
+    torch.save files load with `weights_only=True` only; safetensors files hold nothing but tensors and string
+    metadata, and a ganzip student in that format comes back in the same dict layout as from a .pth.
+    """
+    return _read(Path(path))[0]
+
+
+def _read(p: Path) -> tuple[Any, str]:
     if not p.exists():
         raise UserError(f"checkpoint {p} not found; check the path")
     if p.is_dir():
         raise UserError(f"{p} is a directory, not a checkpoint file; pass the .pth file inside it")
     if p.stat().st_size == 0:
         raise UserError(f"checkpoint {p} is empty (0 bytes); the download or save was interrupted, get it again")
+    fmt = file_format(p)
+    if fmt == "torchscript":
+        raise UserError(f"{p} is a TorchScript module (torch.jit.save), not a state dict; if you trust it, save its "
+                        f"weights with python -c \"import torch; torch.save(torch.jit.load('{p}').state_dict(), "
+                        f"'plain.pth')\" and pass plain.pth")
+    if fmt == "safetensors":
+        return _read_safetensors(p), fmt
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Validating sparse tensor")  # sparse files are refused below
+            return torch.load(p, map_location="cpu", weights_only=True), fmt
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e):
             raise UserError(
@@ -73,6 +114,26 @@ def read(path: str | os.PathLike) -> Any:
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise UserError(f"{p} is truncated or not a PyTorch checkpoint ({_first_line(e)}); "
                         f"download or save it again") from None
+
+
+def _read_safetensors(p: Path) -> Any:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{p} is a damaged safetensors file ({_first_line(e)}); download or save it again") from None
+    if meta.get("format") != FORMAT:
+        return tensors
+    try:
+        spec, provenance = json.loads(meta["spec"]), json.loads(meta.get("provenance", "{}"))
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{p} is a ganzip safetensors file with damaged metadata ({_first_line(e)}); "
+                        f"re-create it") from None
+    return {"format": FORMAT, "version": meta.get("version"), "spec": spec, "state_dict": tensors,
+            "provenance": provenance}
 
 
 def _first_line(e: BaseException) -> str:
@@ -137,29 +198,53 @@ def _norm_of(sd: dict, conv: str, norm: str) -> dict:
     return out
 
 
-def _infer_resnet(sd: dict) -> dict | None:
-    blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"model\.(\d+)\.conv_block\.", k))})
+def _block_indices(sd: dict) -> list[int]:
+    return sorted({int(m.group(1)) for k in sd if (m := re.match(r"model\.(\d+)\.conv_block\.", k))})
+
+
+def _infer_resnet_skeleton(sd: dict, blocks: list[int], arch: str, inner_conv: str, second_conv: str) -> dict | None:
+    """The spec of a CycleGAN-skeleton ResNet (stem, downs, residual blocks, ups, output conv).
+
+    Inside a block, `inner_conv` names the conv that writes the block's inner width and `second_conv` the one
+    that writes the trunk back; the two ResNet flavours differ only there.
+    """
     if not blocks or "model.1.weight" not in sd:
         return None
     first, last = blocks[0], blocks[-1]
     n_down = (first - 4) // 3
     if n_down < 1 or (first - 4) % 3 or blocks != list(range(first, last + 1)):
         return None
-    dropout = f"model.{first}.conv_block.6.weight" in sd and sd[f"model.{first}.conv_block.6.weight"].dim() == 4
-    second = 6 if dropout else 5
     stem = sd["model.1.weight"]
     downs = [sd[f"model.{4 + 3 * i}.weight"].shape[0] for i in range(n_down)]
     ups = [sd[f"model.{last + 1 + 3 * i}.weight"].shape[1] for i in range(n_down)]
     out_key = f"model.{last + 1 + 3 * n_down + 1}.weight"
-    if out_key not in sd:
+    if out_key not in sd or sd[f"model.{first}.conv_block.{second_conv}.weight"].shape[0] != downs[-1]:
         return None
-    spec = {"arch": "resnet", "input_nc": stem.shape[1], "output_nc": sd[out_key].shape[0], "n_blocks": len(blocks),
-            "dropout": dropout, **_norm_of(sd, "model.1", "model.2"),
+    return {"arch": arch, "input_nc": stem.shape[1], "output_nc": sd[out_key].shape[0], "n_blocks": len(blocks),
+            "dropout": False, **_norm_of(sd, "model.1", "model.2"),
             "widths": {"stem": stem.shape[0], "down": downs[:-1], "trunk": downs[-1],
-                       "inner": [sd[f"model.{b}.conv_block.1.weight"].shape[0] for b in blocks],
+                       "inner": [sd[f"model.{b}.conv_block.{inner_conv}.weight"].shape[0] for b in blocks],
                        "up": ups}}
-    if sd[f"model.{first}.conv_block.{second}.weight"].shape[0] != downs[-1]:
+
+
+def _infer_resnet(sd: dict) -> dict | None:
+    blocks = _block_indices(sd)
+    if not blocks:
         return None
+    dropout = sd.get(f"model.{blocks[0]}.conv_block.6.weight", torch.empty(0)).dim() == 4  # conv 6, not norm 6
+    spec = _infer_resnet_skeleton(sd, blocks, "resnet", "1", "6" if dropout else "5")
+    return spec and {**spec, "dropout": dropout}
+
+
+def _infer_mobile_resnet(sd: dict) -> dict | None:
+    """GAN Compression's mobile/sub-mobile ResNet: each block conv is depthwise (C, 1, 3, 3) + pointwise 1x1."""
+    blocks = _block_indices(sd)
+    depthwise = sd.get(f"model.{blocks[0]}.conv_block.1.conv.0.weight") if blocks else None
+    if depthwise is None or depthwise.dim() != 4 or depthwise.shape[1] != 1:
+        return None
+    spec = _infer_resnet_skeleton(sd, blocks, "mobile_resnet", "1.conv.2", "6.conv.2")
+    if spec is not None and f"model.{blocks[0]}.conv_block.1.conv.0.bias" not in sd:
+        spec["separable_bias"] = False
     return spec
 
 
@@ -190,7 +275,7 @@ def _infer_patchgan(sd: dict) -> dict | None:
             "widths": {"layers": widths}}
 
 
-_INFER = (_infer_resnet, _infer_unet, _infer_patchgan)
+_INFER = (_infer_resnet, _infer_mobile_resnet, _infer_unet, _infer_patchgan)
 
 
 def _expected(spec: dict) -> dict[str, torch.Size]:
@@ -302,27 +387,48 @@ def _map_by_order(sd: dict, path: Path, notes: list[str]) -> tuple[dict, dict, l
 def load(path: str | os.PathLike) -> Loaded:
     """Load a ganzip or upstream-layout checkpoint into (spec, state_dict), recognising the architecture."""
     path = Path(path)
-    obj = read(path)
+    obj, fmt = _read(path)
     notes: list[str] = []
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         spec, sd = obj.get("spec"), obj.get("state_dict")
-        if not isinstance(spec, Mapping) or not _is_tensor_dict(sd) or spec.get("arch") not in archs.REGISTRY:
-            raise UserError(f"{path} is a damaged ganzip checkpoint (no valid spec/state_dict); re-create it")
+        if not _is_tensor_dict(sd):
+            raise UserError(f"{path} is a damaged ganzip checkpoint (its state_dict is not a dict of tensors); "
+                            f"re-create it")
+        _check_tensors(sd, path)
+        try:
+            archs.validate(spec)
+        except ValueError as e:
+            raise UserError(f"{path} is a ganzip checkpoint with a damaged spec: {e}; the file was edited or "
+                            f"corrupted, re-create it") from None
         if not _matches(sd, dict(spec)):
             raise UserError(f"{path}: its weights do not fit its own spec ({archs.describe(dict(spec))}); "
                             f"the file was edited or damaged, re-create it")
-        return Loaded(dict(spec), dict(sd), "ganzip", dict(obj.get("provenance") or {}), notes)
+        return Loaded(dict(spec), dict(sd), "ganzip", dict(obj.get("provenance") or {}), notes, file_format=fmt)
     sd = _unwrap(obj, path, notes)
+    _check_tensors(sd, path)
     recognised = _recognise(sd, notes)
     if recognised is not None:
         spec, sd = recognised
-        return Loaded(spec, sd, "upstream", {}, notes)
-    mapped = _map_by_order(sd, path, notes)
+        return Loaded(spec, sd, "upstream", {}, notes, file_format=fmt)
+    # safetensors keeps no tensor order, so layers from other code bases cannot be matched by it
+    mapped = _map_by_order(sd, path, notes) if fmt != "safetensors" else None
     if mapped is not None:
         spec, sd, mapping = mapped
-        return Loaded(spec, sd, "mapped", {}, notes, mapping)
-    raise UserError(f"{path} is not a generator ganzip knows (ResNet or U-Net from the CycleGAN/pix2pix code base); "
-                    f"found {len(sd)} tensors with keys {_preview(list(sd))}")
+        return Loaded(spec, sd, "mapped", {}, notes, mapping, file_format=fmt)
+    raise UserError(f"{path} is not a generator ganzip knows (ResNet or U-Net from the CycleGAN/pix2pix code base, "
+                    f"or GAN Compression's mobile ResNet); found {len(sd)} tensors with keys {_preview(list(sd))}")
+
+
+def _check_tensors(sd: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights no generator can run with, before they reach a report or a student as NaN."""
+    sparse = [k for k, v in sd.items() if v.layout != torch.strided]
+    if sparse:
+        raise UserError(f"{path} holds sparse tensors ({_preview(sparse, 3)}); ganzip reads dense weights: save them "
+                        f"dense, e.g. {{k: v.to_dense() for k, v in state_dict.items()}}")
+    bad = [k for k, v in sd.items() if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"{path} holds non-finite weights (NaN or Inf) in {len(bad)} tensor(s), first {bad[0]}; "
+                        f"the run that wrote it diverged, use an earlier checkpoint")
 
 
 def instantiate(loaded: Loaded) -> nn.Module:
@@ -354,13 +460,26 @@ def load_generator(path: str | os.PathLike, teacher_mode: str = "eval") -> nn.Mo
 
 
 def save(path: str | os.PathLike, spec: dict, state_dict: Mapping[str, torch.Tensor], **provenance: Any) -> Path:
-    """Write a self-describing ganzip checkpoint atomically."""
+    """Write a self-describing ganzip checkpoint atomically; a path ending in .safetensors gets that format."""
     from ganzip import __version__
 
     payload = {"format": FORMAT, "version": VERSION, "spec": spec,
                "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
                "provenance": {"ganzip": __version__, **provenance}}
+    if str(path).lower().endswith(".safetensors"):
+        return _save_safetensors(payload, path)
     return torch_save(payload, path)
+
+
+def _save_safetensors(payload: dict, path: str | os.PathLike) -> Path:
+    """The same checkpoint as safetensors: tensors as they are, spec and provenance as JSON strings in the metadata
+    (the format's only place for anything but tensors)."""
+    from safetensors.torch import save as safetensors_bytes
+
+    metadata = {"format": FORMAT, "version": str(payload["version"]), "spec": json.dumps(payload["spec"]),
+                "provenance": json.dumps(payload["provenance"], default=str)}
+    tensors = {k: v.contiguous() for k, v in payload["state_dict"].items()}
+    return write_bytes(safetensors_bytes(tensors, metadata=metadata), path)
 
 
 def save_generator(module_or_spec: nn.Module | tuple[dict, Mapping[str, torch.Tensor]], path: str | os.PathLike,

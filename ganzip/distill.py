@@ -151,7 +151,7 @@ def _distill(cfg: DistillConfig, run: RunFolder, stop: "_StopSignals", rt: _Dist
     weights = {"gan": cfg.lambda_gan, "kd": cfg.lambda_kd, "anchor": cfg.lambda_anchor, "rec": cfg.lambda_rec}
     targets = TeacherTargets(teacher, train, device, cfg.cache_teacher, budget, autocast)
     validator = None
-    if cfg.val_images and rt.main:
+    if val_paths and rt.main:
         validator = Validator(teacher, load_inputs(val_paths, cfg.size, source.direction if source.aligned else None),
                               val_description, device)
     fixed = train.fixed_inputs(4).to(device)
@@ -306,6 +306,10 @@ def _split_validation(cfg: DistillConfig, source: data.Source) -> tuple[data.Sou
     if folder is not None:
         paths = spaced(list_images(folder, "--val folder"), cfg.val_images)
         return source, paths, f"{folder} ({len(paths)} images)"
+    if len(source.inputs) < 20:  # 5% would be less than one image
+        warnings.warn(f"only {len(source.inputs)} input images and no held-out folder: validation is off (give --val "
+                      f"DIR to score the student on held-out images)", stacklevel=2)
+        return source, [], None
     source, held = data.hold_out(source)
     paths = spaced(held, cfg.val_images)
     return source, paths, f"{len(paths)} of the inputs held out (5%)"

@@ -23,11 +23,16 @@ def count_params(module: nn.Module) -> int:
 
 
 def _conv_macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> tuple[int, int]:
-    """(paper, exact) MACs of one Conv2d/ConvTranspose2d call."""
-    k = module.kernel_size[0] * module.kernel_size[1] // module.groups
+    """(paper, exact) MACs of one Conv2d/ConvTranspose2d call.
+
+    Each output (input, for the exact transposed count) element sees only its own group's channels, so the
+    per-element fan is channels // groups x k^2: a depthwise 3x3 conv costs 9 MACs per element, not 9 x C.
+    """
+    k = module.kernel_size[0] * module.kernel_size[1]
     if isinstance(module, nn.ConvTranspose2d):
-        return out.numel() * module.in_channels * k, inp.numel() * module.out_channels * k
-    macs = out.numel() * module.in_channels * k
+        return (out.numel() * (module.in_channels // module.groups) * k,
+                inp.numel() * (module.out_channels // module.groups) * k)
+    macs = out.numel() * (module.in_channels // module.groups) * k
     return macs, macs
 
 

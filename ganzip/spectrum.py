@@ -112,7 +112,7 @@ def analyse(batches: dict[str, torch.Tensor], reference: str, wave: str = "haar"
             "frequencies": freqs.tolist(), "series": series}
 
 
-def _unique_names(paths: Sequence[Path]) -> list[str]:
+def unique_names(paths: Sequence[Path]) -> list[str]:
     names: list[str] = []
     for p in paths:
         name = Path(p).name
@@ -191,7 +191,7 @@ def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, 
     elif targets is not None:
         batches["real"] = targets
         sources["real"] = f"{data} (target halves, {direction})"
-    for name, path in zip(_unique_names([Path(c) for c in checkpoints]), checkpoints):
+    for name, path in zip(unique_names([Path(c) for c in checkpoints]), checkpoints):
         module = ckpt.load_generator(path)
         batches[name] = translate_tensor(module.to(device), x.to(device), batch_size).cpu()
         sources[name] = str(path)

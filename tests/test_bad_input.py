@@ -56,7 +56,8 @@ def test_unknown_architecture(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 2), "fc.bias": torch.zeros(2)}, tmp_path / "mlp.pth")
     line = _error_line(runner.invoke(app, ["inspect", str(tmp_path / "mlp.pth")]))
     assert line == (f"error: {tmp_path / 'mlp.pth'} is not a generator ganzip knows (ResNet or U-Net from the "
-                    f"CycleGAN/pix2pix code base); found 2 tensors with keys fc.weight, fc.bias")
+                    f"CycleGAN/pix2pix code base, or GAN Compression's mobile ResNet); found 2 tensors with keys "
+                    f"fc.weight, fc.bias")
 
 
 def test_not_a_state_dict(tmp_path):

@@ -6,7 +6,7 @@ Module indices inside `self.model` follow the upstream `ResnetGenerator` exactly
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -49,16 +49,18 @@ class ResnetBlock(nn.Module):
 
 
 class ResnetGenerator(nn.Module):
-    def __init__(self, spec: dict):
+    """`block` makes each residual block from (spec, trunk, inner); GAN Compression's generators swap it."""
+
+    def __init__(self, spec: dict, block: Callable[[dict, int, int], nn.Module] = ResnetBlock):
         super().__init__()
         self.spec = spec
         w = spec["widths"]
         bias = conv_bias(spec)
         downs = list(w["down"]) + [w["trunk"]]
         if len(w["up"]) != len(downs):
-            raise ValueError("resnet spec: len(up) must equal len(down) + 1 (one per downsampling)")
+            raise ValueError(f"{spec['arch']} spec: len(up) must equal len(down) + 1 (one per downsampling)")
         if len(w["inner"]) != spec["n_blocks"]:
-            raise ValueError("resnet spec: one inner width per residual block")
+            raise ValueError(f"{spec['arch']} spec: one inner width per residual block (n_blocks)")
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(spec["input_nc"], w["stem"], 7, bias=bias),
                                    norm_layer(spec, w["stem"]), nn.ReLU(True)]
         prev = w["stem"]
@@ -66,7 +68,7 @@ class ResnetGenerator(nn.Module):
             layers += [nn.Conv2d(prev, width, 3, stride=2, padding=1, bias=bias), norm_layer(spec, width),
                        nn.ReLU(True)]
             prev = width
-        layers += [ResnetBlock(spec, w["trunk"], inner) for inner in w["inner"]]
+        layers += [block(spec, w["trunk"], inner) for inner in w["inner"]]
         for width in w["up"]:
             layers += [nn.ConvTranspose2d(prev, width, 3, stride=2, padding=1, output_padding=1, bias=bias),
                        norm_layer(spec, width), nn.ReLU(True)]

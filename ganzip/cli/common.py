@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-_state = {"debug": False}
+_state = {"debug": False, "json_sent": False}
 
 
 def _print_version(value: bool) -> None:
@@ -45,11 +45,16 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks
 
 
 def command(*args: Any, **kwargs: Any) -> Callable:
-    """`app.command` that turns a UserError into one red line and exit code 2 (a traceback only with --debug)."""
+    """`app.command` that turns a UserError into one red line and exit code 2 (a traceback only with --debug).
+
+    Under `--json` (every command's `as_json` parameter) the error also goes to stdout as {"error": "..."}, so a
+    script that parses stdout learns why instead of finding it empty.
+    """
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
+            _state["json_sent"] = False
             try:
                 with _warnings_as_lines():
                     return fn(*a, **kw)
@@ -57,6 +62,8 @@ def command(*args: Any, **kwargs: Any) -> Callable:
                 if _state["debug"]:
                     raise
                 err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                if kw.get("as_json") and not _state["json_sent"]:  # stdout stays one JSON document
+                    emit_json({"error": str(e)})
                 raise typer.Exit(getattr(e, "exit_code", 2)) from None  # 128 + signal for a stopped run
             except KeyboardInterrupt:
                 err_console.print("[yellow]interrupted[/]")
@@ -89,6 +96,7 @@ def _warnings_as_lines() -> Any:
 def emit_json(obj: Any) -> None:
     """JSON for scripts goes to stdout alone, nothing else printed there."""
     sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    _state["json_sent"] = True
 
 
 def _json_default(o: Any) -> Any:

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ganzip import archs
-from ganzip.cli.common import command, console, emit_json, giga, widths_text
+from ganzip.cli.common import command, console, emit_json, giga, mega, progress_bar, widths_text
 from ganzip.errors import UserError
 
 # --- inspect -----------------------------------------------------------------------------------------------
@@ -30,7 +30,7 @@ def inspect_cmd(
     stats = profile.static_profile(module, size)
     info = {"path": str(checkpoint), "source": loaded.source, "architecture": archs.describe(loaded.spec),
             "spec": loaded.spec, "params": stats.params, "macs": stats.macs, "macs_exact": stats.macs_exact,
-            "size": size, "notes": loaded.notes, "provenance": loaded.provenance}
+            "size": size, "notes": loaded.notes, "provenance": loaded.provenance, "file_format": loaded.file_format}
     if loaded.mapping:
         info["mapping"] = [{"checkpoint": a, "ganzip": b} for a, b in loaded.mapping]
     if as_json:
@@ -39,7 +39,9 @@ def inspect_cmd(
     table = Table(title=f"{checkpoint}", show_header=False)
     table.add_row("architecture", info["architecture"])
     table.add_row("format", {"upstream": "upstream state dict", "ganzip": "ganzip checkpoint",
-                             "mapped": "other code base (keys mapped by layer order)"}[loaded.source])
+                             "mapped": "other code base (keys mapped by layer order)"}[loaded.source]
+                  + (" (GAN Compression layout)" if loaded.spec["arch"] == "mobile_resnet" else ""))
+    table.add_row("file format", {"pytorch": "PyTorch (torch.save)", "safetensors": "safetensors"}[loaded.file_format])
     for key in ("input_nc", "output_nc", "n_blocks", "num_downs", "n_layers", "dropout"):
         if key in loaded.spec:
             table.add_row(key, str(loaded.spec[key]))
@@ -129,3 +131,66 @@ def profile_cmd(
             cells += [f"{t['onnx_latency_ms']:.1f} ms", f"{result.get('onnx_speedup', float('nan')):.2f}x"]
         table.add_row(*cells)
     console.print(table)
+
+
+# --- compare -----------------------------------------------------------------------------------------------
+
+@command("compare")
+def compare_cmd(
+    checkpoints: list[Path] = typer.Argument(..., help="Generators to compare; the first (usually the teacher) is "
+                                                       "the reference."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder: testA/testB (unaligned) or test/ or val/ with "
+                                                  "A|B pairs (aligned)."),
+    direction: str = typer.Option("AtoB", help="AtoB or BtoA."),
+    size: Optional[int] = typer.Option(None, help="Resize inputs to this square size (default: keep sizes; latency "
+                                                  "and MACs at the first input's size)."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N test images (and real targets)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Also time every model in onnxruntime."),
+    runs: int = typer.Option(20, help="Timed runs per model (after warm-up), in alternation."),
+    threads: Optional[int] = typer.Option(None, help="torch (and onnxruntime) intra-op threads."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per generator forward pass."),
+    grid_rows: int = typer.Option(4, "--grid-rows", help="Inputs shown in the grid image (one row each)."),
+    output: Path = typer.Option(Path("compare.png"), "-o", "--output", help="Grid image: one row per input, one "
+                                                                            "column per model."),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's "
+                                                     "inception-v3-compat weights file (else found offline)."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Teacher and students side by side: params, MACs, latency, FID vs real and vs the first model; a grid image."""
+    from ganzip.compare import compare
+    from ganzip.devices import resolve_device
+
+    with progress_bar() as update:
+        result = compare(checkpoints, data, size=size, direction=direction, limit=limit, onnx=onnx, runs=runs,
+                         threads=threads, device=resolve_device(device), weights=inception_weights,
+                         batch_size=batch_size, grid=output, grid_rows=grid_rows, progress=update)
+    if as_json:
+        emit_json(result)
+        return
+    px = result["latency_size"]
+    table = Table(title=f"{result['n_images']} images from {result['inputs']} ({result['n_real']} real); cost and "
+                        f"latency @{px}px, {result['threads']} threads, {result['device']}")
+    table.add_column("")
+    models = result["models"]
+    for m in models:
+        table.add_column(m["name"], justify="right")
+
+    def row(label: str, cell: Callable[[dict], str]) -> None:
+        table.add_row(label, *[cell(m) for m in models])
+
+    row("architecture", lambda m: m["architecture"])
+    row("parameters", lambda m: f"{mega(m['params'])} ({m['params_ratio']:.2f}x)")
+    row("MACs (paper/thop convention)", lambda m: f"{giga(m['macs'])} ({m['macs_ratio']:.2f}x)")
+    row("MACs (exact)", lambda m: f"{giga(m['macs_exact'])} ({m['macs_exact_ratio']:.2f}x)")
+    row("latency PyTorch (median)", lambda m: f"{m['latency_ms']:.1f} ms ({m['speedup']:.2f}x)")
+    row("  p10-p90", lambda m: f"{m['latency']['p10_ms']:.1f}-{m['latency']['p90_ms']:.1f} ms")
+    if onnx:
+        row("latency onnxruntime (median)", lambda m: f"{m['onnx_latency_ms']:.1f} ms ({m['onnx_speedup']:.2f}x)")
+    row("FID vs real", lambda m: f"{m['fid']:.2f}")
+    row(f"FID vs {result['reference']}",
+        lambda m: "reference" if m["fid_vs_first"] is None else f"{m['fid_vs_first']:.2f}")
+    console.print(table)
+    console.print(f"[dim](x): ratio or speedup relative to {result['reference']}; FID with the standard TF-Inception "
+                  f"weights against {result['real_dir']}[/]", soft_wrap=True, highlight=False)
+    console.print(f"grid (input, then {', '.join(result['grid_columns'][1:])}): {result['grid']}", highlight=False)

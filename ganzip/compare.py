@@ -1,0 +1,173 @@
+"""Several generators side by side on the same images: what each costs, how fast it runs, how good it looks.
+
+Choosing a compression method means putting a teacher, one's own student and a peer's released student in one
+table, measured by one tool on the same images. Every number here comes from the instruments the single-model
+commands use: MACs and parameters from `ganzip.profile`, latency from its alternating runs (all models, and
+their onnxruntime sessions, take turns, so machine noise hits them alike), FID from `ganzip.fid` with the standard
+Inception weights. FID is given twice: against the real target images, and against the first model's outputs
+(usually the teacher), which says how far a student drifted from what it was meant to imitate.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from ganzip import archs, checkpoint, fid, images
+from ganzip import profile as prof
+from ganzip.errors import UserError
+from ganzip.spectrum import unique_names
+from ganzip.translate import translate_folder
+
+Progress = Callable[[str, int, int], None]
+
+
+def latency_size(first_input: Path, aligned: str | None, size: int | None, multiple: int) -> int:
+    """The square size latency and MACs are measured at: `size`, else the first input's shorter side rounded down
+    to a size every model takes back at its own resolution (what the models actually run at on this data)."""
+    if size is not None:
+        return size
+    side = min(_input_image(first_input, aligned).size) // multiple * multiple
+    if side <= 0:
+        raise UserError(f"{first_input} is smaller than {multiple} px, the smallest input these models take; "
+                        f"pass --size")
+    return side
+
+
+def _input_image(path: Path, aligned: str | None) -> Image.Image:
+    img = images.load_rgb(path)
+    return images.split_aligned(img, aligned)[0] if aligned else img
+
+
+def _grid(inputs: list[Path], aligned: str | None, fakes: dict[str, Path], rows: int) -> torch.Tensor:
+    """One row per input (the first `rows`): the input, then one column per model, all at the first output's size."""
+    cell = images.load_rgb(next(iter(fakes.values())) / f"{inputs[0].stem}.png").size
+
+    def tile(img: Image.Image) -> torch.Tensor:
+        return images.to_tensor(img if img.size == cell else img.resize(cell, Image.BICUBIC))
+
+    grid_rows = []
+    for p in inputs[:rows]:
+        row = [tile(_input_image(p, aligned))]
+        row += [tile(images.load_rgb(folder / f"{p.stem}.png")) for folder in fakes.values()]
+        grid_rows.append(row)
+    return images.grid(grid_rows)
+
+
+def _subset(files: list[Path], folder: Path) -> Path:
+    """A folder holding links to `files` only, so the folder-based tools (translate, FID features) see just those."""
+    folder.mkdir()
+    for f in files:
+        (folder / f.name).symlink_to(f.resolve())
+    return folder
+
+
+def _quality(models: dict[str, torch.nn.Module], inputs_dir: Path, reals_dir: Path, aligned: str | None,
+             work: Path, weights: Path, size: int | None, batch_size: int, device: str,
+             report: Callable[[str], Callable[[int, int], None] | None]) -> tuple[dict[str, dict], dict[str, Path]]:
+    """Each model's outputs on the inputs (folders under `work`), FID against the reals and against the first."""
+    fakes: dict[str, Path] = {}
+    features = {}
+    for name, module in models.items():
+        fakes[name] = work / f"model{len(fakes)}"
+        translate_folder(module, inputs_dir, fakes[name], size=size, batch_size=batch_size, device=device,
+                         direction=aligned, progress=report(f"{name}: translate"))
+        features[name] = fid.folder_features(fakes[name], weights, 16, device, report(f"{name}: features"),
+                                             cache=False)
+    real = fid.folder_features(reals_dir, weights, 16, device, report("real: features"), aligned=aligned)
+    reference = next(iter(models))
+    rows = {name: {"fid": fid.frechet_distance(f, real),
+                   "fid_vs_first": None if name == reference else fid.frechet_distance(f, features[reference])}
+            for name, f in features.items()}
+    return rows, fakes
+
+
+def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *, size: int | None = None,
+            direction: str = "AtoB", limit: int | None = None, onnx: bool = False, runs: int = 20, warmup: int = 3,
+            threads: int | None = None, device: str = "cpu", weights: str | os.PathLike | None = None,
+            batch_size: int = 4, grid: str | os.PathLike | None = None, grid_rows: int = 4,
+            progress: Progress | None = None) -> dict:
+    """Profile, time and score every generator on `data`'s test images; the first one is the reference.
+
+    `limit` keeps the first N inputs (and real targets). Returns one dict per model under "models" (in the
+    order given) plus the settings used. With `grid`, a PNG with one row per input (the first `grid_rows`) and
+    one column per model is written there.
+    """
+    if len(checkpoints) < 2:
+        raise UserError("compare needs at least two checkpoints (the first, usually the teacher, is the reference)")
+    if min(runs, batch_size, grid_rows, size or 1, limit or 1) <= 0 or warmup < 0:
+        raise UserError("--runs, --batch-size, --grid-rows, --size and --limit must be positive integers")
+    if grid is not None:
+        from ganzip.atomic import check_writable
+
+        if any(Path(grid).resolve() == Path(c).resolve() for c in checkpoints):
+            raise UserError(f"-o {grid} is one of the checkpoints being compared; choose another file for the grid")
+        check_writable(grid)
+    path = fid.resolve_weights(weights)  # before any model runs
+    inputs_dir, reals_dir, aligned = fid.dataset_test_folders(data, direction)
+    inputs = images.list_images(inputs_dir, "input folder")[:limit]
+    reals = inputs if aligned else images.list_images(reals_dir, "real target folder")[:limit]
+    names = unique_names([Path(c) for c in checkpoints])
+    models = {name: checkpoint.load_generator(c) for name, c in zip(names, checkpoints)}
+    multiple = max(archs.size_multiple(m.spec) for m in models.values())
+    side = latency_size(inputs[0], aligned, size, multiple)
+    for m in models.values():
+        archs.check_size(m.spec, side)
+
+    def report(task: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: progress(task, done, total)) if progress else None
+
+    with tempfile.TemporaryDirectory(prefix="ganzip-compare-") as tmp:
+        work = Path(tmp)
+        ins, outs = inputs_dir, reals_dir
+        if limit:
+            ins = _subset(inputs, work / "inputs")
+            outs = ins if aligned else _subset(reals, work / "reals")
+        rows, fakes = _quality(models, ins, outs, aligned, work, path, size, batch_size, device, report)
+        picture = _grid(inputs, aligned, fakes, grid_rows) if grid is not None else None
+    if picture is not None:
+        images.save_png(picture, grid)
+    timings = _timings(models, side, onnx, runs, warmup, threads, device)
+
+    out: list[dict] = []
+    for name, c in zip(names, checkpoints):
+        static = prof.static_profile(models[name], side)
+        row = {"name": name, "path": str(c), "architecture": archs.describe(models[name].spec),
+               "params": static.params, "macs": static.macs, "macs_exact": static.macs_exact,
+               "latency": timings[name].as_dict(), "latency_ms": timings[name].median_ms, **rows[name]}
+        if onnx:
+            row["onnx_latency"] = timings[f"{name}:onnx"].as_dict()
+            row["onnx_latency_ms"] = timings[f"{name}:onnx"].median_ms
+        first = out[0] if out else row
+        row["params_ratio"] = first["params"] / row["params"]
+        row["macs_ratio"] = first["macs"] / row["macs"]
+        row["macs_exact_ratio"] = first["macs_exact"] / row["macs_exact"]
+        row["speedup"] = first["latency_ms"] / row["latency_ms"]
+        if onnx:
+            row["onnx_speedup"] = first["onnx_latency_ms"] / row["onnx_latency_ms"]
+        out.append(row)
+    return {"models": out, "reference": names[0], "data": str(data), "inputs": str(inputs_dir),
+            "real_dir": str(reals_dir), "aligned": aligned, "n_images": len(inputs), "n_real": len(reals),
+            "size": size, "latency_size": side, "runs": runs, "threads": torch.get_num_threads(), "device": device,
+            "weights": str(path),
+            "grid": str(grid) if grid is not None else None, "grid_columns": ["input", *names] if grid else None}
+
+
+def _timings(models: dict[str, torch.nn.Module], side: int, onnx: bool, runs: int, warmup: int,
+             threads: int | None, device: str) -> dict[str, prof.Latency]:
+    """Every model (and its onnxruntime session) timed in one alternation, so load on the machine hits all alike."""
+    if threads:
+        torch.set_num_threads(threads)
+    fns: dict[str, Callable[[], object]] = {}
+    for name, module in models.items():
+        fns[name] = prof.torch_runner(module, side, 1, device)
+        if onnx:
+            from ganzip import export
+
+            fns[f"{name}:onnx"] = export.onnx_runner(module, side, threads=threads)
+    return prof.time_alternating(fns, runs=runs, warmup=warmup)

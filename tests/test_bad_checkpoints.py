@@ -1,0 +1,111 @@
+"""Checkpoints that cannot be used get one line naming what they are and what to do, never a traceback or a NaN
+in JSON (issue 12): non-finite or sparse weights, tampered ganzip specs, TorchScript files; and --json errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ganzip import archs, checkpoint
+from ganzip.cli import app
+from upstream_reference import resnet_state_dict
+
+runner = CliRunner()
+
+
+def _error(args: list[str]) -> str:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_by_inspect_and_prune(tmp_path, value):
+    sd = resnet_state_dict(ngf=4, n_blocks=2, norm="instance")
+    sd["model.10.conv_block.1.weight"][0, 0, 0, 0] = value
+    path = tmp_path / "diverged.pth"
+    torch.save(sd, path)
+    expected = (f"error: {path} holds non-finite weights (NaN or Inf) in 1 tensor(s), first "
+                f"model.10.conv_block.1.weight; the run that wrote it diverged, use an earlier checkpoint")
+    assert _error(["inspect", str(path)]) == expected
+    assert _error(["prune", str(path), "--ratio", "2", "-o", str(tmp_path / "s.pth")]) == expected
+    assert not (tmp_path / "s.pth").exists()
+
+
+def test_non_finite_ganzip_student_is_refused_and_json_gets_the_error(tmp_path):
+    model = archs.build(archs.default_spec("resnet", ngf=4, n_blocks=2))
+    sd = model.state_dict()
+    sd["model.1.bias"][2] = float("nan")
+    checkpoint.save(tmp_path / "s.pth", model.spec, sd)
+    result = runner.invoke(app, ["inspect", str(tmp_path / "s.pth"), "--json"])
+    assert result.exit_code == 2
+    out = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))  # strict JSON
+    assert out == {"error": f"{tmp_path / 's.pth'} holds non-finite weights (NaN or Inf) in 1 tensor(s), first "
+                            f"model.1.bias; the run that wrote it diverged, use an earlier checkpoint"}
+    assert "error:" in result.stderr
+
+
+def _tampered(tmp_path, edit) -> str:
+    spec = archs.default_spec("resnet", ngf=4, n_blocks=2)
+    sd = archs.build(spec).state_dict()
+    raw = {"format": "ganzip", "version": 1, "spec": spec, "state_dict": sd, "provenance": {}}
+    edit(raw["spec"])
+    path = tmp_path / "student.pth"
+    torch.save(raw, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("edit,why", [
+    (lambda s: s.update(n_blocks=3), "resnet spec: one inner width per residual block (n_blocks)"),
+    (lambda s: s.update(n_blocks="nine"), "n_blocks is 'nine', not a positive integer"),
+    (lambda s: s.update(arch="transformer"), "unknown architecture 'transformer' (known: resnet, unet, "
+                                             "mobile_resnet, patchgan)"),
+    (lambda s: s.pop("widths"), "it has no widths"),
+    (lambda s: s["widths"].pop("trunk"), "it lacks 'trunk'"),
+    (lambda s: s["widths"].update(stem=-4), "widths.stem holds -4; every width must be a positive integer"),
+    (lambda s: s["widths"].update(inner=[16, "16"]), "widths.inner holds '16'; every width must be a positive "
+                                                     "integer"),
+    (lambda s: s.update(norm="group"), "norm is 'group', not one of instance, batch, none"),
+])
+def test_tampered_student_spec_is_one_line(tmp_path, edit, why):
+    path = _tampered(tmp_path, edit)
+    assert _error(["inspect", path]) == (f"error: {path} is a ganzip checkpoint with a damaged spec: {why}; the file "
+                                         f"was edited or corrupted, re-create it")
+
+
+def test_sparse_tensors_are_one_line(tmp_path):
+    sd = resnet_state_dict(ngf=4, n_blocks=2, norm="instance")
+    sd["model.1.weight"] = sd["model.1.weight"].to_sparse()
+    torch.save(sd, tmp_path / "sparse.pth")
+    line = _error(["profile", str(tmp_path / "sparse.pth")])
+    assert line == (f"error: {tmp_path / 'sparse.pth'} holds sparse tensors (model.1.weight); ganzip reads dense "
+                    f"weights: save them dense, e.g. {{k: v.to_dense() for k, v in state_dict.items()}}")
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_torchscript_file_is_named_with_how_to_get_a_state_dict(tmp_path):
+    model = archs.build(archs.default_spec("resnet", ngf=4, n_blocks=2)).eval()
+    path = tmp_path / "generator.pt"
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 32, 32)), str(path))
+    line = _error(["inspect", str(path)])
+    assert line == (f"error: {path} is a TorchScript module (torch.jit.save), not a state dict; if you trust it, "
+                    f"save its weights with python -c \"import torch; torch.save(torch.jit.load('{path}')"
+                    f".state_dict(), 'plain.pth')\" and pass plain.pth")
+    # and the advice works: the saved state dict is an upstream-layout ResNet that ganzip recognises
+    torch.save(torch.jit.load(str(path)).state_dict(), tmp_path / "plain.pth")
+    assert checkpoint.load(tmp_path / "plain.pth").spec == model.spec
+
+
+def test_json_errors_go_to_stdout_as_json_for_every_failure(tmp_path):
+    result = runner.invoke(app, ["profile", str(tmp_path / "nope.pth"), "--json"])
+    assert result.exit_code == 2
+    assert json.loads(result.stdout) == {"error": f"checkpoint {tmp_path / 'nope.pth'} not found; check the path"}
+    assert result.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pth'} not found; check the path"
+    plain = runner.invoke(app, ["profile", str(tmp_path / "nope.pth")])
+    assert plain.exit_code == 2 and plain.stdout == ""
