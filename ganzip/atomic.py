@@ -30,12 +30,7 @@ def check_writable(path: str | os.PathLike, option: str = "-o") -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise UserError(f"output path {path} is a directory: give a file name, e.g. {path / 'out.pth'}")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {parent}: {e.strerror}; choose another {option} path") from None
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"output folder {parent} is not writable; choose another {option} path")
+    _make_folder(parent, option)
     return path
 
 
@@ -44,13 +39,17 @@ def check_writable_folder(path: str | os.PathLike, option: str = "-o") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"output {path} is a file, but a folder is needed here; give a folder with {option}")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {path}: {e.strerror}; choose another {option} path") from None
-    if not os.access(path, os.W_OK):
-        raise UserError(f"output folder {path} is not writable; choose another {option} path")
+    _make_folder(path, option)
     return path
+
+
+def _make_folder(folder: Path, option: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {folder}: {e.strerror}; choose another {option} path") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"output folder {folder} is not writable; choose another {option} path")
 
 
 def _same_path(a: Path, b: Path) -> bool:

@@ -6,20 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_lines import error_line as _error_line
 from typer.testing import CliRunner
 from upstream_reference import resnet_state_dict
 
 from ganzip.cli import app
 
 runner = CliRunner()
-
-
-def _error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 @pytest.fixture
@@ -200,7 +193,6 @@ def test_square_brackets_survive_warnings_and_tables(tmp_path, good, monkeypatch
     import json
 
     from PIL import Image
-    from upstream_reference import resnet_state_dict
 
     from ganzip import checkpoint
 

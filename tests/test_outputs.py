@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_lines import error_line as _error_line
 from PIL import Image
 from typer.testing import CliRunner
 from upstream_reference import resnet_state_dict
@@ -17,14 +18,6 @@ from ganzip import atomic
 from ganzip.cli import app
 
 runner = CliRunner()
-
-
-def _error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 @pytest.fixture
@@ -50,9 +43,14 @@ def _mode(path: Path) -> int:
 
 # --- no output over an input ------------------------------------------------------------------------------
 
-def test_prune_refuses_to_write_over_its_teacher(teacher):
+@pytest.mark.parametrize("command", [["prune", "--ratio", "2"], ["export", "--size", "32"], ["spectrum", "--data"]])
+def test_no_command_writes_over_its_checkpoint(teacher, tmp_path, command):
+    src = tmp_path / "in"  # spectrum's --data
+    src.mkdir()
+    Image.new("RGB", (32, 32)).save(src / "a.png")
+    args = [command[0], str(teacher), *command[1:], *([str(src)] if command[0] == "spectrum" else [])]
     before = teacher.read_bytes()
-    line = _error_line(runner.invoke(app, ["prune", str(teacher), "--ratio", "2", "-o", str(teacher)]))
+    line = _error_line(runner.invoke(app, [*args, "-o", str(teacher)]))
     assert line == f"error: -o {teacher} would overwrite the input {teacher}; write the output elsewhere"
     assert teacher.read_bytes() == before
 
@@ -64,23 +62,6 @@ def test_a_link_to_the_input_is_the_input(teacher, tmp_path):
     line = _error_line(runner.invoke(app, ["prune", str(teacher), "--ratio", "2", "-o", str(link)]))
     assert line == f"error: -o {link} would overwrite the input {teacher}; write the output elsewhere"
     assert teacher.read_bytes() == before and link.is_symlink()
-
-
-def test_export_refuses_to_write_over_its_checkpoint(teacher):
-    before = teacher.read_bytes()
-    line = _error_line(runner.invoke(app, ["export", str(teacher), "-o", str(teacher), "--size", "32"]))
-    assert line == f"error: -o {teacher} would overwrite the input {teacher}; write the output elsewhere"
-    assert teacher.read_bytes() == before
-
-
-def test_spectrum_refuses_to_plot_over_a_checkpoint(teacher, tmp_path):
-    src = tmp_path / "in"
-    src.mkdir()
-    Image.new("RGB", (32, 32)).save(src / "a.png")
-    before = teacher.read_bytes()
-    line = _error_line(runner.invoke(app, ["spectrum", str(teacher), "--data", str(src), "-o", str(teacher)]))
-    assert line == f"error: -o {teacher} would overwrite the input {teacher}; write the output elsewhere"
-    assert teacher.read_bytes() == before
 
 
 def test_fid_refuses_to_keep_images_in_the_real_folder(teacher, tmp_path):
@@ -142,3 +123,18 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(monkeypatch, teacher, tmp_pa
     assert line == (f"error: could not write {out}: No space left on device; free some space there or write the "
                     f"output elsewhere")
     assert list(out.parent.iterdir()) == []  # neither the output nor a temporary file is left behind
+
+
+def test_fid_refuses_to_keep_images_in_a_dataset_folder_it_reads(tmp_path):
+    """`--data DIR` resolves to DIR/testA (inputs) and DIR/testB (reals) inside ganzip.fid; both are inputs."""
+    from ganzip import archs, fid
+    from ganzip.errors import UserError
+
+    for split in ("testA", "testB"):
+        (tmp_path / split).mkdir()
+        Image.new("RGB", (32, 32)).save(tmp_path / split / "a.png")
+    module = archs.build(archs.default_spec("resnet", ngf=4, n_blocks=1))
+    for split in ("testA", "testB"):
+        with pytest.raises(UserError, match=f"would overwrite the input {tmp_path / split}; write the output"):
+            fid.fid_for_generator(module, tmp_path, out_dir=tmp_path / split)
+        assert [p.name for p in (tmp_path / split).iterdir()] == ["a.png"]

@@ -51,7 +51,9 @@ def _adopt(param: Any) -> Any:
     return param
 
 
-class _Command(TyperCommand):
+class _Adopting:
+    """For a command or the group: every parameter, --help included, displays as above."""
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.params = [_adopt(p) for p in self.params]
@@ -61,14 +63,12 @@ class _Command(TyperCommand):
         return _adopt(option) if option is not None else None
 
 
-class _Group(TyperGroup):
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.params = [_adopt(p) for p in self.params]
+class _Command(_Adopting, TyperCommand):
+    pass
 
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
-        return _adopt(option) if option is not None else None
+
+class _Group(_Adopting, TyperGroup):
+    pass
 
 
 app = typer.Typer(
