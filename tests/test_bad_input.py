@@ -156,6 +156,20 @@ def test_an_allocation_that_fails_is_one_line_naming_what_to_lower(good):
     assert 786_432_000_000_000 / 2**40 == pytest.approx(715.26, abs=0.005)
 
 
+def test_a_gpu_out_of_memory_is_one_line_too(good, monkeypatch):
+    """No GPU is needed to check the wiring: torch raises this type, with this wording, from its CUDA allocator."""
+    from ganzip import profile
+
+    def cuda_oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity "
+                                     "of 79.11 GiB of which 1.50 GiB is free.")
+
+    monkeypatch.setattr(profile, "profile", cuda_oom)
+    line = _error_line(runner.invoke(app, ["profile", str(good), "--batch", "4096", "--runs", "1"]))
+    assert line == ("error: out of memory on the GPU (one tensor needed 20.00 GiB); lower --batch or --size, or use "
+                    "smaller images")
+
+
 def test_an_image_too_large_to_decode_is_one_line(tmp_path, good, monkeypatch):
     from PIL import Image
 
