@@ -1,4 +1,4 @@
-"""Pick the compute device, refusing clearly when the asked-for one is not there."""
+"""Pick the compute device and thread count, refusing clearly when the asked-for one cannot be had."""
 
 from __future__ import annotations
 
@@ -18,3 +18,10 @@ def resolve_device(name: str) -> str:
     if name != "cpu":
         raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
     return name
+
+
+def check_threads(threads: int | None) -> int | None:
+    """None (the runtime's choice) or a positive count; torch and onnxruntime fail obscurely on anything else."""
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads {threads} is not a thread count; give a positive integer, or leave it out")
+    return threads

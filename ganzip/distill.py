@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from rich.text import Text
 from torch import nn
 
 from ganzip import archs, checkpoint, config, data, images
@@ -41,6 +42,7 @@ from ganzip.devices import resolve_device
 from ganzip.errors import UserError
 from ganzip.losses import CycleL1, LowBandL1, WaveletKD, lsgan_d_loss, lsgan_g_loss, pixel_kd
 from ganzip.memory import MemoryBudget, default_budget
+from ganzip.progress import Progress
 from ganzip.runs import RunFolder
 from ganzip.schedule import lr_factor
 from ganzip.targets import TeacherTargets
@@ -77,14 +79,15 @@ def distill(cfg: DistillConfig, on_step: Callable[[int, dict], None] | None = No
     device = resolve_device(cfg.device)
     rt, device = _init_distributed(device)
     try:
-        with RunFolder(cfg.out_dir, writer=rt.main) as run, _StopSignals(rt.main or rt.world == 1) as stop:
-            return _distill(cfg, run, stop, rt, device, on_step)
+        with RunFolder(cfg.out_dir, writer=rt.main) as run, _StopSignals(rt.main or rt.world == 1) as stop, \
+                Progress(enabled=rt.main and cfg.progress) as progress:
+            return _distill(cfg, run, stop, progress, rt, device, on_step)
     finally:
         if rt.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _distill(cfg: DistillConfig, run: RunFolder, stop: "_StopSignals", rt: _Dist, device: str,
+def _distill(cfg: DistillConfig, run: RunFolder, stop: "_StopSignals", progress: Progress, rt: _Dist, device: str,
              on_step: Callable[[int, dict], None] | None) -> dict:
     # --- the teacher, the data, and the recipe resolved against them --------------------------------------
     teacher = checkpoint.load_generator(cfg.teacher, cfg.teacher_mode)
@@ -123,7 +126,7 @@ def _distill(cfg: DistillConfig, run: RunFolder, stop: "_StopSignals", rt: _Dist
         disc = _module(state["disc"])
         student_info = state["meta"]["student_info"]
     else:
-        student, student_info = _make_student(cfg, teacher, train, stop, rt.main)
+        student, student_info = _make_student(cfg, teacher, train, stop, progress)
         disc = _make_discriminator(cfg, teacher, source.paired)
     archs.check_size(student.spec, cfg.size)
     teacher.to(device).eval().requires_grad_(False)
@@ -194,77 +197,77 @@ def _distill(cfg: DistillConfig, run: RunFolder, stop: "_StopSignals", rt: _Dist
             run.append({"step": start, "event": "resume", "changed": changed})
     losses: dict[str, float] = {}
     score: dict[str, float] = {}
-    step = start
     t_start, images_seen = time.perf_counter(), 0
-    with _progress(rt.main and cfg.progress, "distilling", cfg.steps, start) as bar:
-        for step in range(start, cfg.steps):
-            lr = cfg.lr * lr_factor(step, cfg.steps, cfg.decay_from)
-            for opt in (opt_g, opt_d):
-                for group in opt.param_groups:
-                    group["lr"] = lr
-            try:
-                epoch, idx = schedule.indices(step)
-                batch = train.batch(idx, epoch)
-                x, real = batch["input"].to(device), batch["target"].to(device)
-                t = targets(batch, x)
-            except UserError as e:  # an image damaged past its header: keep the steps done so far
-                save(step)
-                raise UserError(f"{e} (found at step {step + 1}; the run was saved, fix the file and continue with "
-                                f"--resume)") from None
+    for step in range(start, cfg.steps):
+        lr = cfg.lr * lr_factor(step, cfg.steps, cfg.decay_from)
+        for opt in (opt_g, opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        try:
+            epoch, idx = schedule.indices(step)
+            batch = train.batch(idx, epoch)
+            x, real = batch["input"].to(device), batch["target"].to(device)
+            t = targets(batch, x)
+        except UserError as e:  # an image damaged past its header: keep the steps done so far
+            save(step)
+            raise UserError(f"{e} (found at step {step + 1}; the run was saved, fix the file and continue with "
+                            f"--resume)") from None
 
-            # Generator step: the weighted sum of the objective's terms.
-            with autocast():
-                s = g_model(x).float()
-                fake_in = torch.cat([x, s], 1) if source.paired else s
-                terms = {"gan": lsgan_g_loss(disc(fake_in).float())}  # D's weights are not updated here: no DDP
-            if kd_term is not None:
-                terms["kd"] = kd_term(s, t)
-            if anchor_term is not None:
-                terms["anchor"] = anchor_term(s, t, x)
-            if source.paired:
-                terms["rec"] = F.l1_loss(s, real)
-            loss_g = sum(weights[name] * value for name, value in terms.items())
-            check("G (generator total)", loss_g, step)
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_d.zero_grad(set_to_none=True)  # drop what the G step left on D's weights
+        # Generator step: the weighted sum of the objective's terms.
+        with autocast():
+            s = g_model(x).float()
+            fake_in = torch.cat([x, s], 1) if source.paired else s
+            terms = {"gan": lsgan_g_loss(disc(fake_in).float())}  # D's weights are not updated here: no DDP
+        if kd_term is not None:
+            terms["kd"] = kd_term(s, t)
+        if anchor_term is not None:
+            terms["anchor"] = anchor_term(s, t, x)
+        if source.paired:
+            terms["rec"] = F.l1_loss(s, real)
+        loss_g = sum(weights[name] * value for name, value in terms.items())
+        check("G (generator total)", loss_g, step)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_d.zero_grad(set_to_none=True)  # drop what the G step left on D's weights
 
-            # Discriminator step: real targets vs the student's outputs.
-            real_in = torch.cat([x, real], 1) if source.paired else real
-            with autocast():
-                loss_d = lsgan_d_loss(d_model(real_in).float(), d_model(fake_in.detach()).float())
-            check("D (discriminator)", loss_d, step)
-            opt_g.step()
-            loss_d.backward()
-            opt_d.step()
+        # Discriminator step: real targets vs the student's outputs.
+        real_in = torch.cat([x, real], 1) if source.paired else real
+        with autocast():
+            loss_d = lsgan_d_loss(d_model(real_in).float(), d_model(fake_in.detach()).float())
+        check("D (discriminator)", loss_d, step)
+        opt_g.step()
+        loss_d.backward()
+        opt_d.step()
 
-            # Bookkeeping: log, samples, validation, saves, stop requests.
-            done = step + 1
-            images_seen += x.shape[0] * rt.world
-            rate = images_seen / max(time.perf_counter() - t_start, 1e-9)
-            losses = {"loss_g": loss_g.item(), **{f"loss_{k}": v.item() for k, v in terms.items()},
-                      "loss_d": loss_d.item()}
-            run.append({"step": done, **losses, "lr": lr, "images_per_s": rate})
-            if rt.main and (done % cfg.sample_every == 0 or done == cfg.steps):
-                _write_samples(run.samples / f"step_{done:06d}.png", student, teacher, fixed)
-            if validator is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-                score = evaluate(done)
-            bar.update(done, _status(losses, score, rate))
-            if on_step is not None:
-                on_step(done, losses)
-            if done % cfg.save_every == 0 or done == cfg.steps:
-                save(done)
-            if stop.signum is not None:
-                save(done)
-                raise Stopped(f"stopped by {signal.Signals(stop.signum).name} at step {done}; saved to {run.path}, "
-                              f"continue with --resume", stop.signum)
+        # Bookkeeping: log, samples, validation, saves, stop requests.
+        done = step + 1
+        images_seen += x.shape[0] * rt.world
+        rate = images_seen / max(time.perf_counter() - t_start, 1e-9)
+        losses = {"loss_g": loss_g.item(), **{f"loss_{k}": v.item() for k, v in terms.items()},
+                  "loss_d": loss_d.item()}
+        run.append({"step": done, **losses, "lr": lr, "images_per_s": rate})
+        if rt.main and (done % cfg.sample_every == 0 or done == cfg.steps):
+            _write_samples(run.samples / f"step_{done:06d}.png", student, teacher, fixed)
+        if validator is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+            score = evaluate(done)
+            progress.console.print(Text(f"step {done}: {_status(losses, score, rate)}"), highlight=False)
+        progress.update("distilling", done, cfg.steps)
+        if on_step is not None:
+            on_step(done, losses)
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            save(done)
+        if stop.signum is not None:
+            save(done)
+            raise Stopped(f"stopped by {signal.Signals(stop.signum).name} at step {done}; saved to {run.path}, "
+                          f"continue with --resume", stop.signum)
     if rt.world > 1:
         dist.barrier()
     return {"output": str(output), "out_dir": str(run.path), "steps": cfg.steps, "resumed_from": start,
             "losses": losses, "final": {"path": str(output), "step": cfg.steps, **score},
             "best": {"path": str(run.best), **meta["best"]} if meta["best"] else None,
             "images_per_s": images_seen / max(time.perf_counter() - t_start, 1e-9),
-            "cache": budget.as_dict(), "student": archs.describe(student.spec), **student_info}
+            "cache": budget.as_dict(), **student_info,
+            "student": archs.describe(student.spec, {**student_info, "achieved": student_info.get("achieved_ratio")})}
 
 
 # --- setting up ----------------------------------------------------------------------------------------------
@@ -329,7 +332,7 @@ def _scratch_init(module: nn.Module, seed: int) -> None:
 
 
 def _make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet, stop: "_StopSignals",
-                  show: bool) -> tuple[nn.Module, dict]:
+                  progress: Progress) -> tuple[nn.Module, dict]:
     if cfg.student is not None:
         loaded = checkpoint.load(cfg.student)
         student = checkpoint.instantiate(loaded)
@@ -349,17 +352,20 @@ def _make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet, 
         from ganzip import prune
 
         calib = torch.stack([train.item(i, 0)["input"] for i in range(min(8, len(train)))])
-        with _progress(show and cfg.progress, f"pruning to {cfg.ratio:g}x by {cfg.by}", 1000, 0, True) as bar:
-            def progress(fraction: float) -> None:
-                bar.update(int(fraction * 1000), "")
-                if stop.signum is not None:
-                    raise Stopped(f"stopped by {signal.Signals(stop.signum).name} while pruning, before training "
-                                  f"began; nothing was saved", stop.signum)
+        task = f"pruning to {cfg.ratio:g}x by {cfg.by}"
 
-            result = prune.prune(teacher, cfg.ratio, by=cfg.by, method=cfg.method, size=cfg.size, calib=calib,
-                                 seed=cfg.seed, progress=progress)
+        def report(fraction: float) -> None:
+            progress.update(task, fraction, 1.0)
+            if stop.signum is not None:
+                raise Stopped(f"stopped by {signal.Signals(stop.signum).name} while pruning, before training "
+                              f"began; nothing was saved", stop.signum)
+
+        result = prune.prune(teacher, cfg.ratio, by=cfg.by, method=cfg.method, size=cfg.size, calib=calib,
+                             seed=cfg.seed, progress=report)
+        progress.finish(task)
         student = result.module
-        info = {"ratio": cfg.ratio, "achieved_ratio": result.achieved, "by": cfg.by, "method": cfg.method}
+        info = {"ratio": cfg.ratio, "achieved_ratio": result.achieved, "by": cfg.by, "method": cfg.method,
+                "teacher_base": archs.base_width(teacher.spec)}
     if cfg.init == "scratch":
         _scratch_init(student, cfg.seed)
     info["init"] = cfg.init
@@ -507,23 +513,3 @@ def _status(losses: dict, score: dict, rate: float) -> str:
     if "val_psnr" in score:
         text += f"  val {score['val_psnr']:.1f} dB" + (f" FID {score['val_fid']:.1f}" if "val_fid" in score else "")
     return text
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, description: str, total: int, start: int, transient: bool = False) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    # stderr, as every ganzip progress bar: stdout stays clean for --json and pipes.
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), disable=not enabled, transient=transient)
-    with bar:
-        task = bar.add_task(description, total=total, completed=start, info="")
-
-        class _Update:
-            @staticmethod
-            def update(done: int, info: str) -> None:
-                bar.update(task, completed=done, info=info)
-
-        yield _Update

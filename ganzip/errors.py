@@ -8,3 +8,32 @@ keeps its traceback (shown with `--debug`).
 
 class UserError(Exception):
     """A problem with the user's input. The message says what is wrong and how to fix it, in one line."""
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """What an allocation failure asked for ('tried to allocate 71.53 TiB on cpu'), or None for any other error.
+
+    torch reports a failed allocation as a RuntimeError (CUDA's as its subclass OutOfMemoryError) wherever the
+    tensor happens to be made; recognising it in one place lets every command answer with one line saying which
+    setting to lower, instead of a traceback from deep inside a forward pass.
+    """
+    import re
+
+    text = str(error)
+    if not isinstance(error, (RuntimeError, MemoryError)):
+        return None
+    cuda = type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in text
+    if not (cuda or isinstance(error, MemoryError) or "can't allocate memory" in text
+            or "DefaultCPUAllocator" in text or "not enough memory" in text):
+        return None
+    device = "the GPU" if cuda else "this machine"
+    match = re.search(r"allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]i?B)", text)
+    if not match:
+        return f"out of memory on {device}"
+    amount, unit = float(match.group(1)), match.group(2)
+    if unit == "bytes":
+        for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+            if amount < 1024 or unit == "PiB":
+                break
+            amount /= 1024
+    return f"out of memory on {device} (one tensor needed {amount:.2f} {unit})"

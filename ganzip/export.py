@@ -12,7 +12,6 @@ import copy
 import os
 import re
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -24,6 +23,7 @@ from ganzip.atomic import atomic_path, check_writable
 from ganzip.errors import UserError
 
 TOLERANCE = 1e-4
+MIN_OPSET = 18  # the oldest opset PyTorch's current (dynamo) exporter writes
 
 
 def _channels(module: nn.Module) -> int:
@@ -78,12 +78,18 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, opset: int | None = 
                 size: int = 256, batch: int = 1) -> dict:
     """Export to one self-contained .onnx file (written atomically); returns path, bytes, opset and shapes."""
     check_size(module, size)
-    if opset is not None and opset < 18:
-        raise UserError(f"--opset {opset} is older than PyTorch's exporter supports; use 18 or newer, or leave it out")
-    path = check_writable(path)
     import onnx
 
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and not MIN_OPSET <= opset <= newest:
+        raise UserError(f"--opset {opset} is outside what can be written here ({MIN_OPSET} to {newest}: PyTorch's "
+                        f"exporter and onnx {onnx.__version__}); pick one in that range, or leave it out")
+    path = check_writable(path)
     proto = _name_dynamic_dims(_program(module, size, batch, opset, dynamic).model_proto)
+    if opset is not None and _opset(proto) != opset:
+        # the exporter falls back to its default opset when it cannot convert, and says so only in a warning
+        raise UserError(f"PyTorch's exporter wrote opset {_opset(proto)} instead of the --opset {opset} asked for; "
+                        f"pick another --opset, or leave it out")
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]

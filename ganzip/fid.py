@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ganzip import images
-from ganzip.atomic import torch_save
+from ganzip.atomic import refuse_input_as_output, torch_save
 from ganzip.errors import UserError
 
 if TYPE_CHECKING:
@@ -406,12 +406,13 @@ def fid_for_generator(module: torch.nn.Module, data_dir: str | os.PathLike, real
     """Translate a dataset's test inputs with `module`, then FID against the real targets (or `real_dir`)."""
     from ganzip.translate import translate_folder
 
-    path = resolve_weights(weights)  # fail before translating anything
     inputs, reals, aligned = dataset_test_folders(data_dir, direction, need_reals=real_dir is None)
     if real_dir is not None:
         reals, aligned_reals = Path(real_dir), None
     else:
         aligned_reals = aligned
+    refuse_input_as_output(out_dir, inputs, reals)  # kept images written over the inputs or the reals
+    path = resolve_weights(weights)  # fail before translating anything
     with tempfile.TemporaryDirectory(prefix="ganzip-fid-") as work:
         fake_dir = Path(out_dir) if out_dir else Path(work) / "fake"
         translate_folder(module, inputs, fake_dir, size=size, batch_size=batch_size, device=device,

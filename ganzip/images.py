@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ganzip.atomic import write_bytes
 from ganzip.errors import UserError
@@ -23,21 +23,40 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".
 
 
 def list_images(folder: str | os.PathLike, what: str = "image folder") -> list[Path]:
-    """Sorted image files in `folder` (not recursive); other files are skipped with one warning."""
+    """Sorted image files in `folder` (not recursive); anything else but subfolders is skipped with one warning.
+
+    Hidden files (.DS_Store, macOS ._photo.jpg forks) and broken symlinks are skipped too, and counted in the
+    same warning, so a folder that yields fewer images than it seems to hold always says why.
+    """
     folder = Path(folder)
     if not folder.exists():
         raise UserError(f"{what} {folder} does not exist; check the path")
     if not folder.is_dir():
         raise UserError(f"{what} {folder} is a file, not a folder of images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    entries = sorted(folder.iterdir())
+    broken = [p.name for p in entries if p.is_symlink() and not p.exists()]
+    hidden = [p.name for p in entries if p.name.startswith(".") and p.name not in broken and not p.is_dir()]
+    files = [p for p in entries if p.is_file() and not p.name.startswith(".")]
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} non-image file(s) in {folder}: {', '.join(skipped[:3])}"
-                      + (" ..." if len(skipped) > 3 else ""), stacklevel=2)
+    other = [p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    _warn_skipped(folder, other, hidden, broken)
     if not images:
         raise UserError(f"{what} {folder} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return images
+
+
+def _warn_skipped(folder: Path, other: list[str], hidden: list[str], broken: list[str]) -> None:
+    parts = [(other, "non-image"), (hidden, "hidden"), (broken, "broken symlink")]
+    parts = [(names, kind) for names, kind in parts if names]
+    if not parts:
+        return
+    total = sum(len(names) for names, _ in parts)
+    if len(parts) == 1:
+        head = f"skipped {total} {parts[0][1]} file(s) in {folder}"
+    else:
+        head = f"skipped {total} file(s) in {folder} (" + ", ".join(f"{len(n)} {k}" for n, k in parts) + ")"
+    shown = [name for names, _ in parts for name in names]
+    warnings.warn(f"{head}: {', '.join(shown[:3])}" + (" ..." if total > 3 else ""), stacklevel=3)
 
 
 def holds_images(folder: str | os.PathLike) -> bool:
@@ -47,11 +66,17 @@ def holds_images(folder: str | os.PathLike) -> bool:
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open any supported image as 8-bit RGB (gray, RGBA, palette and 16-bit images are converted)."""
+    """Open any supported image as 8-bit RGB (gray, RGBA, palette and 16-bit images are converted), upright.
+
+    Cameras store photos as the sensor saw them and record the rotation in the EXIF orientation tag; image
+    viewers apply it, so ganzip does too, or phone photos would be translated lying on their side.
+    """
     try:
         with Image.open(path) as img:
             img.load()
-            return to_rgb(img)
+            return to_rgb(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError as e:
+        raise UserError(f"cannot read image {path}: {e}; shrink the image first") from None
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"cannot read image {path}: {e}; remove or replace the file") from None
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ganzip import checkpoint
-from ganzip.atomic import torch_save, write_text
+from ganzip.atomic import check_writable_folder, torch_save, write_text
 from ganzip.errors import UserError
 
 STATE_FILE = "train_state.pth"
@@ -43,14 +43,9 @@ class RunFolder:
     # --- the lock ------------------------------------------------------------------------------------------
 
     def __enter__(self) -> "RunFolder":
-        if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"--out-dir {self.path} is a file; give a folder for the run (it is created if missing)")
         if not self.writer:
             return self
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create --out-dir {self.path}: {e.strerror}; choose another folder") from None
+        check_writable_folder(self.path, "--out-dir")
         self._lock_fd = _lock(self.path / LOCK_FILE)
         self._remove_stale_temporaries()
         return self

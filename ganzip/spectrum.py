@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -201,15 +201,23 @@ def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, 
     return result
 
 
-def plot(result: dict, path: str | os.PathLike) -> Path:
-    """A PNG with the radial spectra (log scale) and each band's energy relative to the reference."""
+def require_matplotlib() -> Any:
+    """matplotlib's pyplot (non-interactive), or one line saying how to install it: called before the analysis,
+    which can take minutes, so a missing plotting library is not discovered at the very end."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("the plot needs matplotlib: pip install 'ganzip[plot]' (or use --json)") from None
+        raise UserError("the plot needs matplotlib: pip install 'ganzip[plot]' (or leave out -o and use --json)"
+                        ) from None
+    return plt
+
+
+def plot(result: dict, path: str | os.PathLike) -> Path:
+    """A PNG with the radial spectra (log scale) and each band's energy relative to the reference."""
+    plt = require_matplotlib()
     from ganzip.atomic import write_bytes
 
     freqs = np.asarray(result["frequencies"])

@@ -1,9 +1,10 @@
 """Run a generator over images: a tensor batch, or a folder written out as PNGs with the same stems.
 
 The generators only give an output the size of their input when height and width are multiples of
-`archs.size_multiple(spec)` (4 for the CycleGAN ResNet, 256 for unet_256). Other sizes are padded by
-reflection up to the next multiple and the output is cropped back, so every image keeps its size and no
-border is invented from zeros. `size` resizes (bicubic, square, like the upstream test script) first.
+`archs.size_multiple(spec)` (4 for the CycleGAN ResNet, 256 for unet_256), and at least `archs.min_size(spec)`
+(8 for the ResNet). Other sizes are padded by reflection up to the next size that works and the output is
+cropped back, so every image keeps its size and no border is invented from zeros. `size` resizes (bicubic,
+square, like the upstream test script) first.
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ from PIL import Image
 from torch import nn
 
 from ganzip import archs, images
+from ganzip.atomic import check_writable_folder, refuse_input_as_output
 from ganzip.errors import UserError
 
 
-def _multiple(module: nn.Module) -> int:
+def _padded(module: nn.Module, side: int) -> int:
+    """The side the network is run at for an image side: the next multiple it takes, and no less than its minimum."""
     spec = getattr(module, "spec", None)
-    return archs.size_multiple(spec) if spec else 1
+    if not spec:
+        return side
+    m = archs.size_multiple(spec)
+    return max(-(-side // m) * m, archs.min_size(spec))
 
 
 def translate_tensor(module: nn.Module, x: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
@@ -33,9 +39,8 @@ def translate_tensor(module: nn.Module, x: torch.Tensor, batch_size: int = 4) ->
         raise ValueError(f"expected (N, C, H, W), got shape {tuple(x.shape)}")
     if batch_size < 1:
         raise UserError("--batch-size must be a positive integer")
-    m = _multiple(module)
     h, w = x.shape[-2:]
-    ph, pw = (-h) % m, (-w) % m
+    ph, pw = _padded(module, h) - h, _padded(module, w) - w
     device = next(module.parameters()).device
     outs = []
     with torch.inference_mode():
@@ -84,11 +89,8 @@ def translate_folder(module: nn.Module, input_dir: str | os.PathLike, out_dir: s
             raise UserError(f"{stems[p.stem].name} and {p.name} in {input_dir} would both be written as "
                             f"{p.stem}.png; rename one")
         stems[p.stem] = p
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output {out_dir} is a file; give a folder with -o")
-    if out_dir.resolve() == Path(input_dir).resolve():
-        raise UserError("the output folder is the input folder; choose another -o so inputs are not overwritten")
+    refuse_input_as_output(out_dir, input_dir)
+    out_dir = check_writable_folder(out_dir)
     module = module.eval().to(device)
     channels = module.spec["input_nc"] if getattr(module, "spec", None) else 3
     written: list[Path] = []

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from cli_lines import error_line as _error_line
 from typer.testing import CliRunner
-
-from ganzip.cli import app
 from upstream_reference import resnet_state_dict
 
+from ganzip.cli import app
+
 runner = CliRunner()
-
-
-def _error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 @pytest.fixture
@@ -116,3 +111,191 @@ def test_unknown_wavelet_in_spectrum_fails_before_translating(tmp_path, good):
     Image.new("RGB", (32, 32)).save(src / "a.png")
     line = _error_line(runner.invoke(app, ["spectrum", str(good), "--data", str(src), "--wavelet", "haarr"]))
     assert line.startswith("error: unknown wavelet 'haarr'; use a discrete PyWavelets name such as haar, db2, ")
+
+
+# --- sizes at or below 4 px --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [["inspect"], ["profile", "--runs", "1"], ["export"],
+                                     ["prune", "--ratio", "2"]])
+def test_a_size_below_the_network_minimum_is_one_line(good, command):
+    """The ResNet's trunk runs at 1/4 of the input; at 1 px its InstanceNorm and reflection padding cannot work."""
+    line = _error_line(runner.invoke(app, [command[0], str(good), *command[1:], "--size", "4"]))
+    assert line == ("error: --size 4 is too small for resnet_6blocks (ngf 4, instance norm), which needs at "
+                    "least 8 px; use --size 8 or more")
+
+
+def test_translate_takes_images_of_a_few_pixels(tmp_path, good):
+    """Images smaller than the network's minimum are padded up to it and cropped back, like any other size."""
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, size in (("one.png", (1, 1)), ("tall.png", (3, 5)), ("normal.png", (32, 32))):
+        Image.new("RGB", size, (200, 30, 10)).save(src / name)
+    result = runner.invoke(app, ["translate", str(good), str(src), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    sizes = {p.name: Image.open(p).size for p in (tmp_path / "out").iterdir()}
+    assert sizes == {"one.png": (1, 1), "tall.png": (3, 5), "normal.png": (32, 32)}
+    result = runner.invoke(app, ["translate", str(good), str(src), "-o", str(tmp_path / "out4"), "--size", "4"])
+    assert result.exit_code == 0, result.output
+    assert {Image.open(p).size for p in (tmp_path / "out4").iterdir()} == {(4, 4)}
+
+
+# --- options that torch or the allocator would turn into tracebacks ---------------------------------------
+
+@pytest.mark.parametrize("command", [["profile", "--runs", "1"], ["export", "--size", "32"]])
+def test_threads_must_be_positive(good, command):
+    line = _error_line(runner.invoke(app, [command[0], str(good), *command[1:], "--threads", "-1"]))
+    assert line == "error: --threads -1 is not a thread count; give a positive integer, or leave it out"
+
+
+def test_an_allocation_that_fails_is_one_line_naming_what_to_lower(good):
+    # 10^9 x 3 x 256 x 256 float32 is 786,432,000,000,000 bytes: no machine has it, so the allocator refuses at once
+    line = _error_line(runner.invoke(app, ["profile", str(good), "--batch", "1000000000", "--runs", "1"]))
+    assert line == ("error: out of memory on this machine (one tensor needed 715.26 TiB); lower --batch or --size, "
+                    "or use smaller images")
+    assert 786_432_000_000_000 / 2**40 == pytest.approx(715.26, abs=0.005)
+
+
+def test_a_gpu_out_of_memory_is_one_line_too(good, monkeypatch):
+    """No GPU is needed to check the wiring: torch raises this type, with this wording, from its CUDA allocator."""
+    from ganzip import profile
+
+    def cuda_oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity "
+                                     "of 79.11 GiB of which 1.50 GiB is free.")
+
+    monkeypatch.setattr(profile, "profile", cuda_oom)
+    line = _error_line(runner.invoke(app, ["profile", str(good), "--batch", "4096", "--runs", "1"]))
+    assert line == ("error: out of memory on the GPU (one tensor needed 20.00 GiB); lower --batch or --size, or use "
+                    "smaller images")
+
+
+def test_an_image_too_large_to_decode_is_one_line(tmp_path, good, monkeypatch):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (64, 64)).save(src / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 px is more than twice this: PIL refuses to decode
+    line = _error_line(runner.invoke(app, ["translate", str(good), str(src), "-o", str(tmp_path / "out")]))
+    assert line.startswith(f"error: cannot read image {src / 'huge.png'}: Image size (4096 pixels) exceeds limit")
+    assert line.endswith("; shrink the image first")
+
+
+def test_output_folder_that_is_a_file(tmp_path, good):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (32, 32)).save(src / "a.png")
+    blocker = tmp_path / "fakes"
+    blocker.write_text("a file")
+    line = _error_line(runner.invoke(app, ["translate", str(good), str(src), "-o", str(blocker)]))
+    assert line == f"error: output {blocker} is a file, but a folder is needed here; give a folder with -o"
+    line = _error_line(runner.invoke(app, ["translate", str(good), str(src), "-o", str(blocker / "sub")]))
+    assert line == f"error: cannot create output folder {blocker / 'sub'}: Not a directory; choose another -o path"
+
+
+# --- messages: brackets are text, not markup ---------------------------------------------------------------
+
+def test_square_brackets_in_a_path_survive_the_error_line(tmp_path):
+    line = _error_line(runner.invoke(app, ["inspect", str(tmp_path / "nope[v2].pth")]))
+    assert line == f"error: checkpoint {tmp_path / 'nope[v2].pth'} not found; check the path"
+
+
+def test_square_brackets_survive_warnings_and_tables(tmp_path, good, monkeypatch):
+    import json
+
+    from PIL import Image
+
+    from ganzip import checkpoint
+
+    src = tmp_path / "photos[2024]"
+    src.mkdir()
+    Image.new("RGB", (32, 32)).save(src / "a.png")
+    (src / "notes[draft].txt").write_text("x")
+    result = runner.invoke(app, ["translate", str(good), str(src), "-o", str(tmp_path / "out")])
+    assert f"warning: skipped 1 non-image file(s) in {src}: notes[draft].txt" in result.output.splitlines()
+    monkeypatch.chdir(tmp_path)  # a short relative name keeps the table title on one line
+    student = Path("s[bold].pth")
+    checkpoint.save(student, json.loads(json.dumps(checkpoint.load(good).spec)),
+                    resnet_state_dict(ngf=4, n_blocks=6, norm="instance"), note="[red]kept[/red] as [b]")
+    result = runner.invoke(app, ["inspect", str(student)])
+    assert result.exit_code == 0, result.output
+    assert "[red]kept[/red] as [b]" in result.output and "s[bold].pth" in result.output
+
+
+def test_missing_matplotlib_is_named_whole_and_before_any_work(tmp_path, good, monkeypatch):
+    import sys
+
+    from ganzip import spectrum
+
+    src = tmp_path / "in"
+    src.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(src / "a.png")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+
+    def analysis_started(*a, **k):
+        raise AssertionError("spectrum computed everything before finding out that it cannot plot")
+
+    monkeypatch.setattr(spectrum, "spectrum", analysis_started)
+    line = _error_line(runner.invoke(app, ["spectrum", str(good), "--data", str(src), "-o", str(tmp_path / "p.png")]))
+    assert line == "error: the plot needs matplotlib: pip install 'ganzip[plot]' (or leave out -o and use --json)"
+
+
+# --- export --opset ----------------------------------------------------------------------------------------
+
+def test_an_opset_the_exporter_cannot_write_is_refused(tmp_path, good):
+    import onnx
+
+    out = tmp_path / "g.onnx"
+    line = _error_line(runner.invoke(app, ["export", str(good), "--opset", "99", "-o", str(out), "--size", "32"]))
+    newest = onnx.defs.onnx_opset_version()
+    assert line == (f"error: --opset 99 is outside what can be written here (18 to {newest}: PyTorch's exporter and "
+                    f"onnx {onnx.__version__}); pick one in that range, or leave it out")
+    assert not out.exists()
+
+
+def test_the_exporter_falling_back_to_another_opset_is_refused(tmp_path, good, monkeypatch):
+    """The exporter may write its default opset instead of the one asked for, saying so only in a warning."""
+    import onnx
+
+    from ganzip import export
+
+    program = export._program
+
+    def fall_back(module, size, batch, opset, dynamic):
+        return program(module, size, batch, None, dynamic)  # what the exporter does when it cannot convert
+
+    monkeypatch.setattr(export, "_program", fall_back)
+    out = tmp_path / "g.onnx"
+    asked = onnx.defs.onnx_opset_version()
+    line = _error_line(runner.invoke(app, ["export", str(good), "--opset", str(asked), "-o", str(out),
+                                           "--size", "32"]))
+    assert line.startswith("error: PyTorch's exporter wrote opset ")
+    assert line.endswith(f" instead of the --opset {asked} asked for; pick another --opset, or leave it out")
+    assert not out.exists()
+
+
+# --- skipped files -----------------------------------------------------------------------------------------
+
+def test_hidden_files_and_broken_links_are_counted_in_the_skipped_warning(tmp_path, good):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (32, 32)).save(src / "a.png")
+    Image.new("RGB", (32, 32)).save(src / "._a.png")  # a macOS resource fork: hidden, and not the image it names
+    (src / ".DS_Store").write_bytes(b"\0")
+    (src / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (src / "notes.txt").write_text("x")
+    (src / ".cache").mkdir()  # folders are not files: not counted
+    result = runner.invoke(app, ["translate", str(good), str(src), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warnings == [(f"warning: skipped 4 file(s) in {src} (1 non-image, 2 hidden, 1 broken symlink): "
+                         f"notes.txt, .DS_Store, ._a.png ...")]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]

@@ -200,7 +200,7 @@ def test_out_dir_that_is_a_file_and_a_state_without_meta(setup):
     tmp_path, root = setup
     (tmp_path / "afile").write_text("x")
     assert _line(runner.invoke(app, _args(tmp_path, root, "afile"))) == (
-        f"error: --out-dir {tmp_path / 'afile'} is a file; give a folder for the run (it is created if missing)")
+        f"error: output {tmp_path / 'afile'} is a file, but a folder is needed here; give a folder with --out-dir")
     assert runner.invoke(app, _args(tmp_path, root)).exit_code == 0
     state = torch.load(tmp_path / "run" / "train_state.pth", weights_only=True)
     del state["meta"]

@@ -105,7 +105,7 @@ def test_refusals(resnet, tmp_path):
     with pytest.raises(UserError, match="both be written as x.png"):
         translate_folder(resnet, src, tmp_path / "out")
     (src / "x.jpg").unlink()
-    with pytest.raises(UserError, match="is the input folder"):
+    with pytest.raises(UserError, match="would overwrite the input"):
         translate_folder(resnet, src, src)
     with pytest.raises(UserError, match="batch-size"):
         translate_folder(resnet, src, tmp_path / "o", batch_size=0)
@@ -123,3 +123,30 @@ def test_cli_translate(resnet, tmp_path):
     assert out["n"] == 3 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "1.png", "2.png"]
     missing = CliRunner().invoke(app, ["translate", str(tmp_path / "g.pth"), str(tmp_path / "nope"), "-o", "x"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+@pytest.mark.parametrize("orientation, quarter_turns", [(1, 0), (3, 2), (6, -1), (8, 1)])
+def test_exif_orientation_is_applied(tmp_path, orientation, quarter_turns):
+    """A phone stores the sensor's pixels and the rotation that makes them upright in EXIF tag 274; images load
+    upright (6: turn clockwise, 8: counter-clockwise, 3: half a turn), compared with numpy's rotation of the raw
+    decoded pixels."""
+    arr = np.random.default_rng(orientation).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[274] = orientation
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(arr).save(path, exif=exif, quality=95)
+    with Image.open(path) as raw:
+        stored = np.asarray(raw.convert("RGB"))
+    assert np.array_equal(np.asarray(images.load_rgb(path)), np.rot90(stored, quarter_turns))
+
+
+def test_cli_translates_a_rotated_photo_upright(resnet, tmp_path):
+    checkpoint.save_generator(resnet, tmp_path / "g.pth")
+    src = tmp_path / "in"
+    src.mkdir()
+    exif = Image.Exif()
+    exif[274] = 6  # stored landscape 40x24, shown portrait 24x40
+    Image.fromarray(np.zeros((24, 40, 3), dtype=np.uint8)).save(src / "phone.jpg", exif=exif)
+    result = CliRunner().invoke(app, ["translate", str(tmp_path / "g.pth"), str(src), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out" / "phone.png").size == (24, 40)

@@ -20,13 +20,14 @@ class Arch:
     default_spec: Callable[..., dict]
     generator: bool
     size_multiple: Callable[[dict], int] | None = None
+    min_size: Callable[[dict], int] | None = None  # default: size_multiple
 
 
 REGISTRY: dict[str, Arch] = {
-    "resnet": Arch("resnet", resnet.ResnetGenerator, resnet.default_spec, True, resnet.size_multiple),
+    "resnet": Arch("resnet", resnet.ResnetGenerator, resnet.default_spec, True, resnet.size_multiple, resnet.min_size),
     "unet": Arch("unet", unet.UnetGenerator, unet.default_spec, True, unet.size_multiple),
     "mobile_resnet": Arch("mobile_resnet", mobile_resnet.MobileResnetGenerator, mobile_resnet.default_spec, True,
-                          resnet.size_multiple),
+                          resnet.size_multiple, resnet.min_size),  # the same reflection pads as the ResNet
     "patchgan": Arch("patchgan", patchgan.NLayerDiscriminator, patchgan.default_spec, False),
 }
 
@@ -86,29 +87,78 @@ def size_multiple(spec: dict) -> int:
     return fn(spec) if fn else 1
 
 
+def min_size(spec: dict) -> int:
+    """The smallest input side the network can take (a multiple of `size_multiple`)."""
+    fn = get(spec["arch"]).min_size
+    return fn(spec) if fn else size_multiple(spec)
+
+
 def check_size(spec: dict, size: int) -> None:
     """Refuse a size the network cannot take back at its own resolution, naming the nearest one that works."""
     from ganzip.errors import UserError
 
-    multiple = size_multiple(spec)
+    multiple, smallest = size_multiple(spec), min_size(spec)
     if size <= 0 or size % multiple:
         raise UserError(f"--size {size} is not a positive multiple of {multiple}, which {describe(spec)} needs; "
-                        f"use e.g. --size {max(multiple, size // multiple * multiple)}")
+                        f"use e.g. --size {max(smallest, size // multiple * multiple)}")
+    if size < smallest:
+        raise UserError(f"--size {size} is too small for {describe(spec)}, which needs at least {smallest} px; "
+                        f"use --size {smallest} or more")
 
 
-def describe(spec: dict) -> str:
-    """A short human name, e.g. 'resnet_9blocks (ngf 64, instance norm)'."""
+def _uniform_widths(spec: dict) -> dict:
+    """The widths a network of this structure has when every width follows from one base (ngf/ndf), as upstream."""
     w = spec["widths"]
     if spec["arch"] == "resnet":
-        name, base = f"resnet_{spec['n_blocks']}blocks", f"ngf {w['stem']}"
+        shape = {"n_blocks": spec["n_blocks"], "n_downsampling": len(w["down"]) + 1}
+        return resnet.default_spec(ngf=w["stem"], **shape)["widths"]
+    if spec["arch"] == "unet":
+        return unet.default_spec(ngf=w["levels"][0], num_downs=spec["num_downs"])["widths"]
+    return patchgan.default_spec(ndf=w["layers"][0], n_layers=spec["n_layers"])["widths"]
+
+
+def base_width(spec: dict) -> str | None:
+    """'ngf 64' (or 'ndf 64') for a network whose widths all follow from one base, None for a pruned one."""
+    w = spec["widths"]
+    if spec["arch"] == "mobile_resnet":
+        return f"ngf {w['stem']}" if mobile_resnet.is_uniform(spec) else None
+    if spec["arch"] not in ("resnet", "unet", "patchgan") or spec["widths"] != _uniform_widths(spec):
+        return None
+    if spec["arch"] == "resnet":
+        return f"ngf {w['stem']}"
+    return f"ngf {w['levels'][0]}" if spec["arch"] == "unet" else f"ndf {w['layers'][0]}"
+
+
+def _pruned_from(provenance: dict) -> str:
+    """' from ngf 64, 7.0x MACs' out of a student's provenance (what it was pruned from and by how much)."""
+    parts = []
+    if provenance.get("teacher_base"):
+        parts.append(f" from {provenance['teacher_base']}")
+    achieved, by = provenance.get("achieved"), provenance.get("by")
+    if isinstance(achieved, (int, float)) and by:
+        parts.append(f"{',' if parts else ''} {achieved:.1f}x {'MACs' if by == 'macs' else by}")
+    return "".join(parts)
+
+
+def describe(spec: dict, provenance: dict | None = None) -> str:
+    """A short human name: 'resnet_9blocks (ngf 64, instance norm)' for a network with upstream proportions.
+
+    A network with other proportions is not an 'ngf 64' network, whatever its stem: it is described by its
+    widths, and a student whose provenance says it was pruned says so, e.g. 'resnet_9blocks pruned from ngf 64,
+    7.0x MACs (stem 16, trunk 65, instance norm)'.
+    """
+    w = spec["widths"]
+    if spec["arch"] == "resnet":
+        name, widths = f"resnet_{spec['n_blocks']}blocks", f"stem {w['stem']}, trunk {w['trunk']}"
     elif spec["arch"] == "mobile_resnet":  # GAN Compression's names: the teacher, or a compressed student
-        if mobile_resnet.is_uniform(spec):
-            name, base = f"mobile_resnet_{spec['n_blocks']}blocks", f"ngf {w['stem']}"
-        else:
-            name, base = f"sub_mobile_resnet_{spec['n_blocks']}blocks", f"stem {w['stem']}, trunk {w['trunk']}"
+        kind = "mobile" if mobile_resnet.is_uniform(spec) else "sub_mobile"
+        name, widths = f"{kind}_resnet_{spec['n_blocks']}blocks", f"stem {w['stem']}, trunk {w['trunk']}"
     elif spec["arch"] == "unet":
-        name, base = f"unet_{2 ** spec['num_downs']}", f"ngf {w['levels'][0]}"
+        name, widths = f"unet_{2 ** spec['num_downs']}", f"outer {w['levels'][0]}, inner {w['levels'][-1]}"
     else:
-        name, base = f"patchgan_{spec['n_layers']}layers", f"ndf {w['layers'][0]}"
+        name, widths = f"patchgan_{spec['n_layers']}layers", "layers " + ", ".join(map(str, w["layers"]))
     norm = spec.get("norm", "instance") + (" affine" if spec.get("affine") and spec.get("norm") == "instance" else "")
-    return f"{name} ({base}, {norm} norm)"
+    provenance = provenance or {}
+    pruned = any(key in provenance for key in ("achieved", "teacher_base"))
+    head = f"{name} pruned{_pruned_from(provenance)}" if pruned else name
+    return f"{head} ({base_width(spec) or widths}, {norm} norm)"

@@ -83,3 +83,9 @@ class ResnetGenerator(nn.Module):
 def size_multiple(spec: dict) -> int:
     """Input height and width must be multiples of this for the output to match the input size."""
     return 2 ** (len(spec["widths"]["down"]) + 1)
+
+
+def min_size(spec: dict) -> int:
+    """The smallest input side: the trunk runs at 1/size_multiple of it and needs 2 px, for the residual blocks'
+    reflection padding and for InstanceNorm, which has nothing to normalise in a 1x1 map."""
+    return 2 * size_multiple(spec)

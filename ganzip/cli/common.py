@@ -1,19 +1,75 @@
-"""What every command shares: the Typer app, one-line errors, warnings as lines, JSON on stdout, progress on stderr."""
+"""What every command shares: the Typer app, one-line errors, warnings as lines, JSON on stdout, progress on stderr,
+and the options every command spells the same way (--device, -o/--output)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from ganzip.errors import UserError
+from ganzip.errors import UserError, out_of_memory
+from ganzip.progress import Progress
+
+
+class _Argument(TyperArgument):
+    """An argument shown as click shows it: CHECKPOINT (required) or [CHECKPOINT] in usage, `<path>` for a list."""
+
+    def get_usage_pieces(self, ctx: Any) -> list[str]:
+        name = (self.metavar or self.name or "").upper()
+        name = name if self.required else f"[{name}]"
+        return [name + ("..." if self.nargs != 1 else "")]
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        label = super().display_type_rich(ctx)
+        match = re.fullmatch(r"<list\[(\w+)\]>", label or "")  # typer prints list[Path]; each item is a path
+        return f"<{match.group(1).lower()}>" if match else label
+
+
+class _Option(TyperOption):
+    """A flag takes no value, so its help shows none (typer prints `<bool>` as if it took one)."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None if self.is_flag else super().display_type_rich(ctx)
+
+
+def _adopt(param: Any) -> Any:
+    """Typer builds its own parameter objects; give them the display above (the class adds methods, no state)."""
+    if type(param) is TyperArgument:
+        param.__class__ = _Argument
+    elif type(param) is TyperOption:
+        param.__class__ = _Option
+    return param
+
+
+class _Adopting:
+    """For a command or the group: every parameter, --help included, displays as above."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.params = [_adopt(p) for p in self.params]
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        return _adopt(option) if option is not None else None
+
+
+class _Command(_Adopting, TyperCommand):
+    pass
+
+
+class _Group(_Adopting, TyperGroup):
+    pass
+
 
 app = typer.Typer(
     name="ganzip",
@@ -21,6 +77,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -48,7 +105,8 @@ def command(*args: Any, **kwargs: Any) -> Callable:
     """`app.command` that turns a UserError into one red line and exit code 2 (a traceback only with --debug).
 
     Under `--json` (every command's `as_json` parameter) the error also goes to stdout as {"error": "..."}, so a
-    script that parses stdout learns why instead of finding it empty.
+    script that parses stdout learns why instead of finding it empty. A failed allocation (a huge --batch, a huge
+    image) is one line too, naming the command's own options that set how much is allocated at once.
     """
 
     def decorate(fn: Callable) -> Callable:
@@ -57,11 +115,17 @@ def command(*args: Any, **kwargs: Any) -> Callable:
             _state["json_sent"] = False
             try:
                 with _warnings_as_lines():
-                    return fn(*a, **kw)
+                    try:
+                        return fn(*a, **kw)
+                    except (RuntimeError, MemoryError) as e:
+                        what = out_of_memory(e)
+                        if what is None:
+                            raise
+                        raise UserError(f"{what}; {_what_to_lower(kw)}") from e
             except UserError as e:
                 if _state["debug"]:
                     raise
-                err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                error_line(str(e))
                 if kw.get("as_json") and not _state["json_sent"]:  # stdout stays one JSON document
                     emit_json({"error": str(e)})
                 raise typer.Exit(getattr(e, "exit_code", 2)) from None  # 128 + signal for a stopped run
@@ -69,9 +133,23 @@ def command(*args: Any, **kwargs: Any) -> Callable:
                 err_console.print("[yellow]interrupted[/]")
                 raise typer.Exit(130) from None
 
+        kwargs.setdefault("cls", _Command)
         return app.command(*args, **kwargs)(wrapper)
 
     return decorate
+
+
+def error_line(message: str) -> None:
+    """The one line a user error gets on stderr; the message is text, never markup ('ganzip[plot]' stays whole)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _what_to_lower(kw: dict) -> str:
+    options = [name for key, name in (("batch", "--batch"), ("batch_size", "--batch-size"), ("size", "--size"))
+               if key in kw]
+    if not options:
+        return "use smaller images, or a machine with more memory"
+    return f"lower {' or '.join(options)}" + (", or use smaller images" if "size" in kw else "")
 
 
 @contextlib.contextmanager
@@ -82,7 +160,7 @@ def _warnings_as_lines() -> Any:
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
         if issubclass(category, UserWarning) and str(Path(filename).resolve()).startswith(package):
-            err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+            err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
         else:
             original(message, category, filename, lineno, file, line)
 
@@ -124,26 +202,46 @@ def widths_text(spec: dict) -> list[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool = True) -> Any:
-    """A rich progress bar on stderr; yields `update(task, done, total)` (stdout stays clean for --json)."""
+def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None] | None]:
+    """Progress on stderr (ganzip.progress: a bar on a terminal, a line every 30 s elsewhere); yields
+    `update(task, done, total)`, or None when disabled (stdout stays clean for --json)."""
     if not enabled:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    with Progress(err_console) as progress:
+        yield progress.update
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console, transient=True) as bar:
-        tasks: dict[str, Any] = {}
 
-        def update(name: str, done: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = bar.add_task(name, total=total)
-            bar.update(tasks[name], completed=done, total=total)
+@contextlib.contextmanager
+def status(text: str, enabled: bool = True) -> Iterator[None]:
+    """One long step with nothing to count (an export, a timing run): elapsed time on stderr, as above."""
+    with Progress(err_console, enabled=enabled) as progress, progress.stage(text):
+        yield
 
-        yield update
+
+# --- options every command spells the same way ---------------------------------------------------------------
+
+def device_option(default: str = "cpu", **panel: Any) -> Any:
+    """--device, with the same values and help in every command (ganzip.devices.resolve_device reads it)."""
+    return typer.Option(default, "--device", help="Where to run: cpu, cuda, cuda:N or auto (cuda when available).",
+                        **panel)
+
+
+def output_option(default: Any, help: str) -> Any:
+    """-o/--output, the one spelling of 'where the result goes' (see `old_out_option` for the old --out)."""
+    return typer.Option(default, "-o", "--output", help=help)
+
+
+def old_out_option() -> Any:
+    """The old --out spelling, still accepted so existing command lines keep working; hidden from --help."""
+    return typer.Option(None, "--out", hidden=True, help="Old spelling of -o/--output.")
+
+
+def pick_output(output: Optional[Path], old_out: Optional[Path], required: str | None = None) -> Optional[Path]:
+    """-o/--output, or the old --out when only that was given; `required` names what must be given when neither is."""
+    if output is not None and old_out is not None and Path(output) != Path(old_out):
+        raise UserError(f"-o {output} and --out {old_out} both say where the output goes; give only -o")
+    chosen = output if output is not None else old_out
+    if chosen is None and required:
+        raise UserError(f"missing option -o: give {required} with -o")
+    return chosen

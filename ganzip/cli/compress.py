@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ganzip import archs
-from ganzip.cli.common import command, console, emit_json, err_console, giga, widths_text
+from ganzip.cli.common import (command, console, device_option, emit_json, giga, output_option, progress_bar,
+                               widths_text)
 
 # --- prune -------------------------------------------------------------------------------------------------
 
@@ -25,34 +28,35 @@ def prune_cmd(
                                          "(default: a fixed synthetic batch)."),
     multiple_of: int = typer.Option(1, "--multiple-of", help="Round every width to a multiple of this."),
     seed: int = typer.Option(0, help="Seed for the calibration crops."),
-    output: Path = typer.Option(Path("student.pth"), "-o", "--output", help="Where to write the student."),
+    output: Path = output_option(Path("student.pth"), "Where to write the student (never the teacher itself)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Find a student RATIO times smaller than the teacher and give it the teacher's most important channels."""
-    from rich.progress import Progress
-
     from ganzip import checkpoint as ckpt
     from ganzip import prune
-    from ganzip.atomic import check_writable
+    from ganzip.atomic import check_writable, refuse_input_as_output
 
+    refuse_input_as_output(output, teacher)
     check_writable(output)
     module = ckpt.load_generator(teacher)
     batch = (prune.calibration_batch(calib, size, multiple=archs.size_multiple(module.spec), seed=seed)
              if calib is not None else None)
-    with Progress(console=err_console, transient=True, disable=as_json) as bar:
-        task = bar.add_task(f"{method} for {ratio:g}x by {by}", total=1.0)
+    with progress_bar() as update:
+        task = f"{method} for {ratio:g}x by {by}"
         result = prune.prune(module, ratio, by=by, method=method, size=size, calib=batch, multiple_of=multiple_of,
-                             seed=seed, progress=lambda done: bar.update(task, completed=done))
+                             seed=seed, progress=lambda done: update(task, done, 1.0))
     info = result.info
-    ckpt.save_generator(result.module, output, teacher_sha256=ckpt.sha256(teacher), teacher=str(teacher),
-                        ratio=ratio, by=by, method=method, achieved=result.achieved, size=size,
-                        calibration=info["calibration"]["source"])
-    info = {**info, "output": str(output), "spec": result.spec, "architecture": archs.describe(result.spec)}
+    provenance = {"teacher_sha256": ckpt.sha256(teacher), "teacher": str(teacher),
+                  "teacher_base": archs.base_width(module.spec), "ratio": ratio, "by": by, "method": method,
+                  "achieved": result.achieved, "size": size, "calibration": info["calibration"]["source"]}
+    ckpt.save_generator(result.module, output, **{k: v for k, v in provenance.items() if v is not None})
+    info = {**info, "output": str(output), "spec": result.spec,
+            "architecture": archs.describe(result.spec, provenance)}
     if as_json:
         emit_json(info)
         return
     unit = "MACs" if by == "macs" else "parameters"
-    table = Table(title=f"{teacher} -> {output}")
+    table = Table(title=Text(f"{teacher} -> {output}"))
     table.add_column("")
     table.add_column("teacher", justify="right")
     table.add_column("student", justify="right")
@@ -63,9 +67,11 @@ def prune_cmd(
     console.print(table)
     for key, text in widths_text(result.spec):
         console.print(f"  widths.{key}: {text}")
-    console.print(f"ratio by {unit}: [bold]{result.achieved:.2f}x[/] (asked {ratio:g}x); method {method}"
-                  + (f", picked {info['picked']}" if "picked" in info else "")
-                  + f"; distance to teacher on {info['calibration']['source']} calibration: {info['score']:.4g}")
+    console.print(f"student: {escape(info['architecture'])}")
+    console.print(f"ratio by {unit}: [bold]{result.achieved:.2f}x[/] (asked {ratio:g}x); method {escape(method)}"
+                  + (f", picked {escape(str(info['picked']))}" if "picked" in info else "")
+                  + f"; distance to teacher on {escape(str(info['calibration']['source']))} calibration: "
+                  f"{info['score']:.4g}")
 
 # --- distill -----------------------------------------------------------------------------------------------
 
@@ -140,7 +146,7 @@ def distill_cmd(
                                   "with AVX512-BF16, CUDA).", rich_help_panel=_TRAINING),
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation, data order, crops and flips.",
                              rich_help_panel=_TRAINING),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.", rich_help_panel=_TRAINING),
+    device: str = device_option(rich_help_panel=_TRAINING),
     cache_teacher: bool = typer.Option(False, "--cache-teacher", help="Run the teacher once per image and flip on "
                                        "the whole resized image and crop its output like the input (fp16, in "
                                        "memory).", rich_help_panel=_TRAINING),
@@ -183,13 +189,14 @@ def distill_cmd(
         emit_json(summary)
         return
     if int(os.environ.get("RANK", "0")) == 0:
-        console.print(f"[green]student[/] {summary['student']} -> {summary['output']} "
-                      f"({summary['steps']} steps, {summary['images_per_s']:.1f} img/s)")
+        console.print(Text.assemble(("student", "green"), f" {summary['student']} -> {summary['output']} "
+                                    f"({summary['steps']} steps, {summary['images_per_s']:.1f} img/s)"))
         final, best = summary["final"], summary["best"]
         if "val_psnr" in final:
-            console.print(f"final (step {final['step']}): {_val_text(final)}")
+            console.print(Text(f"final (step {final['step']}): {_val_text(final)}"))
         if best:
-            console.print(f"best (step {best['step']}, by {best['selected_by']}): {_val_text(best)} -> {best['path']}")
+            console.print(Text(f"best (step {best['step']}, by {best['selected_by']}): {_val_text(best)} -> "
+                               f"{best['path']}"))
 
 
 def _val_text(score: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -49,3 +50,20 @@ def demo_cmd(
     table.add_row("time", f"{summary['seconds']:.0f} s")
     console.print(table)
     console.print(f"report: [bold]{summary['files']['report']}[/]")
+
+
+@command("data-path")
+def data_path_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: the folder, its layout and its image counts."),
+) -> None:
+    """Print the folder of bundled example data (pix2pix maps, A|B pairs), to point any command at it."""
+    from ganzip import images
+    from ganzip.demo import bundled_data
+
+    path = bundled_data()
+    if as_json:
+        splits = {p.name: len(images.list_images(p)) for p in sorted(path.iterdir()) if p.is_dir()}
+        emit_json({"path": path, "layout": "aligned pairs, A|B side by side (A: aerial photo, B: map)",
+                   "splits": splits})
+        return
+    sys.stdout.write(f"{path}\n")  # bare, so that "$(ganzip data-path)/val" works in a shell

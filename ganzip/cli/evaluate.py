@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from ganzip.cli.common import command, console, emit_json, progress_bar
+from ganzip.cli.common import (
+    command,
+    console,
+    device_option,
+    emit_json,
+    old_out_option,
+    output_option,
+    pick_output,
+    progress_bar,
+    status,
+)
 from ganzip.errors import UserError
 
 
@@ -17,19 +27,22 @@ from ganzip.errors import UserError
 def translate_cmd(
     checkpoint: Path = typer.Argument(..., help="Generator checkpoint."),
     input_dir: Path = typer.Argument(..., help="Folder of input images (or of aligned A|B pairs with --direction)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder; each image is written as <stem>.png."),
+    output: Optional[Path] = output_option(None, "Output folder (required; not the input folder); each image is "
+                                                  "written as <stem>.png."),
     size: Optional[int] = typer.Option(None, help="Resize inputs to this square size first (default: keep sizes)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per forward pass."),
     direction: Optional[str] = typer.Option(None, help="AtoB or BtoA: the inputs are aligned A|B pairs; use that "
                                                        "input half."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    device: str = device_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
+    out: Optional[Path] = old_out_option(),
 ) -> None:
     """Run a generator over a folder and write PNGs with the same stems (any size: padded by reflection)."""
     from ganzip import checkpoint as ckpt
     from ganzip.devices import resolve_device
     from ganzip.translate import translate_folder
 
+    out = pick_output(output, out, required="the output folder")
     device = resolve_device(device)
     module = ckpt.load_generator(checkpoint)
     with progress_bar() as update:
@@ -39,7 +52,7 @@ def translate_cmd(
     if as_json:
         emit_json({"out": out, "n": len(written), "files": written})
         return
-    console.print(f"wrote {len(written)} image(s) to {out}")
+    console.print(Text(f"wrote {len(written)} image(s) to {out}"))
 
 
 @command("fid")
@@ -56,21 +69,24 @@ def fid_cmd(
     direction: str = typer.Option("AtoB", help="AtoB or BtoA."),
     size: Optional[int] = typer.Option(None, help="Resize inputs to this square size before translating."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per generator forward pass."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Keep the generator's images in this folder."),
+    output: Optional[Path] = output_option(None, "Keep the generator's images in this folder (not an input "
+                                                  "folder)."),
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's "
                                                      "inception-v3-compat weights file (else found offline)."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    device: str = device_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    out: Optional[Path] = old_out_option(),
 ) -> None:
     """FID (and KID) with the standard TF Inception weights, computed offline through torch-fidelity."""
     from ganzip import fid as fidlib
     from ganzip.devices import resolve_device
 
+    out = pick_output(output, out)
     device = resolve_device(device)
     if fake is not None:
-        if real is None or checkpoint is not None or data is not None or teacher is not None:
+        if real is None or checkpoint is not None or data is not None or teacher is not None or out is not None:
             raise UserError("--fake compares two folders: give exactly --fake DIR --real DIR (no checkpoint, "
-                            "--data or --teacher)")
+                            "--data, --teacher or -o)")
         weights = fidlib.resolve_weights(inception_weights)
         with progress_bar() as update:
             result = fidlib.fid_folders(fake, real, kid=kid, weights=weights, device=device, progress=update)
@@ -80,6 +96,9 @@ def fid_cmd(
 
         if checkpoint is None or data is None:
             raise UserError("give a generator checkpoint and --data DIR (or --fake DIR --real DIR for two folders)")
+        from ganzip.atomic import refuse_input_as_output
+
+        refuse_input_as_output(out, data, real)  # the dataset's own folders are checked once resolved, in ganzip.fid
         models = {"student": ckpt.load_generator(checkpoint)}
         if teacher is not None:
             models["teacher"] = ckpt.load_generator(teacher)
@@ -101,7 +120,7 @@ def fid_cmd(
     table = Table(title="FID (TF-Inception-2015-12-05, pool3)")
     table.add_column("")
     for name in results:
-        table.add_column(name if name != "fake" else str(fake), justify="right")
+        table.add_column(Text(name if name != "fake" else str(fake)), justify="right")
     table.add_row("FID", *[f"{r['fid']:.3f}" for r in results.values()])
     if kid:
         table.add_row("KID (x1000, mean ± std)",
@@ -110,15 +129,14 @@ def fid_cmd(
     console.print(table)
     if "fid_delta" in main_result:
         console.print(f"student - teacher FID: {main_result['fid_delta']:+.3f}")
-    console.print(f"[dim]Inception weights: {weights}[/]", soft_wrap=True, highlight=False)
+    console.print(Text(f"Inception weights: {weights}", style="dim"), soft_wrap=True, highlight=False)
 
 
 @command("export")
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="Generator checkpoint."),
-    onnx: bool = typer.Option(True, "--onnx", help="Export to ONNX (the one supported format)."),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output .onnx file (default: beside the "
-                                                                 "checkpoint)."),
+    output: Optional[Path] = output_option(None, "Output .onnx file (default: beside the checkpoint, with the "
+                                                  ".onnx suffix)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's choice, 18 or newer)."),
     dynamic: bool = typer.Option(True, "--dynamic/--static", help="Dynamic batch, height and width, or fixed to "
                                                                   "--size (then verified at --size only)."),
@@ -126,18 +144,25 @@ def export_cmd(
     runs: int = typer.Option(20, help="Timed onnxruntime runs."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads (default: its choice)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    onnx: bool = typer.Option(False, "--onnx", hidden=True, help="Accepted for old command lines: ONNX is the "
+                                                                 "format export writes."),
+    out: Optional[Path] = old_out_option(),
 ) -> None:
     """Export to ONNX, then check onnxruntime against PyTorch at two sizes (fails above 1e-4) and time it."""
     from ganzip import checkpoint as ckpt
     from ganzip import export
     from ganzip import profile as prof
+    from ganzip.atomic import refuse_input_as_output
+    from ganzip.devices import check_threads
 
     if runs <= 0:
         raise UserError("--runs must be a positive integer")
+    check_threads(threads)
+    out = pick_output(output, out) or checkpoint.with_suffix(".onnx")
+    refuse_input_as_output(out, checkpoint)
     module = ckpt.load_generator(checkpoint)
     export.check_size(module, size)
-    out = out or checkpoint.with_suffix(".onnx")
-    with console.status("exporting...", spinner="dots") if not as_json else contextlib.nullcontext():
+    with status("exporting"):
         info = export.export_onnx(module, out, opset=opset, dynamic=dynamic, size=size)
         check = export.verify(module, out, sizes=export.verify_sizes(module, size, dynamic))
         shape = (1, module.spec["input_nc"], size, size)
@@ -148,8 +173,8 @@ def export_cmd(
     if as_json:
         emit_json(info)
     else:
-        table = Table(title=f"ONNX export of {checkpoint}", show_header=False)
-        table.add_row("file", f"{info['path']} ({info['bytes'] / 2**20:.2f} MiB)")
+        table = Table(title=Text(f"ONNX export of {checkpoint}"), show_header=False)
+        table.add_row("file", Text(f"{info['path']} ({info['bytes'] / 2**20:.2f} MiB)"))
         table.add_row("opset", str(info["opset"]))
         table.add_row("input shape", " x ".join(map(str, info["input_shape"])))
         for s, d in check["max_abs_diff"].items():
@@ -175,8 +200,8 @@ def spectrum_cmd(
     levels: int = typer.Option(3, help="Wavelet levels."),
     wave: str = typer.Option("haar", "--wavelet", "--wave", help="Any discrete PyWavelets name (as distill)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per forward pass."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write a PNG plot here (needs matplotlib)."),
+    device: str = device_option(),
+    output: Optional[Path] = output_option(None, "Write a PNG plot here (needs matplotlib)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full analysis as JSON."),
 ) -> None:
     """Power spectrum and wavelet band energies of real images and each generator's outputs."""
@@ -189,10 +214,12 @@ def spectrum_cmd(
 
     check_wavelet(wave)  # before minutes of translating, not after
     if output is not None:
-        from ganzip.atomic import check_writable
+        from ganzip.atomic import check_writable, refuse_input_as_output
 
+        refuse_input_as_output(output, *checkpoints)
         check_writable(output)
-    with console.status("translating and analysing...", spinner="dots") if not as_json else contextlib.nullcontext():
+        spectrum.require_matplotlib()  # likewise: a missing plotting library is found now, not at the end
+    with status("translating and analysing"):
         result = spectrum.spectrum(checkpoints, data, real=real, size=size, direction=direction, limit=limit,
                                    batch_size=batch_size, device=resolve_device(device), wave=wave, levels=levels)
     if output is not None:
@@ -200,18 +227,18 @@ def spectrum_cmd(
     if as_json:
         emit_json(result)
         return
-    table = Table(title=f"frequency content @ {result['size']}px, reference: {result['reference']}")
+    table = Table(title=Text(f"frequency content @ {result['size']}px, reference: {result['reference']}"))
     for col in ("", "images", "HF wavelet share", "HF ratio", "spectral HF ratio", "finest band ratio"):
         table.add_column(col, justify="right" if col else "left")
     for name, s in result["series"].items():
         finest = [s["band_ratios"].get(f"L1_{b}") for b in ("LH", "HL", "HH")]
         finest = [v for v in finest if v is not None]
-        table.add_row(name, str(s["n_images"]), f"{s['hf_share']:.4f}", _ratio(s["hf_ratio"]),
+        table.add_row(Text(name), str(s["n_images"]), f"{s['hf_share']:.4f}", _ratio(s["hf_ratio"]),
                       _ratio(s["spectral_hf_ratio"]), _ratio(sum(finest) / len(finest) if finest else None))
     console.print(table)
     console.print("[dim]HF = energy outside the wavelet LL band; ratio = series / reference (below 1: detail lost).[/]")
     if output is not None:
-        console.print(f"plot: {result['plot']}")
+        console.print(Text(f"plot: {result['plot']}"))
 
 
 def _ratio(v: float | None) -> str:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Callable, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ganzip import archs
-from ganzip.cli.common import command, console, emit_json, giga, mega, progress_bar, widths_text
+from ganzip.cli.common import (command, console, device_option, emit_json, giga, mega, progress_bar, status,
+                               widths_text)
 from ganzip.errors import UserError
 
 # --- inspect -----------------------------------------------------------------------------------------------
@@ -26,9 +27,11 @@ def inspect_cmd(
     from ganzip import profile
 
     loaded = ckpt.load(checkpoint)
+    archs.check_size(loaded.spec, size)
     module = ckpt.instantiate(loaded)
     stats = profile.static_profile(module, size)
-    info = {"path": str(checkpoint), "source": loaded.source, "architecture": archs.describe(loaded.spec),
+    info = {"path": str(checkpoint), "source": loaded.source,
+            "architecture": archs.describe(loaded.spec, loaded.provenance),
             "spec": loaded.spec, "params": stats.params, "macs": stats.macs, "macs_exact": stats.macs_exact,
             "size": size, "notes": loaded.notes, "provenance": loaded.provenance, "file_format": loaded.file_format}
     if loaded.mapping:
@@ -36,8 +39,8 @@ def inspect_cmd(
     if as_json:
         emit_json(info)
         return
-    table = Table(title=f"{checkpoint}", show_header=False)
-    table.add_row("architecture", info["architecture"])
+    table = Table(title=Text(str(checkpoint)), show_header=False)
+    table.add_row("architecture", Text(info["architecture"]))
     table.add_row("format", {"upstream": "upstream state dict", "ganzip": "ganzip checkpoint",
                              "mapped": "other code base (keys mapped by layer order)"}[loaded.source]
                   + (" (GAN Compression layout)" if loaded.spec["arch"] == "mobile_resnet" else ""))
@@ -46,20 +49,20 @@ def inspect_cmd(
         if key in loaded.spec:
             table.add_row(key, str(loaded.spec[key]))
     for key, text in widths_text(loaded.spec):
-        table.add_row(f"widths.{key}", text)
+        table.add_row(Text(f"widths.{key}"), text)
     table.add_row("parameters", f"{stats.params:,}")
     table.add_row(f"MACs @{size}px (paper/thop)", giga(stats.macs))
     table.add_row(f"MACs @{size}px (exact)", giga(stats.macs_exact))
     for key, value in loaded.provenance.items():
-        table.add_row(f"provenance.{key}", str(value))
+        table.add_row(Text(f"provenance.{key}"), Text(str(value)))  # text from the file, never markup
     console.print(table)
     for note in loaded.notes:
-        console.print(f"[dim]note: {note}[/]")
+        console.print(Text(f"note: {note}", style="dim"))
     if loaded.mapping:
         renamed = [(a, b) for a, b in loaded.mapping if a != b]
         console.print(f"[dim]key mapping ({len(renamed)} renamed, first shown):[/]")
         for a, b in renamed[:8]:
-            console.print(f"[dim]  {a} -> {b}[/]")
+            console.print(Text(f"  {a} -> {b}", style="dim"))
 
 
 # --- profile -----------------------------------------------------------------------------------------------
@@ -73,16 +76,17 @@ def profile_cmd(
     runs: int = typer.Option(20, help="Timed runs per model (after warm-up)."),
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's choice)."),
     onnx: bool = typer.Option(False, "--onnx", help="Also time the model(s) in onnxruntime."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = device_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Parameters, MACs (paper convention and exact) and latency; with --teacher, compression and speedup."""
     from ganzip import checkpoint as ckpt
     from ganzip import profile as prof
-    from ganzip.devices import resolve_device
+    from ganzip.devices import check_threads, resolve_device
 
     if size <= 0 or batch <= 0 or runs <= 0:
         raise UserError("--size, --batch and --runs must be positive integers")
+    check_threads(threads)
     device = resolve_device(device)
     student = ckpt.load_generator(checkpoint)
     teacher_module = ckpt.load_generator(teacher) if teacher else None
@@ -94,8 +98,9 @@ def profile_cmd(
         from ganzip import export
 
         models = {"student": student, **({"teacher": teacher_module} if teacher_module is not None else {})}
-        extra = {name: {"onnx": export.onnx_runner(m, size, batch, threads=threads)} for name, m in models.items()}
-    with console.status("timing...", spinner="dots") if not as_json else contextlib.nullcontext():
+        with status("exporting to onnxruntime"):
+            extra = {name: {"onnx": export.onnx_runner(m, size, batch, threads=threads)} for name, m in models.items()}
+    with status("timing"):
         result = prof.profile(student, teacher_module, size=size, batch=batch, runs=runs, threads=threads,
                               device=device, extra_runners=extra)
     if as_json:
@@ -154,7 +159,7 @@ def compare_cmd(
                                                                             "column per model."),
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's "
                                                      "inception-v3-compat weights file (else found offline)."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    device: str = device_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Teacher and students side by side: params, MACs, latency, FID vs real and vs the first model; a grid image."""
