@@ -1,9 +1,12 @@
 """Rebuild the example data bundled in ganzip/resources/data from ../shared/data, byte for byte.
 
 The bundle must stay small (a few MB) yet be real images, so `ganzip demo` shows real work on a laptop:
-a deterministic, evenly spaced subset of pix2pix `maps`, each A|B half downscaled to 128 px.
+deterministic, evenly spaced subsets, downscaled to 128 px:
+- `maps_small`: pix2pix maps pairs (train 80, val 20), each A|B half 128 px (`ganzip demo --paired`);
+- `photos_small`: horse2zebra photos (trainA 60 horses: the inputs; trainB 20 zebras: the teacher's outputs on
+  them are the targets; testA 20 horses: held out), for `ganzip demo` with the pretrained vintagify teacher.
 
-    python bench/make_example_data.py [--source ../shared/data/maps] [--out ganzip/resources/data/maps_small]
+    python bench/make_example_data.py [--set maps|photos] [--source DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "maps"
-DEFAULT_OUT = ROOT / "ganzip" / "resources" / "data" / "maps_small"
+SETS = {  # name: (source folder, bundled folder, {split: count})
+    "maps": ("maps", "maps_small", {"train": 80, "val": 20}),
+    "photos": ("horse2zebra", "photos_small", {"trainA": 60, "trainB": 20, "testA": 20}),
+}
 
 
 def evenly_spaced(names: list[str], n: int) -> list[str]:
@@ -44,30 +49,48 @@ def shrink(src: Path, half: int, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def shrink_photo(src: Path, side: int, quality: int) -> bytes:
+    """A photo -> `side` px square (Lanczos), RGB (7 trainB zebras are grayscale), baseline JPEG, no metadata."""
+    with Image.open(src) as img:
+        img = img.convert("RGB").resize((side, side), Image.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--train", type=int, default=80)
-    p.add_argument("--val", type=int, default=20)
-    p.add_argument("--half", type=int, default=128, help="pixels per side of each A and B half")
+    p.add_argument("--set", choices=sorted(SETS), default="maps")
+    p.add_argument("--source", type=Path, help="the full data set's folder (default: ../shared/data/<set>)")
+    p.add_argument("--out", type=Path, help="default: ganzip/resources/data/<bundled folder>")
+    p.add_argument("--train", type=int, help="maps: training pairs (default 80)")
+    p.add_argument("--val", type=int, help="maps: held-out pairs (default 20)")
+    p.add_argument("--half", type=int, default=128, help="pixels per side of each image (of each A and B half)")
     p.add_argument("--quality", type=int, default=90)
     args = p.parse_args(argv)
+    source_name, bundled, counts = SETS[args.set]
+    source = args.source or ROOT.parent / "shared" / "data" / source_name
+    args.out = args.out or ROOT / "ganzip" / "resources" / "data" / bundled
+    counts = dict(counts)
+    if args.set == "maps":
+        counts["train"] = args.train or counts["train"]
+        counts["val"] = args.val or counts["val"]
+    make = shrink if args.set == "maps" else shrink_photo
     total = 0
-    for split, n in (("train", args.train), ("val", args.val)):
-        src_dir = args.source / split
+    for split, n in counts.items():
+        src_dir = source / split
         if not src_dir.is_dir():
-            print(f"error: {src_dir} not found; pass --source pointing at the pix2pix maps folder", file=sys.stderr)
+            print(f"error: {src_dir} not found; pass --source pointing at the {source_name} folder", file=sys.stderr)
             return 2
         dst = args.out / split
         dst.mkdir(parents=True, exist_ok=True)
         chosen = evenly_spaced([f.name for f in src_dir.glob("*.jpg")], n)
         for name in chosen:
-            data = shrink(src_dir / name, args.half, args.quality)
+            data = make(src_dir / name, args.half, args.quality)
             (dst / name).write_bytes(data)
             total += len(data)
-    print(json.dumps({"out": str(args.out), "train": args.train, "val": args.val, "half": args.half,
-                      "quality": args.quality, "bytes": total}))
+    print(json.dumps({"set": args.set, "out": str(args.out), **counts, "side": args.half, "quality": args.quality,
+                      "bytes": total}))
     return 0
 
 

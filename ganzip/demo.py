@@ -1,60 +1,209 @@
-"""`ganzip demo`: the whole tool on real images, start to finish, in minutes on a laptop CPU.
+"""`ganzip demo`: the whole tool on a real pretrained teacher, start to finish, in minutes on a laptop CPU.
 
-Nothing here is new machinery: the demo fits a small teacher on the bundled maps pairs (ganzip.fit), then runs
-the same library calls as the commands a user would type (prune, distill, profile, fid, export, spectrum) and
-writes what they measured into one report. A newcomer sees every stage work; a reviewer can rerun every number.
+The default demo compresses vintagify's pretrained CycleGAN generator (a full-size ResNet-9, photo -> vintage,
+from the MIT wheel `vintagify`, installed with `pip install 'ganzip[demo]'`) on photos bundled with ganzip:
+its targets are the teacher's own outputs on other photos, it is pruned 7x, distilled with the default recipe,
+scored against the teacher on held-out photos, profiled, exported and written up in `report.md`. `--paired`
+runs the pix2pix path instead: it fits a small U-Net teacher on the bundled maps pairs first (ganzip.fit).
+
+Nothing here is new machinery: every stage is the library call behind a command (prune, distill, profile, fid,
+export), and the report's numbers come only from the summary that `--json` prints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ganzip import archs, images
 from ganzip.errors import UserError
 
-DIRECTION = "BtoA"  # map -> aerial photo; see ganzip.fit for why not the other way in a few minutes
+BUNDLED = {"maps": ("train", "val"), "photos": ("trainA", "trainB", "testA")}
+MAPS_DIRECTION = "BtoA"  # map -> aerial photo; see ganzip.fit for why not the other way in a few minutes
 
 
 @dataclass(frozen=True)
 class Settings:
     """Every knob of one demo run; `--quick` swaps in the CI-sized set."""
-    size: int
-    ngf: int
-    teacher_steps: int
-    teacher_lr: float
+    size: int                  # training and evaluation resolution
+    profile_size: int          # latency and MACs resolution
     distill_steps: int
-    batch_size: int
-    grid_images: int
+    method: str                # width search or uniform widths
+    precision: str
     profile_runs: int
+    grid_images: int
+    batch_size: int = 4
     ratio: float = 7.0
+    ngf: int = 0               # --paired: the fitted teacher's width
+    teacher_steps: int = 0     # --paired: its L1 fit
+    teacher_lr: float = 5e-4
 
 
-# 1500 fit steps: the teacher's street grid is plain to see (at 600 it is a faint blur); about 6 minutes in all.
-FULL = Settings(size=128, ngf=32, teacher_steps=1500, teacher_lr=5e-4, distill_steps=1000, batch_size=4,
-                grid_images=6, profile_runs=10)
-QUICK = Settings(size=64, ngf=16, teacher_steps=60, teacher_lr=5e-4, distill_steps=30, batch_size=4,
-                 grid_images=4, profile_runs=5)
+# Photos: 500 bf16 steps at 128 px are about 5 minutes of the 8 on 2 cores (bench/recipe.py measures bf16 against
+# fp32); latency at 256 px, the teacher's own resolution, where a CPU shows what the MACs ratio buys.
+PHOTOS = Settings(size=128, profile_size=256, distill_steps=500, method="search", precision="bf16", profile_runs=10,
+                  grid_images=6)
+PHOTOS_QUICK = Settings(size=64, profile_size=64, distill_steps=30, method="uniform", precision="bf16",
+                        profile_runs=3, grid_images=4)
+# Maps: 1500 fit steps make the teacher's street grid plain to see (at 600 it is a faint blur).
+MAPS = Settings(size=128, profile_size=128, distill_steps=1000, method="search", precision="fp32", profile_runs=10,
+                grid_images=6, ngf=32, teacher_steps=1500)
+MAPS_QUICK = Settings(size=64, profile_size=64, distill_steps=30, method="search", precision="fp32", profile_runs=5,
+                      grid_images=4, ngf=16, teacher_steps=60)
 
 
-def bundled_data() -> Path:
-    """The maps subset shipped inside the package (see resources/data/README.md for its source)."""
-    path = Path(str(resources.files("ganzip") / "resources" / "data" / "maps_small"))
-    if not (path / "train").is_dir() or not (path / "val").is_dir():
+def bundled_data(name: str = "maps") -> Path:
+    """A data set shipped inside the package (see resources/data/README.md for its source)."""
+    if name not in BUNDLED:
+        raise UserError(f"no bundled data set {name!r}; there are {', '.join(BUNDLED)}")
+    path = Path(str(resources.files("ganzip") / "resources" / "data" / f"{name}_small"))
+    if not all((path / split).is_dir() for split in BUNDLED[name]):
         raise UserError(f"bundled example data missing at {path}; reinstall ganzip (pip install --force-reinstall ganzip)")
     return path
+
+
+def vintagify_teacher() -> Path:
+    """The pretrained CycleGAN generator inside the vintagify wheel, or one line on how to get it."""
+    spec = importlib.util.find_spec("vintagify")
+    path = Path(spec.origin).parent / "resources" / "G_A2B_epoch33.pth" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise UserError("the demo compresses vintagify's pretrained CycleGAN: pip install 'ganzip[demo]' (or run "
+                        "`ganzip demo --paired`, which fits its own teacher on the bundled maps)")
+    return path
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """How far batch `a` is from batch `b` (images in [-1, 1]): mean |a - b|, PSNR (peak-to-peak 2), and the colour
+    drift: the mean |difference of per-image channel means|, in 8-bit levels."""
+    from ganzip.validate import psnr
+
+    drift = float((a.mean((2, 3)) - b.mean((2, 3))).abs().mean()) * 127.5
+    return {"l1": float((a - b).abs().mean()), "psnr_db": psnr(a, b), "colour_drift_8bit": drift}
+
+
+class _Stages:
+    """One line per stage with its duration, so progress is visible even when output goes to a file."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.console.print(f"[bold cyan]>[/] {name}...", highlight=False)
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.seconds[name] = time.perf_counter() - start
+        self.console.print(f"  [green]done[/] in {self.seconds[name]:.1f} s", highlight=False)
+        return result
+
+
+def run(out: str | os.PathLike = "ganzip-demo", paired: bool = False, quick: bool = False, seed: int = 0,
+        device: str = "cpu", console: Console | None = None) -> dict:
+    """Run the demo into `out` and return the summary the report is written from.
+
+    With a stderr `console` (the `--json` mode) anything a stage prints to stdout (the ONNX exporter's chatter) goes
+    to stderr too, so stdout carries the JSON alone.
+    """
+    from ganzip.atomic import check_writable_folder
+
+    console = console or Console(stderr=True)
+    out = check_writable_folder(out, "-o")
+    pipeline = _run_maps if paired else _run_photos
+    teacher = None if paired else vintagify_teacher()  # before any work: say at once when the extra is missing
+    redirect = contextlib.redirect_stdout(sys.stderr) if console.stderr else contextlib.nullcontext()
+    with redirect:
+        start = time.perf_counter()
+        stages = _Stages(console)
+        summary = pipeline(out, MAPS_QUICK if paired and quick else MAPS if paired else
+                           PHOTOS_QUICK if quick else PHOTOS, seed, device, stages, teacher)
+        summary.update({"out": str(out), "quick": quick, "seed": seed, "stage_seconds": stages.seconds,
+                        "seconds": time.perf_counter() - start})
+        return _write(summary, out)
+
+
+# --- the photo demo: a real pretrained CycleGAN ------------------------------------------------------------
+
+def _run_photos(out: Path, s: Settings, seed: int, device: str, stages: _Stages, teacher_path: Path) -> dict:
+    from ganzip import checkpoint
+    from ganzip.translate import translate_tensor
+
+    data = bundled_data("photos")
+    teacher = checkpoint.load_generator(teacher_path)
+    inputs = images.list_images(data / "trainA")
+    held = images.list_images(data / "testA")
+    x_held = images.load_batch(held, s.size)
+
+    def targets() -> Path:
+        sources = images.list_images(data / "trainB")
+        outs = translate_tensor(teacher, images.load_batch(sources, s.size), 4)
+        return _save_folder(outs, [p.name for p in sources], out / "targets")
+
+    target_dir = stages.run("the teacher's outputs on 20 other photos: the target set", targets)
+    calib = images.load_batch(inputs[:: max(1, len(inputs) // 8)][:8], s.size)
+    prune_info = stages.run(f"pruning to {s.ratio:g}x fewer MACs ({s.method} widths)", _prune, s, teacher, calib, out,
+                            seed, teacher_path)
+    distill_info = stages.run(f"distilling: {s.distill_steps} steps, {s.precision}", _distill, s, out, seed, device,
+                              teacher=teacher_path, inputs=data / "trainA", targets=target_dir, val=data / "testA")
+    student = checkpoint.load_generator(out / "student.pth")
+    outputs = {"teacher": translate_tensor(teacher, x_held, 4), "student": translate_tensor(student, x_held, 4)}
+    target_batch = images.load_batch(images.list_images(target_dir))
+    quality = stages.run(f"scoring on {len(held)} held-out photos", _quality, outputs, target_batch)
+    prof = stages.run(f"profiling teacher vs student at {s.profile_size} px", _profile, s, student, teacher)
+    onnx_info = stages.run("exporting the student to ONNX", _export, student, s.size, out)
+    k = min(s.grid_images, len(held))
+    grid = images.grid([[x_held[i], outputs["teacher"][i], outputs["student"][i]] for i in range(k)])
+    return {"kind": "photos", "size": s.size, "settings": asdict(s),
+            "data": {"path": str(data), "inputs": len(inputs), "targets": len(target_batch), "held_out": len(held)},
+            "teacher": {"path": str(teacher_path), "architecture": archs.describe(teacher.spec),
+                        "source": "vintagify 0.1.2 G_A2B_epoch33.pth (pretrained CycleGAN, photo -> vintage, MIT)"},
+            "prune": prune_info, "distill": distill_info, "quality": quality, "profile": prof, "onnx": onnx_info,
+            "files": {"grid": str(images.save_png(grid, out / "grid.png")), "teacher": str(teacher_path),
+                      "student": str(out / "student.pth"), "onnx": onnx_info["path"]}}
+
+
+# --- the paired demo: pix2pix maps with a teacher fitted here ----------------------------------------------
+
+def _run_maps(out: Path, s: Settings, seed: int, device: str, stages: _Stages, _: None) -> dict:
+    from ganzip import checkpoint, fit
+    from ganzip.translate import translate_tensor
+
+    data = bundled_data("maps")
+    teacher, teacher_info = stages.run(f"fitting a pix2pix teacher ({s.teacher_steps} L1 steps)", _fit_teacher, s,
+                                       data / "train", out, seed, stages.console)
+    val = fit.load_pairs(data / "val", s.size, MAPS_DIRECTION)
+    train_inputs = fit.load_pairs(data / "train", s.size, MAPS_DIRECTION).inputs
+    calib = train_inputs[torch.randperm(len(train_inputs), generator=torch.Generator().manual_seed(seed))[:8]]
+    prune_info = stages.run(f"pruning to {s.ratio:g}x fewer MACs", _prune, s, teacher, calib, out, seed,
+                            out / "teacher.pth")
+    distill_info = stages.run(f"distilling: {s.distill_steps} steps", _distill, s, out, seed, device,
+                              teacher=out / "teacher.pth", data=data, direction=MAPS_DIRECTION)
+    student = checkpoint.load_generator(out / "student.pth")
+    outputs = {"teacher": translate_tensor(teacher, val.inputs), "student": translate_tensor(student, val.inputs)}
+    quality = stages.run(f"scoring on {len(val.inputs)} held-out pairs", _quality, outputs, val.targets)
+    prof = stages.run("profiling teacher vs student", _profile, s, student, teacher)
+    onnx_info = stages.run("exporting the student to ONNX", _export, student, s.size, out)
+    k = min(s.grid_images, len(val.inputs))
+    grid = images.grid([[val.inputs[i], outputs["teacher"][i], outputs["student"][i], val.targets[i]]
+                        for i in range(k)])
+    return {"kind": "maps", "size": s.size, "direction": MAPS_DIRECTION, "settings": asdict(s),
+            "data": {"path": str(data), "inputs": len(train_inputs), "targets": len(train_inputs),
+                     "held_out": len(val.inputs)},
+            "teacher": teacher_info, "prune": prune_info, "distill": distill_info, "quality": quality,
+            "profile": prof, "onnx": onnx_info,
+            "files": {"grid": str(images.save_png(grid, out / "grid.png")), "teacher": str(out / "teacher.pth"),
+                      "student": str(out / "student.pth"), "onnx": onnx_info["path"]}}
 
 
 def teacher_spec(s: Settings) -> dict:
@@ -62,99 +211,100 @@ def teacher_spec(s: Settings) -> dict:
     return archs.default_spec("unet", ngf=s.ngf, num_downs=int(math.log2(s.size)), norm="instance")
 
 
-class _Stages:
-    """Prints one line per stage with its duration, so progress is visible even when stdout is a pipe."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.seconds: dict[str, float] = {}
-
-    def run(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        self.console.print(f"[bold cyan]>[/] {name}...")
-        start = time.perf_counter()
-        result = fn(*args, **kwargs)
-        self.seconds[name] = time.perf_counter() - start
-        self.console.print(f"  [green]done[/] in {self.seconds[name]:.1f} s")
-        return result
-
-
 def _fit_teacher(s: Settings, train: Path, out: Path, seed: int, console: Console) -> tuple[torch.nn.Module, dict]:
     from ganzip import checkpoint, fit
+    from ganzip.progress import Progress
 
-    pairs = fit.load_pairs(train, s.size, DIRECTION)
+    pairs = fit.load_pairs(train, s.size, MAPS_DIRECTION)
     spec = teacher_spec(s)
     losses: list[float] = []
-    with Progress(TextColumn("  teacher fit"), BarColumn(), TextColumn("{task.completed}/{task.total} L1 {task.fields[loss]}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("fit", total=s.teacher_steps, loss="-")
-
+    with Progress(console) as progress:
         def on_step(step: int, loss: float) -> None:
             losses.append(loss)
-            bar.update(task, completed=step, loss=f"{loss:.3f}")
+            progress.update("teacher fit", step, s.teacher_steps)
 
         start = time.perf_counter()
         module = fit.fit_paired(spec, pairs, s.teacher_steps, batch_size=s.batch_size, lr=s.teacher_lr, seed=seed,
                                 on_step=on_step)
-    seconds = time.perf_counter() - start
     tail = losses[-20:] or [float("nan")]
-    checkpoint.save_generator(module, out / "teacher.pth", trained_on="ganzip bundled maps_small", direction=DIRECTION,
-                              steps=s.teacher_steps, seed=seed, loss="L1")
+    checkpoint.save_generator(module, out / "teacher.pth", trained_on="ganzip bundled maps_small",
+                              direction=MAPS_DIRECTION, steps=s.teacher_steps, seed=seed, loss="L1")
     return module, {"architecture": archs.describe(spec), "spec": spec, "steps": s.teacher_steps,
-                    "final_loss": sum(tail) / len(tail), "seconds": seconds, "path": str(out / "teacher.pth")}
+                    "final_loss": sum(tail) / len(tail), "seconds": time.perf_counter() - start,
+                    "path": str(out / "teacher.pth")}
 
 
-def _prune(s: Settings, teacher: torch.nn.Module, calib: torch.Tensor, out: Path, seed: int) -> dict:
+# --- stages both demos share ---------------------------------------------------------------------------------
+
+def _prune(s: Settings, teacher: torch.nn.Module, calib: torch.Tensor, out: Path, seed: int, teacher_path: Path
+           ) -> dict:
     from ganzip import checkpoint, prune
 
     start = time.perf_counter()
-    result = prune.prune(teacher, s.ratio, by="macs", method="search", size=s.size, calib=calib, seed=seed)
-    checkpoint.save_generator(result.module, out / "student_init.pth", ratio=s.ratio, by="macs", method="search")
-    return {"ratio": s.ratio, "achieved": result.achieved, "method": result.info.get("picked", "search"),
+    result = prune.prune(teacher, s.ratio, by="macs", method=s.method, size=s.size, calib=calib, seed=seed)
+    checkpoint.save_generator(result.module, out / "student_init.pth", teacher_sha256=checkpoint.sha256(teacher_path),
+                              ratio=s.ratio, by="macs", method=s.method, achieved=result.achieved, size=s.size,
+                              teacher_base=archs.base_width(teacher.spec))
+    return {"ratio": s.ratio, "achieved": result.achieved, "method": result.info.get("picked", s.method),
             "spec": result.spec, "seconds": time.perf_counter() - start, "path": str(out / "student_init.pth")}
 
 
-def _distill(s: Settings, data: Path, out: Path, seed: int, device: str) -> dict:
-    from ganzip import distill
+def _distill(s: Settings, out: Path, seed: int, device: str, **data: Any) -> dict:
+    from ganzip import checkpoint, distill
 
     cfg = distill.DistillConfig(
-        teacher=out / "teacher.pth", data=data, student=out / "student_init.pth", kd="wavelet",
-        steps=s.distill_steps, batch_size=s.batch_size, size=s.size, seed=seed, device=device,
-        direction=DIRECTION, ndf=s.ngf, cache_teacher=True, sample_every=max(s.distill_steps // 4, 1),
-        save_every=s.distill_steps, output=out / "student.pth", out_dir=out / "distill")
+        student=out / "student_init.pth", steps=s.distill_steps, batch_size=s.batch_size, size=s.size, seed=seed,
+        device=device, precision=s.precision, ndf=s.ngf or 64, cache_teacher=True, val_images=20,
+        eval_every=max(s.distill_steps // 2, 1), sample_every=max(s.distill_steps // 4, 1),
+        save_every=s.distill_steps, output=out / "student.pth", out_dir=out / "distill", **data)
     start = time.perf_counter()
     summary = distill.distill(cfg)
-    return {"kd": "wavelet", "steps": s.distill_steps, "seconds": time.perf_counter() - start,
-            "path": str(out / "student.pth"), "summary": summary}
+    recipe = {k: v for k, v in checkpoint.load(out / "student.pth").provenance.items()
+              if k in ("kd", "anchor", "lambda_kd", "lambda_anchor", "lr", "decay_from", "load_size", "precision",
+                       "cache_teacher")}
+    return {"steps": s.distill_steps, "seconds": time.perf_counter() - start, "path": str(out / "student.pth"),
+            "recipe": recipe, "summary": summary}
+
+
+def _quality(outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict:
+    """The student's distance to its teacher first; then both against the target set, with how many images."""
+    from ganzip import fid
+
+    result: dict[str, Any] = {"student_vs_teacher": similarity(outputs["student"], outputs["teacher"]),
+                              "held_out": int(outputs["student"].shape[0]), "targets": int(targets.shape[0])}
+    result["bands_vs_teacher"] = _band_ratios(outputs["student"], outputs["teacher"])
+    try:
+        weights = fid.resolve_weights()
+    except UserError as e:
+        result["fid_skipped"] = f"standard Inception weights not available ({e}); pip install 'ganzip[fid]'"
+        return result
+    feats = {name: fid.tensor_features(batch, weights) for name, batch in outputs.items()}
+    feats["targets"] = fid.tensor_features(targets, weights)
+
+    def pair(a: str, b: str) -> dict:
+        kid, kid_std = fid.kernel_inception_distance(feats[a], feats[b])
+        return {"fid": fid.frechet_distance(feats[a], feats[b]), "kid": kid, "kid_std": kid_std,
+                "n": [len(feats[a]), len(feats[b])]}
+
+    result["student_vs_teacher"].update(pair("student", "teacher"))
+    result["vs_targets"] = {name: pair(name, "targets") for name in ("teacher", "student")}
+    return result
+
+
+def _band_ratios(student: torch.Tensor, teacher: torch.Tensor) -> dict:
+    """Low-band and detail energy of the student's outputs relative to the teacher's (ganzip.spectrum's ratios)."""
+    from ganzip import spectrum
+
+    series = spectrum.analyse({"teacher": teacher, "student": student}, "teacher", levels=3)["series"]["student"]
+    return {"low_band": series["band_ratios"]["LL"], "detail": series["hf_ratio"]}
 
 
 def _profile(s: Settings, student: torch.nn.Module, teacher: torch.nn.Module) -> dict:
     from ganzip import export, profile
 
-    extra = {name: {"onnx": export.onnx_runner(m, s.size)} for name, m in (("student", student), ("teacher", teacher))}
-    return profile.profile(student, teacher, size=s.size, runs=s.profile_runs, warmup=2, extra_runners=extra)
-
-
-def _save_folder(batch: torch.Tensor, names: list[str], folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for t, name in zip(batch, names):
-        images.save_png(t, folder / f"{Path(name).stem}.png")
-    return folder
-
-
-def _fid(outputs: dict[str, torch.Tensor], real: torch.Tensor, names: list[str], out: Path) -> dict:
-    """FID of teacher and student against the real held-out targets, or why it was skipped."""
-    from ganzip import fid
-
-    try:
-        weights = fid.resolve_weights()
-    except UserError as e:
-        return {"skipped": f"standard Inception weights not available ({e}); pip install 'ganzip[fid]'"}
-    real_dir = _save_folder(real, names, out / "images" / "real")
-    result: dict[str, Any] = {"n_real": int(real.shape[0]), "weights": str(weights)}
-    for name, batch in outputs.items():
-        fake_dir = _save_folder(batch, names, out / "images" / name)
-        result[name] = fid.fid_folders(fake_dir, real_dir, weights=weights)
-    return result
+    extra = {name: {"onnx": export.onnx_runner(m, s.profile_size)} for name, m in (("student", student),
+                                                                                    ("teacher", teacher))}
+    return profile.profile(student, teacher, size=s.profile_size, runs=s.profile_runs, warmup=2, extra_runners=extra)
 
 
 def _export(student: torch.nn.Module, size: int, out: Path) -> dict:
@@ -165,78 +315,18 @@ def _export(student: torch.nn.Module, size: int, out: Path) -> dict:
     return info
 
 
-def similarity(a: torch.Tensor, b: torch.Tensor) -> dict:
-    """Mean |a - b| and PSNR (peak-to-peak 2 for [-1, 1] images) between two batches."""
-    mse = float((a - b).square().mean())
-    return {"l1": float((a - b).abs().mean()), "psnr_db": 10 * math.log10(4.0 / mse) if mse > 0 else float("inf")}
+def _save_folder(batch: torch.Tensor, names: list[str], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, name in zip(batch, names):
+        images.save_png(t, folder / f"{Path(name).stem}.png")
+    return folder
 
 
-def run(out: str | os.PathLike = "ganzip-demo", quick: bool = False, seed: int = 0, device: str = "cpu",
-        console: Console | None = None) -> dict:
-    """Run the whole demo into `out` and return the summary that the report is written from.
-
-    With a stderr `console` (the `--json` mode) anything a stage prints to stdout (the ONNX exporter's chatter) is
-    sent to stderr too, so stdout carries the JSON alone.
-    """
-    console = console or Console(stderr=True)
-    if console.stderr:
-        with contextlib.redirect_stdout(sys.stderr):
-            return _run(Path(out), quick, seed, device, console)
-    return _run(Path(out), quick, seed, device, console)
-
-
-def _run(out: Path, quick: bool, seed: int, device: str, console: Console) -> dict:
-    from ganzip import checkpoint, fit, report, spectrum
+def _write(summary: dict, out: Path) -> dict:
+    from ganzip import report
     from ganzip.atomic import write_text
-    from ganzip.translate import translate_tensor
 
-    s = QUICK if quick else FULL
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder for the demo's outputs")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --out {out}: {e.strerror}; choose another folder") from None
-    if not os.access(out, os.W_OK):
-        raise UserError(f"--out {out} is not writable; choose another folder")
-    data = bundled_data()
-    stages = _Stages(console)
-    start = time.perf_counter()
-
-    teacher, teacher_info = stages.run("fitting the teacher", _fit_teacher, s, data / "train", out, seed, console)
-    val = fit.load_pairs(data / "val", s.size, DIRECTION)
-    train_inputs = fit.load_pairs(data / "train", s.size, DIRECTION).inputs
-    calib = train_inputs[torch.randperm(len(train_inputs), generator=torch.Generator().manual_seed(seed))[:8]]
-    prune_info = stages.run(f"pruning to {s.ratio:g}x fewer MACs", _prune, s, teacher, calib, out, seed)
-    distill_info = stages.run("distilling with wavelet KD", _distill, s, data, out, seed, device)
-    student = checkpoint.load_generator(out / "student.pth")
-    teacher = checkpoint.load_generator(out / "teacher.pth")
-
-    outputs = {"teacher": translate_tensor(teacher, val.inputs), "student": translate_tensor(student, val.inputs)}
-    prof = stages.run("profiling teacher vs student", _profile, s, student, teacher)
-    fid_info = stages.run("FID on the held-out pairs", _fid, outputs, val.targets, val.names, out)
-    if "skipped" in fid_info:
-        console.print(f"  [yellow]FID skipped:[/] {fid_info['skipped']}")
-    onnx_info = stages.run("exporting the student to ONNX", _export, student, s.size, out)
-    spec = spectrum.analyse({"real": val.targets, **outputs}, "real")
-    for series in spec["series"].values():  # the report needs the summary numbers, not every radial bin
-        series.pop("spectrum")
-    spec.pop("frequencies")
-
-    k = min(s.grid_images, len(val.inputs))
-    grid = images.grid([[val.inputs[i], outputs["teacher"][i], outputs["student"][i], val.targets[i]] for i in range(k)])
-    grid_path = images.save_png(grid, out / "grid.png")
-    summary = {
-        "out": str(out), "quick": quick, "seed": seed, "size": s.size, "direction": DIRECTION,
-        "data": {"path": str(data), "train": len(train_inputs), "val": len(val.inputs)},
-        "teacher": teacher_info, "prune": prune_info, "distill": distill_info, "profile": prof, "fid": fid_info,
-        "onnx": onnx_info, "similarity": similarity(outputs["student"], outputs["teacher"]), "spectrum": spec,
-        "files": {"report": str(out / "report.md"), "grid": str(grid_path), "teacher": str(out / "teacher.pth"),
-                  "student": str(out / "student.pth"), "onnx": onnx_info["path"]},
-        "stage_seconds": stages.seconds,
-    }
-    summary["seconds"] = time.perf_counter() - start
-    summary["files"]["summary"] = str(out / "summary.json")
+    summary["files"].update({"report": str(out / "report.md"), "summary": str(out / "summary.json")})
     write_text(json.dumps(summary, indent=2, default=str) + "\n", out / "summary.json")
     write_text(report.markdown(summary), out / "report.md")
     return summary

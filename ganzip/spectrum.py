@@ -70,18 +70,37 @@ def wavelet_bands(x: torch.Tensor, wave: str = "haar", levels: int = 3) -> dict[
     return {k: float(v) for k, v in energies.items()}
 
 
+def detail_energy(bands: dict[str, float]) -> float:
+    """Energy per pixel in every band but LL: a level-j band holds 4^-j of the pixels' coefficients, and an
+    orthonormal DWT keeps energy (Parseval), so this is the mean square of the image's detail."""
+    return sum(v / 4 ** int(k[1:k.index("_")]) for k, v in bands.items() if k != "LL")
+
+
 def detail_share(bands: dict[str, float]) -> float:
     """Share of wavelet energy outside LL: the high-frequency content the paper says students lose."""
     total = sum(bands.values())
     return (total - bands.get("LL", 0.0)) / total if total > 0 else 0.0
 
 
+# Below this mean squared value (images in [-1, 1]) there is no detail to compare: it is the energy of 8-bit
+# quantisation noise ((2/255)^2 / 12 = 5.1e-6), doubled. A ratio against less than that would swing wildly (a
+# near-constant reference gave 0.03 in one run and 1.31 in the next), so it is reported as missing instead.
+NOISE_FLOOR = 1e-5
+
+
+def _ratio(value: float, reference: float) -> float | None:
+    return value / reference if reference > NOISE_FLOOR else None
+
+
 def analyse(batches: dict[str, torch.Tensor], reference: str, wave: str = "haar", levels: int = 3,
             cutoff: float = 0.25) -> dict:
     """Spectrum and wavelet bands for each named batch, each compared with the `reference` batch.
 
-    `hf_ratio` is the series' high-frequency wavelet energy share over the reference's (1.0 = as much detail as
-    the reference; below 1 = detail lost), `spectral_hf_ratio` the same from the radial spectrum above `cutoff`.
+    `hf_ratio` is the series' high-frequency wavelet energy (every band but LL, mean over the whole set) over the
+    reference's: 1.0 = as much detail as the reference, below 1 = detail lost. It compares energies, not shares
+    of the total, so a brightness or colour change (the LL band) does not read as a change in detail.
+    `spectral_hf_ratio` is the same from the radial spectrum above `cutoff`. Both are None when the reference
+    has no detail above the 8-bit noise floor (NOISE_FLOOR): nothing stable can be said then.
     """
     if reference not in batches:
         raise ValueError(f"reference {reference!r} not among {list(batches)}")
@@ -94,21 +113,23 @@ def analyse(batches: dict[str, torch.Tensor], reference: str, wave: str = "haar"
         freqs = f
         bands = wavelet_bands(x, wave, levels)
         total = sum(bands.values())
+        ac = spec[1:]
         series[name] = {
             "n_images": int(x.shape[0]),
             "spectrum": spec.tolist(),
             "bands": bands,
             "band_fractions": {k: (v / total if total > 0 else 0.0) for k, v in bands.items()},
             "hf_share": detail_share(bands),
+            "hf_energy": detail_energy(bands),
             "spectral_hf_share": high_frequency_share(f, spec, cutoff),
+            "spectral_hf_power": float(ac[f[1:] >= cutoff].mean()) if (f[1:] >= cutoff).any() else 0.0,
         }
     ref = series[reference]
     for s in series.values():
-        s["hf_ratio"] = s["hf_share"] / ref["hf_share"] if ref["hf_share"] > 0 else None
-        s["spectral_hf_ratio"] = (s["spectral_hf_share"] / ref["spectral_hf_share"]
-                                  if ref["spectral_hf_share"] > 0 else None)
-        s["band_ratios"] = {k: (v / ref["bands"][k] if ref["bands"].get(k) else None) for k, v in s["bands"].items()}
-    return {"reference": reference, "wave": wave, "levels": levels, "cutoff": cutoff,
+        s["hf_ratio"] = _ratio(s["hf_energy"], ref["hf_energy"])
+        s["spectral_hf_ratio"] = _ratio(s["spectral_hf_power"], ref["spectral_hf_power"])
+        s["band_ratios"] = {k: _ratio(v, ref["bands"][k]) for k, v in s["bands"].items()}
+    return {"reference": reference, "wave": wave, "levels": levels, "cutoff": cutoff, "noise_floor": NOISE_FLOOR,
             "frequencies": freqs.tolist(), "series": series}
 
 

@@ -19,13 +19,6 @@ runner = CliRunner()
 COMMANDS = typer.main.get_command(app).commands
 
 
-def _lead_owned(name: str, *owned: str) -> pytest.param:
-    """distill's and demo's command functions are being rewritten; they adopt these conventions there (strict: the
-    test says when they have, so the mark comes off)."""
-    return pytest.param(name, marks=pytest.mark.xfail(name in owned, strict=True,
-                                                      reason="adopted when distill/demo are rewritten"))
-
-
 @pytest.fixture
 def teacher(tmp_path) -> Path:
     path = tmp_path / "teacher.pth"
@@ -68,7 +61,7 @@ def _option(command: str, flag: str):
     return next((p for p in COMMANDS[command].params if flag in p.opts), None)
 
 
-@pytest.mark.parametrize("name", [_lead_owned(n, "demo") for n in sorted(COMMANDS)
+@pytest.mark.parametrize("name", [n for n in sorted(COMMANDS)
                                   if any("--device" in p.opts for p in COMMANDS[n].params)])
 def test_device_is_one_shared_option(name):
     reference = _option("translate", "--device")
@@ -80,7 +73,7 @@ def test_device_is_one_shared_option(name):
 WRITERS = ["prune", "distill", "translate", "fid", "export", "spectrum", "demo"]
 
 
-@pytest.mark.parametrize("name", [_lead_owned(n, "demo") for n in WRITERS])  # demo: --out
+@pytest.mark.parametrize("name", WRITERS)
 def test_every_output_is_dash_o_or_dash_dash_output(name):
     option = _option(name, "--output")
     assert option is not None and "-o" in option.opts

