@@ -91,7 +91,7 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *
             direction: str = "AtoB", limit: int | None = None, onnx: bool = False, runs: int = 20, warmup: int = 3,
             threads: int | None = None, device: str = "cpu", weights: str | os.PathLike | None = None,
             batch_size: int = 4, grid: str | os.PathLike | None = None, grid_rows: int = 4,
-            progress: Progress | None = None) -> dict:
+            progress: Progress | None = None, teacher_mode: str = "eval") -> dict:
     """Profile, time and score every generator on `data`'s test images; the first one is the reference.
 
     `limit` keeps the first N inputs (and real targets). Returns one dict per model under "models" (in the
@@ -113,7 +113,7 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *
     inputs = images.list_images(inputs_dir, "input folder")[:limit]
     reals = inputs if aligned else images.list_images(reals_dir, "real target folder")[:limit]
     names = unique_names([Path(c) for c in checkpoints])
-    models = {name: checkpoint.load_generator(c) for name, c in zip(names, checkpoints)}
+    models = {name: checkpoint.load_generator(c, teacher_mode) for name, c in zip(names, checkpoints)}
     multiple = max(archs.size_multiple(m.spec) for m in models.values())
     side = latency_size(inputs[0], aligned, size, multiple)
     for m in models.values():

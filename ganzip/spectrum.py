@@ -187,7 +187,7 @@ def resolve_folders(data: str | os.PathLike, real: str | os.PathLike | None, dir
 
 def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, real: str | os.PathLike | None = None,
              size: int | None = None, direction: str | None = None, limit: int | None = 100, batch_size: int = 4,
-             device: str = "cpu", wave: str = "haar", levels: int = 3) -> dict:
+             device: str = "cpu", wave: str = "haar", levels: int = 3, teacher_mode: str = "eval") -> dict:
     """Translate `data` with each generator and analyse the outputs against real images.
 
     The reference is, in order: the `real` folder; the target halves of A|B pairs (when `direction` is given);
@@ -213,7 +213,7 @@ def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, 
         batches["real"] = targets
         sources["real"] = f"{data} (target halves, {direction})"
     for name, path in zip(unique_names([Path(c) for c in checkpoints]), checkpoints):
-        module = ckpt.load_generator(path)
+        module = ckpt.load_generator(path, teacher_mode)
         batches[name] = translate_tensor(module.to(device), x.to(device), batch_size).cpu()
         sources[name] = str(path)
     reference = "real" if "real" in batches else next(iter(batches))

@@ -236,3 +236,34 @@ def test_ranks_keep_their_own_share_of_the_images():
             seen[rank] |= set(order)
     assert all(len(s) == 3 for s in seen.values())  # the same three images every epoch
     assert not (seen[0] & seen[1] or seen[1] & seen[2] or seen[0] & seen[2])
+
+
+def test_teacher_mode_reaches_translate_and_is_checked_in_every_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from ganzip.cli import app
+    from ganzip.images import list_images, load_batch
+
+    runner = CliRunner()
+    spec = archs.default_spec("unet", ngf=4, num_downs=5, norm="batch")
+    module = archs.build(spec)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    torch.save(module.state_dict(), tmp_path / "latest_net_G.pth")
+    _images(tmp_path / "in", 3, 32, 4)
+    result = runner.invoke(app, ["translate", str(tmp_path / "latest_net_G.pth"), str(tmp_path / "in"), "-o",
+                                 str(tmp_path / "out"), "--teacher-mode", "batch-stats", "--batch-size", "3"])
+    assert result.exit_code == 0, result.output
+    x = load_batch(list_images(tmp_path / "in"))
+    with torch.no_grad():  # upstream's test.py without --eval: train-mode BatchNorm, one image at a time
+        expected = torch.cat([module.train()(x[i:i + 1]) for i in range(3)])
+    got = load_batch(list_images(tmp_path / "out"))
+    assert (got - expected.clamp(-1, 1)).abs().max() <= 1.01 / 127.5  # PNG rounding only
+    for command in (["translate", "x.pth", str(tmp_path / "in"), "-o", str(tmp_path / "o2")],
+                    ["profile", "x.pth"], ["spectrum", "x.pth", "--data", str(tmp_path / "in")]):
+        args = [a if a != "x.pth" else str(tmp_path / "latest_net_G.pth") for a in command]
+        bad = runner.invoke(app, args + ["--teacher-mode", "train"])
+        assert bad.exit_code == 2 and bad.output.strip() == ("error: --teacher-mode must be one of eval, batch-stats, "
+                                                             "not 'train'"), bad.output

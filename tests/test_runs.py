@@ -235,3 +235,22 @@ def test_non_finite_teacher_loss_message_with_no_save_says_so(setup):
         distill(DistillConfig(teacher=tmp_path / "teacher.pth", data=root, ratio=2.0, method="uniform", steps=3,
                               batch_size=2, size=32, levels=2, val_images=0, out_dir=tmp_path / "n", progress=False,
                               lr=1e38, save_every=100))
+
+
+def test_pruning_inside_distill_and_training_both_report_progress(setup, monkeypatch):
+    tmp_path, root = setup
+    from ganzip.progress import Progress
+
+    seen: list[tuple[str, float, float]] = []
+    real = Progress.update
+
+    def record(self, name, done, total=None):
+        seen.append((name, done, total))
+        return real(self, name, done, total)
+
+    monkeypatch.setattr(Progress, "update", record)
+    distill(DistillConfig(teacher=tmp_path / "teacher.pth", data=root, ratio=2.0, method="search", steps=3,
+                          batch_size=2, size=32, levels=2, val_images=0, out_dir=tmp_path / "p"))
+    pruning = [(d, t) for n, d, t in seen if n == "pruning to 2x by macs"]
+    assert pruning and pruning[-1] == (1.0, 1.0) and all(t == 1.0 for _, t in pruning)
+    assert [(d, t) for n, d, t in seen if n == "distilling"] == [(1, 3), (2, 3), (3, 3)]

@@ -227,6 +227,13 @@ def device_option(default: str = "cpu", **panel: Any) -> Any:
                         **panel)
 
 
+def teacher_mode_option(**panel: Any) -> Any:
+    """--teacher-mode, the same in every command that runs a generator (checkpoint.load_generator applies it)."""
+    return typer.Option("eval", "--teacher-mode", help="BatchNorm generators: eval (saved running statistics, as GAN "
+                        "Compression) or batch-stats (each image's own, as upstream's test.py without --eval).",
+                        **panel)
+
+
 def output_option(default: Any, help: str) -> Any:
     """-o/--output, the one spelling of 'where the result goes' (see `old_out_option` for the old --out)."""
     return typer.Option(default, "-o", "--output", help=help)

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from ganzip import archs
 from ganzip.cli.common import (command, console, device_option, emit_json, giga, output_option, progress_bar,
-                               widths_text)
+                               teacher_mode_option, widths_text)
 
 # --- prune -------------------------------------------------------------------------------------------------
 
@@ -133,9 +133,7 @@ def distill_cmd(
                                                "(paper: about 4x, ndf 64 -> 32).", rich_help_panel=_OBJECTIVE),
     teacher_disc: Optional[Path] = typer.Option(None, "--teacher-disc", help="Start D from the teacher's "
                                                 "discriminator (latest_net_D*.pth).", rich_help_panel=_OBJECTIVE),
-    teacher_mode: str = typer.Option("eval", "--teacher-mode", help="BatchNorm teachers: eval (saved running "
-                                     "statistics, as GAN Compression) or batch-stats (each image's own, as "
-                                     "upstream's test.py without --eval).", rich_help_panel=_OBJECTIVE),
+    teacher_mode: str = teacher_mode_option(rich_help_panel=_OBJECTIVE),
     steps: int = typer.Option(1000, "--steps", help="Training steps.", rich_help_panel=_TRAINING),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per step (per process under torchrun).",
                                    rich_help_panel=_TRAINING),

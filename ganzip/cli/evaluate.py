@@ -13,6 +13,7 @@ from ganzip.cli.common import (
     command,
     console,
     device_option,
+    teacher_mode_option,
     emit_json,
     old_out_option,
     output_option,
@@ -34,6 +35,7 @@ def translate_cmd(
     direction: Optional[str] = typer.Option(None, help="AtoB or BtoA: the inputs are aligned A|B pairs; use that "
                                                        "input half."),
     device: str = device_option(),
+    teacher_mode: str = teacher_mode_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
     out: Optional[Path] = old_out_option(),
 ) -> None:
@@ -44,7 +46,7 @@ def translate_cmd(
 
     out = pick_output(output, out, required="the output folder")
     device = resolve_device(device)
-    module = ckpt.load_generator(checkpoint)
+    module = ckpt.load_generator(checkpoint, teacher_mode)
     with progress_bar() as update:
         written = translate_folder(module, input_dir, out, size=size, batch_size=batch_size, device=device,
                                    direction=direction,
@@ -74,6 +76,7 @@ def fid_cmd(
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's "
                                                      "inception-v3-compat weights file (else found offline)."),
     device: str = device_option(),
+    teacher_mode: str = teacher_mode_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     out: Optional[Path] = old_out_option(),
 ) -> None:
@@ -99,9 +102,9 @@ def fid_cmd(
         from ganzip.atomic import refuse_input_as_output
 
         refuse_input_as_output(out, data, real)  # the dataset's own folders are checked once resolved, in ganzip.fid
-        models = {"student": ckpt.load_generator(checkpoint)}
+        models = {"student": ckpt.load_generator(checkpoint, teacher_mode)}
         if teacher is not None:
-            models["teacher"] = ckpt.load_generator(teacher)
+            models["teacher"] = ckpt.load_generator(teacher, teacher_mode)
         weights = fidlib.resolve_weights(inception_weights)  # before any translation starts
         results = {}
         with progress_bar() as update:
@@ -201,6 +204,7 @@ def spectrum_cmd(
     wave: str = typer.Option("haar", "--wavelet", "--wave", help="Any discrete PyWavelets name (as distill)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per forward pass."),
     device: str = device_option(),
+    teacher_mode: str = teacher_mode_option(),
     output: Optional[Path] = output_option(None, "Write a PNG plot here (needs matplotlib)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full analysis as JSON."),
 ) -> None:
@@ -221,7 +225,8 @@ def spectrum_cmd(
         spectrum.require_matplotlib()  # likewise: a missing plotting library is found now, not at the end
     with status("translating and analysing"):
         result = spectrum.spectrum(checkpoints, data, real=real, size=size, direction=direction, limit=limit,
-                                   batch_size=batch_size, device=resolve_device(device), wave=wave, levels=levels)
+                                   batch_size=batch_size, device=resolve_device(device), wave=wave, levels=levels,
+                                   teacher_mode=teacher_mode)
     if output is not None:
         result["plot"] = str(spectrum.plot(result, output))
     if as_json:

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from ganzip import archs
 from ganzip.cli.common import (command, console, device_option, emit_json, giga, mega, progress_bar, status,
-                               widths_text)
+                               teacher_mode_option, widths_text)
 from ganzip.errors import UserError
 
 # --- inspect -----------------------------------------------------------------------------------------------
@@ -77,6 +77,7 @@ def profile_cmd(
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's choice)."),
     onnx: bool = typer.Option(False, "--onnx", help="Also time the model(s) in onnxruntime."),
     device: str = device_option(),
+    teacher_mode: str = teacher_mode_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Parameters, MACs (paper convention and exact) and latency; with --teacher, compression and speedup."""
@@ -88,8 +89,8 @@ def profile_cmd(
         raise UserError("--size, --batch and --runs must be positive integers")
     check_threads(threads)
     device = resolve_device(device)
-    student = ckpt.load_generator(checkpoint)
-    teacher_module = ckpt.load_generator(teacher) if teacher else None
+    student = ckpt.load_generator(checkpoint, teacher_mode)
+    teacher_module = ckpt.load_generator(teacher, teacher_mode) if teacher else None
     for module in (student, teacher_module):
         if module is not None:
             archs.check_size(module.spec, size)
@@ -160,6 +161,7 @@ def compare_cmd(
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's "
                                                      "inception-v3-compat weights file (else found offline)."),
     device: str = device_option(),
+    teacher_mode: str = teacher_mode_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Teacher and students side by side: params, MACs, latency, FID vs real and vs the first model; a grid image."""
@@ -169,7 +171,8 @@ def compare_cmd(
     with progress_bar() as update:
         result = compare(checkpoints, data, size=size, direction=direction, limit=limit, onnx=onnx, runs=runs,
                          threads=threads, device=resolve_device(device), weights=inception_weights,
-                         batch_size=batch_size, grid=output, grid_rows=grid_rows, progress=update)
+                         batch_size=batch_size, grid=output, grid_rows=grid_rows, progress=update,
+                         teacher_mode=teacher_mode)
     if as_json:
         emit_json(result)
         return
