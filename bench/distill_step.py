@@ -1,12 +1,13 @@
-"""Where a distillation step's time goes, and what --cache-teacher buys.
+"""Where a distillation step's time goes, and what --precision bf16, channels_last and --cache-teacher buy.
 
 Part 1 times the pieces of one step with the paper's models (teacher: CycleGAN ResNet-9, ngf 64; student: the
-uniform ngf-24 student, 7.08x fewer parameters), alternating the pieces so that machine noise hits all alike:
-teacher forward, student forward+backward (adversarial + wavelet KD), the DWT alone, and the discriminator step.
+uniform ngf-24 student, 7.08x fewer parameters), in fp32 and under bf16 autocast, all alternating so that machine
+noise hits every variant alike: teacher forward (also channels_last), student forward+backward (adversarial +
+wavelet KD), the DWT alone, and the discriminator step.
 
-Part 2 runs the real `ganzip.distill` loop on horse2zebra photos twice, with and without --cache-teacher, for the
-same steps, and reports images/s of each (the cache only helps from the second epoch on, so the run covers
-several epochs of a small image set).
+Part 2 runs the real `ganzip.distill` loop on horse2zebra photos with each of fp32/bf16 x without/with
+--cache-teacher, for the same steps, and reports images/s of each (the cache only helps from the second epoch
+on, so the run covers several epochs of a small image set). These four runs are sequential, not alternated.
 
 Prints one JSON object. Example: python bench/distill_step.py --size 128 --batch 4 --runs 10
 """
@@ -14,6 +15,7 @@ Prints one JSON object. Example: python bench/distill_step.py --size 128 --batch
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import statistics
@@ -39,23 +41,30 @@ def _median_ms(samples: list[float]) -> float:
 def time_pieces(size: int, batch: int, runs: int) -> dict:
     torch.manual_seed(0)
     teacher = archs.build(archs.default_spec("resnet", ngf=64, n_blocks=9)).eval().requires_grad_(False)
+    teacher_cl = copy.deepcopy(teacher).to(memory_format=torch.channels_last)
     student = inherit(teacher, uniform_spec(teacher.spec, 24 / 64)).train()
     disc = archs.build(archs.default_spec("patchgan", ndf=64)).train()
     kd = WaveletKD("haar", 4, "l2")
     opt_g = torch.optim.Adam(student.parameters(), 2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), 2e-4, betas=(0.5, 0.999))
     x = torch.rand(batch, 3, size, size) * 2 - 1
+    x_cl = x.to(memory_format=torch.channels_last)
     real = torch.rand(batch, 3, size, size) * 2 - 1
     with torch.no_grad():
         t_fixed = teacher(x)
 
-    def teacher_forward() -> None:
-        with torch.no_grad():
-            teacher(x)
+    def autocast(bf16: bool):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
-    def student_step() -> None:
-        s = student(x)
-        loss = lsgan_g_loss(disc(s)) + 0.4 * kd(s, t_fixed)
+    def teacher_forward(bf16: bool, channels_last: bool = False) -> None:
+        with torch.inference_mode(), autocast(bf16):
+            (teacher_cl if channels_last else teacher)(x_cl if channels_last else x)
+
+    def student_step(bf16: bool) -> None:
+        with autocast(bf16):
+            s = student(x).float()
+            gan = lsgan_g_loss(disc(s).float())
+        loss = gan + 0.4 * kd(s, t_fixed)
         opt_g.zero_grad()
         loss.backward()
         opt_g.step()
@@ -64,16 +73,21 @@ def time_pieces(size: int, batch: int, runs: int) -> dict:
         with torch.no_grad():
             kd.dwt(t_fixed)
 
-    def disc_step() -> None:
-        with torch.no_grad():
-            s = student(x)
-        loss = lsgan_d_loss(disc(real), disc(s))
+    def disc_step(bf16: bool) -> None:
+        with torch.no_grad(), autocast(bf16):
+            s = student(x).float()
+        with autocast(bf16):
+            loss = lsgan_d_loss(disc(real).float(), disc(s).float())
         opt_d.zero_grad()
         loss.backward()
         opt_d.step()
 
-    pieces = {"teacher_forward": teacher_forward, "student_forward_backward": student_step, "dwt": dwt_only,
-              "discriminator": disc_step}
+    pieces = {"dwt": dwt_only}
+    for precision, bf16 in (("fp32", False), ("bf16", True)):
+        pieces[f"teacher_forward_{precision}"] = lambda b=bf16: teacher_forward(b)
+        pieces[f"teacher_forward_{precision}_channels_last"] = lambda b=bf16: teacher_forward(b, True)
+        pieces[f"student_forward_backward_{precision}"] = lambda b=bf16: student_step(b)
+        pieces[f"discriminator_{precision}"] = lambda b=bf16: disc_step(b)
     for fn in pieces.values():
         fn()
     samples: dict[str, list[float]] = {k: [] for k in pieces}
@@ -84,9 +98,11 @@ def time_pieces(size: int, batch: int, runs: int) -> dict:
             samples[name].append(time.perf_counter() - start)
     ms = {k: _median_ms(v) for k, v in samples.items()}
     # The student step includes its own D forward for the adversarial term; the DWT runs inside it too.
-    step_ms = ms["teacher_forward"] + ms["student_forward_backward"] + ms["discriminator"]
+    step_ms = {p: ms[f"teacher_forward_{p}"] + ms[f"student_forward_backward_{p}"] + ms[f"discriminator_{p}"]
+               for p in ("fp32", "bf16")}
     return {"size": size, "batch": batch, "runs": runs, "ms": ms, "step_ms": step_ms,
-            "teacher_share": ms["teacher_forward"] / step_ms,
+            "bf16_speedup": step_ms["fp32"] / step_ms["bf16"],
+            "teacher_share": {p: ms[f"teacher_forward_{p}"] / step_ms[p] for p in step_ms},
             "student_params": sum(p.numel() for p in student.parameters()),
             "teacher_params": sum(p.numel() for p in teacher.parameters())}
 
@@ -103,25 +119,27 @@ def cache_comparison(size: int, batch: int, images: int, epochs: int, data: Path
         student = inherit(teacher, uniform_spec(teacher.spec, 24 / 64))
         checkpoint.save_generator(student, work / "student.pth")
         steps = epochs * (images // batch)
-        result = {}
-        for cached in (False, True):
-            cfg = DistillConfig(teacher=work / "teacher.pth", data=work / "data", student=work / "student.pth",
-                                steps=steps, batch_size=batch, size=size, save_every=10 ** 9, sample_every=10 ** 9,
-                                out_dir=work / f"run_{cached}", cache_teacher=cached, flip=True, progress=False)
-            stamps: list[float] = []
-            start = time.perf_counter()
-            distill(cfg, on_step=lambda step, losses: stamps.append(time.perf_counter()))
-            seconds = time.perf_counter() - start
-            # From the end of the first epoch on, the cache is warm (for the flips drawn so far): its steady state.
-            first = images // batch - 1
-            later = (len(stamps) - 1 - first) * batch / (stamps[-1] - stamps[first])
-            result["with_cache" if cached else "without_cache"] = {
-                "seconds": seconds, "images_per_s": steps * batch / seconds, "images_per_s_after_epoch_1": later}
-        result.update({"steps": steps, "epochs": epochs, "images": images,
-                       "speedup": result["with_cache"]["images_per_s"] / result["without_cache"]["images_per_s"],
-                       "speedup_after_epoch_1": result["with_cache"]["images_per_s_after_epoch_1"]
-                       / result["without_cache"]["images_per_s_after_epoch_1"]})
-        return result
+        runs = {}
+        for precision in ("fp32", "bf16"):
+            for cached in (False, True):
+                name = f"{precision}_{'with' if cached else 'without'}_cache"
+                cfg = DistillConfig(teacher=work / "teacher.pth", data=work / "data", student=work / "student.pth",
+                                    steps=steps, batch_size=batch, size=size, save_every=10 ** 9,
+                                    sample_every=10 ** 9, val_images=0, out_dir=work / f"run_{name}",
+                                    cache_teacher=cached, precision=precision, progress=False)
+                stamps: list[float] = []
+                start = time.perf_counter()
+                distill(cfg, on_step=lambda step, losses: stamps.append(time.perf_counter()))
+                seconds = time.perf_counter() - start
+                # From the end of the first epoch on, the cache is warm (for the flips drawn so far): its steady state.
+                first = images // batch - 1
+                later = (len(stamps) - 1 - first) * batch / (stamps[-1] - stamps[first])
+                runs[name] = {"seconds": seconds, "images_per_s": steps * batch / seconds,
+                              "images_per_s_after_epoch_1": later}
+        base = runs["fp32_without_cache"]["images_per_s_after_epoch_1"]
+        return {"steps": steps, "epochs": epochs, "images": images, "runs": runs,
+                "speedup_after_epoch_1_vs_fp32_without_cache": {
+                    k: v["images_per_s_after_epoch_1"] / base for k, v in runs.items()}}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -141,7 +159,7 @@ def main() -> None:
     if not (args.data / "trainA").is_dir():
         sys.exit(f"no horse2zebra-layout data at {args.data}; pass --data DIR")
     out = {"threads": torch.get_num_threads(), "pieces": time_pieces(args.size, args.batch, args.runs),
-           "cache": cache_comparison(args.size, args.batch, args.images, args.epochs, args.data)}
+           "loop": cache_comparison(args.size, args.batch, args.images, args.epochs, args.data)}
     print(json.dumps(out, indent=2))
 
 

@@ -137,11 +137,12 @@ class TrainSet:
     """
 
     def __init__(self, source: Source, load_size: int, crop_size: int, flip: bool = True, seed: int = 0,
-                 budget: MemoryBudget | None = None):
+                 budget: MemoryBudget | None = None, offset_multiple: int = 1):
         if load_size < crop_size:
             raise UserError(f"--load-size {load_size} is smaller than the crop --size {crop_size}; use a load size "
                             f">= the crop size")
         self.source, self.load_size, self.crop_size, self.flip, self.seed = source, load_size, crop_size, flip, seed
+        self.offset_multiple = offset_multiple  # crop offsets on this grid (see ganzip.targets for why)
         self.budget = budget if budget is not None else MemoryBudget(2**62)
         self._cache: dict[tuple[str, Path], torch.Tensor] = {}
         self._warned_small = False
@@ -175,9 +176,10 @@ class TrainSet:
     def draw(self, index: int, epoch: int) -> tuple[bool, int, int, int | None]:
         """(flip, top, left, unpaired target index) for one index in one epoch, from seeded(seed, epoch, index)."""
         g = seeded(self.seed, epoch, index)
-        span = self.load_size - self.crop_size
-        top = int(torch.randint(0, span + 1, (1,), generator=g))
-        left = int(torch.randint(0, span + 1, (1,), generator=g))
+        m = self.offset_multiple
+        positions = (self.load_size - self.crop_size) // m + 1
+        top = int(torch.randint(0, positions, (1,), generator=g)) * m
+        left = int(torch.randint(0, positions, (1,), generator=g)) * m
         flip = bool(self.flip and torch.rand(1, generator=g).item() < 0.5)
         other = None if self.source.paired else int(torch.randint(0, len(self.source.targets), (1,), generator=g))
         return flip, top, left, other

@@ -45,7 +45,7 @@ from ganzip.memory import MemoryBudget, default_budget
 from ganzip.progress import Progress
 from ganzip.runs import RunFolder
 from ganzip.schedule import lr_factor
-from ganzip.targets import TeacherTargets
+from ganzip.targets import TeacherTargets, offset_multiple
 from ganzip.validate import Validator, load_inputs, spaced
 
 __all__ = ["DistillConfig", "distill", "NonFiniteLoss", "Stopped"]
@@ -118,6 +118,8 @@ def _distill(cfg: DistillConfig, run: RunFolder, stop: "_StopSignals", progress:
     local = int(os.environ.get("LOCAL_WORLD_SIZE", rt.world))
     budget = MemoryBudget(cfg.cache_mb * 2**20 if cfg.cache_mb is not None else default_budget(local))
     train = data.TrainSet(source, cfg.load_size, cfg.size, cfg.flip, cfg.seed, budget)
+    if cfg.cache_teacher:
+        train.offset_multiple = offset_multiple(teacher, train)
     schedule = data.Schedule(len(train), cfg.batch_size, cfg.seed, rt.rank, rt.world)
 
     # --- models and optimisers ------------------------------------------------------------------------------

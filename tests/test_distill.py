@@ -176,6 +176,13 @@ def test_cached_target_is_the_teacher_output_on_the_whole_image_cropped_with_the
             windows.add((top, left))
             flips.add(flip)
     assert len(targets) <= 16 and len(windows) > 3 and flips == {True, False}
+    # distill draws the offsets of cached crops on the network's grid (4 px for this ResNet)
+    from ganzip.targets import offset_multiple
+
+    assert offset_multiple(teacher, train) == 4
+    train.offset_multiple = 4
+    grid = {w for e in range(6) for w in train.batch(list(range(8)), e)["window"]}
+    assert {v for w in grid for v in w} <= {0, 4, 8} and len(grid) > 3
     # Without the cache the teacher runs on the crop itself: the same picture, a slightly different image
     # (more context at the borders, instance norm over the whole image).
     batch = train.batch(list(range(8)), 0)
