@@ -21,26 +21,14 @@ from ganzip import archs, checkpoint
 from ganzip.cli import app
 from ganzip.distill import DistillConfig, distill
 from ganzip.errors import UserError
+from run_data import unpaired_setup, write_images
 
 runner = CliRunner()
 
 
-def _images(folder: Path, n: int, size: int, seed: int, width: int | None = None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        arr = rng.integers(0, 256, (size, width or size, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(folder / f"{i:03d}.png")
-
-
 @pytest.fixture
 def setup(tmp_path):
-    data = tmp_path / "data"
-    _images(data / "trainA", 8, 32, 0)
-    _images(data / "trainB", 6, 32, 1)
-    teacher = archs.build(archs.default_spec("resnet", ngf=8, n_blocks=2))
-    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
-    return tmp_path, data
+    return unpaired_setup(tmp_path)
 
 
 def _cfg(tmp_path, data, out, **kw):
@@ -190,7 +178,7 @@ def test_cached_target_is_the_teacher_output_on_the_whole_image_cropped_with_the
 
 
 def test_paired_data_and_pruned_discriminator(tmp_path):
-    _images(tmp_path / "maps" / "train", 4, 32, 3, width=64)
+    write_images(tmp_path / "maps" / "train", 4, 32, 3, width=64)
     teacher = archs.build(archs.default_spec("unet", ngf=8, num_downs=5, norm="batch"))
     torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
     summary = distill(DistillConfig(teacher=tmp_path / "teacher.pth", data=tmp_path / "maps", ratio=2.0,

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import pywt
 import torch
-from PIL import Image
 
 from ganzip import archs, checkpoint, data, fid
 from ganzip.archs.layers import set_teacher_mode
@@ -18,26 +17,12 @@ from ganzip.distill import DistillConfig, distill
 from ganzip.losses import CycleL1, LowBandL1
 from ganzip.memory import MemoryBudget
 from ganzip.schedule import lr_factor
-
-
-def _images(folder: Path, n: int, size: int, seed: int, width: int | None = None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        # smooth blobs: random-noise images would make every PSNR and FID meaningless
-        base = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-        img = Image.fromarray(base).resize((width or size, size), Image.BICUBIC)
-        img.save(folder / f"{i:03d}.png")
+from run_data import bn_unet_with_running_stats, unpaired_setup, write_images
 
 
 @pytest.fixture
 def setup(tmp_path):
-    root = tmp_path / "data"
-    _images(root / "trainA", 8, 32, 0)
-    _images(root / "trainB", 6, 32, 1)
-    teacher = archs.build(archs.default_spec("resnet", ngf=8, n_blocks=2))
-    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
-    return tmp_path, root
+    return unpaired_setup(tmp_path, smooth=True)
 
 
 def _cfg(tmp_path, root, out, **kw):
@@ -118,7 +103,7 @@ def test_resolved_defaults_are_what_the_run_records(setup):
 
 
 def test_paired_data_defaults_to_l1_weight_100_and_no_anchor(tmp_path):
-    _images(tmp_path / "maps" / "train", 4, 32, 3, width=64)
+    write_images(tmp_path / "maps" / "train", 4, 32, 3, width=64, smooth=True)
     teacher = archs.build(archs.default_spec("unet", ngf=8, num_downs=5, norm="batch"))
     torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
     cfg = DistillConfig(teacher=tmp_path / "teacher.pth", data=tmp_path / "maps", ratio=2.0, method="uniform",
@@ -134,8 +119,8 @@ def test_paired_data_defaults_to_l1_weight_100_and_no_anchor(tmp_path):
 
 def test_direction_follows_the_teachers_provenance(tmp_path):
     root = tmp_path / "data"
-    _images(root / "trainA", 3, 32, 0)
-    _images(root / "trainB", 6, 32, 1)
+    write_images(root / "trainA", 3, 32, 0, smooth=True)
+    write_images(root / "trainB", 6, 32, 1, smooth=True)
     teacher = archs.build(archs.default_spec("resnet", ngf=8, n_blocks=2))
     checkpoint.save_generator(teacher, tmp_path / "teacher.pth", direction="BtoA")
     # batch 4 only fits the 6 trainB images: the run can only succeed if it really reads B as its input
@@ -147,7 +132,7 @@ def test_direction_follows_the_teachers_provenance(tmp_path):
 
 def test_validation_lines_best_checkpoint_and_independent_scores(setup):
     tmp_path, root = setup
-    _images(root / "testA", 5, 32, 7)
+    write_images(root / "testA", 5, 32, 7, smooth=True)
     summary = distill(_cfg(tmp_path, root, "val", steps=6, val_images=4, eval_every=3))
     out = tmp_path / "val"
     vals = [r for r in _lines(out) if "val_psnr" in r]
@@ -192,13 +177,8 @@ def test_without_a_held_out_folder_five_percent_of_the_inputs_are_held_out(setup
 
 def test_batch_stats_mode_matches_upstream_test_without_eval():
     """Upstream's test.py without --eval: BatchNorm in train mode, one image per batch."""
-    spec = archs.default_spec("unet", ngf=4, num_downs=5, norm="batch")
-    module = archs.build(spec)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
-    reference = archs.build(spec)
+    module = bn_unet_with_running_stats()
+    reference = archs.build(module.spec)
     reference.load_state_dict(module.state_dict())
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     with torch.no_grad():
@@ -245,14 +225,9 @@ def test_teacher_mode_reaches_translate_and_is_checked_in_every_command(tmp_path
     from ganzip.images import list_images, load_batch
 
     runner = CliRunner()
-    spec = archs.default_spec("unet", ngf=4, num_downs=5, norm="batch")
-    module = archs.build(spec)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
+    module = bn_unet_with_running_stats()
     torch.save(module.state_dict(), tmp_path / "latest_net_G.pth")
-    _images(tmp_path / "in", 3, 32, 4)
+    write_images(tmp_path / "in", 3, 32, 4, smooth=True)
     result = runner.invoke(app, ["translate", str(tmp_path / "latest_net_G.pth"), str(tmp_path / "in"), "-o",
                                  str(tmp_path / "out"), "--teacher-mode", "batch-stats", "--batch-size", "3"])
     assert result.exit_code == 0, result.output

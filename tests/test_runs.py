@@ -21,25 +21,14 @@ from ganzip import archs, checkpoint
 from ganzip.cli import app
 from ganzip.distill import DistillConfig, Stopped, distill
 from ganzip.errors import UserError
+from run_data import unpaired_setup
 
 runner = CliRunner()
 
 
-def _images(folder: Path, n: int, size: int, seed: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
-
-
 @pytest.fixture
 def setup(tmp_path):
-    root = tmp_path / "data"
-    _images(root / "trainA", 8, 32, 0)
-    _images(root / "trainB", 6, 32, 1)
-    teacher = archs.build(archs.default_spec("resnet", ngf=8, n_blocks=2))
-    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
-    return tmp_path, root
+    return unpaired_setup(tmp_path)
 
 
 def _args(tmp_path, root, out="run", *extra):
