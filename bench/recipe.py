@@ -85,43 +85,54 @@ def save_folder(batch: torch.Tensor, folder: Path, names: list[str] | None = Non
 
 
 def prepare(work: Path, args: argparse.Namespace) -> dict:
-    """Everything the variants share, made once and kept in `work`: targets, pruned student, reverse teacher."""
+    """Everything the variants share, made once and kept in `work`: targets, pruned student, reverse teacher.
+
+    Each piece is written whole or not at all, so an interrupted preparation resumes where it stopped.
+    """
     teacher_path = vintagify_path()
     teacher = checkpoint.load_generator(teacher_path)
     info_path = work / "prepared.json"
     if info_path.exists():
         return json.loads(info_path.read_text())
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     target_paths = images.list_images(H2Z / "trainB")
-    outs = [translate_tensor(teacher, images.load_batch(target_paths[i:i + 64], args.size), 8)
-            for i in range(0, len(target_paths), 64)]
-    save_folder(torch.cat(outs), work / "targets", [p.name for p in target_paths])
-    log(f"{len(target_paths)} targets (teacher on trainB) in {time.perf_counter() - t0:.0f} s")
+    if not (work / "targets").is_dir():
+        t0 = time.perf_counter()
+        outs = [translate_tensor(teacher, images.load_batch(target_paths[i:i + 64], args.size), 8)
+                for i in range(0, len(target_paths), 64)]
+        save_folder(torch.cat(outs), work / "targets", [p.name for p in target_paths])
+        log(f"{len(target_paths)} targets (teacher on trainB) in {time.perf_counter() - t0:.0f} s")
 
     test_paths = images.list_images(H2Z / "testA")
     test_inputs = images.load_batch(test_paths, args.size)
-    save_folder(translate_tensor(teacher, test_inputs, 8), work / "reference", [p.name for p in test_paths])
+    if not (work / "reference").is_dir():
+        save_folder(translate_tensor(teacher, test_inputs, 8), work / "reference", [p.name for p in test_paths])
 
-    t0 = time.perf_counter()
     train_paths = images.list_images(H2Z / "trainA")
-    calib = images.load_batch(train_paths[:: max(1, len(train_paths) // 8)][:8], args.size)
-    pruned = prune.prune(teacher, args.ratio, by="macs", method="search", size=args.size, calib=calib, seed=0)
-    checkpoint.save_generator(pruned.module, work / "student_init.pth", teacher_sha256=checkpoint.sha256(teacher_path),
-                              ratio=args.ratio, by="macs", method="search", achieved=pruned.achieved, size=args.size)
-    log(f"pruned {pruned.achieved:.2f}x by MACs in {time.perf_counter() - t0:.0f} s: {pruned.spec['widths']}")
+    if not (work / "student_init.pth").exists():
+        t0 = time.perf_counter()
+        calib = images.load_batch(train_paths[:: max(1, len(train_paths) // 8)][:8], args.size)
+        pruned = prune.prune(teacher, args.ratio, by="macs", method=args.method, size=args.size, calib=calib, seed=0)
+        checkpoint.save_generator(pruned.module, work / "student_init.pth",
+                                  teacher_sha256=checkpoint.sha256(teacher_path), ratio=args.ratio, by="macs",
+                                  method=args.method, achieved=pruned.achieved, size=args.size)
+        log(f"pruned {pruned.achieved:.2f}x by MACs in {time.perf_counter() - t0:.0f} s: {pruned.spec['widths']}")
+    student = checkpoint.load(work / "student_init.pth")
 
     t0 = time.perf_counter()
     photos = images.load_batch(train_paths, args.size)
-    vintage = torch.cat([translate_tensor(teacher, photos[i:i + 64], 8) for i in range(0, len(photos), 64)])
-    spec = archs.default_spec("resnet", ngf=32, n_blocks=6)
-    reverse = fit.fit_paired(spec, fit.Pairs(vintage, photos, [p.name for p in train_paths]), args.reverse_steps,
-                             batch_size=4, lr=2e-4, seed=0)
-    checkpoint.save_generator(reverse, work / "reverse.pth", fitted="L1 from vintagify outputs back to trainA photos",
-                              steps=args.reverse_steps, size=args.size, direction="BtoA")
+    if not (work / "reverse.pth").exists():
+        vintage = torch.cat([translate_tensor(teacher, photos[i:i + 64], 8) for i in range(0, len(photos), 64)])
+        spec = archs.default_spec("resnet", ngf=32, n_blocks=6)
+        reverse = fit.fit_paired(spec, fit.Pairs(vintage, photos, [p.name for p in train_paths]), args.reverse_steps,
+                                 batch_size=4, lr=2e-4, seed=0)
+        checkpoint.save_generator(reverse, work / "reverse.pth", fitted="L1 from vintagify outputs back to trainA "
+                                  "photos", steps=args.reverse_steps, size=args.size, direction="BtoA")
+    reverse = checkpoint.load_generator(work / "reverse.pth")
     back = translate_tensor(reverse, translate_tensor(teacher, test_inputs, 8), 8)
-    info = {"teacher": str(teacher_path), "size": args.size, "ratio": args.ratio, "achieved": pruned.achieved,
-            "widths": pruned.spec["widths"], "targets": len(target_paths), "test_images": len(test_paths),
+    info = {"teacher": str(teacher_path), "size": args.size, "ratio": args.ratio,
+            "method": student.provenance["method"], "achieved": student.provenance["achieved"],
+            "widths": student.spec["widths"], "targets": len(target_paths), "test_images": len(test_paths),
             "reverse_teacher": {"spec": "resnet_6blocks ngf 32", "steps": args.reverse_steps,
                                 "seconds": time.perf_counter() - t0,
                                 "psnr_cycle_db": psnr(back, test_inputs)}}
@@ -222,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--ratio", type=float, default=7.0)
+    p.add_argument("--method", choices=("search", "uniform"), default="search", help="how the shared student is pruned")
     p.add_argument("--val-images", type=int, default=60, help="held-out images scored while training (testA)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--reverse-steps", type=int, default=1500, help="L1 fit steps of the reverse teacher")

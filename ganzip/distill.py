@@ -96,8 +96,7 @@ def _distill(cfg: DistillConfig, run: RunFolder, stop: "_StopSignals", progress:
     cfg = config.resolve(cfg, teacher.provenance, source.paired)
     output = config.output_path(cfg)
     config.check_outputs(cfg, output)
-    for m in (teacher,):
-        archs.check_size(m.spec, cfg.size)
+    archs.check_size(teacher.spec, cfg.size)
 
     # --- start or resume ------------------------------------------------------------------------------------
     state = None
