@@ -13,6 +13,7 @@ front, and the resolved values are what is recorded.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -178,8 +179,9 @@ def resolve(cfg: DistillConfig, teacher_provenance: dict, paired: bool) -> Disti
 
 
 def record(cfg: DistillConfig) -> dict[str, Any]:
-    """The config as JSON-ready values (paths as given, so a moved run folder still reads naturally)."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    """The config as JSON-ready values, paths made absolute: a run resumed from another folder still names the same
+    files."""
+    return {k: (os.path.abspath(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
 
 
 def recipe_changes(saved: dict, new: DistillConfig) -> list[str]:

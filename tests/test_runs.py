@@ -243,3 +243,15 @@ def test_pruning_inside_distill_and_training_both_report_progress(setup, monkeyp
     pruning = [(d, t) for n, d, t in seen if n == "pruning to 2x by macs"]
     assert pruning and pruning[-1] == (1.0, 1.0) and all(t == 1.0 for _, t in pruning)
     assert [(d, t) for n, d, t in seen if n == "distilling"] == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_resume_from_another_folder_with_other_spellings_of_the_same_paths(setup, monkeypatch):
+    tmp_path, root = setup
+    monkeypatch.chdir(tmp_path)
+    relative = ["distill", "teacher.pth", "--data", "data", "--ratio", "2", "--method", "uniform", "--steps", "4",
+                "--batch-size", "2", "--size", "32", "--levels", "2", "--val-images", "0", "--out-dir", "run"]
+    assert runner.invoke(app, relative).exit_code == 0
+    monkeypatch.chdir(root)
+    result = runner.invoke(app, _args(tmp_path, Path("."), "run", "--resume", "--steps", "6"))  # absolute, and "."
+    assert result.exit_code == 0, result.output
+    assert _steps(tmp_path / "run") == [1, 2, 3, 4, 5, 6]
