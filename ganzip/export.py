@@ -9,6 +9,7 @@ the one .onnx file: generators are far below protobuf's 2 GB limit and a single 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import warnings
@@ -24,6 +25,8 @@ from ganzip.atomic import atomic_path, check_writable
 from ganzip.errors import UserError
 
 TOLERANCE = 1e-4
+SPEC_KEY = "ganzip.spec"  # metadata: the generator's spec, so the file can be described and profiled later
+PRECISION_KEY = "ganzip.precision"
 
 
 def _channels(module: nn.Module) -> int:
@@ -70,6 +73,18 @@ def _name_dynamic_dims(proto: Any) -> Any:
     return proto
 
 
+def set_metadata(proto: Any, values: dict[str, str]) -> Any:
+    """Add or replace metadata_props entries (null values are left out)."""
+    kept = [p for p in proto.metadata_props if p.key not in values]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in values.items():
+        if value is not None and value != "null":
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+    return proto
+
+
 def _opset(model_proto: Any) -> int:
     return next(o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx"))
 
@@ -84,6 +99,7 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, opset: int | None = 
     import onnx
 
     proto = _name_dynamic_dims(_program(module, size, batch, opset, dynamic).model_proto)
+    set_metadata(proto, {SPEC_KEY: json.dumps(getattr(module, "spec", None)), PRECISION_KEY: "fp32"})
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]

@@ -36,7 +36,7 @@ def translate_tensor(module: nn.Module, x: torch.Tensor, batch_size: int = 4) ->
     m = _multiple(module)
     h, w = x.shape[-2:]
     ph, pw = (-h) % m, (-w) % m
-    device = next(module.parameters()).device
+    device = next(module.parameters(), torch.empty(0)).device  # an .onnx generator has none: CPU
     outs = []
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
@@ -90,7 +90,7 @@ def translate_folder(module: nn.Module, input_dir: str | os.PathLike, out_dir: s
     if out_dir.resolve() == Path(input_dir).resolve():
         raise UserError("the output folder is the input folder; choose another -o so inputs are not overwritten")
     module = module.eval().to(device)
-    channels = module.spec["input_nc"] if getattr(module, "spec", None) else 3
+    channels = module.spec["input_nc"] if getattr(module, "spec", None) else getattr(module, "input_nc", 3)
     written: list[Path] = []
     batch: list[tuple[Path, torch.Tensor]] = []
 
