@@ -69,7 +69,7 @@ def split_calibration(paths: Sequence[Path], held_out: int) -> tuple[list[Path],
     if len(paths) < 2:
         raise UserError(f"--calib needs at least 2 images (some to calibrate on, some held out to check), found "
                         f"{len(paths)}")
-    held_out = max(1, min(held_out, len(paths) // 2))
+    held_out = max(1, min(held_out, len(paths) // 4))
     step = len(paths) / held_out
     held = {int(i * step + step / 2) for i in range(held_out)}
     return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
