@@ -152,7 +152,7 @@ def _materialise(module: nn.Module) -> nn.Module:
 
 
 def time_call(fn: Callable[[], object], min_runs: int = 5, max_runs: int = 25, budget_s: float = 0.15,
-              warmup: int = 2) -> float:
+              warmup: int = 2, clock: Callable[[], float] = time.perf_counter) -> float:
     """Milliseconds of one call: the lower quartile of at least `min_runs` runs (more while under `budget_s`).
 
     Other processes only ever add time, so the lower quartile is the steadiest estimate of what the unit costs on
@@ -163,11 +163,18 @@ def time_call(fn: Callable[[], object], min_runs: int = 5, max_runs: int = 25, b
     samples: list[float] = []
     spent = 0.0
     while len(samples) < min_runs or (spent < budget_s and len(samples) < max_runs):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        samples.append(time.perf_counter() - start)
+        samples.append(clock() - start)
         spent += samples[-1]
     return statistics.quantiles(samples, n=4)[0] * 1e3 if len(samples) >= 2 else samples[0] * 1e3
+
+
+def _clock(threads: int) -> Callable[[], float]:
+    """With one thread the work runs on this thread alone, so its CPU time is its latency minus the time other
+    processes held the core: what the unit costs on a quiet machine, measured on a busy one. More threads need
+    the wall clock (their CPU times add up)."""
+    return time.process_time if threads == 1 else time.perf_counter
 
 
 def _measure_torch(module: nn.Module, shape: tuple[int, ...], threads: int) -> float:
@@ -177,7 +184,7 @@ def _measure_torch(module: nn.Module, shape: tuple[int, ...], threads: int) -> f
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            return time_call(lambda: real(x))
+            return time_call(lambda: real(x), clock=_clock(threads))
     finally:
         torch.set_num_threads(before)
 
@@ -186,10 +193,38 @@ def _measure_onnxruntime(module: nn.Module, shape: tuple[int, ...], threads: int
     from ganzip import export
 
     session = export._session(unit_onnx(_materialise(module), shape).SerializeToString(), threads)
-    return time_call(export._runner(session, shape))
+    return time_call(export._runner(session, shape), clock=_clock(threads))
 
 
 _MEASURE = {"torch": _measure_torch, "onnxruntime": _measure_onnxruntime}
+
+
+def _measure_in_context(spec: dict, pieces: list[Unit], size: int, threads: int, runs: int = 4) -> list[float]:
+    """Per-unit milliseconds inside whole forward passes (lower quartile over `runs`, after one warm-up)."""
+    with torch.device("meta"):
+        net = archs.build(spec)
+    real = _materialise(net)
+    children = list(real.model.children())
+    clock = _clock(threads)
+    marks: list[float] = []
+    handles = [children[u.start].register_forward_pre_hook(lambda m, i: marks.append(clock())) for u in pieces]
+    handles.append(real.register_forward_hook(lambda m, i, o: marks.append(clock())))
+    x = torch.randn(1, spec["input_nc"], size, size, generator=torch.Generator().manual_seed(1))
+    samples: list[list[float]] = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for run in range(runs + 1):
+                marks.clear()
+                real(x)
+                if run:
+                    samples.append([(b - a) * 1e3 for a, b in zip(marks, marks[1:])])
+    finally:
+        torch.set_num_threads(before)
+        for h in handles:
+            h.remove()
+    return [sorted(col)[len(col) // 4] for col in zip(*samples)]
 
 
 # --- the table ---------------------------------------------------------------------------------------------
@@ -202,23 +237,42 @@ class LatencyTable:
                  progress: Callable[[int], None] | None = None):
         if runtime not in RUNTIMES:
             raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+        from ganzip.threads import keep_freed_memory
+
+        keep_freed_memory()  # time units in the memory state whole networks are timed in
         self.size, self.runtime, self.threads = size, runtime, threads
         self.key = table_key(spec, size, runtime, threads)
         self.path = table_path(spec, size, runtime, threads, cache)
-        self.entries: dict[str, float] = self._read()
+        self.entries, self.contexts = self._read()
         self.measured = 0
         self.reused: set[str] = set()
         self.progress = progress
         self._unsaved = 0
 
-    def _read(self) -> dict[str, float]:
+    def _read(self) -> tuple[dict[str, float], dict[str, list[float]]]:
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            return {}
+            return {}, {}
         if not isinstance(data, dict) or data.get("key") != self.key or not isinstance(data.get("entries"), dict):
-            return {}
-        return {k: float(v) for k, v in data["entries"].items() if isinstance(v, (int, float)) and v > 0}
+            return {}, {}
+        entries = {k: float(v) for k, v in data["entries"].items() if isinstance(v, (int, float)) and v > 0}
+        contexts = {k: [float(x) for x in v] for k, v in (data.get("contexts") or {}).items()
+                    if isinstance(v, list) and v and all(isinstance(x, (int, float)) and x > 0 for x in v)}
+        return entries, contexts
+
+    def in_context(self, spec: dict, pieces: list[Unit]) -> list[float]:
+        """Each unit's milliseconds inside one forward pass of the whole network at `spec`'s widths (torch)."""
+        sig = hashlib.sha256(json.dumps([spec, [(u.start, u.stop) for u in pieces]], sort_keys=True).encode()
+                             ).hexdigest()[:20]
+        if sig in self.contexts:
+            self.reused.add(sig)
+            return self.contexts[sig]
+        value = _measure_in_context(spec, pieces, self.size, self.threads)
+        self.contexts[sig] = value
+        self.measured += 1
+        self._unsaved += 1
+        return value
 
     def ms(self, module: nn.Module, shape: tuple[int, ...]) -> float:
         sig = signature(module, shape)
@@ -240,9 +294,10 @@ class LatencyTable:
         the next run its measurements, so it is not an error."""
         from ganzip.atomic import write_text
 
-        merged = {**self._read(), **self.entries}
+        entries, contexts = self._read()
+        data = {"key": self.key, "entries": {**entries, **self.entries}, "contexts": {**contexts, **self.contexts}}
         try:
-            write_text(json.dumps({"key": self.key, "entries": merged}, indent=0, sort_keys=True), self.path)
+            write_text(json.dumps(data, indent=0, sort_keys=True), self.path)
         except (OSError, UserError):
             return None
         self._unsaved = 0
@@ -254,7 +309,15 @@ class LatencyTable:
 
 
 class LatencyCost:
-    """Predicted milliseconds of a forward pass at given widths: the sum of its units' measured times."""
+    """Predicted milliseconds of a forward pass at given widths: the sum of its units' measured times.
+
+    Timed alone, a unit misses what the rest of the network does to it: in PyTorch, the full-resolution layers
+    run up to 1.5-2x slower inside a forward pass (their large activations are freed and faulted in again each
+    pass, and they compete for cache), while the residual blocks do not change. So `refine(widths)` times the
+    whole network at the widths the search has reached, unit by unit, and scales every unit's table entries by
+    how much slower it ran in context; the search calls it as it goes. onnxruntime keeps its own memory arena,
+    and its units are not refined.
+    """
 
     by, unit = "latency", "ms"
 
@@ -262,8 +325,10 @@ class LatencyCost:
         self.layout, self.size, self.table = layout, size, table
         self.units = units(layout, size)
         self._memo: dict[tuple[int, tuple[int, ...]], float] = {}
+        self.factors = [1.0] * len(self.units)
 
     def unit_ms(self, widths: dict[Path, int]) -> list[float]:
+        """Each unit's time alone, from the table (timing what is missing)."""
         out = []
         spec = None
         for i, u in enumerate(self.units):
@@ -275,8 +340,25 @@ class LatencyCost:
             out.append(self._memo[key])
         return out
 
+    def in_context(self, widths: dict[Path, int]) -> list[float] | None:
+        """Each unit's time inside a forward pass of the network at `widths` (None: not measured for this runtime)."""
+        if self.table.runtime != "torch":
+            return None
+        return self.table.in_context(channels.with_widths(self.layout.spec, widths), self.units)
+
+    def refine(self, widths: dict[Path, int]) -> None:
+        """Scale each unit by how much slower it ran inside the network at `widths` than alone."""
+        context = self.in_context(widths)
+        if context is not None:
+            self.factors = [c / a if a > 0 else 1.0 for c, a in zip(context, self.unit_ms(widths))]
+
+    def measured(self, widths: dict[Path, int]) -> float:
+        """The network's time at `widths` measured whole (the table's sum where whole networks are not timed)."""
+        context = self.in_context(widths)
+        return sum(context) if context is not None else sum(self.unit_ms(widths))
+
     def __call__(self, widths: dict[Path, int]) -> float:
-        return sum(self.unit_ms(widths))
+        return sum(f * ms for f, ms in zip(self.factors, self.unit_ms(widths)))
 
 
 # --- a unit as an ONNX graph -------------------------------------------------------------------------------
@@ -359,6 +441,7 @@ def measure_speedup(teacher: nn.Module, student: nn.Module, size: int, runtime: 
     from ganzip import export, profile
     from ganzip import threads as thread_policy
 
+    thread_policy.keep_freed_memory()
     with thread_policy.using(threads) as n:
         if runtime == "torch":
             fns = {name: profile.torch_runner(m, size) for name, m in (("teacher", teacher), ("student", student))}

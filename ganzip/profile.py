@@ -152,6 +152,7 @@ def profile(student: nn.Module, teacher: nn.Module | None = None, size: int = 25
     """
     from ganzip import threads as thread_policy
 
+    thread_policy.keep_freed_memory()
     models = {"student": student} if teacher is None else {"student": student, "teacher": teacher}
     profiles = {name: static_profile(m, size, batch) for name, m in models.items()}
     with thread_policy.using(threads) as threads:

@@ -35,7 +35,19 @@ def macs_as_ms(monkeypatch):
         calls.append((repr(module), shape))
         return float(count_macs(latency._materialise(module), tuple(shape[-2:]), in_channels=shape[1])["paper"])
 
+    def fake_context(spec, pieces, size, n_threads):
+        module = archs.build(spec).eval()
+        children = list(module.model.children())
+        out, x = [], torch.zeros(1, spec["input_nc"], size, size)
+        for u in pieces:
+            piece = torch.nn.Sequential(*children[u.start:u.stop])
+            out.append(float(count_macs(piece, tuple(x.shape[-2:]), in_channels=x.shape[1])["paper"]))
+            with torch.no_grad():
+                x = piece(x)
+        return out
+
     monkeypatch.setitem(latency._MEASURE, "torch", fake)
+    monkeypatch.setattr(latency, "_measure_in_context", fake_context)
     return calls
 
 
@@ -119,8 +131,14 @@ def test_search_by_a_stand_in_latency_meets_its_ratio(cache, macs_as_ms):
     result = prune.prune(teacher, 2, by="latency", size=32, threads=1)
     assert abs(result.achieved / 2 - 1) <= 0.03
     assert result.achieved == pytest.approx(count_macs(teacher, 32)["paper"] / count_macs(result.module, 32)["paper"])
-    assert all(w % 8 == 0 or w == full for w, full in zip(channels.layout_of(result.spec).widths().values(),
-                                                          channels.layout_of(teacher).widths().values()))
+    assert result.info["multiple_of"] == 1  # a stem of 8 leaves no room for multiples of 8
+
+
+def test_latency_rounds_roomy_networks_to_multiples_of_8(cache, macs_as_ms):
+    teacher = resnet(ngf=32, n_blocks=1)
+    result = prune.prune(teacher, 3, by="latency", size=32, threads=1)
+    assert result.info["multiple_of"] == 8 and abs(result.achieved / 3 - 1) <= 0.03
+    assert all(w % 8 == 0 for w in channels.layout_of(result.spec).widths().values())
 
 
 def test_price_changes_which_steps_the_search_takes_not_the_target(cache, macs_as_ms, monkeypatch):

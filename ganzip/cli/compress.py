@@ -57,7 +57,7 @@ def prune_cmd(
                                                              disable=as_json) as bar:
         task = bar.add_task(f"{method} for {ratio:g}x by {by}", total=1.0)
         result = prune.prune(module, ratio, by=by, method=method, size=size, calib=batch, multiple_of=multiple_of,
-                             seed=seed, runtime=runtime, threads=n_threads,
+                             seed=seed, runtime=runtime, threads=n_threads, price="auto",
                              progress=lambda done: bar.update(task, completed=done))
         if runs:
             bar.update(task, description=f"timing teacher and student in {runtime}", completed=1.0)
@@ -67,7 +67,8 @@ def prune_cmd(
     ckpt.save_generator(result.module, output, teacher_sha256=ckpt.sha256(teacher), teacher=str(teacher),
                         ratio=ratio, by=by, method=method, achieved=result.achieved, size=size,
                         calibration=info["calibration"]["source"], multiple_of=info["multiple_of"],
-                        **({"runtime": runtime, "threads": n_threads} if by == "latency" else {}),
+                        **({"runtime": runtime, "threads": n_threads} if "latency_table" in info else {}),
+                        **({"price": info["price"]} if "price" in info else {}),
                         **({"measured_speedup": measured, "speedup_runtime": runtime} if measured else {}))
     info = {**info, "output": str(output), "spec": result.spec, "architecture": archs.describe(result.spec),
             "threads": n_threads}
