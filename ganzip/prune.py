@@ -283,8 +283,8 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str = "
     `cost` replaces the model `by` names (the search only asks it what widths cost); `price` is what search steps
     are charged in: the cost itself by default, a cost model, or "auto": measured latency (in `runtime`) for a
     ResNet searched by MACs or parameters. Charged in milliseconds and kept at uniform's pace, a search for 7x
-    fewer MACs stops keeping the full-resolution layers that MACs barely count: on the vintagify teacher it
-    went from 8% slower than the uniform 7x student to 14% faster, and stayed closer to the teacher. `calib` is the batch on which `search` compares candidates with
+    fewer MACs stops keeping the full-resolution layers that MACs barely count: on the vintagify teacher (one
+    thread) it went from 11% slower than the uniform 7x student to 5-14% faster, and closer to the teacher. `calib` is the batch on which `search` compares candidates with
     the teacher; without it a fixed synthetic batch is used. `progress` receives the fraction done (search only).
     Widths are multiples of `multiple_of`; by default 8 when latency is measured and every teacher width is at
     least 32 (oneDNN and onnxruntime kernels work in blocks of 8 or 16 channels: measured here, a 65-channel 3x3
