@@ -26,9 +26,11 @@ def prune_cmd(
     calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of real input images scoring the search "
                                          "(default: a fixed synthetic batch)."),
     multiple_of: Optional[int] = typer.Option(None, "--multiple-of", help="Round every width to a multiple of "
-                                              "this (default: 8 with --by latency, else 1)."),
+                                              "this (default: 8 where latency is measured and every teacher width "
+                                              "is 32 or more, else 1)."),
     runtime: str = typer.Option("torch", "--runtime", help="torch or onnxruntime: where latency is measured (the "
-                                                           "--by latency table and the reported speedup)."),
+                                                           "table a ResNet search charges its steps in, --by "
+                                                           "latency, and the reported speedup)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for the search and timings (default: "
                                           "the free cores)."),
     runs: int = typer.Option(10, "--runs", help="Alternating teacher/student runs for the measured speedup "
