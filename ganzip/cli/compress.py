@@ -98,7 +98,8 @@ def prune_cmd(
         console.print(f"  widths.{key}: {text}")
     console.print(f"ratio by {unit}: [bold]{result.achieved:.2f}x[/] (asked {ratio:g}x); method {method}"
                   + (f", picked {info['picked']}" if "picked" in info else "")
-                  + f"; distance to teacher on {info['calibration']['source']} calibration: {info['score']:.4g}")
+                  + f"; distance to teacher on {info['calibration']['source']} calibration: {info['score']:.4g}"
+                  + (f"; steps charged in measured {runtime} latency" if info.get("price") == "latency" else ""))
     if "latency_table" in info:
         lt = info["latency_table"]
         console.print(f"[dim]latency table: {lt['path']} ({lt['measured']} unit(s) timed now, {lt['reused']} "
