@@ -1,92 +1,127 @@
-"""Teacher vs 7x students (uniform, searched, searched in multiples of 8), PyTorch eager and onnxruntime, timed in alternation.
+"""Teacher vs 7x students in PyTorch, onnxruntime fp32 and onnxruntime int8, all timed in one alternating loop.
 
-MACs promise a speedup; this measures how much of it a CPU delivers. All six runners (3 models x 2 runtimes) are
-timed round-robin in one loop, so load on the machine hits them alike. Prints one JSON object.
+MACs promise a speedup; this measures how much of it a CPU delivers, for the students ganzip makes:
+- uniform: every width times one multiplier (the paper's students), 7x MACs;
+- macs: searched for 7x MACs, steps charged in measured latency (what `ganzip prune --ratio 7` does);
+- latency_torch / latency_onnxruntime: searched for 7x measured latency in that runtime (`--by latency`).
+Every model runs in PyTorch, in onnxruntime from its fp32 export, and in onnxruntime from its int8 export
+(calibrated on real images, PSNR to fp32 on held-out ones). All runners are timed round-robin in one loop, so
+load on the machine hits them alike. Prints one JSON object.
 
-    python bench/latency.py [--teacher CKPT] [--arch resnet|unet] [--size 256] [--runs 20] [--threads N]
+    python bench/latency.py --teacher G_A2B_epoch33.pth [--size 256] [--threads 2] [--runs 20]
 
-Without --teacher the upstream CycleGAN ResNet-9 (ngf 64) is built with random weights: latency does not depend
-on the weights, and the searched widths are then chosen on a synthetic calibration batch.
+The goals (issue 11): a latency student at >= 6.3x in the runtime it was searched for, the macs student no
+slower than uniform, int8 >= 1.3x faster than fp32 onnxruntime at >= 30 dB PSNR.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from ganzip import archs, checkpoint, export, profile, prune
+from ganzip import archs, checkpoint, export, profile, prune, quantize, threads
 
 SHARED_CALIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "horse2zebra" / "trainA"
+VINTAGIFY = "vintagify/resources/G_A2B_epoch33.pth"
+
+
+def default_teacher() -> str | None:
+    for folder in map(Path, sys.path):
+        if (folder / VINTAGIFY).is_file():
+            return str(folder / VINTAGIFY)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--teacher", help="teacher checkpoint (default: upstream-shaped, random weights)")
-    p.add_argument("--arch", choices=("resnet", "unet"), default="resnet", help="without --teacher: which upstream teacher")
+    p.add_argument("--teacher", default=default_teacher(),
+                   help="teacher checkpoint (default: the vintagify CycleGAN teacher if installed)")
     p.add_argument("--ratio", type=float, default=7.0)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-onnx", action="store_true", help="PyTorch only")
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--calib", default=str(SHARED_CALIB) if SHARED_CALIB.is_dir() else None,
-                   help="folder of real input images that score the width search (default: horse2zebra trainA)")
-    p.add_argument("--multiple-of", type=int, default=8,
-                   help="also time a searched student with every width a multiple of this (0: skip)")
+                   help="real input images: score the width search and calibrate int8 (default: horse2zebra trainA)")
+    p.add_argument("--students", default="uniform,macs,latency_torch,latency_onnxruntime",
+                   help="which students to make (comma-separated)")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 exports")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if not args.teacher or not args.calib:
+        p.error("--teacher and --calib are needed (the vintagify wheel and ../shared/data were not found)")
+    threads.keep_freed_memory()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if args.teacher:
-        teacher = checkpoint.load_generator(args.teacher)
-    elif args.arch == "resnet":
-        teacher = archs.build(archs.default_spec("resnet", ngf=64, n_blocks=9)).eval()
-    else:
-        teacher = archs.build(archs.default_spec("unet", ngf=64, num_downs=8, norm="batch")).eval()
+    teacher = checkpoint.load_generator(args.teacher)
+    calib = prune.calibration_batch(args.calib, args.size, n=4, multiple=archs.size_multiple(teacher.spec))
+    recipes = {"uniform": dict(method="uniform"), "macs": dict(price="auto"),
+               "latency_torch": dict(by="latency", runtime="torch"),
+               "latency_onnxruntime": dict(by="latency", runtime="onnxruntime")}
     models = {"teacher": teacher}
-    prune_info = {}
-    multiple = archs.size_multiple(teacher.spec)
-    calib = prune.calibration_batch(args.calib, args.size, n=4, multiple=multiple) if args.calib else None
-    variants = [("uniform", "uniform", 1), ("search", "search", 1)]
-    if args.multiple_of > 1:
-        variants.append((f"search_x{args.multiple_of}", "search", args.multiple_of))
-    for name, method, multiple_of in variants:
+    out: dict = {"teacher": args.teacher, "size": args.size, "runs": args.runs, "threads": args.threads,
+                 "ratio": args.ratio, "calibration": args.calib, "malloc_keeps_freed_memory": threads.keep_freed_memory(),
+                 "load_average_before": threads.load(), "models": {}}
+    for name in args.students.split(","):
         start = time.perf_counter()
-        result = prune.prune(teacher, args.ratio, by="macs", method=method, size=args.size, calib=calib,
-                             multiple_of=multiple_of)
+        kw = {"by": "macs", **recipes[name]}
+        result = prune.prune(teacher, args.ratio, size=args.size, calib=calib, threads=args.threads, **kw)
         models[name] = result.module.eval()
-        prune_info[name] = {"multiple_of": multiple_of, "achieved_macs_ratio": result.achieved, "picked": result.info.get("picked", method),
-                              "seconds": time.perf_counter() - start, "widths": result.spec["widths"]}
+        out["models"][name] = {"prune": {
+            **{k: v for k, v in kw.items()}, "seconds": time.perf_counter() - start, "achieved": result.achieved,
+            "picked": result.info.get("picked"), "score": result.info["score"], "multiple_of": result.info["multiple_of"],
+            "widths": result.spec["widths"], "latency_table": result.info.get("latency_table"),
+            "predicted_ms": result.info["student"].get("predicted_ms")}}
     runners = {}
-    for name, m in models.items():
-        runners[f"{name}:torch"] = profile.torch_runner(m, args.size)
-        if not args.no_onnx:
-            runners[f"{name}:onnx"] = export.onnx_runner(m, args.size, threads=args.threads)
-    timings = profile.time_alternating(runners, runs=args.runs, warmup=args.warmup)
+    with tempfile.TemporaryDirectory(prefix="ganzip-bench-") as work:
+        for name, module in models.items():
+            runners[f"{name}:torch"] = profile.torch_runner(module, args.size)
+            fp32 = Path(work) / f"{name}.onnx"
+            export.export_onnx(module, fp32, size=args.size)
+            shape = (1, module.spec["input_nc"], args.size, args.size)
+            runners[f"{name}:onnxruntime"] = export.file_runner(fp32, shape, args.threads)
+            if not args.no_int8:
+                int8 = Path(work) / f"{name}.int8.onnx"
+                info = quantize.export_int8(fp32, int8, args.calib, size=args.size, threads=args.threads, runs=1)
+                runners[f"{name}:onnxruntime_int8"] = export.file_runner(int8, shape, args.threads)
+                out["models"].setdefault(name, {})["int8"] = {
+                    "psnr_db": info["psnr_db"], "psnr_db_worst": info["psnr_db_worst"], "recipe": info["recipe"],
+                    "calibration": info["calibration"]}
+        load_before = threads.load()
+        timings = profile.time_alternating(runners, runs=args.runs, warmup=args.warmup)
+        out["unstable"] = threads.stability(timings, load_before, threads.load(), args.threads)
     static = {name: profile.static_profile(m, args.size) for name, m in models.items()}
-    out: dict = {"size": args.size, "runs": args.runs, "threads": torch.get_num_threads(), "ratio": args.ratio,
-                 "calibration": args.calib or "synthetic",
-                 "teacher": args.teacher or f"upstream {archs.describe(teacher.spec)}, random weights",
-                 "models": {}}
-    for name, m in models.items():
+    for name in models:
         s = static[name]
-        entry = {"params": s.params, "macs": s.macs, "macs_exact": s.macs_exact,
-                 "macs_ratio": static["teacher"].macs / s.macs}
-        for runtime in ("torch", "onnx"):
+        entry = out["models"].setdefault(name, {})
+        entry.update({"params": s.params, "macs": s.macs, "macs_ratio": static["teacher"].macs / s.macs})
+        for runtime in ("torch", "onnxruntime", "onnxruntime_int8"):
             key = f"{name}:{runtime}"
             if key not in timings:
                 continue
             lat = timings[key]
-            speedup = timings[f"teacher:{runtime}"].median_ms / lat.median_ms
-            entry[runtime] = {**lat.as_dict(), "speedup": speedup,
-                              "speedup_over_macs_ratio": speedup / entry["macs_ratio"]}
-        if name in prune_info:
-            entry["prune"] = prune_info[name]
-        out["models"][name] = entry
+            speedup = timings[f"teacher:{runtime}"].median_ms / lat.median_ms  # each runtime against its teacher
+            entry[runtime] = {**lat.as_dict(), "speedup": speedup, "efficiency": speedup / entry["macs_ratio"]}
+        if f"{name}:onnxruntime_int8" in timings:
+            entry["int8"]["over_fp32_onnxruntime"] = (timings[f"{name}:onnxruntime"].median_ms
+                                                      / timings[f"{name}:onnxruntime_int8"].median_ms)
+    m = out["models"]
+    goals: dict = {}
+    for name, runtime in (("latency_torch", "torch"), ("latency_onnxruntime", "onnxruntime")):
+        if name in m:
+            goals[f"{name}_speedup_at_least_{0.9 * args.ratio:g}"] = m[name][runtime]["speedup"] >= 0.9 * args.ratio
+    if "macs" in m and "uniform" in m:
+        goals["macs_no_slower_than_uniform_torch"] = m["macs"]["torch"]["median_ms"] <= m["uniform"]["torch"]["median_ms"]
+    for name in m:
+        if "int8" in m[name] and "over_fp32_onnxruntime" in m[name]["int8"]:
+            goals[f"{name}_int8_1.3x_at_30db"] = (m[name]["int8"]["over_fp32_onnxruntime"] >= 1.3
+                                                  and m[name]["int8"]["psnr_db"] >= 30)
+    out["goals"] = goals
     print(json.dumps(out, indent=2))
     return 0
 

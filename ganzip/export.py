@@ -9,6 +9,7 @@ the one .onnx file: generators are far below protobuf's 2 GB limit and a single 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import warnings
@@ -24,6 +25,8 @@ from ganzip.errors import UserError
 
 TOLERANCE = 1e-4
 MIN_OPSET = 18  # the oldest opset PyTorch's current (dynamo) exporter writes
+SPEC_KEY = "ganzip.spec"  # metadata: the generator's spec, so the file can be described and profiled later
+PRECISION_KEY = "ganzip.precision"
 
 
 def _channels(module: nn.Module) -> int:
@@ -70,6 +73,18 @@ def _name_dynamic_dims(proto: Any) -> Any:
     return proto
 
 
+def set_metadata(proto: Any, values: dict[str, str]) -> Any:
+    """Add or replace metadata_props entries (null values are left out)."""
+    kept = [p for p in proto.metadata_props if p.key not in values]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in values.items():
+        if value is not None and value != "null":
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+    return proto
+
+
 def _opset(model_proto: Any) -> int:
     return next(o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx"))
 
@@ -90,6 +105,7 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, opset: int | None = 
         # the exporter falls back to its default opset when it cannot convert, and says so only in a warning
         raise UserError(f"PyTorch's exporter wrote opset {_opset(proto)} instead of the --opset {opset} asked for; "
                         f"pick another --opset, or leave it out")
+    set_metadata(proto, {SPEC_KEY: json.dumps(getattr(module, "spec", None)), PRECISION_KEY: "fp32"})
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]

@@ -104,8 +104,9 @@ def time_alternating(fns: dict[str, Callable[[], object]], runs: int = 20, warmu
 
 
 def torch_runner(module: nn.Module, size: int, batch: int = 1, device: str = "cpu") -> Callable[[], object]:
+    """One forward pass of a copy of `module` (an .onnx generator runs its own session)."""
     module = copy.deepcopy(module).eval().to(device)
-    x = torch.randn(batch, _input_channels(module), size, size, device=device)
+    x = torch.randn(batch, getattr(module, "input_nc", None) or _input_channels(module), size, size, device=device)
 
     def run() -> object:
         with torch.inference_mode():
@@ -120,8 +121,8 @@ def torch_runner(module: nn.Module, size: int, batch: int = 1, device: str = "cp
 @dataclass
 class Profile:
     params: int
-    macs: int
-    macs_exact: int
+    macs: int | None  # None: an .onnx generator whose network ganzip does not know
+    macs_exact: int | None
     latency_ms: float | None = None
     latency: Latency | None = None
     onnx_latency_ms: float | None = None
@@ -137,6 +138,11 @@ class Profile:
 
 
 def static_profile(module: nn.Module, size: int = 256, batch: int = 1) -> Profile:
+    if hasattr(module, "reference"):  # an .onnx generator: count the network it was exported from
+        ref = module.reference()
+        if ref is None:
+            return Profile(module.parameter_count(), None, None)
+        module = ref
     macs = count_macs(module, size, batch)
     return Profile(count_params(module), macs["paper"], macs["exact"])
 
@@ -149,29 +155,44 @@ def profile(student: nn.Module, teacher: nn.Module | None = None, size: int = 25
     `extra_runners` maps a model name ("student"/"teacher") to further named runners (e.g. onnxruntime) that
     join the alternation, so every latency in one report was taken under the same conditions.
     """
-    if threads:
-        torch.set_num_threads(threads)
+    from ganzip import threads as thread_policy
+
+    thread_policy.keep_freed_memory()
     models = {"student": student} if teacher is None else {"student": student, "teacher": teacher}
     profiles = {name: static_profile(m, size, batch) for name, m in models.items()}
-    fns = {name: torch_runner(m, size, batch, device) for name, m in models.items()}
-    for owner, runners in (extra_runners or {}).items():
-        for key, fn in runners.items():
-            fns[f"{owner}:{key}"] = fn
-    timings = time_alternating(fns, runs=runs, warmup=warmup)
+    with thread_policy.using(threads) as threads:
+        fns = {name: torch_runner(m, size, batch, device) for name, m in models.items()}
+        for owner, runners in (extra_runners or {}).items():
+            for key, fn in runners.items():
+                fns[f"{owner}:{key}"] = fn
+        load_before = thread_policy.load()
+        timings = time_alternating(fns, runs=runs, warmup=warmup)
+        unstable = thread_policy.stability(timings, load_before, thread_policy.load(), threads)
     for name, prof in profiles.items():
         prof.latency = timings[name]
         prof.latency_ms = timings[name].median_ms
         if f"{name}:onnx" in timings:
             prof.onnx_latency_ms = timings[f"{name}:onnx"].median_ms
     result = profiles["student"].as_dict()
-    result.update({"size": size, "batch": batch, "runs": runs, "threads": torch.get_num_threads(), "device": device})
+    result.update({"size": size, "batch": batch, "runs": runs, "threads": threads, "device": device,
+                   "runtime": _runtime(student), "load_average": load_before, "unstable": unstable})
     if teacher is not None:
         t, s = profiles["teacher"], profiles["student"]
-        result["teacher"] = t.as_dict()
+        result["teacher"] = {**t.as_dict(), "runtime": _runtime(teacher)}
         result["compression"] = t.params / s.params
-        result["macs_ratio"] = t.macs / s.macs
-        result["macs_exact_ratio"] = t.macs_exact / s.macs_exact
+        if t.macs and s.macs:
+            result["macs_ratio"] = t.macs / s.macs
+            result["macs_exact_ratio"] = t.macs_exact / s.macs_exact
         result["speedup"] = t.latency_ms / s.latency_ms
+        if "macs_ratio" in result:
+            # how much of the MACs promise the machine delivers: 1.0 means latency fell as much as MACs did
+            result["efficiency"] = result["speedup"] / result["macs_ratio"]
         if t.onnx_latency_ms and s.onnx_latency_ms:
             result["onnx_speedup"] = t.onnx_latency_ms / s.onnx_latency_ms
+            if "macs_ratio" in result:
+                result["onnx_efficiency"] = result["onnx_speedup"] / result["macs_ratio"]
     return result
+
+
+def _runtime(module: nn.Module) -> str:
+    return module.runtime() if hasattr(module, "runtime") else "torch"

@@ -41,7 +41,7 @@ def translate_tensor(module: nn.Module, x: torch.Tensor, batch_size: int = 4) ->
         raise UserError("--batch-size must be a positive integer")
     h, w = x.shape[-2:]
     ph, pw = _padded(module, h) - h, _padded(module, w) - w
-    device = next(module.parameters()).device
+    device = next(module.parameters(), torch.empty(0)).device  # an .onnx generator has none: CPU
     outs = []
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
@@ -92,7 +92,7 @@ def translate_folder(module: nn.Module, input_dir: str | os.PathLike, out_dir: s
     refuse_input_as_output(out_dir, input_dir)
     out_dir = check_writable_folder(out_dir)
     module = module.eval().to(device)
-    channels = module.spec["input_nc"] if getattr(module, "spec", None) else 3
+    channels = module.spec["input_nc"] if getattr(module, "spec", None) else getattr(module, "input_nc", 3)
     written: list[Path] = []
     batch: list[tuple[Path, torch.Tensor]] = []
 

@@ -99,6 +99,9 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks
          version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                       help="Print ganzip's and torch's versions and exit.")) -> None:
     _state["debug"] = debug
+    from ganzip.threads import keep_freed_memory
+
+    keep_freed_memory()  # every command times and runs networks in the same steady memory state (ganzip.threads)
 
 
 def command(*args: Any, **kwargs: Any) -> Callable:

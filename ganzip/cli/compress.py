@@ -14,6 +14,7 @@ from rich.text import Text
 from ganzip import archs
 from ganzip.cli.common import (command, console, device_option, emit_json, giga, output_option, progress_bar,
                                teacher_mode_option, widths_text)
+from ganzip.errors import UserError
 
 # --- prune -------------------------------------------------------------------------------------------------
 
@@ -21,41 +22,65 @@ from ganzip.cli.common import (command, console, device_option, emit_json, giga,
 def prune_cmd(
     teacher: Path = typer.Argument(..., help="Teacher generator checkpoint (upstream or ganzip)."),
     ratio: float = typer.Option(..., "--ratio", help="Target compression ratio, e.g. 7 for 7x smaller."),
-    by: str = typer.Option("macs", "--by", help="What the ratio counts: macs (paper/thop convention) or params."),
+    by: str = typer.Option("macs", "--by", help="What the ratio counts: macs (paper/thop convention), params, or "
+                                                "latency (measured on this machine, see --runtime)."),
     method: str = typer.Option("search", "--method", help="search (per-layer widths) or uniform (one multiplier)."),
-    size: int = typer.Option(256, help="Input size (pixels) at which MACs are counted."),
+    size: int = typer.Option(256, help="Input size (pixels) at which MACs and latency are counted."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of real input images scoring the search "
                                          "(default: a fixed synthetic batch)."),
-    multiple_of: int = typer.Option(1, "--multiple-of", help="Round every width to a multiple of this."),
+    multiple_of: Optional[int] = typer.Option(None, "--multiple-of", help="Round every width to a multiple of "
+                                              "this (default: 8 where latency is measured and every teacher width "
+                                              "is 32 or more, else 1)."),
+    runtime: str = typer.Option("torch", "--runtime", help="torch or onnxruntime: where latency is measured (the "
+                                                           "table a ResNet search charges its steps in, --by "
+                                                           "latency, and the reported speedup)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Threads for the search and timings (default: "
+                                          "the free cores)."),
+    runs: int = typer.Option(10, "--runs", help="Alternating teacher/student runs for the measured speedup "
+                                                "(0: do not measure)."),
     seed: int = typer.Option(0, help="Seed for the calibration crops."),
     output: Path = output_option(Path("student.pth"), "Where to write the student (never the teacher itself)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Find a student RATIO times smaller than the teacher and give it the teacher's most important channels."""
     from ganzip import checkpoint as ckpt
-    from ganzip import prune
+    from ganzip import latency, prune
+    from ganzip import threads as thread_policy
     from ganzip.atomic import check_writable, refuse_input_as_output
 
     refuse_input_as_output(output, teacher)
+    if runs < 0:
+        raise UserError("--runs must be 0 (no timing) or a positive number of runs")
+    if runtime not in latency.RUNTIMES:
+        raise UserError(f"--runtime must be one of {', '.join(latency.RUNTIMES)}, not {runtime!r}")
     check_writable(output)
     module = ckpt.load_generator(teacher)
     batch = (prune.calibration_batch(calib, size, multiple=archs.size_multiple(module.spec), seed=seed)
              if calib is not None else None)
-    with progress_bar() as update:
+    with thread_policy.using(threads) as n_threads, progress_bar() as update:
         task = f"{method} for {ratio:g}x by {by}"
         result = prune.prune(module, ratio, by=by, method=method, size=size, calib=batch, multiple_of=multiple_of,
-                             seed=seed, progress=lambda done: update(task, done, 1.0))
+                             seed=seed, runtime=runtime, threads=n_threads, price="auto",
+                             progress=lambda done: update(task, done, 1.0))
+        if runs:
+            update(f"timing teacher and student in {runtime}", 0, None)
+            result.info["speedup"] = latency.measure_speedup(module, result.module, size, runtime, n_threads, runs)
     info = result.info
+    measured = info.get("speedup", {}).get("speedup")
     provenance = {"teacher_sha256": ckpt.sha256(teacher), "teacher": str(teacher),
                   "teacher_base": archs.base_width(module.spec), "ratio": ratio, "by": by, "method": method,
-                  "achieved": result.achieved, "size": size, "calibration": info["calibration"]["source"]}
+                  "achieved": result.achieved, "size": size, "calibration": info["calibration"]["source"],
+                  "multiple_of": info["multiple_of"],
+                  **({"runtime": runtime, "threads": n_threads} if "latency_table" in info else {}),
+                  **({"price": info["price"]} if "price" in info else {}),
+                  **({"measured_speedup": measured, "speedup_runtime": runtime} if measured else {})}
     ckpt.save_generator(result.module, output, **{k: v for k, v in provenance.items() if v is not None})
     info = {**info, "output": str(output), "spec": result.spec,
-            "architecture": archs.describe(result.spec, provenance)}
+            "architecture": archs.describe(result.spec, provenance), "threads": n_threads}
     if as_json:
         emit_json(info)
         return
-    unit = "MACs" if by == "macs" else "parameters"
+    unit = {"macs": "MACs", "params": "parameters", "latency": f"predicted {runtime} latency"}[by]
     table = Table(title=Text(f"{teacher} -> {output}"))
     table.add_column("")
     table.add_column("teacher", justify="right")
@@ -64,6 +89,13 @@ def prune_cmd(
     t, s = info["teacher"], info["student"]
     table.add_row("parameters", f"{t['params']:,}", f"{s['params']:,}", f"{t['params'] / s['params']:.2f}x")
     table.add_row(f"MACs @{size}px (paper/thop)", giga(t["macs"]), giga(s["macs"]), f"{t['macs'] / s['macs']:.2f}x")
+    if "predicted_ms" in t:
+        table.add_row(f"latency table @{size}px ({runtime})", f"{t['predicted_ms']:.1f} ms", f"{s['predicted_ms']:.1f} ms",
+                      f"{t['predicted_ms'] / s['predicted_ms']:.2f}x")
+    if "speedup" in info:
+        sp = info["speedup"]
+        table.add_row(f"measured latency ({runtime}, {sp['threads']} thr.)", f"{sp['teacher']['median_ms']:.1f} ms",
+                      f"{sp['student']['median_ms']:.1f} ms", f"{sp['speedup']:.2f}x")
     console.print(table)
     for key, text in widths_text(result.spec):
         console.print(f"  widths.{key}: {text}")
@@ -71,7 +103,16 @@ def prune_cmd(
     console.print(f"ratio by {unit}: [bold]{result.achieved:.2f}x[/] (asked {ratio:g}x); method {escape(method)}"
                   + (f", picked {escape(str(info['picked']))}" if "picked" in info else "")
                   + f"; distance to teacher on {escape(str(info['calibration']['source']))} calibration: "
-                  f"{info['score']:.4g}")
+                  f"{info['score']:.4g}"
+                  + (f"; steps charged in measured {runtime} latency" if info.get("price") == "latency" else ""))
+    if "latency_table" in info:
+        lt = info["latency_table"]
+        console.print(Text(f"latency table: {lt['path']} ({lt['measured']} unit(s) timed now, {lt['reused']} reused)",
+                           style="dim"), soft_wrap=True)
+    if "speedup" in info:
+        sp = info["speedup"]
+        console.print(f"measured speedup: [bold]{sp['speedup']:.2f}x[/] in {runtime} with {sp['threads']} thread(s) "
+                      f"(median of {sp['runs']} alternating runs at {size}px)")
 
 # --- distill -----------------------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from ganzip.errors import UserError
 
 @command("translate")
 def translate_cmd(
-    checkpoint: Path = typer.Argument(..., help="Generator checkpoint."),
+    checkpoint: Path = typer.Argument(..., help="Generator checkpoint, or an .onnx file (run in onnxruntime)."),
     input_dir: Path = typer.Argument(..., help="Folder of input images (or of aligned A|B pairs with --direction)."),
     output: Optional[Path] = output_option(None, "Output folder (required; not the input folder); each image is "
                                                   "written as <stem>.png."),
@@ -40,13 +40,13 @@ def translate_cmd(
     out: Optional[Path] = old_out_option(),
 ) -> None:
     """Run a generator over a folder and write PNGs with the same stems (any size: padded by reflection)."""
-    from ganzip import checkpoint as ckpt
+    from ganzip import runner
     from ganzip.devices import resolve_device
     from ganzip.translate import translate_folder
 
     out = pick_output(output, out, required="the output folder")
     device = resolve_device(device)
-    module = ckpt.load_generator(checkpoint, teacher_mode)
+    module = runner.load_generator(checkpoint, device, teacher_mode=teacher_mode)
     with progress_bar() as update:
         written = translate_folder(module, input_dir, out, size=size, batch_size=batch_size, device=device,
                                    direction=direction,
@@ -59,7 +59,8 @@ def translate_cmd(
 
 @command("fid")
 def fid_cmd(
-    checkpoint: Optional[Path] = typer.Argument(None, help="Generator checkpoint (leave out with --fake)."),
+    checkpoint: Optional[Path] = typer.Argument(None, help="Generator checkpoint or .onnx file (leave out with "
+                                                           "--fake)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder: testA/testB (unaligned) or test/ or "
                                                              "val/ with A|B pairs (aligned)."),
     real: Optional[Path] = typer.Option(None, "--real", help="Real target images (default: from --data)."),
@@ -95,16 +96,16 @@ def fid_cmd(
             result = fidlib.fid_folders(fake, real, kid=kid, weights=weights, device=device, progress=update)
         results = {"fake": result}
     else:
-        from ganzip import checkpoint as ckpt
+        from ganzip import runner
 
         if checkpoint is None or data is None:
             raise UserError("give a generator checkpoint and --data DIR (or --fake DIR --real DIR for two folders)")
         from ganzip.atomic import refuse_input_as_output
 
         refuse_input_as_output(out, data, real)  # the dataset's own folders are checked once resolved, in ganzip.fid
-        models = {"student": ckpt.load_generator(checkpoint, teacher_mode)}
+        models = {"student": runner.load_generator(checkpoint, device, teacher_mode=teacher_mode)}
         if teacher is not None:
-            models["teacher"] = ckpt.load_generator(teacher, teacher_mode)
+            models["teacher"] = runner.load_generator(teacher, device, teacher_mode=teacher_mode)
         weights = fidlib.resolve_weights(inception_weights)  # before any translation starts
         results = {}
         with progress_bar() as update:
@@ -137,31 +138,42 @@ def fid_cmd(
 
 @command("export")
 def export_cmd(
-    checkpoint: Path = typer.Argument(..., help="Generator checkpoint."),
-    output: Optional[Path] = output_option(None, "Output .onnx file (default: beside the checkpoint, with the "
-                                                  ".onnx suffix)."),
+    checkpoint: Path = typer.Argument(..., help="Generator checkpoint (or, with --int8, an fp32 .onnx file)."),
+    output: Optional[Path] = output_option(None, "Output .onnx file (default: beside the checkpoint, NAME.onnx "
+                                                  "or NAME.int8.onnx)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's choice, 18 or newer)."),
     dynamic: bool = typer.Option(True, "--dynamic/--static", help="Dynamic batch, height and width, or fixed to "
                                                                   "--size (then verified at --size only)."),
     size: int = typer.Option(256, help="Traced input size; also the first verification and timing size."),
     runs: int = typer.Option(20, help="Timed onnxruntime runs."),
-    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads (default: its choice)."),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads (default: the free cores)."),
+    int8: bool = typer.Option(False, "--int8", help="Quantize to int8 (onnxruntime static quantization), "
+                                                    "calibrated on --calib; reports PSNR to fp32 and both latencies."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="With --int8: folder of real input images; most "
+                                         "calibrate, a few are held out to check the int8 model."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     onnx: bool = typer.Option(False, "--onnx", hidden=True, help="Accepted for old command lines: ONNX is the "
                                                                  "format export writes."),
     out: Optional[Path] = old_out_option(),
 ) -> None:
     """Export to ONNX, then check onnxruntime against PyTorch at two sizes (fails above 1e-4) and time it."""
-    from ganzip import checkpoint as ckpt
     from ganzip import export
     from ganzip import profile as prof
+    from ganzip import threads as thread_policy
     from ganzip.atomic import refuse_input_as_output
-    from ganzip.devices import check_threads
 
     if runs <= 0:
         raise UserError("--runs must be a positive integer")
-    check_threads(threads)
-    out = pick_output(output, out) or checkpoint.with_suffix(".onnx")
+    threads = thread_policy.resolve(threads)
+    out = pick_output(output, out)
+    if int8:
+        _export_int8(checkpoint, out, calib, opset, dynamic, size, runs, threads, as_json)
+        return
+    if calib is not None:
+        raise UserError("--calib calibrates an int8 model; add --int8, or leave --calib out for fp32")
+    from ganzip import checkpoint as ckpt
+
+    out = out or checkpoint.with_suffix(".onnx")
     refuse_input_as_output(out, checkpoint)
     module = ckpt.load_generator(checkpoint)
     export.check_size(module, size)
@@ -173,6 +185,7 @@ def export_cmd(
     info.update(check)
     info["onnxruntime_latency"] = latency["onnxruntime"].as_dict()
     info["onnxruntime_latency"]["input_shape"] = list(shape)
+    info["threads"] = threads
     if as_json:
         emit_json(info)
     else:
@@ -183,13 +196,50 @@ def export_cmd(
         for s, d in check["max_abs_diff"].items():
             table.add_row(f"max |ORT - PyTorch| @{s}px", f"{d:.2e}" + ("" if d <= check["tolerance"] else " FAIL"))
         lat = info["onnxruntime_latency"]
-        table.add_row(f"onnxruntime latency @{size}px", f"{lat['median_ms']:.1f} ms "
-                                                         f"({lat['p10_ms']:.1f}-{lat['p90_ms']:.1f})")
+        table.add_row(f"onnxruntime latency @{size}px, {threads} thr.", f"{lat['median_ms']:.1f} ms "
+                                                                       f"({lat['p10_ms']:.1f}-{lat['p90_ms']:.1f})")
         console.print(table)
     if not check["ok"]:
         worst = max(check["max_abs_diff"].items(), key=lambda kv: kv[1])
         raise UserError(f"onnxruntime differs from PyTorch by {worst[1]:.2e} at {worst[0]}px (limit "
                         f"{check['tolerance']:.0e}); the file {out} was kept for inspection, do not deploy it")
+
+
+def _export_int8(checkpoint: Path, out: Optional[Path], calib: Optional[Path], opset: Optional[int], dynamic: bool,
+                 size: int, runs: int, threads: int, as_json: bool) -> None:
+    from ganzip import quantize
+    from ganzip.atomic import refuse_input_as_output
+
+    if calib is None:
+        raise UserError("--int8 needs --calib DIR: a folder of real input images to calibrate on (for CycleGAN "
+                        "horse2zebra, datasets/horse2zebra/trainA)")
+    if checkpoint.suffix.lower() == ".onnx":
+        source = checkpoint
+        if not checkpoint.is_file():
+            raise UserError(f"{checkpoint} not found")
+    else:
+        from ganzip import checkpoint as ckpt
+
+        source = ckpt.load_generator(checkpoint)
+    out = out or checkpoint.with_name(checkpoint.stem + ".int8.onnx")
+    refuse_input_as_output(out, checkpoint, calib)
+    with status("exporting, calibrating, checking"):
+        info = quantize.export_int8(source, out, calib, size=size, threads=threads, runs=runs, dynamic=dynamic,
+                                    opset=opset)
+    info["threads"] = threads
+    if as_json:
+        emit_json(info)
+        return
+    table = Table(title=Text(f"int8 ONNX of {checkpoint}"), show_header=False)
+    table.add_row("file", Text(f"{info['path']} ({info['bytes'] / 2**20:.2f} MiB)"))
+    cal = info["calibration"]
+    table.add_row("calibration", Text(f"{cal['calibration_images']} images from {cal['folder']}, "
+                                      f"{cal['held_out_images']} held out"))
+    table.add_row("PSNR int8 vs fp32 (held out)", f"{info['psnr_db']:.2f} dB (worst image {info['psnr_db_worst']:.2f})")
+    table.add_row(f"onnxruntime fp32 @{size}px, {threads} thr.", f"{info['fp32_latency_ms']:.1f} ms")
+    table.add_row(f"onnxruntime int8 @{size}px, {threads} thr.", f"{info['latency_ms']:.1f} ms "
+                                                                 f"({info['speedup']:.2f}x faster)")
+    console.print(table)
 
 
 @command("spectrum")

@@ -10,8 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ganzip import archs
-from ganzip.cli.common import (command, console, device_option, emit_json, giga, mega, progress_bar, status,
-                               teacher_mode_option, widths_text)
+from ganzip.cli.common import (command, console, device_option, emit_json, err_console, giga, mega,
+                               progress_bar, status, teacher_mode_option, widths_text)
 from ganzip.errors import UserError
 
 # --- inspect -----------------------------------------------------------------------------------------------
@@ -69,36 +69,43 @@ def inspect_cmd(
 
 @command("profile")
 def profile_cmd(
-    checkpoint: Path = typer.Argument(..., help="Generator to profile (usually the student)."),
-    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher checkpoint: adds compression and speedup."),
+    checkpoint: Path = typer.Argument(..., help="Generator to profile (usually the student): a checkpoint, or an "
+                                                ".onnx file (fp32 or int8), timed in onnxruntime."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher checkpoint or .onnx: adds compression, "
+                                                                   "speedup and efficiency."),
     size: int = typer.Option(256, help="Input size in pixels (square)."),
     batch: int = typer.Option(1, help="Batch size for the latency measurement."),
     runs: int = typer.Option(20, help="Timed runs per model (after warm-up)."),
-    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's choice)."),
+    threads: Optional[int] = typer.Option(None, help="Intra-op threads (default: the free cores)."),
     onnx: bool = typer.Option(False, "--onnx", help="Also time the model(s) in onnxruntime."),
     device: str = device_option(),
     teacher_mode: str = teacher_mode_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Parameters, MACs (paper convention and exact) and latency; with --teacher, compression and speedup."""
-    from ganzip import checkpoint as ckpt
+    """Parameters, MACs (paper convention and exact) and latency; with --teacher, compression, speedup and
+    efficiency (speedup / MACs ratio)."""
     from ganzip import profile as prof
-    from ganzip.devices import check_threads, resolve_device
+    from ganzip import runner
+    from ganzip import threads as thread_policy
+    from ganzip.devices import resolve_device
 
     if size <= 0 or batch <= 0 or runs <= 0:
         raise UserError("--size, --batch and --runs must be positive integers")
-    check_threads(threads)
+    threads = thread_policy.resolve(threads)
     device = resolve_device(device)
-    student = ckpt.load_generator(checkpoint, teacher_mode)
-    teacher_module = ckpt.load_generator(teacher, teacher_mode) if teacher else None
+    student = runner.load_generator(checkpoint, device, threads, teacher_mode)
+    teacher_module = runner.load_generator(teacher, device, threads, teacher_mode) if teacher else None
     for module in (student, teacher_module):
-        if module is not None:
+        if module is not None and module.spec is not None:
             archs.check_size(module.spec, size)
     extra = None
     if onnx:
         from ganzip import export
 
         models = {"student": student, **({"teacher": teacher_module} if teacher_module is not None else {})}
+        if any(isinstance(m, runner.OnnxGenerator) for m in models.values()):
+            raise UserError("--onnx times a PyTorch checkpoint in onnxruntime; an .onnx file is already timed "
+                            "there, leave --onnx out")
         with status("exporting to onnxruntime"):
             extra = {name: {"onnx": export.onnx_runner(m, size, batch, threads=threads)} for name, m in models.items()}
     with status("timing"):
@@ -121,12 +128,17 @@ def profile_cmd(
             cells += [fmt(t[key]), ratio or ""]
         table.add_row(*cells)
 
-    row("parameters", "params", lambda v: f"{v:,}", t and f"{result['compression']:.2f}x")
-    row("MACs (paper/thop convention)", "macs", giga, t and f"{result['macs_ratio']:.2f}x")
-    row("MACs (exact)", "macs_exact", giga, t and f"{result['macs_exact_ratio']:.2f}x")
+    def ratio_text(key: str) -> str | None:
+        return f"{result[key]:.2f}x" if t is not None and key in result else None
+
+    row("parameters", "params", lambda v: f"{v:,}", ratio_text("compression"))
+    row("MACs (paper/thop convention)", "macs", giga, ratio_text("macs_ratio"))
+    row("MACs (exact)", "macs_exact", giga, ratio_text("macs_exact_ratio"))
+    if t is not None and t["runtime"] != result["runtime"]:
+        row("runtime", "runtime", str)
     lat = result["latency"]
     spread = f"{lat['median_ms']:.1f} ms ({lat['p10_ms']:.1f}-{lat['p90_ms']:.1f})"
-    cells = ["latency PyTorch (median, p10-p90)", spread]
+    cells = [f"latency {result['runtime']} (median, p10-p90)", spread]
     if t is not None:
         tl = t["latency"]
         cells += [f"{tl['median_ms']:.1f} ms ({tl['p10_ms']:.1f}-{tl['p90_ms']:.1f})", f"{result['speedup']:.2f}x"]
@@ -137,6 +149,15 @@ def profile_cmd(
             cells += [f"{t['onnx_latency_ms']:.1f} ms", f"{result.get('onnx_speedup', float('nan')):.2f}x"]
         table.add_row(*cells)
     console.print(table)
+    if "efficiency" in result:
+        line = (f"efficiency (speedup / MACs ratio): [bold]{result['efficiency']:.2f}[/] "
+                f"({result['speedup']:.2f}x of {result['macs_ratio']:.2f}x)")
+        if "onnx_efficiency" in result:
+            line += f"; onnxruntime {result['onnx_efficiency']:.2f}"
+        console.print(line)
+    for reason in result["unstable"]:
+        err_console.print(f"[yellow]warning:[/] timings unstable: {reason}; rerun on a quieter machine or with "
+                          f"fewer --threads", highlight=False, soft_wrap=True)
 
 
 # --- compare -----------------------------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""Each int8 quantization choice measured alone: PSNR to fp32 on held-out images and onnxruntime latency.
+
+Starting from ganzip's recipe (`ganzip.quantize.Recipe()`), every choice is flipped one at a time (which ops are
+quantized, which convolutions stay float, calibration method and percentile, per-channel weights, QDQ or
+QOperator, uint8 or int8 activations, balancing before InstanceNorm, the sub-pixel rewrite of upsampling), plus
+onnxruntime's defaults ("naive"). All int8 models and the fp32 model are timed in one alternating loop.
+Prints one JSON object.
+
+    python bench/int8.py --teacher G_A2B_epoch33.pth --ratio 7 [--method search] [--size 256] [--threads 2]
+    python bench/int8.py --checkpoint student.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ganzip import archs, checkpoint, export, profile, prune, quantize, threads
+from ganzip.quantize import NAIVE, Recipe
+
+SHARED_CALIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "horse2zebra" / "trainA"
+
+VARIANTS = {
+    "ganzip": {},
+    "every_op": {"op_types": ()},
+    "convtranspose_too": {"op_types": ("Conv", "ConvTranspose"), "subpixel": False},
+    "no_subpixel": {"subpixel": False},
+    "first_last_int8": {"keep_float": ()},
+    "last_int8": {"keep_float": ("first",)},
+    "per_tensor_weights": {"per_channel": False},
+    "minmax": {"calibration": "minmax"},
+    "entropy": {"calibration": "entropy"},
+    "percentile_99.999": {"percentile": 99.999},
+    "percentile_99.9": {"percentile": 99.9},
+    "percentile_symmetric": {"symmetric_range": True},
+    "no_balance": {"balance": False},
+    "conv_outputs_float": {"conv_outputs": False},
+    "int8_activations": {"activations": "int8"},
+    "qoperator": {"fmt": "qoperator"},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", help="the model to quantize (else pruned from --teacher)")
+    p.add_argument("--teacher", help="teacher to prune a student from")
+    p.add_argument("--ratio", type=float, default=7.0)
+    p.add_argument("--method", default="search", choices=("search", "uniform"))
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--calib", default=str(SHARED_CALIB) if SHARED_CALIB.is_dir() else None)
+    p.add_argument("--variants", default=",".join(["naive", *VARIANTS]), help="comma-separated subset")
+    args = p.parse_args(argv)
+    if not args.calib or not (args.checkpoint or args.teacher):
+        p.error("give --checkpoint or --teacher, and --calib (default ../shared/data/horse2zebra/trainA)")
+    threads.keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    if args.checkpoint:
+        module, source = checkpoint.load_generator(args.checkpoint), args.checkpoint
+    else:
+        teacher = checkpoint.load_generator(args.teacher)
+        batch = prune.calibration_batch(args.calib, args.size, multiple=archs.size_multiple(teacher.spec))
+        module = prune.prune(teacher, args.ratio, method=args.method, size=args.size, calib=batch,
+                             threads=args.threads, price="auto").module
+        source = f"{args.teacher} pruned {args.ratio:g}x ({args.method})"
+    calib, held, data = quantize.load_images(args.calib, args.size)
+    out: dict = {"model": source, "spec": module.spec, "size": args.size, "threads": args.threads, "runs": args.runs,
+                 "calibration": data, "variants": {}}
+    shape = (1, module.spec["input_nc"], args.size, args.size)
+    with tempfile.TemporaryDirectory(prefix="ganzip-int8-bench-") as work:
+        fp32 = Path(work) / "fp32.onnx"
+        export.export_onnx(module, fp32, size=args.size)
+        runners = {"fp32": export.file_runner(fp32, shape, args.threads)}
+        for name in args.variants.split(","):
+            recipe = NAIVE if name == "naive" else dataclasses.replace(Recipe(), **VARIANTS[name])
+            path = Path(work) / f"{name}.onnx"
+            quantize.quantize_onnx(fp32, path, calib, recipe)
+            out["variants"][name] = {"recipe": recipe.as_dict(), **quantize.compare(fp32, path, held, args.threads)}
+            runners[name] = export.file_runner(path, shape, args.threads)
+        load_before = threads.load()
+        timings = profile.time_alternating(runners, runs=args.runs)
+        out["unstable"] = threads.stability(timings, load_before, threads.load(), args.threads)
+    out["fp32"] = timings["fp32"].as_dict()
+    for name, entry in out["variants"].items():
+        entry.update({"latency": timings[name].as_dict(),
+                      "speedup_over_fp32": timings["fp32"].median_ms / timings[name].median_ms})
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

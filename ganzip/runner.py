@@ -1,0 +1,128 @@
+"""Run any generator file the same way: a checkpoint in PyTorch, an .onnx file (fp32 or int8) in onnxruntime.
+
+translate, fid and profile take either, so an int8 model's FID and latency are measured on the file that ships,
+not assumed from its fp32 parent. An .onnx file written by ganzip carries its generator's spec in its metadata,
+so it keeps its name, size multiple, parameter and MAC counts; any other .onnx generator runs too, described by
+its input and output only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ganzip.errors import UserError
+
+
+def is_onnx(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+class OnnxGenerator(nn.Module):
+    """An .onnx generator behind the module interface (`module(x)` on CPU tensors in [-1, 1])."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        super().__init__()
+        import onnx
+
+        from ganzip.export import PRECISION_KEY, SPEC_KEY, _session
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{path} not found")
+        try:
+            proto = onnx.load(str(self.path), load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - onnx raises protobuf's untyped errors
+            raise UserError(f"{path} is not a readable ONNX file ({type(e).__name__}); export one with "
+                            f"`ganzip export CKPT`") from None
+        meta = {p.key: p.value for p in proto.metadata_props}
+        self.spec: dict | None = _spec_from(meta.get(SPEC_KEY))
+        self.precision = meta.get(PRECISION_KEY) or (
+            "int8" if any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node) else "fp32")
+        self._initializer_elements = sum(int(np.prod(t.dims)) for t in proto.graph.initializer
+                                         if t.data_type == onnx.TensorProto.FLOAT)
+        self.session = _session(self.path, threads)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        dims = list(inp.shape)
+        self.input_nc = dims[1] if len(dims) == 4 and isinstance(dims[1], int) else (
+            self.spec["input_nc"] if self.spec else 3)
+        self.fixed_batch = dims[0] if dims and isinstance(dims[0], int) else None
+        self.fixed_hw = tuple(dims[2:]) if len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]) else None
+
+    def __deepcopy__(self, memo: dict) -> "OnnxGenerator":
+        return self  # a session is only read while running; profile copies the modules it times
+
+    def runtime(self) -> str:
+        return f"onnxruntime {self.precision}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            raise UserError(f"{self.path} runs in onnxruntime on the CPU; use --device cpu")
+        if self.fixed_hw is not None and tuple(x.shape[-2:]) != self.fixed_hw:
+            raise UserError(f"{self.path} was exported for {self.fixed_hw[0]}x{self.fixed_hw[1]} inputs only; pass "
+                            f"--size {self.fixed_hw[0]}, or export it again with --dynamic")
+        data = x.detach().float().numpy()
+        chunks = [data[i:i + 1] for i in range(len(data))] if self.fixed_batch == 1 and len(data) > 1 else [data]
+        outs = [self.session.run(None, {self.input_name: np.ascontiguousarray(c)})[0] for c in chunks]
+        return torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0])
+
+    def reference(self) -> nn.Module | None:
+        """The PyTorch network of the recorded spec (random weights): what parameters and MACs are counted on."""
+        if self.spec is None:
+            return None
+        from ganzip import archs
+
+        return archs.build(self.spec).eval()
+
+    def parameter_count(self) -> int:
+        """Parameters of the network it was exported from (the float initializers when the spec is unknown)."""
+        ref = self.reference()
+        return sum(p.numel() for p in ref.parameters()) if ref is not None else self._initializer_elements
+
+
+def _spec_from(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        return None
+    from ganzip import archs
+
+    try:
+        with torch.device("meta"):
+            archs.build(spec)
+    except Exception:  # noqa: BLE001 - a spec that does not build is as good as none
+        return None
+    return spec
+
+
+def load_generator(path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
+                   teacher_mode: str = "eval") -> nn.Module:
+    """A generator from a checkpoint (PyTorch) or an .onnx file (onnxruntime, CPU only)."""
+    if is_onnx(path):
+        if device != "cpu":
+            raise UserError(f"{path} runs in onnxruntime on the CPU; use --device cpu (or a .pth checkpoint for "
+                            f"{device})")
+        if teacher_mode != "eval":
+            raise UserError(f"--teacher-mode {teacher_mode} changes a checkpoint's BatchNorm layers; {path} is an ONNX "
+                            f"file whose normalisation was fixed when it was exported: export it with that mode instead")
+        return OnnxGenerator(path, threads)
+    from ganzip import checkpoint
+
+    return checkpoint.load_generator(path, teacher_mode)
+
+
+def describe(module: nn.Module) -> str:
+    from ganzip import archs
+
+    if isinstance(module, OnnxGenerator):
+        base = archs.describe(module.spec) if module.spec else f"{module.input_nc}-channel ONNX generator"
+        return f"{base}, {module.runtime()}"
+    return archs.describe(module.spec)

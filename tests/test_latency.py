@@ -1,0 +1,216 @@
+"""The latency cost model: units cover the network, the table is cached and keyed, the search uses it; threads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ganzip import archs, channels, checkpoint, costs, latency, prune, threads
+from ganzip.cli import app
+from ganzip.errors import UserError
+from ganzip.profile import Latency, count_macs
+
+
+def resnet(ngf: int = 8, n_blocks: int = 2, seed: int = 0, **kw) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return archs.build(archs.default_spec("resnet", ngf=ngf, n_blocks=n_blocks, **kw)).eval()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GANZIP_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def macs_as_ms(monkeypatch):
+    """Replace timing by each unit's MAC count (an exact, deterministic stand-in); records every measurement."""
+    calls = []
+
+    def fake(module, shape, n_threads):
+        calls.append((repr(module), shape))
+        return float(count_macs(latency._materialise(module), tuple(shape[-2:]), in_channels=shape[1])["paper"])
+
+    def fake_context(spec, pieces, size, n_threads):
+        module = archs.build(spec).eval()
+        children = list(module.model.children())
+        out, x = [], torch.zeros(1, spec["input_nc"], size, size)
+        for u in pieces:
+            piece = torch.nn.Sequential(*children[u.start:u.stop])
+            out.append(float(count_macs(piece, tuple(x.shape[-2:]), in_channels=x.shape[1])["paper"]))
+            with torch.no_grad():
+                x = piece(x)
+        return out
+
+    monkeypatch.setitem(latency._MEASURE, "torch", fake)
+    monkeypatch.setattr(latency, "_measure_in_context", fake_context)
+    return calls
+
+
+def test_units_cover_every_convolution_once(cache, macs_as_ms):
+    """The sum over units of their MACs is the whole network's MAC count, at the teacher's and at random widths."""
+    teacher = resnet(ngf=8, n_blocks=3)
+    layout = channels.layout_of(teacher)
+    cost = latency.LatencyCost(layout, 32, latency.LatencyTable(teacher.spec, 32, "torch", 1))
+    assert cost(layout.widths()) == count_macs(teacher, 32)["paper"]
+    rng = np.random.default_rng(0)
+    widths = {p: int(rng.integers(1, w + 1)) for p, w in layout.widths().items()}
+    student = archs.build(channels.with_widths(teacher.spec, widths))
+    assert cost(widths) == count_macs(student, 32)["paper"]
+
+
+def test_identical_units_are_timed_once(cache, macs_as_ms):
+    teacher = resnet(ngf=8, n_blocks=4)
+    layout = channels.layout_of(teacher)
+    table = latency.LatencyTable(teacher.spec, 32, "torch", 1)
+    latency.LatencyCost(layout, 32, table)(layout.widths())
+    # stem, down, trunk-writing down, 4 equal blocks, 2 ups, output layer: 7 distinct computations
+    assert table.measured == len(macs_as_ms) == 7
+
+
+def test_table_key_changes_with_size_threads_runtime_and_cpu(cache, monkeypatch):
+    spec = resnet().spec
+    base = latency.table_path(spec, 64, "torch", 1)
+    assert base == latency.table_path(spec, 64, "torch", 1)
+    others = [latency.table_path(spec, 32, "torch", 1), latency.table_path(spec, 64, "torch", 2),
+              latency.table_path(spec, 64, "onnxruntime", 1),
+              latency.table_path(archs.default_spec("resnet", ngf=8, n_blocks=6), 64, "torch", 1)]
+    monkeypatch.setattr(latency, "cpu_model", lambda: "another CPU")
+    others.append(latency.table_path(spec, 64, "torch", 1))
+    assert len({base, *others}) == 6
+
+
+def test_a_table_is_only_read_back_under_its_own_key(cache, macs_as_ms):
+    teacher = resnet()
+    layout = channels.layout_of(teacher)
+    first = latency.LatencyTable(teacher.spec, 32, "torch", 1)
+    latency.LatencyCost(layout, 32, first)(layout.widths())
+    assert first.save() == first.path and first.path.is_file()
+    again = latency.LatencyTable(teacher.spec, 32, "torch", 1)
+    assert again.entries == first.entries and again.measured == 0
+    assert latency.LatencyTable(teacher.spec, 32, "torch", 2).entries == {}
+    first.path.write_text("{not json")
+    assert latency.LatencyTable(teacher.spec, 32, "torch", 1).entries == {}  # a torn file is re-measured
+
+
+def test_second_prune_reads_the_cached_table_instead_of_measuring(cache, tmp_path):
+    """Real timings (no stand-in): the first prune times units, the second finds every one it needs on disk."""
+    teacher = resnet(ngf=16, n_blocks=2)
+    path = tmp_path / "teacher.pth"
+    checkpoint.save_generator(teacher, path)
+    runner = CliRunner()
+    args = ["prune", str(path), "--by", "latency", "--ratio", "1.2", "--size", "32", "--threads", "1",
+            "--runs", "2", "--json"]
+    first = runner.invoke(app, args + ["-o", str(tmp_path / "a.pth")])
+    assert first.exit_code == 0, first.output
+    a = json.loads(first.stdout)
+    table = a["latency_table"]
+    assert table["measured"] > 0 and table["threads"] == 1 and table["runtime"] == "torch"
+    assert str(cache) in table["path"]
+    second = runner.invoke(app, args + ["-o", str(tmp_path / "b.pth")])
+    assert second.exit_code == 0, second.output
+    b = json.loads(second.stdout)
+    assert b["latency_table"]["measured"] == 0 and b["latency_table"]["reused"] > 0
+    assert b["latency_table"]["path"] == table["path"]
+    assert b["spec"] == a["spec"]  # same table, same calibration: the same student
+    assert a["achieved"] == pytest.approx(a["teacher"]["predicted_ms"] / a["student"]["predicted_ms"])
+    assert set(a["speedup"]) >= {"teacher", "student", "speedup", "runtime", "threads"}
+    assert a["speedup"]["speedup"] == pytest.approx(a["speedup"]["teacher"]["median_ms"]
+                                                    / a["speedup"]["student"]["median_ms"])
+    prov = checkpoint.load(tmp_path / "a.pth").provenance
+    assert prov["by"] == "latency" and prov["runtime"] == "torch" and prov["threads"] == 1
+
+
+def test_search_by_a_stand_in_latency_meets_its_ratio(cache, macs_as_ms):
+    """With MACs standing in for time, a latency search is a MACs search: the ratio lands within 3%."""
+    teacher = resnet(ngf=8)
+    result = prune.prune(teacher, 2, by="latency", size=32, threads=1)
+    assert abs(result.achieved / 2 - 1) <= 0.03
+    assert result.achieved == pytest.approx(count_macs(teacher, 32)["paper"] / count_macs(result.module, 32)["paper"])
+    assert result.info["multiple_of"] == 1  # a stem of 8 leaves no room for multiples of 8
+
+
+def test_latency_rounds_roomy_networks_to_multiples_of_8(cache, macs_as_ms):
+    teacher = resnet(ngf=32, n_blocks=1)
+    result = prune.prune(teacher, 3, by="latency", size=32, threads=1)
+    assert result.info["multiple_of"] == 8 and abs(result.achieved / 3 - 1) <= 0.03
+    assert all(w % 8 == 0 for w in channels.layout_of(result.spec).widths().values())
+
+
+def test_price_changes_which_steps_the_search_takes_not_the_target(cache, macs_as_ms, monkeypatch):
+    """Steps charged in a price that makes the stem very expensive narrow the stem first; MACs still hit 2x."""
+    teacher = resnet(ngf=8)
+    layout = channels.layout_of(teacher)
+
+    class StemHeavy:
+        by, unit = "stem-heavy", "units"
+
+        def __call__(self, widths):
+            return costs.Macs(layout, 32)(widths) + 1e9 * widths[("stem",)]
+
+    plain = prune.prune(teacher, 2, size=32)
+    steered = prune.prune(teacher, 2, size=32, price=StemHeavy())
+    assert abs(steered.achieved / 2 - 1) <= 0.03 and steered.info["price"] == "stem-heavy"
+    assert steered.spec["widths"]["stem"] < plain.spec["widths"]["stem"]
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_units_as_onnx_graphs_compute_what_pytorch_does(affine):
+    spec = archs.default_spec("resnet", ngf=8, n_blocks=1, affine=affine)
+    layout = channels.layout_of(spec)
+    from ganzip.export import _session
+
+    for unit in latency.units(layout, 32):
+        module = latency._materialise(latency._unit_module(spec, unit))
+        shape = (1, latency._input_channels(module), *unit.hw)
+        x = torch.randn(shape)
+        with torch.no_grad():
+            expected = module(x).numpy()
+        session = _session(latency.unit_onnx(module, shape).SerializeToString(), 1)
+        got = session.run(None, {"input": x.numpy()})[0]
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() < 1e-4
+
+
+def test_latency_search_is_refused_for_unet():
+    unet = archs.build(archs.default_spec("unet", ngf=4, num_downs=4)).eval()
+    with pytest.raises(UserError, match="--by latency .* use --by macs"):
+        prune.prune(unet, 2, by="latency", size=16, threads=1)
+
+
+# --- threads -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_cores,load,expected", [(2, 0.2, 2), (2, 1.0, 1), (2, 1.6, 1), (2, 7.0, 1),
+                                                   (16, 3.4, 13), (4, 0.0, 4)])
+def test_default_threads_are_the_free_cores(n_cores, load, expected):
+    assert threads.free_cores(n_cores, load) == expected
+
+
+def test_explicit_threads_win_and_bad_ones_are_one_line_errors():
+    assert threads.resolve(3) == 3
+    with pytest.raises(UserError, match="--threads -1 is not a thread count; give a positive integer"):
+        threads.resolve(-1)
+    result = CliRunner().invoke(app, ["profile", "missing.pth", "--threads", "0"])
+    assert result.exit_code == 2 and "--threads 0 is not a thread count" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_using_restores_torch_threads():
+    before = torch.get_num_threads()
+    with threads.using(1) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_unstable_timings_are_named():
+    steady = Latency(10.0, 9.8, 10.3, 20)
+    wide = Latency(10.0, 8.0, 16.0, 20)
+    assert threads.stability({"a": steady}, 0.1, 1.1, 1, n_cores=2) == []
+    spread = threads.stability({"a": steady, "b": wide}, 0.1, 1.1, 1, n_cores=2)
+    assert len(spread) == 1 and spread[0].startswith("b runs spread 8.0-16.0 ms")
+    loaded = threads.stability({"a": steady}, 1.9, 2.0, 2, n_cores=2)
+    assert len(loaded) == 1 and "loaded beyond its 2 core(s)" in loaded[0]

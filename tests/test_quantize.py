@@ -1,0 +1,116 @@
+"""int8 ONNX: the graph rewrites before quantization are exact, the int8 model stays close to PyTorch, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ganzip import archs, checkpoint, export, prune, quantize
+from ganzip.cli import app
+from ganzip.export import _session
+from ganzip.images import save_png
+
+
+def student(seed: int = 0) -> torch.nn.Module:
+    """A non-uniform pruned ResNet whose weights are far from their initialisation."""
+    spec = archs.default_spec("resnet", ngf=8, n_blocks=2, affine=True)
+    spec["widths"] = {"stem": 6, "down": [12], "trunk": 20, "inner": [9, 16], "up": [11, 7]}
+    torch.manual_seed(seed)
+    module = archs.build(spec).eval()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return module
+
+
+def calib_folder(path, n: int = 12, size: int = 32):
+    path.mkdir()
+    for k in range(n):
+        save_png(prune.synthetic_batch(1, 3, size, seed=100 + k)[0], path / f"{k:02d}.png")
+    return path
+
+
+def run(model_path, x: torch.Tensor) -> np.ndarray:
+    session = _session(model_path)
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(len(x))])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(4.0 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def test_subpixel_rewrite_of_transposed_convolutions_is_exact(tmp_path):
+    module = student()
+    export.export_onnx(module, tmp_path / "m.onnx", size=32)
+    model, n = quantize.subpixel_transposed(onnx.load(str(tmp_path / "m.onnx")))
+    assert n == 2 and not any(node.op_type == "ConvTranspose" for node in model.graph.node)
+    onnx.save_model(model, str(tmp_path / "r.onnx"))
+    x = prune.synthetic_batch(2, 3, 32, seed=7)
+    with torch.no_grad():
+        expected = module(x).numpy()
+    assert np.abs(run(tmp_path / "r.onnx", x) - expected).max() < 1e-5
+
+
+def test_balancing_channels_before_instance_norm_keeps_the_function(tmp_path):
+    module = student()
+    export.export_onnx(module, tmp_path / "m.onnx", size=32)
+    model, _ = quantize.subpixel_transposed(onnx.load(str(tmp_path / "m.onnx")))
+    calib = prune.synthetic_batch(4, 3, 32, seed=3).numpy()
+    model, n = quantize.balance_before_norms(model, calib)
+    assert n == 9  # all 10 convolutions but the output layer feed an InstanceNorm (2 through DepthToSpace)
+    onnx.save_model(model, str(tmp_path / "b.onnx"))
+    x = prune.synthetic_batch(2, 3, 32, seed=8)
+    with torch.no_grad():
+        expected = module(x).numpy()
+    assert np.abs(run(tmp_path / "b.onnx", x) - expected).max() < 1e-3  # only InstanceNorm's epsilon moves
+
+
+def test_int8_export_stays_close_to_pytorch_and_reports_its_measurements(tmp_path):
+    module = student()
+    checkpoint.save_generator(module, tmp_path / "s.pth")
+    calib = calib_folder(tmp_path / "calib")
+    out = tmp_path / "s.int8.onnx"
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "s.pth"), "--int8", "--calib", str(calib),
+                                      "--size", "32", "--runs", "2", "--threads", "1", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["latency_ms"] > 0 and info["fp32_latency_ms"] > 0
+    assert info["speedup"] == pytest.approx(info["fp32_latency_ms"] / info["latency_ms"])
+    assert info["calibration"] == {"folder": str(calib), "calibration_images": 9, "held_out_images": 3}
+    assert info["fp32_check"]["ok"]
+    int8 = onnx.load(str(out))
+    ops = {n.op_type for n in int8.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "ConvTranspose" not in ops
+    # independently: new images through the int8 file and through PyTorch
+    x = prune.synthetic_batch(4, 3, 32, seed=999)
+    with torch.no_grad():
+        expected = module(x).numpy()
+    got = run(out, x)
+    assert psnr(got, expected) > 30
+    assert info["psnr_db"] > 30
+    meta = {p.key: p.value for p in int8.metadata_props}
+    assert meta["ganzip.precision"] == "int8" and json.loads(meta["ganzip.spec"]) == module.spec
+
+
+def test_held_out_images_are_never_calibrated_on():
+    paths = [f"{k}.png" for k in range(20)]
+    calib, held = quantize.split_calibration(paths, 4)
+    assert len(held) == 4 and not set(calib) & set(held) and sorted(calib + held) == sorted(paths)
+
+
+def test_int8_export_refuses_a_missing_calib_with_one_line(tmp_path):
+    checkpoint.save_generator(student(), tmp_path / "s.pth")
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(tmp_path / "s.pth"), "--int8", "--size", "32"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --int8 needs --calib DIR")
+    assert not (tmp_path / "s.int8.onnx").exists()
+    stray = runner.invoke(app, ["export", str(tmp_path / "s.pth"), "--calib", str(tmp_path), "--size", "32"])
+    assert stray.exit_code == 2 and "add --int8" in stray.output
