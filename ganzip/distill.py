@@ -361,12 +361,14 @@ def _make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet, 
                 raise Stopped(f"stopped by {signal.Signals(stop.signum).name} while pruning, before training "
                               f"began; nothing was saved", stop.signum)
 
+        # the same student `ganzip prune` makes: search steps charged in measured latency (ganzip.prune)
         result = prune.prune(teacher, cfg.ratio, by=cfg.by, method=cfg.method, size=cfg.size, calib=calib,
-                             seed=cfg.seed, progress=report)
+                             seed=cfg.seed, progress=report, price="auto")
         progress.finish(task)
         student = result.module
         info = {"ratio": cfg.ratio, "achieved_ratio": result.achieved, "by": cfg.by, "method": cfg.method,
-                "teacher_base": archs.base_width(teacher.spec)}
+                "teacher_base": archs.base_width(teacher.spec),
+                **({"price": result.info["price"]} if "price" in result.info else {})}
     if cfg.init == "scratch":
         _scratch_init(student, cfg.seed)
     info["init"] = cfg.init

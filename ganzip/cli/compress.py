@@ -141,8 +141,8 @@ def distill_cmd(
                                           rich_help_panel=_STUDENT),
     student: Optional[Path] = typer.Option(None, "--student", help="Start from this pruned student instead "
                                            "(ganzip prune).", rich_help_panel=_STUDENT),
-    by: str = typer.Option("macs", "--by", help="With --ratio: macs (paper convention) or params.",
-                           rich_help_panel=_STUDENT),
+    by: str = typer.Option("macs", "--by", help="With --ratio: macs (paper convention), params or latency "
+                           "(measured here, as ganzip prune).", rich_help_panel=_STUDENT),
     method: str = typer.Option("search", "--method", help="With --ratio: search or uniform widths.",
                                rich_help_panel=_STUDENT),
     init: str = typer.Option("inherit", "--init", help="inherit (the teacher's channels) or scratch (the paper's "
