@@ -3,8 +3,9 @@
 The bundle must stay small (a few MB) yet be real images, so `ganzip demo` shows real work on a laptop:
 deterministic, evenly spaced subsets, downscaled to 128 px:
 - `maps_small`: pix2pix maps pairs (train 80, val 20), each A|B half 128 px (`ganzip demo --paired`);
-- `photos_small`: horse2zebra photos (trainA 60 horses: the inputs; trainB 20 zebras: the teacher's outputs on
-  them are the targets; testA 20 horses: held out), for `ganzip demo` with the pretrained vintagify teacher.
+- `photos_small`: horse photos from horse2zebra (train/ 60: the inputs; other/ 20 more from the same folder: the
+  teacher's outputs on them are the targets, photos of the same kind as the inputs but not the inputs; test/ 20
+  from testA: held out), for `ganzip demo` with the pretrained vintagify teacher.
 
     python bench/make_example_data.py [--set maps|photos] [--source DIR] [--out DIR]
 """
@@ -20,9 +21,10 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SETS = {  # name: (source folder, bundled folder, {split: count})
-    "maps": ("maps", "maps_small", {"train": 80, "val": 20}),
-    "photos": ("horse2zebra", "photos_small", {"trainA": 60, "trainB": 20, "testA": 20}),
+SETS = {  # name: (source folder, bundled folder, {split: (source split, count, every 4th of the chosen or not)})
+    "maps": ("maps", "maps_small", {"train": ("train", 80, None), "val": ("val", 20, None)}),
+    "photos": ("horse2zebra", "photos_small", {"train": ("trainA", 80, False), "other": ("trainA", 80, True),
+                                               "test": ("testA", 20, None)}),
 }
 
 
@@ -73,23 +75,26 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or ROOT / "ganzip" / "resources" / "data" / bundled
     counts = dict(counts)
     if args.set == "maps":
-        counts["train"] = args.train or counts["train"]
-        counts["val"] = args.val or counts["val"]
+        counts["train"] = ("train", args.train or 80, None)
+        counts["val"] = ("val", args.val or 20, None)
     make = shrink if args.set == "maps" else shrink_photo
-    total = 0
-    for split, n in counts.items():
-        src_dir = source / split
+    total, written = 0, {}
+    for split, (src_split, n, fourth) in counts.items():
+        src_dir = source / src_split
         if not src_dir.is_dir():
             print(f"error: {src_dir} not found; pass --source pointing at the {source_name} folder", file=sys.stderr)
             return 2
         dst = args.out / split
         dst.mkdir(parents=True, exist_ok=True)
         chosen = evenly_spaced([f.name for f in src_dir.glob("*.jpg")], n)
+        if fourth is not None:  # one photo in four of the chosen ones goes to other/, the rest to train/
+            chosen = [name for i, name in enumerate(chosen) if (i % 4 == 3) == fourth]
+        written[split] = len(chosen)
         for name in chosen:
             data = make(src_dir / name, args.half, args.quality)
             (dst / name).write_bytes(data)
             total += len(data)
-    print(json.dumps({"set": args.set, "out": str(args.out), **counts, "side": args.half, "quality": args.quality,
+    print(json.dumps({"set": args.set, "out": str(args.out), **written, "side": args.half, "quality": args.quality,
                       "bytes": total}))
     return 0
 

@@ -47,8 +47,12 @@ def profile_table(p: dict) -> list[str]:
     return lines
 
 
+def _rgb(cast: list[float]) -> str:
+    return ", ".join(f"{name} {v:+.1f}" for name, v in zip("RGB", cast))
+
+
 def _kid(r: dict) -> str:
-    spread = f" ± {r['kid_std'] * 1e3:.1f}" if r.get("kid_std") else ""
+    spread = f" ± {r['kid_std'] * 1e3:.1f}" if r.get("kid_std", 0) > 1e-9 else ""  # 0 when subsets = the set
     return f"{r['kid'] * 1e3:.1f}{spread}"
 
 
@@ -57,7 +61,16 @@ def quality_section(q: dict, kind: str) -> list[str]:
     n = q["held_out"]
     lines = [f"On {n} held-out inputs the student is **{st['psnr_db']:.1f} dB PSNR** from its teacher's outputs "
              f"(mean |diff| {st['l1']:.3f} on [-1, 1] images), and its colours drift **{st['colour_drift_8bit']:.1f} "
-             f"levels** (of 255) from the teacher's: the mean |difference of per-image channel means|.", ""]
+             f"levels** (of 255) from the teacher's: the mean |difference of per-image channel means|. Averaged "
+             f"over the images, the student's cast against the teacher is "
+             f"{_rgb(st['colour_cast_rgb_8bit'])} levels.", ""]
+    if "input_vs_teacher" in q:  # photos: the input itself is a baseline any student must beat
+        base = q["input_vs_teacher"]
+        better = st["psnr_db"] > base["psnr_db"] and st["colour_drift_8bit"] < base["colour_drift_8bit"]
+        lines[-2] += (f" For scale, the input photos themselves are {base['psnr_db']:.1f} dB and "
+                      f"{base['colour_drift_8bit']:.1f} levels of drift from the teacher's outputs: the student is "
+                      + ("closer to the teacher than doing nothing on both." if better else
+                         "**not closer to the teacher than doing nothing on both**; train longer."))
     b = q["bands_vs_teacher"]
     lines.append(f"Relative to the teacher's outputs, the student's low wavelet band (colour and layout) holds "
                  f"{_f(b['low_band'], 3)}x the energy and its detail bands {_f(b['detail'], 3)}x (1 = the same; "
@@ -91,7 +104,7 @@ def markdown(summary: dict) -> str:
     recipe = d["recipe"]
     anchor = recipe.get("anchor")
     if kind == "photos":
-        intro = (f"Teacher: **{t['architecture']}**, {t['source']}. Data: photos bundled with ganzip "
+        intro = (f"Teacher: **{t['architecture']}**, {t['source']}. Data: horse photos bundled with ganzip "
                  f"(`ganzip data-path photos`, downscaled from horse2zebra): {data['inputs']} inputs, "
                  f"{data['targets']} other photos whose teacher outputs are the target set, {data['held_out']} held "
                  f"out. {size}x{size} px.")
@@ -136,7 +149,7 @@ def markdown(summary: dict) -> str:
         f"KD on the high bands" + (f" + {anchor} anchor (weight {recipe.get('lambda_anchor')})"
                                    if anchor and anchor != "none" else "")
         + f", lr {recipe['lr']} constant then linear to 0 from {recipe['decay_from']:.0%} of the steps, random "
-          f"crops from {recipe['load_size']} px." + val,
+          f"{recipe.get('size', size)} px crops from {recipe['load_size']} px." + val,
         f"4. **Export**: `{Path(summary['onnx']['path']).name}`, {summary['onnx']['bytes'] / 1e6:.2f} MB, opset "
         f"{summary['onnx']['opset']}; onnxruntime vs PyTorch max |diff| "
         f"{max(summary['onnx']['verify']['max_abs_diff'].values()):.2e} "

@@ -30,12 +30,12 @@ def test_bundled_data_is_real_pairs_of_the_documented_shape():
 
 def test_bundled_photos_are_real_photos_split_three_ways():
     data = demo.bundled_data("photos")
-    splits = {name: images.list_images(data / name) for name in ("trainA", "trainB", "testA")}
-    assert {k: len(v) for k, v in splits.items()} == {"trainA": 60, "trainB": 20, "testA": 20}
+    splits = {name: images.list_images(data / name) for name in ("train", "other", "test")}
+    assert {k: len(v) for k, v in splits.items()} == {"train": 60, "other": 20, "test": 20}
     contents = [{p.read_bytes() for p in v} for v in splits.values()]
     assert not (contents[0] & contents[1] or contents[0] & contents[2] or contents[1] & contents[2])
     assert sum(p.stat().st_size for v in splits.values() for p in v) < 1_500_000
-    with Image.open(splits["testA"][0]) as img:
+    with Image.open(splits["test"][0]) as img:
         assert img.size == (128, 128) and img.mode == "RGB"
     assert "horse2zebra" in (data.parent / "README.md").read_text()
 
@@ -45,7 +45,7 @@ def test_example_data_script_reproduces_the_bundled_photos(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "bench" / "make_example_data.py"), "--set", "photos", "--out",
                     str(tmp_path)], check=True, capture_output=True)
     bundled = demo.bundled_data("photos")
-    for split in ("trainA", "trainB", "testA"):
+    for split in ("train", "other", "test"):
         made = sorted(p.name for p in (tmp_path / split).iterdir())
         assert made == sorted(p.name for p in (bundled / split).iterdir())
         assert all((tmp_path / split / n).read_bytes() == (bundled / split / n).read_bytes() for n in made)
@@ -100,6 +100,11 @@ def test_similarity_psnr_and_colour_drift_against_a_hand_computation():
     assert s["l1"] == pytest.approx(0.8 / 3)
     assert s["psnr_db"] == pytest.approx(10 * math.log10(4 / ((0.16 + 0.04 + 0.04) / 3)))
     assert s["colour_drift_8bit"] == pytest.approx(0.8 / 3 * 127.5)
+    assert s["colour_cast_rgb_8bit"] == pytest.approx([0.4 * 127.5, -0.2 * 127.5, -0.2 * 127.5])
+    # a second image with the opposite offsets: the drift stays, the cast (signed, averaged) cancels
+    two = demo.similarity(torch.cat([a, a]), torch.cat([b, -b]))
+    assert two["colour_drift_8bit"] == pytest.approx(0.8 / 3 * 127.5)
+    assert two["colour_cast_rgb_8bit"] == pytest.approx([0, 0, 0], abs=1e-4)
 
 
 def _check_summary(summary: dict, out: Path, columns: int) -> None:
@@ -122,6 +127,8 @@ def _check_summary(summary: dict, out: Path, columns: int) -> None:
     assert "| MACs (paper/thop convention) |" in report and "grid.png" in report
     assert report.index("How close the student stays to its teacher") < report.index("What it costs")
     assert f"{st['psnr_db']:.1f} dB PSNR" in report and f"{q['held_out']} held-out inputs" in report
+    if "input_vs_teacher" in q:  # photos: the do-nothing baseline is stated beside the student
+        assert f"{q['input_vs_teacher']['psnr_db']:.1f} dB" in report
     with Image.open(out / "grid.png") as grid:  # one row per held-out image
         size, rows = summary["size"], summary["settings"]["grid_images"]
         assert grid.size == (columns * size + (columns - 1) * 2, rows * size + (rows - 1) * 2)

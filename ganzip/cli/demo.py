@@ -75,8 +75,8 @@ def data_path_cmd(
     path = bundled_data(name)
     if as_json:
         layouts = {"maps": "aligned pairs, A|B side by side (A: aerial photo, B: map)",
-                   "photos": "trainA: input photos, trainB: other photos (the demo's targets are the teacher's "
-                             "outputs on them), testA: held-out photos"}
+                   "photos": "train: input photos, other: more photos of the same kind (the demo's targets are the "
+                             "teacher's outputs on them), test: held-out photos"}
         splits = {p.name: len(images.list_images(p)) for p in sorted(path.iterdir()) if p.is_dir()}
         emit_json({"path": path, "name": name, "layout": layouts[name], "splits": splits})
         return
