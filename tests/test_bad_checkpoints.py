@@ -109,3 +109,18 @@ def test_json_errors_go_to_stdout_as_json_for_every_failure(tmp_path):
     assert result.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pth'} not found; check the path"
     plain = runner.invoke(app, ["profile", str(tmp_path / "nope.pth")])
     assert plain.exit_code == 2 and plain.stdout == ""
+
+
+def test_usage_errors_under_json_also_reach_stdout_as_json():
+    """An unknown option or a bad value is Typer's to report (usage on stderr, exit 2); under --json a script
+    parsing stdout learns why too."""
+    cases = {("inspect", "x.pth", "--json", "--bogus"): "No such option: --bogus",
+             ("prune", "x.pth", "--ratio", "abc", "--json"): "Invalid value for '--ratio'",
+             ("inspect", "--json"): "Missing argument"}
+    for args, message in cases.items():
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 2, args
+        assert message in json.loads(result.stdout)["error"], args
+        assert message.split("'")[0] in result.stderr, args
+    plain = runner.invoke(app, ["inspect", "x.pth", "--bogus"])  # without --json stdout stays empty
+    assert plain.exit_code == 2 and plain.stdout == ""

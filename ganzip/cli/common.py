@@ -67,8 +67,22 @@ class _Command(_Adopting, TyperCommand):
     pass
 
 
+# Typer raises click's UsageError (bundled or not, depending on its version) for an unknown option or a bad value.
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
 class _Group(_Adopting, TyperGroup):
-    pass
+    """Click prints a usage error itself (usage line, then the message) and exits 2; under `--json` the message
+    also goes to stdout as {"error": ...}, as every other error does, so a script learns why."""
+
+    def invoke(self, ctx: Any) -> Any:
+        args = [*getattr(ctx, "protected_args", []), *ctx.args]  # what follows `ganzip`: the command and its args
+        try:
+            return super().invoke(ctx)
+        except _USAGE_ERROR as e:
+            if "--json" in args:
+                print(json.dumps({"error": e.format_message()}))
+            raise
 
 
 app = typer.Typer(
