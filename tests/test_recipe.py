@@ -93,10 +93,10 @@ def test_resolved_defaults_are_what_the_run_records(setup):
     tmp_path, root = setup
     summary = distill(_cfg(tmp_path, root, "defaults"))
     prov = checkpoint.load(summary["output"]).provenance
-    assert (prov["anchor"], prov["lambda_anchor"], prov["lambda_kd"], prov["load_size"]) == ("low", 10.0, 0.4, 36)
+    assert (prov["anchor"], prov["lambda_anchor"], prov["lambda_kd"], prov["load_size"]) == ("pixel", 10.0, 0.4, 36)
     assert prov["decay_from"] == 0.5 and prov["direction"] == "AtoB"
     recorded = json.loads((tmp_path / "defaults" / "config.json").read_text())
-    assert recorded["anchor"] == "low" and recorded["load_size"] == 36 and recorded["lambda_kd"] == 0.4
+    assert recorded["anchor"] == "pixel" and recorded["load_size"] == 36 and recorded["lambda_kd"] == 0.4
     pixel = distill(_cfg(tmp_path, root, "pixel", kd="pixel", anchor="none"))
     prov = checkpoint.load(pixel["output"]).provenance
     assert prov["lambda_kd"] == 10.0 and "lambda_anchor" not in prov

@@ -161,7 +161,7 @@ def distill_cmd(
     anchor: Optional[str] = typer.Option(None, "--anchor", help="Unpaired data: what keeps colour and layout on the "
                                          "teacher's: low (L1 on the DWT low band), pixel (L1 on the image), cycle "
                                          "(through --teacher-reverse) or none. Default: cycle with "
-                                         "--teacher-reverse, else low; none for paired data.",
+                                         "--teacher-reverse, else pixel; none for paired data.",
                                          rich_help_panel=_OBJECTIVE),
     lambda_anchor: float = typer.Option(10.0, "--lambda-anchor", help="Weight of the anchor.",
                                         rich_help_panel=_OBJECTIVE),
