@@ -91,6 +91,7 @@ class _Problem:
         self.teacher = teacher
         self.layout = channels.layout_of(teacher)
         self.cost, self.price = cost, price or cost
+        self.finished_on_cost = False  # set by _greedy when the price stopped telling steps apart
         self.by, self.multiple_of = cost.by, multiple_of
         self.full = self.layout.widths()
         self.refine(self.full)
@@ -210,6 +211,8 @@ def _greedy(problem: _Problem, ratio: float, x: torch.Tensor, target_out: torch.
     widths, dist, evaluations = dict(problem.full), 0.0, 0
     stale: dict[Path, float] = {}
 
+    charge = problem.price  # what steps are ranked by; the cost itself for the last steps if timings cannot tell
+
     def candidate(p: Path, price_now: float) -> dict[Path, int] | None:
         cand = dict(widths)
         while True:
@@ -223,8 +226,8 @@ def _greedy(problem: _Problem, ratio: float, x: torch.Tensor, target_out: torch.
                 cand[p] = w
                 if problem.ratio(cand) / ratio - 1 > TOLERANCE:  # (the form the final check uses)
                     return None  # too coarse a step to land on the target; finer widths elsewhere may
-                return cand if problem.price(cand) < price_now else None
-            if problem.price(cand) < price_now:
+                return cand if charge(cand) < price_now else None
+            if charge(cand) < price_now:
                 return cand
 
     full_price = problem.price(problem.full)
@@ -240,9 +243,15 @@ def _greedy(problem: _Problem, ratio: float, x: torch.Tensor, target_out: torch.
         return pace * math.log(problem.ratio(cand)) - math.log(full_price / problem.price(cand))
 
     while problem.cost(widths) > target_cost:
-        now = problem.price(widths)
+        now = charge(widths)
         cands = {p: c for p in problem.layout.paths if (c := candidate(p, now)) is not None}
-        if pace > 0 and cands:
+        if not cands and charge is not problem.cost:
+            # No step saves measured time any more: on a small network the timings' noise is larger than what a
+            # step saves. Finish on the cost itself rather than stop short of --ratio.
+            charge, stale = problem.cost, {}
+            problem.finished_on_cost = True
+            continue
+        if pace > 0 and cands and charge is problem.price:
             paced = {p: c for p, c in cands.items() if behind(c) <= 1e-9}
             if not paced:
                 p = min(cands, key=lambda q: behind(cands[q]))
@@ -253,7 +262,7 @@ def _greedy(problem: _Problem, ratio: float, x: torch.Tensor, target_out: torch.
         for i, p in enumerate(order):
             d = _distance(problem.student(cands[p]), x, target_out)
             evaluations += 1
-            stale[p] = (d - dist) / (now - problem.price(cands[p]))
+            stale[p] = (d - dist) / (now - charge(cands[p]))
             if best is None or stale[p] < best[0]:
                 best = (stale[p], cands[p], d)
             if i + 1 < len(order) and best[0] <= stale.get(order[i + 1], -math.inf):
@@ -346,6 +355,8 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
     else:
         widths, score, evaluations = _greedy(problem, ratio, x, target_out, progress, pace_of=uniform)
         info.update({"search_score": score, "evaluations": evaluations})
+        if problem.finished_on_cost:
+            info["last_steps_charged_in"] = problem.cost.by  # (see _greedy)
         info["picked"] = "search"
         uniform_ok = abs(problem.ratio(uniform) / ratio - 1) <= TOLERANCE
         if uniform_ok and uniform_score < score:  # uniform widths are one of the candidates search may return
