@@ -118,7 +118,8 @@ def markdown(summary: dict) -> str:
         teacher_step = (f"1. **Teacher**: {t['architecture']}, fitted with L1 for {t['steps']} steps "
                         f"({t['seconds']:.0f} s; final training L1 {t['final_loss']:.3f}).")
     v = d["summary"].get("final", {})
-    val = (f" Validation on the held-out images at the last step: {v['val_psnr']:.1f} dB to the teacher"
+    val = (f" Validation on the held-out images at the last step, resized to the {recipe.get('size', size)} px of "
+           f"the training crops: {v['val_psnr']:.1f} dB to the teacher"
            + (f", FID to the teacher {v['val_fid']:.1f}" if "val_fid" in v else "") + ".") if "val_psnr" in v else ""
     lines = [
         "# ganzip demo report",
