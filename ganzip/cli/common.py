@@ -251,6 +251,12 @@ def teacher_mode_option(**panel: Any) -> Any:
                         **panel)
 
 
+def inception_weights_option() -> Any:
+    """--inception-weights, the same wherever FID is computed (ganzip.fid.resolve_weights reads it)."""
+    return typer.Option(None, "--inception-weights", help="torch-fidelity's inception-v3-compat weights file (else "
+                        "found offline).")
+
+
 def output_option(default: Any, help: str) -> Any:
     """-o/--output, the one spelling of 'where the result goes' (see `old_out_option` for the old --out)."""
     return typer.Option(default, "-o", "--output", help=help)

@@ -13,6 +13,7 @@ from ganzip.cli.common import (
     command,
     console,
     device_option,
+    inception_weights_option,
     teacher_mode_option,
     emit_json,
     old_out_option,
@@ -74,8 +75,7 @@ def fid_cmd(
     batch_size: int = typer.Option(4, "--batch-size", help="Images per generator forward pass."),
     output: Optional[Path] = output_option(None, "Keep the generator's images in this folder (not an input "
                                                   "folder)."),
-    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's "
-                                                     "inception-v3-compat weights file (else found offline)."),
+    inception_weights: Optional[Path] = inception_weights_option(),
     device: str = device_option(),
     teacher_mode: str = teacher_mode_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),

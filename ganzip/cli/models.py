@@ -10,8 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ganzip import archs
-from ganzip.cli.common import (command, console, device_option, emit_json, err_console, giga, mega,
-                               progress_bar, status, teacher_mode_option, widths_text)
+from ganzip.cli.common import (command, console, device_option, emit_json, err_console, giga, inception_weights_option,
+                               mega, progress_bar, status, teacher_mode_option, widths_text)
 from ganzip.errors import UserError
 
 # --- inspect -----------------------------------------------------------------------------------------------
@@ -179,8 +179,7 @@ def compare_cmd(
     grid_rows: int = typer.Option(4, "--grid-rows", help="Inputs shown in the grid image (one row each)."),
     output: Path = typer.Option(Path("compare.png"), "-o", "--output", help="Grid image: one row per input, one "
                                                                             "column per model."),
-    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's "
-                                                     "inception-v3-compat weights file (else found offline)."),
+    inception_weights: Optional[Path] = inception_weights_option(),
     device: str = device_option(),
     teacher_mode: str = teacher_mode_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
