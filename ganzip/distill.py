@@ -116,9 +116,8 @@ def _distill(cfg: DistillConfig, run: RunFolder, stop: "_StopSignals", progress:
     data.check_images(val_paths, "validation image")
     local = int(os.environ.get("LOCAL_WORLD_SIZE", rt.world))
     budget = MemoryBudget(cfg.cache_mb * 2**20 if cfg.cache_mb is not None else default_budget(local))
-    train = data.TrainSet(source, cfg.load_size, cfg.size, cfg.flip, cfg.seed, budget)
-    if cfg.cache_teacher:
-        train.offset_multiple = offset_multiple(teacher, train)
+    train = data.TrainSet(source, cfg.load_size, cfg.size, cfg.flip, cfg.seed, budget,
+                          offset_multiple(teacher, cfg.load_size, cfg.size) if cfg.cache_teacher else 1)
     schedule = data.Schedule(len(train), cfg.batch_size, cfg.seed, rt.rank, rt.world)
 
     # --- models and optimisers ------------------------------------------------------------------------------

@@ -167,7 +167,7 @@ def test_cached_target_is_the_teacher_output_on_the_whole_image_cropped_with_the
     # distill draws the offsets of cached crops on the network's grid (4 px for this ResNet)
     from ganzip.targets import offset_multiple
 
-    assert offset_multiple(teacher, train) == 4
+    assert offset_multiple(teacher, train.load_size, train.crop_size) == 4
     train.offset_multiple = 4
     grid = {w for e in range(6) for w in train.batch(list(range(8)), e)["window"]}
     assert {v for w in grid for v in w} <= {0, 4, 8} and len(grid) > 3
