@@ -103,9 +103,13 @@ class _Problem:
     def ratio(self, widths: dict[Path, int]) -> float:
         return self.base / self.cost(widths)
 
+    def models(self) -> list[CostModel]:
+        """The cost and the price, once each (they are often the same model)."""
+        return [self.cost] if self.price is self.cost else [self.cost, self.price]
+
     def refine(self, widths: dict[Path, int]) -> None:
         """Let cost models that learn from the real network (measured latency) look at it at `widths`."""
-        for model in {id(m): m for m in (self.cost, self.price)}.values():
+        for model in self.models():
             if hasattr(model, "refine"):
                 model.refine(widths)
 
@@ -293,8 +297,9 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str = "
     are charged in: the cost itself by default, a cost model, or "auto": measured latency (in `runtime`) for a
     ResNet searched by MACs or parameters. Charged in milliseconds and kept at uniform's pace, a search for 7x
     fewer MACs stops keeping the full-resolution layers that MACs barely count: on the vintagify teacher (one
-    thread) it went from 11% slower than the uniform 7x student to 5-14% faster, and closer to the teacher. `calib` is the batch on which `search` compares candidates with
-    the teacher; without it a fixed synthetic batch is used. `progress` receives the fraction done (search only).
+    thread) it went from 11% slower than the uniform 7x student to 5-14% faster, and closer to the teacher.
+    `calib` is the batch on which `search` compares candidates with the teacher; without it a fixed synthetic
+    batch is used. `progress` receives the fraction done (search only).
     Widths are multiples of `multiple_of`; by default 8 when latency is measured and every teacher width is at
     least 32 (oneDNN and onnxruntime kernels work in blocks of 8 or 16 channels: measured here, a 65-channel 3x3
     convolution took 45% longer than a 64-channel one, and the table has 8x fewer widths to time), else 1.
@@ -375,7 +380,7 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
                         f"(this network is too narrow for fine steps); try {hint}--ratio {achieved:.2f}")
     measured = {name: {"params": count_params(m), "macs": count_macs(m, size)["paper"]}
                 for name, m in (("teacher", teacher), ("student", student))}
-    for model in {id(m): m for m in (problem.cost, problem.price)}.values():
+    for model in problem.models():
         if model.by == "latency":
             measured["teacher"]["predicted_ms"] = model.measured(problem.full)  # the teacher timed whole
             measured["student"]["predicted_ms"] = model(widths)

@@ -207,13 +207,13 @@ def export_cmd(
 
 def _export_int8(checkpoint: Path, out: Optional[Path], calib: Optional[Path], opset: Optional[int], dynamic: bool,
                  size: int, runs: int, threads: int, as_json: bool) -> None:
-    from ganzip import quantize
+    from ganzip import quantize, runner
     from ganzip.atomic import refuse_input_as_output
 
     if calib is None:
         raise UserError("--int8 needs --calib DIR: a folder of real input images to calibrate on (for CycleGAN "
                         "horse2zebra, datasets/horse2zebra/trainA)")
-    if checkpoint.suffix.lower() == ".onnx":
+    if runner.is_onnx(checkpoint):
         source = checkpoint
         if not checkpoint.is_file():
             raise UserError(f"{checkpoint} not found")
