@@ -30,6 +30,7 @@ from torch import nn
 from ganzip import archs, channels
 from ganzip.channels import Layout, Path
 from ganzip.errors import UserError
+from ganzip.profile import input_channels
 
 RUNTIMES = ("torch", "onnxruntime")
 ONNX_OPSET = 20  # what torch's exporter writes, so units are timed on the graph an export would run
@@ -123,10 +124,6 @@ def _unit_module(spec: dict, unit: Unit) -> nn.Module:
     with torch.device("meta"):
         net = archs.build(spec)
     return nn.Sequential(*list(net.model.children())[unit.start:unit.stop])
-
-
-def _input_channels(module: nn.Module) -> int:
-    return next(m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))).in_channels
 
 
 def signature(module: nn.Module, shape: tuple[int, ...]) -> str:
@@ -336,7 +333,7 @@ class LatencyCost:
             if key not in self._memo:
                 spec = spec or channels.with_widths(self.layout.spec, widths)
                 module = _unit_module(spec, u)
-                self._memo[key] = self.table.ms(module, (1, _input_channels(module), *u.hw))
+                self._memo[key] = self.table.ms(module, (1, input_channels(module), *u.hw))
             out.append(self._memo[key])
         return out
 

@@ -43,7 +43,7 @@ def count_macs(module: nn.Module, size: int | tuple[int, int] = 256, batch: int 
     Norms, activations and padding are left out in both, as in the papers' tables (they add about 0.1%).
     """
     h, w = (size, size) if isinstance(size, int) else size
-    in_channels = in_channels or _input_channels(module)
+    in_channels = in_channels or input_channels(module)
     totals = {"paper": 0, "exact": 0}
 
     def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -64,7 +64,8 @@ def count_macs(module: nn.Module, size: int | tuple[int, int] = 256, batch: int 
     return totals
 
 
-def _input_channels(module: nn.Module) -> int:
+def input_channels(module: nn.Module) -> int:
+    """The channels a generator (or one of its layers) takes: its spec's, else its first convolution's."""
     spec = getattr(module, "spec", None)
     if spec is not None:
         return spec["input_nc"]
@@ -106,7 +107,7 @@ def time_alternating(fns: dict[str, Callable[[], object]], runs: int = 20, warmu
 def torch_runner(module: nn.Module, size: int, batch: int = 1, device: str = "cpu") -> Callable[[], object]:
     """One forward pass of a copy of `module` (an .onnx generator runs its own session)."""
     module = copy.deepcopy(module).eval().to(device)
-    x = torch.randn(batch, getattr(module, "input_nc", None) or _input_channels(module), size, size, device=device)
+    x = torch.randn(batch, getattr(module, "input_nc", None) or input_channels(module), size, size, device=device)
 
     def run() -> object:
         with torch.inference_mode():

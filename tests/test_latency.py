@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from ganzip import archs, channels, checkpoint, costs, latency, prune, threads
 from ganzip.cli import app
 from ganzip.errors import UserError
-from ganzip.profile import Latency, count_macs
+from ganzip.profile import Latency, count_macs, input_channels
 
 
 def resnet(ngf: int = 8, n_blocks: int = 2, seed: int = 0, **kw) -> torch.nn.Module:
@@ -186,7 +186,7 @@ def test_units_as_onnx_graphs_compute_what_pytorch_does(affine):
 
     for unit in latency.units(layout, 32):
         module = latency._materialise(latency._unit_module(spec, unit))
-        shape = (1, latency._input_channels(module), *unit.hw)
+        shape = (1, input_channels(module), *unit.hw)
         x = torch.randn(shape)
         with torch.no_grad():
             expected = module(x).numpy()

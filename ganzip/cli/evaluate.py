@@ -13,14 +13,14 @@ from ganzip.cli.common import (
     command,
     console,
     device_option,
-    inception_weights_option,
-    teacher_mode_option,
     emit_json,
+    inception_weights_option,
     old_out_option,
     output_option,
     pick_output,
     progress_bar,
     status,
+    teacher_mode_option,
 )
 from ganzip.errors import UserError
 
