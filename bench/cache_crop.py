@@ -23,9 +23,9 @@ import torch
 
 from ganzip import archs, checkpoint, data
 from ganzip.config import LOAD_RATIO
+from ganzip.fidelity import psnr
 from ganzip.memory import MemoryBudget
 from ganzip.targets import TeacherTargets
-from ganzip.validate import psnr
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "horse2zebra"
 

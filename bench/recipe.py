@@ -44,8 +44,8 @@ import torch
 
 from ganzip import archs, checkpoint, fid, fit, images, prune
 from ganzip.distill import DistillConfig, distill
+from ganzip.fidelity import psnr
 from ganzip.translate import translate_tensor
-from ganzip.validate import psnr
 from ganzip.wavelet import DWT
 
 ROOT = Path(__file__).resolve().parents[1]

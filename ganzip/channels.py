@@ -248,6 +248,12 @@ def keep_sets(layout: Layout, ranks: dict[str, torch.Tensor], widths: dict[Path,
     return {gid: torch.sort(ranks[gid][: widths[g.path]]).values for gid, g in layout.groups.items()}
 
 
+def kept(teacher: nn.Module, student_spec: dict) -> dict[str, torch.Tensor]:
+    """Which teacher channels a student of `student_spec` inherited (`ganzip.prune.inherit`'s choice), per group."""
+    layout = layout_of(teacher)
+    return keep_sets(layout, ranking(layout, teacher.state_dict()), layout.widths(student_spec))
+
+
 def slice_state(layout: Layout, state_dict: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]
                 ) -> dict[str, torch.Tensor]:
     """The teacher's tensors cut to the kept channels of every group (concatenated inputs cut per part)."""

@@ -29,6 +29,7 @@ from rich.console import Console
 
 from ganzip import archs, images
 from ganzip.errors import UserError
+from ganzip.fidelity import similarity
 
 BUNDLED = {"maps": ("train", "val"), "photos": ("train", "other", "test")}
 MAPS_DIRECTION = "BtoA"  # map -> aerial photo; see ganzip.fit for why not the other way in a few minutes
@@ -89,17 +90,6 @@ def vintagify_teacher() -> Path:
         raise UserError("the demo compresses vintagify's pretrained CycleGAN: pip install 'ganzip[demo]' (or run "
                         "`ganzip demo --paired`, which fits its own teacher on the bundled maps)")
     return path
-
-
-def similarity(a: torch.Tensor, b: torch.Tensor) -> dict:
-    """How far batch `a` is from batch `b` (images in [-1, 1]): mean |a - b|, PSNR (peak-to-peak 2), and the colour
-    drift: the mean |difference of per-image channel means|, in 8-bit levels; and the cast: that difference
-    averaged over the images per channel, signed (a sepia cast shows as red up and blue down on every image)."""
-    from ganzip.validate import psnr
-
-    offsets = (a.mean((2, 3)) - b.mean((2, 3))) * 127.5  # per image and channel, in 8-bit levels
-    return {"l1": float((a - b).abs().mean()), "psnr_db": psnr(a, b), "colour_drift_8bit": float(offsets.abs().mean()),
-            "colour_cast_rgb_8bit": [float(c) for c in offsets.mean(0)]}
 
 
 class _Stages:

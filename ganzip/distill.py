@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -43,24 +43,12 @@ from ganzip.errors import UserError
 from ganzip.losses import CycleL1, LowBandL1, WaveletKD, lsgan_d_loss, lsgan_g_loss, pixel_kd
 from ganzip.memory import MemoryBudget, default_budget
 from ganzip.progress import Progress
-from ganzip.runs import RunFolder
+from ganzip.runs import NonFiniteLoss, RunFolder, Stopped, StopSignals
 from ganzip.schedule import lr_factor
 from ganzip.targets import TeacherTargets, offset_multiple
 from ganzip.validate import Validator, load_inputs, spaced
 
 __all__ = ["DistillConfig", "distill", "NonFiniteLoss", "Stopped"]
-
-
-class NonFiniteLoss(UserError):
-    pass
-
-
-class Stopped(UserError):
-    """A run stopped by SIGINT/SIGTERM; the CLI exits with 128 + the signal number, as shells do."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -79,7 +67,7 @@ def distill(cfg: DistillConfig, on_step: Callable[[int, dict], None] | None = No
     device = resolve_device(cfg.device)
     rt, device = _init_distributed(device)
     try:
-        with RunFolder(cfg.out_dir, writer=rt.main) as run, _StopSignals(rt.main or rt.world == 1) as stop, \
+        with RunFolder(cfg.out_dir, writer=rt.main) as run, StopSignals(rt.main or rt.world == 1) as stop, \
                 Progress(enabled=rt.main and cfg.progress) as progress:
             return _distill(cfg, run, stop, progress, rt, device, on_step)
     finally:
@@ -87,7 +75,7 @@ def distill(cfg: DistillConfig, on_step: Callable[[int, dict], None] | None = No
             dist.destroy_process_group()
 
 
-def _distill(cfg: DistillConfig, run: RunFolder, stop: "_StopSignals", progress: Progress, rt: _Dist, device: str,
+def _distill(cfg: DistillConfig, run: RunFolder, stop: StopSignals, progress: Progress, rt: _Dist, device: str,
              on_step: Callable[[int, dict], None] | None) -> dict:
     # --- the teacher, the data, and the recipe resolved against them --------------------------------------
     teacher = checkpoint.load_generator(cfg.teacher, cfg.teacher_mode)
@@ -331,7 +319,7 @@ def _scratch_init(module: nn.Module, seed: int) -> None:
             m.bias.data.zero_()
 
 
-def _make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet, stop: "_StopSignals",
+def _make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet, stop: StopSignals,
                   progress: Progress) -> tuple[nn.Module, dict]:
     if cfg.student is not None:
         loaded = checkpoint.load(cfg.student)
@@ -481,34 +469,6 @@ def _write_samples(path: Path, student: nn.Module, teacher: nn.Module, x: torch.
 
 
 # --- signals and progress ------------------------------------------------------------------------------------
-
-class _StopSignals:
-    """SIGINT/SIGTERM ask the run to stop after the step in flight (and save); a second Ctrl-C stops at once.
-
-    Installed before anything slow starts (pruning included), so no signal finds the default handler.
-    """
-
-    def __init__(self, install: bool):
-        self.install, self.signum = install, None
-        self._previous: dict[int, Any] = {}
-
-    def _request(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def __enter__(self) -> "_StopSignals":
-        if self.install:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    self._previous[sig] = signal.signal(sig, self._request)
-                except ValueError:  # not the main thread
-                    pass
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
 
 def _status(losses: dict, score: dict, rate: float) -> str:
     text = f"G {losses['loss_g']:.3f}  D {losses['loss_d']:.3f}  {rate:.1f} img/s"

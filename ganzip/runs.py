@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,6 +27,51 @@ CONFIG_FILE = "config.json"
 BEST_FILE = "best.pth"
 LOCK_FILE = ".lock"
 STATE_FORMAT, STATE_VERSION = "ganzip-train", 2
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+class Stopped(UserError):
+    """A run stopped by SIGINT/SIGTERM; the CLI exits with 128 + the signal number, as shells do."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """SIGINT/SIGTERM ask the run to stop after the step in flight (and save); a second Ctrl-C stops at once.
+
+    Installed before anything slow starts (pruning included), so no signal finds the default handler.
+    """
+
+    def __init__(self, install: bool):
+        self.install, self.signum = install, None
+        self._previous: dict[int, Any] = {}
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __enter__(self) -> "StopSignals":
+        if self.install:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    self._previous[sig] = signal.signal(sig, self._request)
+                except ValueError:  # not the main thread
+                    pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def check(self, where: str) -> None:
+        """Raise Stopped if a stop was requested; `where` says what was saved ('at step 9; saved to ...')."""
+        if self.signum is not None:
+            raise Stopped(f"stopped by {signal.Signals(self.signum).name} {where}", self.signum)
 
 
 class RunFolder:

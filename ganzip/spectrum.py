@@ -17,42 +17,7 @@ import numpy as np
 import torch
 
 from ganzip.errors import UserError
-
-_LUMA = (0.299, 0.587, 0.114)
-
-
-def luminance(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) RGB -> (N, H, W) luma; one channel is enough to compare spectra and avoids colour weighting."""
-    if x.dim() != 4:
-        raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.shape[1] == 1:
-        return x[:, 0]
-    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x[:, :3] * w).sum(1)
-
-
-def radial_power_spectrum(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Azimuthally averaged power spectrum of a batch: (frequencies in cycles/pixel, mean power per radius).
-
-    Power is |FFT|^2 with orthonormal scaling (Parseval: the mean over all frequencies equals the image's mean
-    square), averaged over the images and over every frequency whose distance from DC rounds to the same
-    integer radius r = 0 .. min(H, W) // 2. Frequency r / min(H, W) makes sizes comparable.
-    """
-    y = luminance(x.detach().double().cpu()).numpy()
-    n, h, w = y.shape
-    power = (np.abs(np.fft.fft2(y, norm="ortho")) ** 2).mean(axis=0)
-    fy = np.fft.fftfreq(h) * h
-    fx = np.fft.fftfreq(w) * w
-    # Radius in units of the shorter side's frequency step, so a non-square image still bins consistently.
-    scale = min(h, w)
-    radius = np.sqrt((fy[:, None] * scale / h) ** 2 + (fx[None, :] * scale / w) ** 2)
-    bins = np.rint(radius).astype(np.int64)
-    n_bins = scale // 2 + 1
-    keep = bins < n_bins
-    sums = np.bincount(bins[keep], weights=power[keep], minlength=n_bins)
-    counts = np.bincount(bins[keep], minlength=n_bins)
-    spectrum = sums / np.maximum(counts, 1)
-    return np.arange(n_bins) / scale, spectrum
+from ganzip.fidelity import NOISE_FLOOR, high_frequency_power, luminance, radial_power_spectrum, ratio  # noqa: F401 (luminance: public here too)
 
 
 def high_frequency_share(freqs: np.ndarray, spectrum: np.ndarray, cutoff: float = 0.25) -> float:
@@ -82,16 +47,6 @@ def detail_share(bands: dict[str, float]) -> float:
     return (total - bands.get("LL", 0.0)) / total if total > 0 else 0.0
 
 
-# Below this mean squared value (images in [-1, 1]) there is no detail to compare: it is the energy of 8-bit
-# quantisation noise ((2/255)^2 / 12 = 5.1e-6), doubled. A ratio against less than that would swing wildly (a
-# near-constant reference gave 0.03 in one run and 1.31 in the next), so it is reported as missing instead.
-NOISE_FLOOR = 1e-5
-
-
-def _ratio(value: float, reference: float) -> float | None:
-    return value / reference if reference > NOISE_FLOOR else None
-
-
 def analyse(batches: dict[str, torch.Tensor], reference: str, wave: str = "haar", levels: int = 3,
             cutoff: float = 0.25) -> dict:
     """Spectrum and wavelet bands for each named batch, each compared with the `reference` batch.
@@ -113,7 +68,6 @@ def analyse(batches: dict[str, torch.Tensor], reference: str, wave: str = "haar"
         freqs = f
         bands = wavelet_bands(x, wave, levels)
         total = sum(bands.values())
-        ac = spec[1:]
         series[name] = {
             "n_images": int(x.shape[0]),
             "spectrum": spec.tolist(),
@@ -122,13 +76,13 @@ def analyse(batches: dict[str, torch.Tensor], reference: str, wave: str = "haar"
             "hf_share": detail_share(bands),
             "hf_energy": detail_energy(bands),
             "spectral_hf_share": high_frequency_share(f, spec, cutoff),
-            "spectral_hf_power": float(ac[f[1:] >= cutoff].mean()) if (f[1:] >= cutoff).any() else 0.0,
+            "spectral_hf_power": high_frequency_power(f, spec, cutoff),
         }
     ref = series[reference]
     for s in series.values():
-        s["hf_ratio"] = _ratio(s["hf_energy"], ref["hf_energy"])
-        s["spectral_hf_ratio"] = _ratio(s["spectral_hf_power"], ref["spectral_hf_power"])
-        s["band_ratios"] = {k: _ratio(v, ref["bands"][k]) for k, v in s["bands"].items()}
+        s["hf_ratio"] = ratio(s["hf_energy"], ref["hf_energy"])
+        s["spectral_hf_ratio"] = ratio(s["spectral_hf_power"], ref["spectral_hf_power"])
+        s["band_ratios"] = {k: ratio(v, ref["bands"][k]) for k, v in s["bands"].items()}
     return {"reference": reference, "wave": wave, "levels": levels, "cutoff": cutoff, "noise_floor": NOISE_FLOOR,
             "frequencies": freqs.tolist(), "series": series}
 

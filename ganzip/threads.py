@@ -14,7 +14,6 @@ import contextlib
 import os
 from typing import Any, Iterator
 
-
 SPREAD_LIMIT = 0.25  # (p90 - p10) / median above this: the runs disagree too much to quote one number
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 _kept = False

@@ -10,7 +10,6 @@ checkpoint is then picked by PSNR; the run says so.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from pathlib import Path
@@ -21,13 +20,8 @@ from torch import nn
 
 from ganzip import images
 from ganzip.errors import UserError
+from ganzip.fidelity import psnr
 from ganzip.translate import translate_tensor
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB between two batches in [-1, 1] (peak-to-peak 2), from their mean squared difference."""
-    mse = float((a.float() - b.float()).square().mean())
-    return 10 * math.log10(4.0 / mse) if mse > 0 else float("inf")
 
 
 def spaced(paths: list[Path], n: int) -> list[Path]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from upstream_reference import _conv, _norm, _norm_params
 
 Tensor = torch.Tensor

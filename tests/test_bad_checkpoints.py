@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 from typer.testing import CliRunner
+from upstream_reference import resnet_state_dict
 
 from ganzip import archs, checkpoint
 from ganzip.cli import app
-from upstream_reference import resnet_state_dict
 
 runner = CliRunner()
 

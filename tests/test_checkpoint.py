@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from upstream_reference import resnet_forward, resnet_state_dict, unet_forward, unet_state_dict
 
 import ganzip
 from ganzip import archs, checkpoint
 from ganzip.errors import UserError
-from upstream_reference import resnet_forward, resnet_state_dict, unet_forward, unet_state_dict
 
 
 def _save(sd: dict, path) -> str:

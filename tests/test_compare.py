@@ -9,15 +9,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from mobile_reference import hand_macs, mobile_state_dict
 from PIL import Image
+from test_fid import weights  # noqa: F401 - the offline Inception weights fixture
 from typer.testing import CliRunner
 
 from ganzip import archs, checkpoint, fid, images, prune
 from ganzip.cli import app
 from ganzip.demo import bundled_data
 from ganzip.profile import count_macs, count_params
-from mobile_reference import hand_macs, mobile_state_dict
-from test_fid import weights  # noqa: F401 - the offline Inception weights fixture
 
 runner = CliRunner()
 SUB_MOBILE = dict(stem=4, down=8, trunk=12, inner=[6, 3, 9], up=(8, 5))

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import SHARED
-from ganzip import archs, demo, fit, images
+from ganzip import archs, demo, fidelity, fit, images
 from ganzip.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,13 +96,13 @@ def test_similarity_psnr_and_colour_drift_against_a_hand_computation():
     a = torch.zeros(1, 3, 4, 4)
     b = torch.full((1, 3, 4, 4), 0.2)
     b[:, 0] = -0.4  # red 0.4 below a, green and blue 0.2 above: |drift| 0.4, 0.2, 0.2 -> mean 0.8 / 3
-    s = demo.similarity(a, b)
+    s = fidelity.similarity(a, b)
     assert s["l1"] == pytest.approx(0.8 / 3)
     assert s["psnr_db"] == pytest.approx(10 * math.log10(4 / ((0.16 + 0.04 + 0.04) / 3)))
     assert s["colour_drift_8bit"] == pytest.approx(0.8 / 3 * 127.5)
     assert s["colour_cast_rgb_8bit"] == pytest.approx([0.4 * 127.5, -0.2 * 127.5, -0.2 * 127.5])
     # a second image with the opposite offsets: the drift stays, the cast (signed, averaged) cancels
-    two = demo.similarity(torch.cat([a, a]), torch.cat([b, -b]))
+    two = fidelity.similarity(torch.cat([a, a]), torch.cat([b, -b]))
     assert two["colour_drift_8bit"] == pytest.approx(0.8 / 3 * 127.5)
     assert two["colour_cast_rgb_8bit"] == pytest.approx([0, 0, 0], abs=1e-4)
 

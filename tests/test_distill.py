@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from run_data import unpaired_setup, write_images
 from typer.testing import CliRunner
 
 from ganzip import archs, checkpoint
 from ganzip.cli import app
 from ganzip.distill import DistillConfig, distill
 from ganzip.errors import UserError
-from run_data import unpaired_setup, write_images
 
 runner = CliRunner()
 

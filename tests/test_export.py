@@ -11,11 +11,11 @@ import onnx
 import pytest
 import torch
 from typer.testing import CliRunner
+from upstream_reference import resnet_state_dict, unet_state_dict
 
 from ganzip import archs, checkpoint, export
 from ganzip.cli import app
 from ganzip.errors import UserError
-from upstream_reference import resnet_state_dict, unet_state_dict
 
 
 def _upstream(tmp_path, name, sd):

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import thop
 import torch
+from mobile_reference import hand_macs, mobile_forward, mobile_state_dict
 from PIL import Image
+from test_fid import weights  # noqa: F401 - the offline Inception weights fixture
 from typer.testing import CliRunner
 
 from ganzip import archs, checkpoint, prune
 from ganzip.cli import app
 from ganzip.profile import count_macs, count_params
-from mobile_reference import hand_macs, mobile_forward, mobile_state_dict
-from test_fid import weights  # noqa: F401 - the offline Inception weights fixture
 
 runner = CliRunner()
 # GAN Compression's teacher (mobile_resnet, ngf 4 here) and a compressed student with per-block inner widths

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_fid import _images, weights  # noqa: F401 - the offline Inception weights fixture
 from typer.testing import CliRunner
 
 from ganzip import archs, checkpoint, export, fid, runner
 from ganzip.cli import app
 from ganzip.errors import UserError
 from ganzip.translate import translate_tensor
-from test_fid import _images, weights  # noqa: F401 - the offline Inception weights fixture
 
 TOLERANCE = 1e-4
 

@@ -9,11 +9,11 @@ import pytest
 import thop
 import torch
 from typer.testing import CliRunner
+from upstream_reference import resnet_state_dict
 
 from ganzip import archs
 from ganzip.cli import app
 from ganzip.profile import count_macs, count_params
-from upstream_reference import resnet_state_dict
 
 
 def conv(cout, cin, k, bias=True):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import pywt
 import torch
+from run_data import bn_unet_with_running_stats, unpaired_setup, write_images
 
 from ganzip import archs, checkpoint, data, fid
 from ganzip.archs.layers import set_teacher_mode
@@ -17,7 +18,6 @@ from ganzip.distill import DistillConfig, distill
 from ganzip.losses import CycleL1, LowBandL1
 from ganzip.memory import MemoryBudget
 from ganzip.schedule import lr_factor
-from run_data import bn_unet_with_running_stats, unpaired_setup, write_images
 
 
 @pytest.fixture

@@ -7,14 +7,14 @@ import json
 
 import pytest
 import torch
+from mobile_reference import mobile_forward, mobile_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
+from upstream_reference import resnet_forward, resnet_state_dict
 
 from ganzip import archs, checkpoint
 from ganzip.cli import app
-from mobile_reference import mobile_forward, mobile_state_dict
-from upstream_reference import resnet_forward, resnet_state_dict
 
 runner = CliRunner()
 

@@ -12,8 +12,17 @@ from rich.table import Table
 from rich.text import Text
 
 from ganzip import archs
-from ganzip.cli.common import (command, console, device_option, emit_json, giga, output_option, progress_bar,
-                               teacher_mode_option, widths_text)
+from ganzip.cli.common import (
+    command,
+    console,
+    device_option,
+    emit_json,
+    giga,
+    output_option,
+    progress_bar,
+    teacher_mode_option,
+    widths_text,
+)
 from ganzip.errors import UserError
 
 # --- prune -------------------------------------------------------------------------------------------------

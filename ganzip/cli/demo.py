@@ -10,8 +10,18 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ganzip.cli.common import (command, console, device_option, emit_json, err_console, giga, mega, old_out_option,
-                               output_option, pick_output)
+from ganzip.cli.common import (
+    command,
+    console,
+    device_option,
+    emit_json,
+    err_console,
+    giga,
+    mega,
+    old_out_option,
+    output_option,
+    pick_output,
+)
 from ganzip.errors import UserError
 
 

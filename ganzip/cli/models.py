@@ -10,8 +10,20 @@ from rich.table import Table
 from rich.text import Text
 
 from ganzip import archs
-from ganzip.cli.common import (command, console, device_option, emit_json, err_console, giga, inception_weights_option,
-                               mega, progress_bar, status, teacher_mode_option, widths_text)
+from ganzip.cli.common import (
+    command,
+    console,
+    device_option,
+    emit_json,
+    err_console,
+    giga,
+    inception_weights_option,
+    mega,
+    progress_bar,
+    status,
+    teacher_mode_option,
+    widths_text,
+)
 from ganzip.errors import UserError
 
 # --- inspect -----------------------------------------------------------------------------------------------

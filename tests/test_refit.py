@@ -1,0 +1,101 @@
+"""The least-squares refit, the paired detail metrics and the weighted wavelet term, against independent computations."""
+
+import numpy as np
+import pytest
+import pywt
+import torch
+
+from ganzip import archs, features, fidelity, prune, refit
+from ganzip.losses import WaveletKD
+
+NETS = [("resnet", dict(ngf=8, n_blocks=3)), ("mobile_resnet", dict(ngf=8, n_blocks=3)),
+        ("unet", dict(ngf=8, num_downs=5))]
+
+
+def _teacher(arch, kw):
+    torch.manual_seed(0)
+    t = archs.build(archs.default_spec(arch, **kw)).eval()
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return t
+
+
+@pytest.mark.parametrize("arch,kw", NETS[:2])  # (a U-Net's innermost layers see fewer pixels than they have inputs)
+def test_refit_reproduces_the_teacher_when_nothing_was_pruned(arch, kw):
+    t = _teacher(arch, kw)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    same = prune.inherit(t, t.spec)
+    with torch.no_grad():
+        for p in same.parameters():  # start away from the answer, so the fit has to find it
+            p.add_(0.02 * torch.randn_like(p))
+    refit.refit(t, same, x, rows=4096)
+    with torch.no_grad():
+        assert (same(x) - t(x)).abs().max() < 5e-3
+
+
+@pytest.mark.parametrize("arch,kw", NETS)
+def test_refit_lowers_a_pruned_students_error(arch, kw):
+    t = _teacher(arch, kw)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    s = prune.inherit(t, prune.uniform_spec(t.spec, 0.5))
+    with torch.no_grad():
+        before = float((s(x) - t(x)).square().mean())
+    refit.refit(t, s, x, rows=4096)
+    with torch.no_grad():
+        after = float((s(x) - t(x)).square().mean())
+    assert after < 0.8 * before
+
+
+def test_transposed_convolution_patches_reproduce_torch():
+    conv = torch.nn.ConvTranspose2d(5, 4, 3, stride=2, padding=1, output_padding=1)
+    x = torch.randn(2, 5, 6, 7)
+    cols = refit._patches(conv, x)  # (N, D, L)
+    w = refit._as_conv_weight(conv)
+    out = (w @ cols).reshape(2, 4, 12, 14) + conv.bias[None, :, None, None]
+    assert torch.allclose(out, conv(x), atol=1e-5)
+
+
+def test_band_errors_match_pywt():
+    torch.manual_seed(1)
+    t = torch.rand(2, 3, 32, 32) * 2 - 1
+    s = t + 0.1 * torch.randn_like(t)
+    d = fidelity.detail(s, t, "haar", 2)
+    cs = pywt.wavedec2(s.double().numpy(), "haar", level=2, axes=(-2, -1))
+    ct = pywt.wavedec2(t.double().numpy(), "haar", level=2, axes=(-2, -1))
+    for j in (1, 2):  # pywt lists the coarsest level first
+        hs, ht = [np.stack(c) for c in (cs[-j], ct[-j])]
+        assert d["band_error"][f"L{j}"] == pytest.approx(((hs - ht) ** 2).sum() / (ht ** 2).sum(), rel=1e-4)
+        corr = (hs * ht).sum() / np.sqrt((hs ** 2).sum() * (ht ** 2).sum())
+        assert d["band_correlation"][f"L{j}"] == pytest.approx(corr, rel=1e-4)
+    high = sum(((np.stack(a) - np.stack(b)) ** 2).sum() for a, b in zip(cs[1:], ct[1:]))
+    assert d["hf_psnr_db"] == pytest.approx(10 * np.log10(4 / (high / t.numel())), rel=1e-4)
+
+
+def test_weighted_wavelet_kd_counts_each_coefficient_as_a_pixel():
+    torch.manual_seed(2)
+    t = torch.rand(1, 3, 16, 16) * 2 - 1
+    s = t + 0.1 * torch.randn_like(t)
+    kd = WaveletKD("haar", 2, "l1", band_weights=[2.0, 0.5])
+    cs = pywt.wavedec2(s.double().numpy(), "haar", level=2, axes=(-2, -1))
+    ct = pywt.wavedec2(t.double().numpy(), "haar", level=2, axes=(-2, -1))
+    expected = sum(w * np.abs(np.stack(cs[-j]) - np.stack(ct[-j])).sum() for j, w in ((1, 2.0), (2, 0.5))) / s.numel()
+    assert float(kd(s, t)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_feature_adapters_start_as_the_inherited_channels():
+    t = _teacher("resnet", dict(ngf=8, n_blocks=3))
+    s = prune.inherit(t, prune.uniform_spec(t.spec, 0.5))
+    names = [n for n, _ in features.taps(t)]
+    rec_t, rec_s = features.Recorder(t, names), features.Recorder(s, names)
+    kd = features.FeatureKD(features.adapters(t, s))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        t(x), s(x)
+        ft, fs = rec_t.take(), rec_s.take()
+        for a, f in zip(kd.adapters, fs):
+            mapped = a(f)
+            kept = mapped.abs().sum((0, 2, 3)) > 0
+            assert int(kept.sum()) == f.shape[1]
+            assert torch.allclose(mapped[:, kept], f, atol=1e-6)
+        assert float(kd(fs, ft)) > 0
