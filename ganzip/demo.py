@@ -251,8 +251,9 @@ def _prune(s: Settings, teacher: torch.nn.Module, calib: torch.Tensor, out: Path
     from ganzip import checkpoint, prune
 
     start = time.perf_counter()
-    result = prune.prune(teacher, s.ratio, by="macs", method=s.method, size=s.size, calib=calib, seed=seed,
-                         price="auto")
+    # Search steps charged in MACs, not measured latency: timings differ between runs and machines, and the demo's
+    # student must be the same every time it is run with the same seed.
+    result = prune.prune(teacher, s.ratio, by="macs", method=s.method, size=s.size, calib=calib, seed=seed)
     checkpoint.save_generator(result.module, out / "student_init.pth", teacher_sha256=checkpoint.sha256(teacher_path),
                               ratio=s.ratio, by="macs", method=s.method, achieved=result.achieved, size=s.size,
                               teacher_base=archs.base_width(teacher.spec))

@@ -140,11 +140,33 @@ def load_batch(paths: Iterable[str | os.PathLike], size: int | None = None) -> t
     return torch.stack(tensors)
 
 
-def split_aligned(img: Image.Image, direction: str = "AtoB") -> tuple[Image.Image, Image.Image]:
-    """Split a pix2pix A|B side-by-side image into (input, target) for the given direction."""
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) from the file's header, upright as `load_rgb` turns it, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)  # EXIF orientation 5-8 swap the sides
+    except Image.DecompressionBombError as e:
+        raise UserError(f"cannot read image {path}: {e}; shrink the image first") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"cannot read image {path}: {e}; remove or replace the file") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def is_pair_size(width: int, height: int) -> bool:
+    """An A|B pair is two equal halves side by side: exactly twice as wide as high."""
+    return width == 2 * height
+
+
+def split_aligned(img: Image.Image, direction: str = "AtoB", name: str = "image") -> tuple[Image.Image, Image.Image]:
+    """Split a pix2pix A|B side-by-side image into (input, target) for the given direction; an image that is not
+    twice as wide as high is not a pair, and is refused rather than cut into two unequal, stretched halves."""
     if direction not in ("AtoB", "BtoA"):
         raise UserError(f"--direction must be AtoB or BtoA, not {direction!r}")
     w, h = img.size
+    if not is_pair_size(w, h):
+        raise UserError(f"{name} is {w}x{h}, not an A|B pair (those are twice as wide as high); read it as a single "
+                        f"image, without a direction")
     half = w // 2
     a, b = img.crop((0, 0, half, h)), img.crop((half, 0, 2 * half, h))
     return (a, b) if direction == "AtoB" else (b, a)
