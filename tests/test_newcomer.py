@@ -4,6 +4,8 @@ too few images, and console lines that read right. Through the real CLI, on tiny
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,27 @@ def test_a_run_with_few_validation_images_chooses_best_by_psnr_and_says_so(setup
     summary = json.loads(result.stdout)
     assert summary["best"]["selected_by"] == "val_psnr" and "val_fid" not in summary["final"]
     assert "only 5 validation images, fewer than the 20 FID needs to be a score" in result.stderr
+
+
+# --- help and tables --------------------------------------------------------------------------------------
+
+def test_help_imports_no_torch():
+    code = ("import sys\nfrom ganzip.cli import run\nfor argv in (['ganzip', '--help'], ['ganzip', 'distill', "
+            "'--help']):\n    sys.argv = argv\n    try:\n        run()\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "Usage: ganzip distill" in out and out.splitlines()[-1] == "False"
+
+
+def test_help_text_wraps_to_the_window_not_to_the_source():
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "250"})
+    assert "with --teacher, compression, speedup and efficiency (speedup / MACs ratio)." in result.output
+
+
+def test_piped_tables_keep_their_labels_on_one_line(setup):
+    tmp_path, _ = setup
+    teacher = tmp_path / "teacher.pth"
+    result = runner.invoke(app, ["profile", str(teacher), "--teacher", str(teacher), "--size", "32", "--runs", "2",
+                                 "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "MACs (paper/thop convention)" in result.output and "latency torch (median, p10-p90)" in result.output

@@ -94,8 +94,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     cls=_Group,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Piped into a file or another program there is no window to fit: a table wrapped at rich's default 80 columns
+# splits its labels over lines ("MACs (paper/thop" / "convention)"), so it gets room for its longest row instead.
+PIPED_WIDTH = 160
+console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else PIPED_WIDTH)
 _state = {"debug": False, "json_sent": False}
 
 
@@ -156,9 +159,17 @@ def command(*args: Any, **kwargs: Any) -> Callable:
                 raise typer.Exit(130) from None
 
         kwargs.setdefault("cls", _Command)
+        if fn.__doc__:
+            kwargs.setdefault("help", flowing(fn.__doc__))
         return app.command(*args, **kwargs)(wrapper)
 
     return decorate
+
+
+def flowing(doc: str) -> str:
+    """A docstring as help text: its line breaks are where the source wraps, not where a terminal should, so each
+    paragraph becomes one line that `--help` wraps to the window."""
+    return "\n\n".join(" ".join(part.split()) for part in doc.strip().split("\n\n"))
 
 
 def layout_hint(command_name: str, e: LayoutError, kw: dict) -> str:

@@ -11,7 +11,6 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ganzip import archs
 from ganzip.cli.common import (command, console, default_output, device_option, emit_json, giga, output_option,
                                progress_bar, teacher_mode_option, threads_text, widths_text)
 from ganzip.errors import UserError
@@ -45,6 +44,7 @@ def prune_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Find a student RATIO times smaller than the teacher and give it the teacher's most important channels."""
+    from ganzip import archs
     from ganzip import checkpoint as ckpt
     from ganzip import latency, prune
     from ganzip import threads as thread_policy

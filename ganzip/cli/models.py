@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ganzip import archs
 from ganzip.cli.common import (command, console, device_option, emit_json, err_console, giga, inception_weights_option,
                                mega, progress_bar, status, teacher_mode_option, threads_text, widths_text)
 from ganzip.errors import UserError
@@ -23,6 +22,7 @@ def inspect_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Recognise a checkpoint's architecture and show its widths, parameters and MACs."""
+    from ganzip import archs
     from ganzip import checkpoint as ckpt
     from ganzip import profile
 
@@ -84,6 +84,7 @@ def profile_cmd(
 ) -> None:
     """Parameters, MACs (paper convention and exact) and latency; with --teacher, compression, speedup and
     efficiency (speedup / MACs ratio)."""
+    from ganzip import archs
     from ganzip import profile as prof
     from ganzip import runner
     from ganzip import threads as thread_policy
