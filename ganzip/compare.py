@@ -49,7 +49,8 @@ def _input_image(path: Path, aligned: str | None) -> Image.Image:
 
 
 def _grid(inputs: list[Path], aligned: str | None, fakes: dict[str, Path], rows: int) -> torch.Tensor:
-    """One row per input (the first `rows`): the input, then one column per model, all at the first output's size."""
+    """One row per input (the first `rows`): the input, then one column per model, all at the first output's size,
+    each column labelled."""
     cell = images.load_rgb(next(iter(fakes.values())) / f"{inputs[0].stem}.png").size
 
     def tile(img: Image.Image) -> torch.Tensor:
@@ -60,7 +61,7 @@ def _grid(inputs: list[Path], aligned: str | None, fakes: dict[str, Path], rows:
         row = [tile(_input_image(p, aligned))]
         row += [tile(images.load_rgb(folder / f"{p.stem}.png")) for folder in fakes.values()]
         grid_rows.append(row)
-    return images.grid(grid_rows)
+    return images.grid(grid_rows, labels=["input", *fakes])
 
 
 def _subset(files: list[Path], folder: Path) -> Path:

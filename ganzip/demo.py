@@ -173,7 +173,8 @@ def _run_photos(out: Path, s: Settings, seed: int, device: str, stages: _Stages,
     prof = stages.run(f"profiling teacher vs student at {s.profile_size} px", _profile, s, student, teacher)
     onnx_info = stages.run("exporting the student to ONNX", _export, student, s.size, out)
     k = min(s.grid_images, len(held))
-    grid = images.grid([[x_held[i], outputs["teacher"][i], outputs["student"][i]] for i in range(k)])
+    grid = images.grid([[x_held[i], outputs["teacher"][i], outputs["student"][i]] for i in range(k)],
+                       labels=["input", "teacher", "student"])
     return {"kind": "photos", "size": s.size, "settings": asdict(s),
             "data": {"path": str(data), "inputs": len(inputs), "targets": len(target_batch), "held_out": len(held)},
             "teacher": {"path": str(teacher_path), "architecture": archs.describe(teacher.spec),
@@ -206,7 +207,7 @@ def _run_maps(out: Path, s: Settings, seed: int, device: str, stages: _Stages, _
     onnx_info = stages.run("exporting the student to ONNX", _export, student, s.size, out)
     k = min(s.grid_images, len(val.inputs))
     grid = images.grid([[val.inputs[i], outputs["teacher"][i], outputs["student"][i], val.targets[i]]
-                        for i in range(k)])
+                        for i in range(k)], labels=["input", "teacher", "student", "target"])
     return {"kind": "maps", "size": s.size, "direction": MAPS_DIRECTION, "settings": asdict(s),
             "data": {"path": str(data), "inputs": len(train_inputs), "targets": len(train_inputs),
                      "held_out": len(val.inputs)},

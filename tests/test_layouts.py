@@ -110,6 +110,8 @@ def test_compare_on_photos_runs_at_their_size_against_the_teacher(teacher, stude
     assert out["latency_size"] == 128 and out["real_dir"] is None and out["n_images"] == 4
     assert out["models"][1]["fid"] is None and out["models"][1]["fid_vs_first"] > 0
     assert out["threads"] == 1
+    # whole 128 px photos in the grid (not 64x128 halves), under a strip naming the columns
+    assert Image.open(tmp_path / "grid.png").size == (3 * 130 - 2, images.LABEL_HEIGHT + 4 * 130 - 2)
 
 
 def test_compare_takes_real_targets_with_real(teacher, student, tmp_path):
