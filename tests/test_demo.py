@@ -131,9 +131,10 @@ def _check_summary(summary: dict, out: Path, columns: int) -> None:
     assert f"{st['psnr_db']:.1f} dB PSNR" in report and f"{q['held_out']} held-out inputs" in report
     if "input_vs_teacher" in q:  # photos: the do-nothing baseline is stated beside the student
         assert f"{q['input_vs_teacher']['psnr_db']:.1f} dB" in report
-    with Image.open(out / "grid.png") as grid:  # one row per held-out image
+    with Image.open(out / "grid.png") as grid:  # a strip of column labels, then one row per held-out image
         size, rows = summary["size"], summary["settings"]["grid_images"]
-        assert grid.size == (columns * size + (columns - 1) * 2, rows * size + (rows - 1) * 2)
+        assert grid.size == (columns * size + (columns - 1) * 2,
+                             images.LABEL_HEIGHT + rows * size + (rows - 1) * 2)
 
 
 @pytest.mark.slow
