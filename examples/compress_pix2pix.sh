@@ -11,10 +11,10 @@
 # STEPS        distillation steps (default 20000)
 #
 # No pix2pix checkpoint at hand? `ganzip demo --out DIR` fits a small one on the bundled maps and leaves it
-# in DIR/teacher.pth (map -> aerial: DIRECTION BtoA, SIZE=128). `ganzip data-path` prints the bundled maps
+# in DIR/teacher.pth (map -> aerial: DIRECTION BtoA, SIZE=128). `ganzip data-path maps` prints the bundled maps
 # folder (train/ and val/, A|B pairs), so the whole walkthrough runs on them:
 #
-#   ganzip demo --out demo && SIZE=128 examples/compress_pix2pix.sh demo/teacher.pth "$(ganzip data-path)" BtoA out 500
+#   ganzip demo --out demo && SIZE=128 examples/compress_pix2pix.sh demo/teacher.pth "$(ganzip data-path maps)" BtoA out 500
 set -euo pipefail
 
 TEACHER=${1:?usage: $0 TEACHER.pth DATA_DIR [DIRECTION] [OUT_DIR] [STEPS]}

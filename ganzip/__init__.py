@@ -2,6 +2,16 @@
 
 __version__ = "0.1.0"
 
-from ganzip.checkpoint import load_generator, save_generator  # noqa: E402
+from typing import Any
 
 __all__ = ["load_generator", "save_generator", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """The public functions, imported on first use: the command line's `--help` and its one-line errors need no
+    torch, which takes seconds to import."""
+    if name in ("load_generator", "save_generator"):
+        from ganzip import checkpoint
+
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'ganzip' has no attribute {name!r}")

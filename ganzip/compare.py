@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 
-from ganzip import archs, checkpoint, fid, images
+from ganzip import archs, checkpoint, export, fid, images
+from ganzip import data as data_sets
 from ganzip import profile as prof
+from ganzip import threads as thread_policy
+from ganzip.atomic import check_writable
 from ganzip.errors import UserError
 from ganzip.spectrum import unique_names
 from ganzip.translate import translate_folder
@@ -41,11 +45,12 @@ def latency_size(first_input: Path, aligned: str | None, size: int | None, multi
 
 def _input_image(path: Path, aligned: str | None) -> Image.Image:
     img = images.load_rgb(path)
-    return images.split_aligned(img, aligned)[0] if aligned else img
+    return images.split_aligned(img, aligned, str(path))[0] if aligned else img
 
 
 def _grid(inputs: list[Path], aligned: str | None, fakes: dict[str, Path], rows: int) -> torch.Tensor:
-    """One row per input (the first `rows`): the input, then one column per model, all at the first output's size."""
+    """One row per input (the first `rows`): the input, then one column per model, all at the first output's size,
+    each column labelled."""
     cell = images.load_rgb(next(iter(fakes.values())) / f"{inputs[0].stem}.png").size
 
     def tile(img: Image.Image) -> torch.Tensor:
@@ -56,7 +61,7 @@ def _grid(inputs: list[Path], aligned: str | None, fakes: dict[str, Path], rows:
         row = [tile(_input_image(p, aligned))]
         row += [tile(images.load_rgb(folder / f"{p.stem}.png")) for folder in fakes.values()]
         grid_rows.append(row)
-    return images.grid(grid_rows)
+    return images.grid(grid_rows, labels=["input", *fakes])
 
 
 def _subset(files: list[Path], folder: Path) -> Path:
@@ -67,55 +72,80 @@ def _subset(files: list[Path], folder: Path) -> Path:
     return folder
 
 
-def _quality(models: dict[str, torch.nn.Module], inputs_dir: Path, reals_dir: Path, aligned: str | None,
+@dataclass
+class _Images:
+    """The test images compare reads: inputs (A|B pairs when `aligned`), and the real targets, if any."""
+
+    inputs_dir: Path
+    inputs: list[Path]
+    aligned: str | None
+    reals_dir: Path | None
+    reals: list[Path]
+    reals_aligned: str | None  # the reals are the target halves of the input pairs
+
+
+def _test_images(data: str | os.PathLike, real: str | os.PathLike | None, direction: str, limit: int | None
+                 ) -> _Images:
+    split = data_sets.eval_split(data, direction, need_reals=False)
+    inputs = images.list_images(split.inputs, "input folder")[:limit]
+    if real is not None:
+        return _Images(split.inputs, inputs, split.aligned, Path(real),
+                       images.list_images(real, "real target folder")[:limit], None)
+    if split.aligned:
+        return _Images(split.inputs, inputs, split.aligned, split.reals, inputs, split.aligned)
+    reals = images.list_images(split.reals, "real target folder")[:limit] if split.reals is not None else []
+    return _Images(split.inputs, inputs, None, split.reals, reals, None)
+
+
+def _quality(models: dict[str, torch.nn.Module], inputs_dir: Path, reals_dir: Path | None, test: _Images,
              work: Path, weights: Path, size: int | None, batch_size: int, device: str,
              report: Callable[[str], Callable[[int, int], None] | None]) -> tuple[dict[str, dict], dict[str, Path]]:
-    """Each model's outputs on the inputs (folders under `work`), FID against the reals and against the first."""
+    """Each model's outputs on the inputs (folders under `work`), FID against the reals (None without reals: a set
+    of photos of one domain has none) and against the first model's outputs."""
     fakes: dict[str, Path] = {}
     features = {}
     for name, module in models.items():
         fakes[name] = work / f"model{len(fakes)}"
         translate_folder(module, inputs_dir, fakes[name], size=size, batch_size=batch_size, device=device,
-                         direction=aligned, progress=report(f"{name}: translate"))
+                         direction=test.aligned, progress=report(f"{name}: translate"))
         features[name] = fid.folder_features(fakes[name], weights, 16, device, report(f"{name}: features"),
                                              cache=False)
-    real = fid.folder_features(reals_dir, weights, 16, device, report("real: features"), aligned=aligned)
+    real = None
+    if reals_dir is not None:
+        real = fid.folder_features(reals_dir, weights, 16, device, report("real: features"), aligned=test.reals_aligned)
     reference = next(iter(models))
-    rows = {name: {"fid": fid.frechet_distance(f, real),
+    rows = {name: {"fid": fid.frechet_distance(f, real) if real is not None else None,
                    "fid_vs_first": None if name == reference else fid.frechet_distance(f, features[reference])}
             for name, f in features.items()}
     return rows, fakes
 
 
-def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *, size: int | None = None,
-            direction: str = "AtoB", limit: int | None = None, onnx: bool = False, runs: int = 20, warmup: int = 3,
-            threads: int | None = None, device: str = "cpu", weights: str | os.PathLike | None = None,
-            batch_size: int = 4, grid: str | os.PathLike | None = None, grid_rows: int = 4,
-            progress: Progress | None = None, teacher_mode: str = "eval") -> dict:
+def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *, real: str | os.PathLike | None = None,
+            size: int | None = None, direction: str = "AtoB", limit: int | None = None, onnx: bool = False,
+            runs: int = 20, warmup: int = 3, threads: int | None = None, device: str = "cpu",
+            weights: str | os.PathLike | None = None, batch_size: int = 4, grid: str | os.PathLike | None = None,
+            grid_rows: int = 4, progress: Progress | None = None, teacher_mode: str = "eval") -> dict:
     """Profile, time and score every generator on `data`'s test images; the first one is the reference.
 
-    `limit` keeps the first N inputs (and real targets). Returns one dict per model under "models" (in the
-    order given) plus the settings used. With `grid`, a PNG with one row per input (the first `grid_rows`) and
-    one column per model is written there.
+    `real` replaces the data set's real target images; a data set without any (photos of one domain) is scored
+    against the first model's outputs only. `limit` keeps the first N inputs (and real targets). Returns one
+    dict per model under "models" (in the order given) plus the settings used. With `grid`, a PNG with one row
+    per input (the first `grid_rows`) and one labelled column per model is written there.
     """
     if len(checkpoints) < 2:
         raise UserError("compare needs at least two checkpoints (the first, usually the teacher, is the reference)")
     if min(runs, batch_size, grid_rows, size or 1, limit or 1) <= 0 or warmup < 0:
         raise UserError("--runs, --batch-size, --grid-rows, --size and --limit must be positive integers")
     if grid is not None:
-        from ganzip.atomic import check_writable
-
         if any(Path(grid).resolve() == Path(c).resolve() for c in checkpoints):
             raise UserError(f"-o {grid} is one of the checkpoints being compared; choose another file for the grid")
         check_writable(grid)
     path = fid.resolve_weights(weights)  # before any model runs
-    inputs_dir, reals_dir, aligned = fid.dataset_test_folders(data, direction)
-    inputs = images.list_images(inputs_dir, "input folder")[:limit]
-    reals = inputs if aligned else images.list_images(reals_dir, "real target folder")[:limit]
+    test = _test_images(data, real, direction, limit)
     names = unique_names([Path(c) for c in checkpoints])
     models = {name: checkpoint.load_generator(c, teacher_mode) for name, c in zip(names, checkpoints)}
     multiple = max(archs.size_multiple(m.spec) for m in models.values())
-    side = latency_size(inputs[0], aligned, size, multiple)
+    side = latency_size(test.inputs[0], test.aligned, size, multiple)
     for m in models.values():
         archs.check_size(m.spec, side)
 
@@ -124,22 +154,35 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *
 
     with tempfile.TemporaryDirectory(prefix="ganzip-compare-") as tmp:
         work = Path(tmp)
-        ins, outs = inputs_dir, reals_dir
+        ins, outs = test.inputs_dir, test.reals_dir
         if limit:
-            ins = _subset(inputs, work / "inputs")
-            outs = ins if aligned else _subset(reals, work / "reals")
-        rows, fakes = _quality(models, ins, outs, aligned, work, path, size, batch_size, device, report)
-        picture = _grid(inputs, aligned, fakes, grid_rows) if grid is not None else None
+            ins = _subset(test.inputs, work / "inputs")
+            outs = ins if test.reals_aligned else _subset(test.reals, work / "reals") if test.reals else None
+        rows, fakes = _quality(models, ins, outs, test, work, path, size, batch_size, device, report)
+        picture = _grid(test.inputs, test.aligned, fakes, grid_rows) if grid is not None else None
     if picture is not None:
         images.save_png(picture, grid)
-    timings = _timings(models, side, onnx, runs, warmup, threads, device)
+    with thread_policy.using(threads) as n_threads:
+        load_before = thread_policy.load()
+        timings = _timings(models, side, onnx, runs, warmup, n_threads, device)
+        unstable = thread_policy.stability(timings, load_before, thread_policy.load(), n_threads)
+    return {"models": _rows(models, names, checkpoints, side, timings, rows, onnx), "reference": names[0],
+            "data": str(data), "inputs": str(test.inputs_dir),
+            "real_dir": str(test.reals_dir) if test.reals_dir is not None else None, "aligned": test.aligned,
+            "n_images": len(test.inputs), "n_real": len(test.reals), "size": size, "latency_size": side, "runs": runs,
+            "threads": n_threads, "unstable": unstable, "device": device, "weights": str(path),
+            "grid": str(grid) if grid is not None else None, "grid_columns": ["input", *names] if grid else None}
 
+
+def _rows(models: dict[str, torch.nn.Module], names: list[str], checkpoints: Sequence[str | os.PathLike], side: int,
+          timings: dict[str, prof.Latency], quality: dict[str, dict], onnx: bool) -> list[dict]:
+    """One row per model: costs, latencies and FIDs, each cost and latency also as a ratio to the first model."""
     out: list[dict] = []
     for name, c in zip(names, checkpoints):
         static = prof.static_profile(models[name], side)
         row = {"name": name, "path": str(c), "architecture": archs.describe(models[name].spec),
                "params": static.params, "macs": static.macs, "macs_exact": static.macs_exact,
-               "latency": timings[name].as_dict(), "latency_ms": timings[name].median_ms, **rows[name]}
+               "latency": timings[name].as_dict(), "latency_ms": timings[name].median_ms, **quality[name]}
         if onnx:
             row["onnx_latency"] = timings[f"{name}:onnx"].as_dict()
             row["onnx_latency_ms"] = timings[f"{name}:onnx"].median_ms
@@ -151,23 +194,15 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *
         if onnx:
             row["onnx_speedup"] = first["onnx_latency_ms"] / row["onnx_latency_ms"]
         out.append(row)
-    return {"models": out, "reference": names[0], "data": str(data), "inputs": str(inputs_dir),
-            "real_dir": str(reals_dir), "aligned": aligned, "n_images": len(inputs), "n_real": len(reals),
-            "size": size, "latency_size": side, "runs": runs, "threads": torch.get_num_threads(), "device": device,
-            "weights": str(path),
-            "grid": str(grid) if grid is not None else None, "grid_columns": ["input", *names] if grid else None}
+    return out
 
 
 def _timings(models: dict[str, torch.nn.Module], side: int, onnx: bool, runs: int, warmup: int,
-             threads: int | None, device: str) -> dict[str, prof.Latency]:
+             threads: int, device: str) -> dict[str, prof.Latency]:
     """Every model (and its onnxruntime session) timed in one alternation, so load on the machine hits all alike."""
-    if threads:
-        torch.set_num_threads(threads)
     fns: dict[str, Callable[[], object]] = {}
     for name, module in models.items():
         fns[name] = prof.torch_runner(module, side, 1, device)
         if onnx:
-            from ganzip import export
-
             fns[f"{name}:onnx"] = export.onnx_runner(module, side, threads=threads)
     return prof.time_alternating(fns, runs=runs, warmup=warmup)

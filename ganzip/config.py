@@ -6,8 +6,8 @@ run trained half with one recipe and half with another is neither, and its prove
 that were never used. Only `--steps` may grow. Run-time settings (how often to save, sample or evaluate, where
 to write the student, the device, progress display) may change on resume and are logged when they do.
 
-Defaults that depend on the teacher or the data (direction, KD weight, anchor, load size) are resolved once, up
-front, and the resolved values are what is recorded.
+Defaults that depend on the teacher, the data or the hardware (direction, KD weight, anchor, load size,
+precision) are resolved once, up front, and the resolved values are what is recorded.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import pywt
 
 from ganzip.archs.layers import TEACHER_MODES
+from ganzip.devices import fast_precision, resolve_device
 from ganzip.errors import UserError
 from ganzip.wavelet import check_wavelet
 
@@ -28,8 +29,8 @@ KD_MODES = ("wavelet", "pixel", "none")
 ANCHORS = ("low", "pixel", "cycle", "none")
 DEFAULT_ANCHOR = "pixel"           # unpaired data without a reverse teacher; README "Choosing the recipe" measures it
 KD_WEIGHTS = {"wavelet": 0.4, "pixel": 10.0, "none": 0.0}  # authors' wavelet runs; GAN Compression's L1 weight
-PRECISIONS = ("fp32", "bf16")
-LOAD_RATIO = 286 / 256             # upstream: resize to 286, random crop 256
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware computes in it (devices.fast_precision)
+LOAD_RATIO = 286 / 256             # upstream: resize to 286, random crop 256 (ganzip's default: no resize up)
 
 RECIPE = ("data", "inputs", "targets", "direction", "ratio", "student", "by", "method", "init", "kd", "wavelet",
           "levels", "kd_distance", "lambda_kd", "lambda_gan", "lambda_rec", "anchor", "lambda_anchor",
@@ -70,13 +71,13 @@ class DistillConfig:
     lr: float = 2e-4
     decay_from: float = 0.5          # fraction of --steps after which the lr falls linearly to 0
     size: int = 256                  # crop size: the training resolution
-    load_size: int | None = None     # resize before cropping; None: size x 286/256, as upstream
+    load_size: int | None = None     # resize before cropping; None: size (no crop: the scale the model runs at)
     flip: bool = True
     val: Path | None = None          # None: the dataset's held-out folder, else 5% of the inputs
     val_images: int = 100            # 0 turns validation off
     eval_every: int = 250
     teacher_mode: str = "eval"
-    precision: str = "fp32"
+    precision: str = "auto"          # resolved to fp32 or bf16 by `resolve`
     save_every: int = 500
     sample_every: int = 250
     seed: int = 0
@@ -173,9 +174,10 @@ def resolve(cfg: DistillConfig, teacher_provenance: dict, paired: bool) -> Disti
         anchor = "cycle"
     else:
         anchor = "none" if paired else DEFAULT_ANCHOR
-    return replace(cfg, direction=direction, anchor=anchor,
+    precision = fast_precision(resolve_device(cfg.device)) if cfg.precision == "auto" else cfg.precision
+    return replace(cfg, direction=direction, anchor=anchor, precision=precision,
                    lambda_kd=KD_WEIGHTS[cfg.kd] if cfg.lambda_kd is None else cfg.lambda_kd,
-                   load_size=cfg.load_size or round(cfg.size * LOAD_RATIO))
+                   load_size=cfg.load_size or cfg.size)
 
 
 def record(cfg: DistillConfig) -> dict[str, Any]:

@@ -1,5 +1,9 @@
-"""Training data in the CycleGAN/pix2pix code base's layouts, with augmentation that is a pure function of
-(seed, epoch, index).
+"""Data sets: every layout recognised in one place (never assumed), and training data with augmentation that is
+a pure function of (seed, epoch, index).
+
+Every command that reads a data folder (distill, fid, compare, spectrum) asks `recognise` what it holds, so a
+folder of square photos is never cut in halves as if it held A|B pairs: a pair is an image twice as wide as
+high, and a folder is read as pairs only when every image is one.
 
 Making every random choice (order, crop, flip, unpaired target) a function of those three numbers is what lets
 an interrupted `distill` resume bit-exactly from nothing but the step count, lets DDP ranks split the data
@@ -18,10 +22,87 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ganzip import images
-from ganzip.errors import UserError
+from ganzip.errors import LayoutError, UserError
 from ganzip.memory import MemoryBudget
 
-LAYOUTS = ("DIR/trainA + DIR/trainB (unpaired)", "DIR/train with A|B side-by-side pairs", "--inputs DIR --targets DIR")
+_UNPAIRED = ("trainA", "trainB", "valA", "valB", "testA", "testB")
+_SPLITS = ("train", "val", "test")
+_HELD_OUT = ("val", "test")  # pix2pix keeps its held-out pairs in val/, some data sets in test/
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a data folder holds, recognised from its subfolders and its images' shapes (never from its name).
+
+    kind: "unpaired" (trainA/trainB, testA/testB: two domains), "pairs" (train/, val/, test/ holding A|B
+    images twice as wide as high), "photos" (train/, val/, test/ holding single images of one domain: inputs
+    with nothing to pair them with), "images" (the folder itself holds single images), "pair-images" (the
+    folder itself holds A|B pairs).
+    """
+
+    root: Path
+    kind: str
+    splits: dict[str, Path]
+
+    def describe(self) -> str:
+        """What the folder looks like, in words, with each split's image count."""
+        counts = ", ".join(f"{name}/ ({_count(path)})" for name, path in self.splits.items())
+        return {"unpaired": f"unpaired images in {counts}",
+                "pairs": f"A|B pairs in {counts}",
+                "photos": f"single images of one domain (not A|B pairs) in {counts}",
+                "images": f"{_plural(_count(self.root), 'single image')} (not A|B pairs)",
+                "pair-images": f"{_plural(_count(self.root), 'A|B pair')}"}[self.kind]
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _count(folder: Path) -> int:
+    return sum(1 for p in folder.iterdir() if p.is_file() and p.suffix.lower() in images.IMAGE_EXTENSIONS
+               and not p.name.startswith("."))
+
+
+def recognise(root: str | os.PathLike) -> Layout:
+    """The layout of a data folder; one that looks like none of them is refused, saying what it holds."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"data folder {root} does not exist; check the path")
+    if not root.is_dir():
+        raise UserError(f"data folder {root} is a file; give the folder that holds the images")
+    if images.holds_images(root):
+        return Layout(root, "pair-images" if _holds_pairs(root) else "images", {})
+    unpaired = {n: root / n for n in _UNPAIRED if (root / n).is_dir()}
+    if unpaired:
+        return Layout(root, "unpaired", unpaired)
+    splits = {n: root / n for n in _SPLITS if (root / n).is_dir()}
+    if splits:
+        kinds = {name: _holds_pairs(path) for name, path in splits.items()}
+        if len(set(kinds.values())) > 1:
+            raise LayoutError(f"data folder {root} mixes A|B pairs ({', '.join(n for n, k in kinds.items() if k)}/) "
+                              f"with single images ({', '.join(n for n, k in kinds.items() if not k)}/); keep one "
+                              f"kind per data set", "layout")
+        others = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and p.name not in splits}
+        return Layout(root, "pairs" if any(kinds.values()) else "photos", {**splits, **others})
+    subfolders = [f"{p.name}/" for p in sorted(root.iterdir()) if p.is_dir()]
+    holds = (f"it holds {', '.join(subfolders[:3])}{' ...' if len(subfolders) > 3 else ''}" if subfolders
+             else "it holds no images and no subfolders")
+    raise LayoutError(f"data folder {root} has no data set layout ({holds}): expected trainA/trainB (testA/testB), "
+                      f"train/ val/ test/, or images", "layout")
+
+
+def _holds_pairs(folder: Path) -> bool:
+    """True when every image is an A|B pair (twice as wide as high), False when none is; a mixture is refused,
+    because splitting a single photo in two halves trains on nonsense without a word."""
+    shapes = {p: images.image_size(p) for p in images.list_images(folder)}
+    pairs = [p for p, (w, h) in shapes.items() if images.is_pair_size(w, h)]
+    if not pairs:
+        return False
+    if len(pairs) < len(shapes):
+        odd, (w, h) = next((p, s) for p, s in shapes.items() if p not in set(pairs))
+        raise LayoutError(f"{folder} mixes A|B pairs (twice as wide as high, e.g. {pairs[0].name}) with single "
+                          f"images ({odd.name} is {w}x{h}); keep one kind per folder", "layout")
+    return True
 
 
 @dataclass
@@ -38,31 +119,98 @@ class Source:
 
 def resolve(data: str | os.PathLike | None = None, inputs: str | os.PathLike | None = None,
             targets: str | os.PathLike | None = None, direction: str = "AtoB", phase: str = "train") -> Source:
-    """Find the training images from `--data` (either layout) or explicit `--inputs`/`--targets` folders."""
-    if direction not in ("AtoB", "BtoA"):
-        raise UserError(f"--direction must be AtoB or BtoA, not {direction!r}")
+    """The training images: a data folder in a layout `recognise` knows, or explicit input and target folders."""
+    _check_direction(direction)
     if inputs is not None or targets is not None:
         if inputs is None or targets is None:
             raise UserError("--inputs and --targets go together: the inputs to translate and real target-domain images")
-        return Source(images.list_images(inputs, "--inputs folder"), images.list_images(targets, "--targets folder"),
+        return Source(images.list_images(inputs, "input folder"), images.list_images(targets, "target folder"),
                       False, False, direction, f"{inputs} -> {targets}")
     if data is None:
-        raise UserError("give the training images: --data DIR (" + "; ".join(LAYOUTS) + ")")
-    root = Path(data)
-    if not root.exists():
-        raise UserError(f"data folder {root} does not exist; check the --data path")
-    if not root.is_dir():
-        raise UserError(f"--data {root} is a file; give the dataset folder ({'; '.join(LAYOUTS)})")
-    a, b = root / f"{phase}A", root / f"{phase}B"
-    if a.is_dir() or b.is_dir():
-        src, dst = (a, b) if direction == "AtoB" else (b, a)
+        raise LayoutError("no training images given: a data folder, or a folder of inputs with one of target-domain "
+                          "images", "data")
+    layout = recognise(data)
+    root = layout.root
+    if layout.kind == "unpaired":
+        src, dst = (root / f"{phase}A", root / f"{phase}B") if direction == "AtoB" else (root / f"{phase}B",
+                                                                                           root / f"{phase}A")
+        if not src.is_dir():
+            raise LayoutError(f"data folder {root} has no {src.name}/ of inputs ({layout.describe()})", "layout",
+                              layout)
+        if not dst.is_dir():
+            raise LayoutError(f"data folder {root} has {src.name}/ but no {dst.name}/ with target-domain images to "
+                              f"train against", "targets", layout)
         return Source(images.list_images(src, "input folder"), images.list_images(dst, "target folder"),
                       False, False, direction, f"{src} -> {dst} (unpaired)")
-    if (root / phase).is_dir():
-        pairs = images.list_images(root / phase, "paired-image folder")
-        return Source(pairs, pairs, True, True, direction, f"{root / phase} (A|B pairs, {direction})")
-    raise UserError(f"data folder {root} has neither {phase}A/{phase}B nor {phase}/; expected one of: "
-                    + "; ".join(LAYOUTS))
+    if layout.kind in ("pairs", "pair-images"):
+        folder = root if layout.kind == "pair-images" else root / phase
+        if not folder.is_dir():
+            raise LayoutError(f"data folder {root} holds {layout.describe()} but no {phase}/", "layout", layout)
+        pairs = images.list_images(folder, "paired-image folder")
+        return Source(pairs, pairs, True, True, direction, f"{folder} (A|B pairs, {direction})")
+    raise LayoutError(f"data folder {root} holds {layout.describe()}: no target-domain images to train against",
+                      "targets", layout)
+
+
+def held_out_folder(data: str | os.PathLike | None, direction: str, paired: bool) -> Path | None:
+    """The data set's own held-out inputs for validation during training: testA (testB for BtoA) for unpaired
+    data, else val/ before test/ (the split kept for choosing checkpoints, leaving test/ for the final score)."""
+    if data is None:
+        return None
+    layout = recognise(data)
+    if layout.kind == "unpaired":
+        names: tuple[str, ...] = ("testA" if direction == "AtoB" else "testB",)
+    else:
+        names = _HELD_OUT if layout.kind in ("pairs", "photos") else ()
+    return next((layout.root / n for n in names if (layout.root / n).is_dir()), None)
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """A data set's test inputs, the real target images to score against (None when it has none) and, for A|B
+    pairs, the direction that says which half is the input."""
+
+    inputs: Path
+    reals: Path | None
+    aligned: str | None
+    layout: Layout
+
+
+def eval_split(data: str | os.PathLike, direction: str = "AtoB", need_reals: bool = True) -> EvalSplit:
+    """The test split every evaluating command reads: testA -> testB (AtoB) for unpaired data, test/ before val/
+    for pairs (both halves from the same files) and for single photos (inputs only), or the folder itself.
+
+    Without `need_reals` (the reals come from elsewhere, or the first model's outputs are the reference) a data
+    set with no target images is fine; with it, it is refused, saying what the folder holds.
+    """
+    _check_direction(direction)
+    layout = recognise(data)
+    root = layout.root
+    if layout.kind == "unpaired":
+        src, dst = (root / "testA", root / "testB") if direction == "AtoB" else (root / "testB", root / "testA")
+        if not src.is_dir():
+            raise LayoutError(f"data folder {root} has no {src.name}/ of test inputs ({layout.describe()})", "layout",
+                              layout)
+        split = EvalSplit(src, dst if dst.is_dir() else None, None, layout)
+    elif layout.kind in ("images", "pair-images"):
+        split = EvalSplit(root, root if layout.kind == "pair-images" else None,
+                          direction if layout.kind == "pair-images" else None, layout)
+    else:
+        name = next((n for n in ("test", "val") if n in layout.splits), None)
+        if name is None:
+            raise LayoutError(f"data folder {root} holds {layout.describe()} but no test/ or val/ split", "layout",
+                              layout)
+        pairs = layout.kind == "pairs"
+        split = EvalSplit(root / name, root / name if pairs else None, direction if pairs else None, layout)
+    if need_reals and split.reals is None:
+        raise LayoutError(f"data folder {root} holds {layout.describe()}: no real target-domain images to score "
+                          f"against", "reals", layout)
+    return split
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in ("AtoB", "BtoA"):
+        raise UserError(f"--direction must be AtoB or BtoA, not {direction!r}")
 
 
 def seeded(seed: int, *parts: int) -> torch.Generator:
@@ -97,14 +245,16 @@ def check_images(paths: list[Path], what: str) -> None:
             raise UserError(f"cannot read {what} {p}: {e}; remove or replace the file") from None
 
 
-def hold_out(source: Source, fraction: float = 0.05, minimum: int = 2) -> tuple[Source, list[Path]]:
-    """Split every 1/fraction-th input off for validation when the dataset has no held-out folder.
+def hold_out(source: Source, fraction: float = 0.05, minimum: int = 2, count: int | None = None
+             ) -> tuple[Source, list[Path]]:
+    """Split `count` inputs (default: `fraction` of them, at least `minimum`) off for validation when the data set
+    has no held-out folder.
 
     Evenly spaced, not random: the same files are held out whatever the seed, so runs with different seeds are
     scored on the same images. Paired data holds out whole pairs.
     """
     n = len(source.inputs)
-    k = max(minimum, round(n * fraction))
+    k = count if count is not None else max(minimum, round(n * fraction))
     if n - k < 1:
         raise UserError(f"only {n} input image(s): too few to hold {k} out for validation; add images, give --val "
                         f"DIR, or turn validation off with --val-images 0")
@@ -115,16 +265,6 @@ def hold_out(source: Source, fraction: float = 0.05, minimum: int = 2) -> tuple[
     targets = [source.targets[i] for i in keep] if source.paired else source.targets
     return (Source(inputs, targets, source.paired, source.aligned, source.direction, source.description),
             [source.inputs[i] for i in held])
-
-
-def held_out_folder(data: str | os.PathLike | None, direction: str, paired: bool) -> Path | None:
-    """The dataset's own test inputs, as the code base lays them out: testA (testB for BtoA) for unpaired data,
-    val/ or test/ with A|B pairs for paired data."""
-    if data is None:
-        return None
-    root = Path(data)
-    names = ("val", "test") if paired else ("testA" if direction == "AtoB" else "testB",)
-    return next((root / n for n in names if (root / n).is_dir()), None)
 
 
 class TrainSet:
@@ -161,7 +301,7 @@ class TrainSet:
             return self._cache[key]
         img = images.load_rgb(path)
         if self.source.aligned:
-            img = images.split_aligned(img, self.source.direction)[0 if kind == "input" else 1]
+            img = images.split_aligned(img, self.source.direction, str(path))[0 if kind == "input" else 1]
         if min(img.size) < self.crop_size and not self._warned_small:
             self._warned_small = True  # once per run: a folder of thumbnails would otherwise flood the log
             warnings.warn(f"{path.name} is {img.size[0]}x{img.size[1]}, smaller than the {self.crop_size} px crop; "

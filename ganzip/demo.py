@@ -28,6 +28,7 @@ import torch
 from rich.console import Console
 
 from ganzip import archs, images
+from ganzip.devices import fast_precision
 from ganzip.errors import UserError
 from ganzip.fidelity import similarity
 
@@ -54,7 +55,8 @@ class Settings:
     lr: float = 2e-4           # distillation lr (upstream's 2e-4 is for runs of 100k+ steps)
 
 
-# Photos: a few minutes of a 2-core CPU is a short run, so the demo spends it where it buys most: bf16, 64 px crops
+# Photos: a few minutes of a 2-core CPU is a short run, so the demo spends it where it buys most: bf16 where the CPU
+# computes in it (precision auto; a CPU without AVX512-BF16 emulates bf16, far slower than fp32), 64 px crops
 # cut from the photos at their full 128 px (four times the steps of 128 px crops for the same time, at the scale the
 # student is scored and used at), and lr 1e-3 with the usual decay over the second half. On the vintagify teacher
 # (60 inputs, the 20 held-out photos scored at 128 px) 1000 such steps reached 22.1 dB to the teacher and 11.3
@@ -62,8 +64,8 @@ class Settings:
 # student learnt the teacher at the wrong scale), and 250 steps of 128 px crops 20.0 dB at lr 1e-3, 19.6 at 2e-4.
 # Latency is measured at 256 px, the teacher's own resolution, where a CPU shows what the MACs ratio buys.
 PHOTOS = Settings(size=128, train_size=64, profile_size=256, distill_steps=1000, lr=1e-3, method="search",
-                  precision="bf16", profile_runs=10, grid_images=6)
-PHOTOS_QUICK = Settings(size=64, profile_size=64, distill_steps=60, lr=1e-3, method="uniform", precision="bf16",
+                  precision="auto", profile_runs=10, grid_images=6)
+PHOTOS_QUICK = Settings(size=64, profile_size=64, distill_steps=60, lr=1e-3, method="uniform", precision="auto",
                         profile_runs=3, grid_images=4)
 # Maps: 1500 fit steps make the teacher's street grid plain to see (at 600 it is a faint blur).
 MAPS = Settings(size=128, profile_size=128, distill_steps=1000, method="search", precision="fp32", profile_runs=10,
@@ -153,7 +155,8 @@ def _run_photos(out: Path, s: Settings, seed: int, device: str, stages: _Stages,
     calib = images.load_batch(inputs[:: max(1, len(inputs) // 8)][:8], s.size)
     prune_info = stages.run(f"pruning to {s.ratio:g}x fewer MACs ({s.method} widths)", _prune, s, teacher, calib, out,
                             seed, teacher_path)
-    distill_info = stages.run(f"distilling: {s.distill_steps} steps, {s.precision}", _distill, s, out, seed, device,
+    precision = fast_precision(device) if s.precision == "auto" else s.precision
+    distill_info = stages.run(f"distilling: {s.distill_steps} steps, {precision}", _distill, s, out, seed, device,
                               teacher=teacher_path, inputs=data / "train", targets=target_dir, val=data / "test")
     student = checkpoint.load_generator(out / "student.pth")
     outputs = {"teacher": translate_tensor(teacher, x_held, 4), "student": translate_tensor(student, x_held, 4)}
@@ -163,7 +166,8 @@ def _run_photos(out: Path, s: Settings, seed: int, device: str, stages: _Stages,
     prof = stages.run(f"profiling teacher vs student at {s.profile_size} px", _profile, s, student, teacher)
     onnx_info = stages.run("exporting the student to ONNX", _export, student, s.size, out)
     k = min(s.grid_images, len(held))
-    grid = images.grid([[x_held[i], outputs["teacher"][i], outputs["student"][i]] for i in range(k)])
+    grid = images.grid([[x_held[i], outputs["teacher"][i], outputs["student"][i]] for i in range(k)],
+                       labels=["input", "teacher", "student"])
     return {"kind": "photos", "size": s.size, "settings": asdict(s),
             "data": {"path": str(data), "inputs": len(inputs), "targets": len(target_batch), "held_out": len(held)},
             "teacher": {"path": str(teacher_path), "architecture": archs.describe(teacher.spec),
@@ -196,7 +200,7 @@ def _run_maps(out: Path, s: Settings, seed: int, device: str, stages: _Stages, _
     onnx_info = stages.run("exporting the student to ONNX", _export, student, s.size, out)
     k = min(s.grid_images, len(val.inputs))
     grid = images.grid([[val.inputs[i], outputs["teacher"][i], outputs["student"][i], val.targets[i]]
-                        for i in range(k)])
+                        for i in range(k)], labels=["input", "teacher", "student", "target"])
     return {"kind": "maps", "size": s.size, "direction": MAPS_DIRECTION, "settings": asdict(s),
             "data": {"path": str(data), "inputs": len(train_inputs), "targets": len(train_inputs),
                      "held_out": len(val.inputs)},
@@ -241,8 +245,9 @@ def _prune(s: Settings, teacher: torch.nn.Module, calib: torch.Tensor, out: Path
     from ganzip import checkpoint, prune
 
     start = time.perf_counter()
-    result = prune.prune(teacher, s.ratio, by="macs", method=s.method, size=s.size, calib=calib, seed=seed,
-                         price="auto")
+    # Search steps charged in MACs, not measured latency: timings differ between runs and machines, and the demo's
+    # student must be the same every time it is run with the same seed.
+    result = prune.prune(teacher, s.ratio, by="macs", method=s.method, size=s.size, calib=calib, seed=seed)
     checkpoint.save_generator(result.module, out / "student_init.pth", teacher_sha256=checkpoint.sha256(teacher_path),
                               ratio=s.ratio, by="macs", method=s.method, achieved=result.achieved, size=s.size,
                               teacher_base=archs.base_width(teacher.spec))

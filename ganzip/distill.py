@@ -46,7 +46,7 @@ from ganzip.progress import Progress
 from ganzip.runs import NonFiniteLoss, RunFolder, Stopped, StopSignals
 from ganzip.schedule import lr_factor
 from ganzip.targets import TeacherTargets, offset_multiple
-from ganzip.validate import Validator, load_inputs, spaced
+from ganzip.validate import Validator, load_inputs, split_validation
 
 __all__ = ["DistillConfig", "distill", "NonFiniteLoss", "Stopped"]
 
@@ -98,7 +98,7 @@ def _distill(cfg: DistillConfig, run: RunFolder, stop: StopSignals, progress: Pr
         warnings.warn(f"--resume: {run.path} holds no saved state yet; starting from step 0", stacklevel=2)
     start = int(state["step"]) if state else 0
 
-    source, val_paths, val_description = _split_validation(cfg, source)
+    source, val_paths, val_description = split_validation(cfg, source)
     data.check_images(source.inputs, "input image")
     data.check_images(source.targets, "target image")
     data.check_images(val_paths, "validation image")
@@ -287,25 +287,6 @@ def _check_contract(cfg: DistillConfig, state: dict, teacher_sha: str, run: RunF
                         f"--steps can only grow (give {state['step']} or more)")
 
 
-def _split_validation(cfg: DistillConfig, source: data.Source) -> tuple[data.Source, list, str | None]:
-    """(training source, validation inputs, where they come from): --val, the held-out folder, or 5% of inputs."""
-    if not cfg.val_images:
-        return source, [], None
-    from ganzip.images import list_images
-
-    folder = cfg.val or data.held_out_folder(cfg.data, source.direction, source.paired)
-    if folder is not None:
-        paths = spaced(list_images(folder, "--val folder"), cfg.val_images)
-        return source, paths, f"{folder} ({len(paths)} images)"
-    if len(source.inputs) < 20:  # 5% would be less than one image
-        warnings.warn(f"only {len(source.inputs)} input images and no held-out folder: validation is off (give --val "
-                      f"DIR to score the student on held-out images)", stacklevel=2)
-        return source, [], None
-    source, held = data.hold_out(source)
-    paths = spaced(held, cfg.val_images)
-    return source, paths, f"{len(paths)} of the inputs held out (5%)"
-
-
 def _scratch_init(module: nn.Module, seed: int) -> None:
     """The CycleGAN code base's `init_weights(init_type='normal', gain=0.02)`."""
     g = torch.Generator().manual_seed(seed)
@@ -465,7 +446,7 @@ def _write_samples(path: Path, student: nn.Module, teacher: nn.Module, x: torch.
     with torch.no_grad():
         t, s = teacher(x), student(x)
     student.train(was_training)
-    images.save_png(images.grid([[x[i], t[i], s[i]] for i in range(x.shape[0])]), path)
+    images.save_png(images.grid([[x[i], t[i], s[i]] for i in range(x.shape[0])], labels=["input", "teacher", "student"]), path)
 
 
 # --- signals and progress ------------------------------------------------------------------------------------

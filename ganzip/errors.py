@@ -1,13 +1,31 @@
-"""The one exception type users see.
+"""The exception types users see.
 
 Library code raises `UserError` for anything the user can fix (a bad path, a wrong option, a file that is not
-a generator). The CLI prints its message as a single line and exits non-zero; any other exception is a bug and
+a generator), and its `LayoutError` for a data folder that lacks what a command needs. The CLI prints its message as a single line and exits non-zero; any other exception is a bug and
 keeps its traceback (shown with `--debug`).
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 
 class UserError(Exception):
     """A problem with the user's input. The message says what is wrong and how to fix it, in one line."""
+
+
+class LayoutError(UserError):
+    """A data folder that does not hold what was asked of it (ganzip.data recognises the layouts).
+
+    `needs` says what is missing ("data": nothing was given; "targets": no target-domain images to train
+    against; "reals": no real target images to score against; "layout": nothing recognisable), and `layout`
+    what the folder does hold, so that each command can name its own option that supplies what is missing:
+    the library does not know the command line.
+    """
+
+    def __init__(self, message: str, needs: str, layout: Any = None):
+        super().__init__(message)
+        self.needs, self.layout = needs, layout
 
 
 def out_of_memory(error: BaseException) -> str | None:

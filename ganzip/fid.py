@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
-from ganzip import images
+from ganzip import data, images
 from ganzip.atomic import refuse_input_as_output, torch_save
 from ganzip.errors import UserError
+from ganzip.translate import translate_folder
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -259,7 +260,7 @@ def folder_features(folder: str | os.PathLike, weights: str | os.PathLike | None
 
     def load(p: Path) -> "Image.Image":
         img = images.load_rgb(p)
-        return images.split_aligned(img, aligned)[1] if aligned else img
+        return images.split_aligned(img, aligned, str(p))[1] if aligned else img
 
     model = extractor(path, device)
     feats: list[np.ndarray] = []
@@ -333,11 +334,13 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
 
 def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100, subset_size: int = 1000,
                               seed: int = 2020) -> tuple[float, float]:
-    """KID (mean, std) with torch-fidelity's estimator; the subset size shrinks to fit small folders."""
+    """KID (mean, std) with torch-fidelity's estimator. A folder smaller than `subset_size` draws subsets of half
+    its images: subsets of all of them would all be the same set, and their spread (the std) always 0."""
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
-    size = min(subset_size, len(f1), len(f2))
-    if size < 2:
+    smaller = min(len(f1), len(f2))
+    size = subset_size if smaller > subset_size else max(2, smaller // 2)
+    if smaller < 2:
         raise UserError("KID needs at least 2 images on each side; add images")
     out = kid_features_to_metric(torch.from_numpy(np.asarray(f1)), torch.from_numpy(np.asarray(f2)),
                                  kid_subsets=subsets, kid_subset_size=size, rng_seed=seed, verbose=False,
@@ -366,47 +369,14 @@ def fid_folders(fake_dir: str | os.PathLike, real_dir: str | os.PathLike, kid: b
 
 # --- generators --------------------------------------------------------------------------------------------
 
-def dataset_test_folders(data_dir: str | os.PathLike, direction: str = "AtoB", need_reals: bool = True
-                         ) -> tuple[Path, Path | None, str | None]:
-    """(inputs, reals, aligned direction or None) of a dataset folder's test split.
-
-    Unaligned (CycleGAN) data: testA -> testB for AtoB. Aligned (pix2pix) data: the first of test, val holding
-    A|B images; inputs and reals are both that folder and are split per image. Without `need_reals` (the reals
-    come from elsewhere) the target folder may be missing, and a plain folder of images is the inputs.
-    """
-    if direction not in ("AtoB", "BtoA"):
-        raise UserError(f"--direction must be AtoB or BtoA, not {direction!r}")
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"--data {data_dir} is not a folder; give a dataset folder with testA/testB or val/test")
-    if images.holds_images(data_dir):
-        if need_reals:
-            raise UserError(f"--data {data_dir} holds images, not testA/testB or val/test: to use them as the "
-                            f"inputs, give the real target images with --real DIR")
-        return data_dir, None, None
-    src, dst = ("testA", "testB") if direction == "AtoB" else ("testB", "testA")
-    if (data_dir / src).is_dir():
-        if (data_dir / dst).is_dir():
-            return data_dir / src, data_dir / dst, None
-        if not need_reals:
-            return data_dir / src, None, None
-        raise UserError(f"--data {data_dir} has {src}/ but no {dst}/ with the real targets; add it or give --real DIR")
-    for name in ("test", "val"):
-        if (data_dir / name).is_dir():
-            return data_dir / name, data_dir / name, direction
-    raise UserError(f"--data {data_dir} has neither {src}/ nor test/ or val/ (aligned A|B); "
-                    f"point --data at a dataset folder")
-
-
 def fid_for_generator(module: torch.nn.Module, data_dir: str | os.PathLike, real_dir: str | os.PathLike | None = None,
                       kid: bool = False, weights: str | os.PathLike | None = None, size: int | None = None,
                       batch_size: int = 4, device: str = "cpu", direction: str = "AtoB",
                       out_dir: str | os.PathLike | None = None,
                       progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Translate a dataset's test inputs with `module`, then FID against the real targets (or `real_dir`)."""
-    from ganzip.translate import translate_folder
-
-    inputs, reals, aligned = dataset_test_folders(data_dir, direction, need_reals=real_dir is None)
+    """Translate a data set's test inputs with `module`, then FID against the real targets (or `real_dir`)."""
+    split = data.eval_split(data_dir, direction, need_reals=real_dir is None)
+    inputs, reals, aligned = split.inputs, split.reals, split.aligned
     if real_dir is not None:
         reals, aligned_reals = Path(real_dir), None
     else:

@@ -37,10 +37,7 @@ def load_pairs(folder: str | os.PathLike, size: int | None = None, direction: st
     inputs, targets = [], []
     for p in paths:
         img = images.load_rgb(p)
-        if img.width < 2 * img.height - 1:
-            raise UserError(f"{p} is {img.width}x{img.height}, not an A|B pair (twice as wide as tall); "
-                            f"give a pix2pix-style aligned folder")
-        a, b = images.split_aligned(img, direction)
+        a, b = images.split_aligned(img, direction, str(p))
         if size is not None:
             a, b = a.resize((size, size), Image.BICUBIC), b.resize((size, size), Image.BICUBIC)
         inputs.append(images.to_tensor(a))

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from ganzip.atomic import write_bytes
 from ganzip.errors import UserError
@@ -118,15 +118,35 @@ def save_png(img: Image.Image | torch.Tensor, path: str | os.PathLike) -> Path:
     return write_bytes(buf.getvalue(), path)
 
 
-def grid(rows: Sequence[Sequence[torch.Tensor]], pad: int = 2) -> torch.Tensor:
-    """Tile images (each (3, H, W) in [-1, 1], all the same size) into one image, rows x columns, white gaps."""
+def grid(rows: Sequence[Sequence[torch.Tensor]], pad: int = 2, labels: Sequence[str] | None = None) -> torch.Tensor:
+    """Tile images (each (3, H, W) in [-1, 1], all the same size) into one image, rows x columns, white gaps; with
+    `labels`, a strip above names each column, so a grid read away from the command that made it says which
+    column is which model."""
     h, w = rows[0][0].shape[-2:]
     n_cols = max(len(r) for r in rows)
     out = torch.ones(3, len(rows) * (h + pad) - pad, n_cols * (w + pad) - pad)
     for i, row in enumerate(rows):
         for j, img in enumerate(row):
             out[:, i * (h + pad): i * (h + pad) + h, j * (w + pad): j * (w + pad) + w] = img.detach().float().cpu()
+    if labels:
+        out = torch.cat([_label_strip(labels, w, pad, out.shape[-1]), out], dim=1)
     return out
+
+
+LABEL_HEIGHT = 14  # PIL's built-in bitmap font is 11 px high
+
+
+def _label_strip(labels: Sequence[str], cell: int, pad: int, width: int) -> torch.Tensor:
+    """A white strip with each label at the left of its column, shortened with '...' to fit the column."""
+    strip = Image.new("RGB", (width, LABEL_HEIGHT), "white")
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default()
+    for j, label in enumerate(labels):
+        text = label
+        while len(text) > 1 and draw.textlength(text, font=font) > cell - 4:
+            text = text[:-4] + "..." if len(text) > 4 else text[:-1]
+        draw.text((j * (cell + pad) + 2, 1), text, fill="black", font=font)
+    return to_tensor(strip)
 
 
 def load_batch(paths: Iterable[str | os.PathLike], size: int | None = None) -> torch.Tensor:
@@ -140,11 +160,33 @@ def load_batch(paths: Iterable[str | os.PathLike], size: int | None = None) -> t
     return torch.stack(tensors)
 
 
-def split_aligned(img: Image.Image, direction: str = "AtoB") -> tuple[Image.Image, Image.Image]:
-    """Split a pix2pix A|B side-by-side image into (input, target) for the given direction."""
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) from the file's header, upright as `load_rgb` turns it, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)  # EXIF orientation 5-8 swap the sides
+    except Image.DecompressionBombError as e:
+        raise UserError(f"cannot read image {path}: {e}; shrink the image first") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"cannot read image {path}: {e}; remove or replace the file") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def is_pair_size(width: int, height: int) -> bool:
+    """An A|B pair is two equal halves side by side: exactly twice as wide as high."""
+    return width == 2 * height
+
+
+def split_aligned(img: Image.Image, direction: str = "AtoB", name: str = "image") -> tuple[Image.Image, Image.Image]:
+    """Split a pix2pix A|B side-by-side image into (input, target) for the given direction; an image that is not
+    twice as wide as high is not a pair, and is refused rather than cut into two unequal, stretched halves."""
     if direction not in ("AtoB", "BtoA"):
         raise UserError(f"--direction must be AtoB or BtoA, not {direction!r}")
     w, h = img.size
+    if not is_pair_size(w, h):
+        raise UserError(f"{name} is {w}x{h}, not an A|B pair (those are twice as wide as high); read it as a single "
+                        f"image, without a direction")
     half = w // 2
     a, b = img.crop((0, 0, half, h)), img.crop((half, 0, 2 * half, h))
     return (a, b) if direction == "AtoB" else (b, a)

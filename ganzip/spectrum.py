@@ -15,9 +15,16 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
+from ganzip import checkpoint as ckpt
+from ganzip import data as data_sets
+from ganzip import images
+from ganzip.atomic import write_bytes
 from ganzip.errors import UserError
 from ganzip.fidelity import NOISE_FLOOR, high_frequency_power, luminance, radial_power_spectrum, ratio  # noqa: F401 (luminance: public here too)
+from ganzip.translate import translate_tensor
+from ganzip.wavelet import band_energies
 
 
 def high_frequency_share(freqs: np.ndarray, spectrum: np.ndarray, cutoff: float = 0.25) -> float:
@@ -29,8 +36,6 @@ def high_frequency_share(freqs: np.ndarray, spectrum: np.ndarray, cutoff: float 
 
 def wavelet_bands(x: torch.Tensor, wave: str = "haar", levels: int = 3) -> dict[str, float]:
     """Energy per wavelet band (LL, L1_LH, ...), from ganzip.wavelet so the analysis sees what the KD loss sees."""
-    from ganzip.wavelet import band_energies
-
     energies = band_energies(x.detach().float().cpu(), wave=wave, levels=levels)
     return {k: float(v) for k, v in energies.items()}
 
@@ -100,17 +105,13 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
 def load_inputs(data: str | os.PathLike, size: int | None, limit: int | None, direction: str | None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Input images (and, for A|B pairs with a direction, their target halves) as [-1, 1] batches."""
-    from PIL import Image
-
-    from ganzip import images
-
     paths = images.list_images(data, "--data folder")
     if limit:
         paths = paths[:limit]
     inputs, targets = [], []
     for p in paths:
         img = images.load_rgb(p)
-        pair = images.split_aligned(img, direction) if direction else (img, None)
+        pair = images.split_aligned(img, direction, str(p)) if direction else (img, None)
         for part, bucket in zip(pair, (inputs, targets)):
             if part is None:
                 continue
@@ -125,18 +126,15 @@ def load_inputs(data: str | os.PathLike, size: int | None, limit: int | None, di
 
 def resolve_folders(data: str | os.PathLike, real: str | os.PathLike | None, direction: str | None
                     ) -> tuple[Path, Path | None, str | None]:
-    """A folder of images is used as is; a dataset root resolves as in `ganzip fid` (testA -> testB, or val/test
-    A|B pairs), so `--data datasets/horse2zebra` compares against the real testB images."""
-    from ganzip.fid import dataset_test_folders
-    from ganzip.images import holds_images
-
-    folder = Path(data)
-    if not folder.is_dir() or holds_images(folder):  # kept with its --direction: a folder of A|B pairs
-        return folder, (Path(real) if real is not None else None), direction
-    inputs, reals, aligned = dataset_test_folders(folder, direction or "AtoB", need_reals=False)
-    if real is None and aligned is None:
-        real = reals
-    return inputs, (Path(real) if real is not None else None), aligned or direction
+    """(inputs, real images or None, A|B direction or None) from `data` as every command reads it (data.eval_split):
+    a data set compares against its real targets when it has them (testB, or the target halves of pairs)."""
+    split = data_sets.eval_split(data, direction or "AtoB", need_reals=False)
+    if direction is not None and split.aligned is None and split.layout.kind != "unpaired":
+        raise UserError(f"{data} holds {split.layout.describe()}; a direction picks the half of an A|B pair, so "
+                        f"leave it out")
+    if real is None and split.aligned is None:
+        real = split.reals
+    return split.inputs, (Path(real) if real is not None else None), split.aligned
 
 
 def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, real: str | os.PathLike | None = None,
@@ -147,10 +145,6 @@ def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, 
     The reference is, in order: the `real` folder; the target halves of A|B pairs (when `direction` is given);
     otherwise the first checkpoint's outputs (usually the teacher), so a student is judged against it.
     """
-    from ganzip import checkpoint as ckpt
-    from ganzip import images
-    from ganzip.translate import translate_tensor
-
     if not checkpoints:
         raise UserError("give at least one generator checkpoint, e.g. ganzip spectrum teacher.pth student.pth --data DIR")
     data, real, direction = resolve_folders(data, real, direction)
@@ -193,7 +187,6 @@ def require_matplotlib() -> Any:
 def plot(result: dict, path: str | os.PathLike) -> Path:
     """A PNG with the radial spectra (log scale) and each band's energy relative to the reference."""
     plt = require_matplotlib()
-    from ganzip.atomic import write_bytes
 
     freqs = np.asarray(result["frequencies"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))

@@ -107,5 +107,6 @@ def stability(latencies: dict[str, Any], load_before: float | None, load_after: 
     demand = [v for v in (None if load_before is None else load_before + threads, load_after) if v is not None]
     if demand and max(demand) > n_cores + 0.5:
         reasons.append(f"the machine was loaded beyond its {n_cores} core(s) (load average {max(demand):.1f} "
-                       f"counting these {threads} thread(s)); other processes took turns with the timed runs")
+                       f"counting these {threads} thread{'' if threads == 1 else 's'}); other processes took turns "
+                       f"with the timed runs")
     return reasons

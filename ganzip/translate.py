@@ -107,7 +107,7 @@ def translate_folder(module: nn.Module, input_dir: str | os.PathLike, out_dir: s
     for p in files:
         img = images.load_rgb(p)
         if direction:
-            img = images.split_aligned(img, direction)[0]
+            img = images.split_aligned(img, direction, str(p))[0]
         if size is not None and img.size != (size, size):
             img = img.resize((size, size), Image.BICUBIC)
         t = _as_input(img, channels)

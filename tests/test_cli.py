@@ -145,12 +145,14 @@ def test_a_teacher_keeps_its_upstream_name(teacher):
 
 # --- bundled data ------------------------------------------------------------------------------------------
 
-def test_data_path_prints_the_bundled_maps():
+def test_data_path_prints_the_bundled_photos_by_default_and_the_maps_by_name():
     result = runner.invoke(app, ["data-path"])
     assert result.exit_code == 0, result.output
     path = Path(result.stdout.strip())
-    assert result.stdout == f"{path}\n" and path.name == "maps_small"
-    counts = {d: len([f for f in os.listdir(path / d) if f.endswith(".jpg")]) for d in ("train", "val")}
+    assert result.stdout == f"{path}\n" and path.name == "photos_small"  # what the CycleGAN examples use
+    maps = Path(runner.invoke(app, ["data-path", "maps"]).stdout.strip())
+    assert maps.name == "maps_small"
+    counts = {d: len([f for f in os.listdir(maps / d) if f.endswith(".jpg")]) for d in ("train", "val")}
     assert counts == {"train": 80, "val": 20}  # as resources/data/README.md describes the subset
-    info = json.loads(runner.invoke(app, ["data-path", "--json"]).stdout)
-    assert info["path"] == str(path) and info["splits"] == counts
+    info = json.loads(runner.invoke(app, ["data-path", "maps", "--json"]).stdout)
+    assert info["path"] == str(maps) and info["splits"] == counts

@@ -77,13 +77,17 @@ def test_compare_on_the_bundled_data_matches_the_single_model_tools(models, weig
         expected = fid.fid_folders(fakes[i], fakes[0], weights=weights)["fid"]
         assert rows[i]["fid_vs_first"] == pytest.approx(expected, abs=1e-6) and expected > 0
 
-    # the grid: one row per input (the first 3), the input then one column per model
+    # the grid: a strip of column labels, then one row per input (the first 3), the input then one column per model
     grid = np.asarray(Image.open(tmp_path / "grid.png"), dtype=np.int16)
-    assert grid.shape == (3 * 66 - 2, 4 * 66 - 2, 3)
+    top = images.LABEL_HEIGHT
+    assert grid.shape == (top + 3 * 66 - 2, 4 * 66 - 2, 3)
+    for column in range(4):  # each column's label is drawn (dark pixels) in its own part of the strip
+        assert (grid[:top, column * 66: column * 66 + 64] < 128).any()
     first = sorted(fakes[2].iterdir())[1]  # second input row, GAN Compression column
-    assert np.array_equal(grid[66:130, 198:262], np.asarray(Image.open(first), dtype=np.int16))
+    assert np.array_equal(grid[top + 66:top + 130, 198:262], np.asarray(Image.open(first), dtype=np.int16))
     source = images.split_aligned(images.load_rgb(images.list_images(data / "val")[0]), "AtoB")[0]
-    assert np.array_equal(grid[:64, :64], np.asarray(source.resize((64, 64), Image.BICUBIC), dtype=np.int16))
+    assert np.array_equal(grid[top:top + 64, :64], np.asarray(source.resize((64, 64), Image.BICUBIC),
+                                                             dtype=np.int16))
 
 
 def test_compare_needs_two_models_and_says_so_in_json(models):

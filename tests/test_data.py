@@ -123,7 +123,7 @@ def test_ranks_split_each_epoch_without_overlap():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"inputs": "x"}, "--inputs and --targets go together"),
-    ({}, "give the training images: --data DIR"),
+    ({}, "no training images given"),
     ({"direction": "up"}, "--direction must be AtoB or BtoA"),
 ])
 def test_bad_sources(kwargs, message):

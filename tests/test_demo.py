@@ -40,7 +40,8 @@ def test_bundled_photos_are_real_photos_split_three_ways():
     assert "horse2zebra" in (data.parent / "README.md").read_text()
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "horse2zebra" / "testA").is_dir(), reason="needs ../shared/data")
+@pytest.mark.skipif(not (SHARED / "data" / "horse2zebra" / "testA").is_dir(), reason="needs the full horse2zebra set in ../shared/data/horse2zebra "
+                    "(beside this checkout; its README says where it comes from) to rebuild the bundled photos")
 def test_example_data_script_reproduces_the_bundled_photos(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "bench" / "make_example_data.py"), "--set", "photos", "--out",
                     str(tmp_path)], check=True, capture_output=True)
@@ -51,7 +52,8 @@ def test_example_data_script_reproduces_the_bundled_photos(tmp_path):
         assert all((tmp_path / split / n).read_bytes() == (bundled / split / n).read_bytes() for n in made)
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "maps" / "val").is_dir(), reason="needs ../shared/data/maps")
+@pytest.mark.skipif(not (SHARED / "data" / "maps" / "val").is_dir(), reason="needs the full maps set in ../shared/data/maps "
+                    "(beside this checkout; its README says where it comes from) to rebuild the bundled maps")
 def test_example_data_script_reproduces_the_bundled_files(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "bench" / "make_example_data.py"), "--out", str(tmp_path),
                     "--train", "80", "--val", "20"], check=True, capture_output=True)
@@ -129,9 +131,10 @@ def _check_summary(summary: dict, out: Path, columns: int) -> None:
     assert f"{st['psnr_db']:.1f} dB PSNR" in report and f"{q['held_out']} held-out inputs" in report
     if "input_vs_teacher" in q:  # photos: the do-nothing baseline is stated beside the student
         assert f"{q['input_vs_teacher']['psnr_db']:.1f} dB" in report
-    with Image.open(out / "grid.png") as grid:  # one row per held-out image
+    with Image.open(out / "grid.png") as grid:  # a strip of column labels, then one row per held-out image
         size, rows = summary["size"], summary["settings"]["grid_images"]
-        assert grid.size == (columns * size + (columns - 1) * 2, rows * size + (rows - 1) * 2)
+        assert grid.size == (columns * size + (columns - 1) * 2,
+                             images.LABEL_HEIGHT + rows * size + (rows - 1) * 2)
 
 
 @pytest.mark.slow

@@ -306,14 +306,16 @@ def test_data_folder_problems(setup):
     tmp_path, _ = setup
     base = ["distill", str(tmp_path / "teacher.pth"), "--ratio", "2", "--steps", "1", "--size", "32"]
     missing = runner.invoke(app, base + ["--data", str(tmp_path / "nope")])
-    assert f"error: data folder {tmp_path / 'nope'} does not exist; check the --data path" in missing.output
+    assert f"error: data folder {tmp_path / 'nope'} does not exist; check the path" in missing.output
     (tmp_path / "empty" / "trainA").mkdir(parents=True)
     (tmp_path / "empty" / "trainB").mkdir(parents=True)
     empty = runner.invoke(app, base + ["--data", str(tmp_path / "empty")])
     assert f"error: input folder {tmp_path / 'empty' / 'trainA'} contains no images" in empty.output
     (tmp_path / "odd").mkdir()
     odd = runner.invoke(app, base + ["--data", str(tmp_path / "odd")])
-    assert f"error: data folder {tmp_path / 'odd'} has neither trainA/trainB nor train/" in odd.output
+    assert odd.output == (f"error: data folder {tmp_path / 'odd'} has no data set layout (it holds no images and no "
+                          f"subfolders): expected trainA/trainB (testA/testB), train/ val/ test/, or images; point "
+                          f"--data at a data set folder, or give --inputs DIR --targets DIR\n")
     for r in (missing, empty, odd):
         assert r.exit_code == 2
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ganzip import archs, checkpoint, fid
+from ganzip import archs, checkpoint, data, fid
 from ganzip.cli import app
 from ganzip.errors import UserError
 
@@ -100,13 +100,14 @@ def test_fid_and_kid_agree_with_torch_fidelity_calculate_metrics(weights, folder
     fake, real = folders
     ours = fid.fid_folders(fake, real, kid=True, weights=weights)
     theirs = torch_fidelity.calculate_metrics(
-        input1=str(fake), input2=str(real), fid=True, kid=True, kid_subset_size=12, cuda=False, cache=False,
+        input1=str(fake), input2=str(real), fid=True, kid=True, kid_subset_size=6, cuda=False, cache=False,
         verbose=False, feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(weights))
     assert ours["n_fake"] == ours["n_real"] == 12
     assert ours["fid"] > 1.0  # the two sets differ (tinted), so this is not a trivial zero
     assert abs(ours["fid"] - theirs["frechet_inception_distance"]) < 1e-3
     assert abs(ours["kid_mean"] - theirs["kernel_inception_distance_mean"]) < 1e-6
     assert abs(ours["kid_std"] - theirs["kernel_inception_distance_std"]) < 1e-6
+    assert ours["kid_std"] > 0  # subsets of half the images differ; subsets of all 12 would all be one set
 
 
 def test_frechet_distance_exact_cross_term_matches_scipy_in_full_rank():
@@ -170,8 +171,8 @@ def test_aligned_data_uses_the_target_halves(weights, tmp_path):
         pair.paste(Image.open(pa), (0, 0))
         pair.paste(Image.open(pb), (32, 0))
         pair.save(val / pa.name)
-    inputs, reals, aligned = fid.dataset_test_folders(tmp_path / "data")
-    assert (inputs, reals, aligned) == (val, val, "AtoB")
+    split = data.eval_split(tmp_path / "data")
+    assert (split.inputs, split.reals, split.aligned) == (val, val, "AtoB")
     assert np.allclose(fid.folder_features(val, weights, aligned="AtoB"), fid.folder_features(b, weights),
                        atol=1e-5)
 
@@ -219,17 +220,21 @@ def test_resolution_order_explicit_then_torch_fidelity_cache_then_conversion(wei
     assert not (tmp_path / "empty-cache").exists()  # nothing was converted while a file was available
 
 
+def _triple(split: data.EvalSplit) -> tuple:
+    return split.inputs, split.reals, split.aligned
+
+
 def test_dataset_folders_and_their_refusals(tmp_path):
     (tmp_path / "testA").mkdir()
-    with pytest.raises(UserError, match="no testB/"):
-        fid.dataset_test_folders(tmp_path)
-    assert fid.dataset_test_folders(tmp_path, need_reals=False) == (tmp_path / "testA", None, None)
+    with pytest.raises(UserError, match="no real target-domain images"):
+        data.eval_split(tmp_path)
+    assert _triple(data.eval_split(tmp_path, need_reals=False)) == (tmp_path / "testA", None, None)
     (tmp_path / "testB").mkdir()
-    assert fid.dataset_test_folders(tmp_path, "BtoA") == (tmp_path / "testB", tmp_path / "testA", None)
+    assert _triple(data.eval_split(tmp_path, "BtoA")) == (tmp_path / "testB", tmp_path / "testA", None)
     with pytest.raises(UserError, match="AtoB or BtoA"):
-        fid.dataset_test_folders(tmp_path, "AB")
-    with pytest.raises(UserError, match="neither"):
-        fid.dataset_test_folders(tmp_path / "testA")
+        data.eval_split(tmp_path, "AB")
+    with pytest.raises(UserError, match="no data set layout"):
+        data.eval_split(tmp_path / "testA")
 
 
 def test_a_plain_folder_of_inputs_needs_real_targets(tmp_path):
@@ -237,8 +242,17 @@ def test_a_plain_folder_of_inputs_needs_real_targets(tmp_path):
 
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "a.png")
-    assert fid.dataset_test_folders(tmp_path / "photos", need_reals=False) == (tmp_path / "photos", None, None)
+    assert _triple(data.eval_split(tmp_path / "photos", need_reals=False)) == (tmp_path / "photos", None, None)
     with pytest.raises(UserError) as e:
-        fid.dataset_test_folders(tmp_path / "photos")
-    assert str(e.value) == (f"--data {tmp_path / 'photos'} holds images, not testA/testB or val/test: to use them "
-                            f"as the inputs, give the real target images with --real DIR")
+        data.eval_split(tmp_path / "photos")
+    assert str(e.value) == (f"data folder {tmp_path / 'photos'} holds 1 single image (not A|B pairs): no real "
+                            f"target-domain images to score against")
+
+
+def test_kid_on_a_small_folder_has_a_spread(weights, folders):
+    fake, real = folders  # 12 images each: subsets of all 12 would all be the same set, with a std of exactly 0
+    result = CliRunner().invoke(app, ["fid", "--fake", str(fake), "--real", str(real), "--kid", "--json",
+                                      "--inception-weights", str(weights)])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["kid_std"] > 0 and out["n_fake"] == 12

@@ -93,10 +93,10 @@ def test_resolved_defaults_are_what_the_run_records(setup):
     tmp_path, root = setup
     summary = distill(_cfg(tmp_path, root, "defaults"))
     prov = checkpoint.load(summary["output"]).provenance
-    assert (prov["anchor"], prov["lambda_anchor"], prov["lambda_kd"], prov["load_size"]) == ("pixel", 10.0, 0.4, 36)
+    assert (prov["anchor"], prov["lambda_anchor"], prov["lambda_kd"], prov["load_size"]) == ("pixel", 10.0, 0.4, 32)
     assert prov["decay_from"] == 0.5 and prov["direction"] == "AtoB"
     recorded = json.loads((tmp_path / "defaults" / "config.json").read_text())
-    assert recorded["anchor"] == "pixel" and recorded["load_size"] == 36 and recorded["lambda_kd"] == 0.4
+    assert recorded["anchor"] == "pixel" and recorded["load_size"] == 32 and recorded["lambda_kd"] == 0.4
     pixel = distill(_cfg(tmp_path, root, "pixel", kd="pixel", anchor="none"))
     prov = checkpoint.load(pixel["output"]).provenance
     assert prov["lambda_kd"] == 10.0 and "lambda_anchor" not in prov
@@ -132,21 +132,21 @@ def test_direction_follows_the_teachers_provenance(tmp_path):
 
 def test_validation_lines_best_checkpoint_and_independent_scores(setup):
     tmp_path, root = setup
-    write_images(root / "testA", 5, 32, 7, smooth=True)
-    summary = distill(_cfg(tmp_path, root, "val", steps=6, val_images=4, eval_every=3))
+    write_images(root / "testA", 24, 32, 7, smooth=True)  # 20 scored: as few as FID is taken as a score on
+    summary = distill(_cfg(tmp_path, root, "val", steps=6, val_images=20, eval_every=3))
     out = tmp_path / "val"
     vals = [r for r in _lines(out) if "val_psnr" in r]
-    assert [r["step"] for r in vals] == [3, 6] and all("val_fid" in r and r["val_images"] == 4 for r in vals)
+    assert [r["step"] for r in vals] == [3, 6] and all("val_fid" in r and r["val_images"] == 20 for r in vals)
     assert (out / "best.pth").exists()
     best = summary["best"]
     assert best["selected_by"] == "val_fid" and best["val_fid"] == min(r["val_fid"] for r in vals)
     assert summary["final"]["step"] == 6 and summary["final"]["val_psnr"] == vals[-1]["val_psnr"]
-    # Independent: the final student.pth and the teacher on the 4 evenly spaced testA images, written as PNGs and
+    # Independent: the final student.pth and the teacher on the 20 evenly spaced testA images, written as PNGs and
     # scored by PSNR and by FID over the folders.
     from ganzip.images import list_images, load_batch
 
     paths = list_images(root / "testA")
-    chosen = [paths[i * 5 // 4] for i in range(4)]
+    chosen = [paths[i * 24 // 20] for i in range(20)]
     x = load_batch(chosen, 32)
     with torch.no_grad():
         s = checkpoint.load_generator(summary["output"])(x)

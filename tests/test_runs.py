@@ -178,7 +178,7 @@ def test_an_unreadable_image_is_found_before_training(setup):
     (["--anchor", "cycle"], "error: --anchor cycle needs the teacher's reverse generator"),
     (["--anchor", "sideways"], "error: --anchor must be one of low, pixel, cycle, none"),
     (["--teacher-mode", "train"], "error: --teacher-mode must be one of eval, batch-stats"),
-    (["--precision", "fp8"], "error: --precision must be one of fp32, bf16"),
+    (["--precision", "fp8"], "error: --precision must be one of auto, fp32, bf16"),
 ])
 def test_settings_that_distort_a_run_are_refused(setup, extra, message):
     tmp_path, root = setup

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import re
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from ganzip.errors import UserError, out_of_memory
+from ganzip.errors import LayoutError, UserError, out_of_memory
 from ganzip.progress import Progress
 
 
@@ -93,8 +94,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     cls=_Group,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Piped into a file or another program there is no window to fit: a table wrapped at rich's default 80 columns
+# splits its labels over lines ("MACs (paper/thop" / "convention)"), so it gets room for its longest row instead.
+PIPED_WIDTH = 160
+console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else PIPED_WIDTH)
 _state = {"debug": False, "json_sent": False}
 
 
@@ -126,6 +130,8 @@ def command(*args: Any, **kwargs: Any) -> Callable:
     image) is one line too, naming the command's own options that set how much is allocated at once.
     """
 
+    name = args[0] if args else kwargs.get("name", "")
+
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
@@ -142,6 +148,8 @@ def command(*args: Any, **kwargs: Any) -> Callable:
             except UserError as e:
                 if _state["debug"]:
                     raise
+                if isinstance(e, LayoutError):
+                    e = UserError(f"{e}; {layout_hint(name, e, kw)}")
                 error_line(str(e))
                 if kw.get("as_json") and not _state["json_sent"]:  # stdout stays one JSON document
                     emit_json({"error": str(e)})
@@ -151,9 +159,50 @@ def command(*args: Any, **kwargs: Any) -> Callable:
                 raise typer.Exit(130) from None
 
         kwargs.setdefault("cls", _Command)
+        if fn.__doc__:
+            kwargs.setdefault("help", flowing(fn.__doc__))
         return app.command(*args, **kwargs)(wrapper)
 
     return decorate
+
+
+def flowing(doc: str) -> str:
+    """A docstring as help text: its line breaks are where the source wraps, not where a terminal should, so each
+    paragraph becomes one line that `--help` wraps to the window."""
+    return "\n\n".join(" ".join(part.split()) for part in doc.strip().split("\n\n"))
+
+
+def layout_hint(command_name: str, e: LayoutError, kw: dict) -> str:
+    """How to go on, in this command's options, when a data folder lacks what it needs (ganzip.data says what)."""
+    layout = e.layout
+    if command_name == "distill":
+        if e.needs == "layout":
+            return "point --data at a data set folder, or give --inputs DIR --targets DIR"
+        root = layout.root if layout is not None and layout.kind == "photos" else None
+        recipe = photos_recipe(str(kw.get("teacher") or "TEACHER"), root)
+        if e.needs == "data":
+            return f"give --data DIR (trainA/trainB, or train/ with A|B pairs) or --inputs DIR --targets DIR; {recipe}"
+        return f"give the inputs with --inputs DIR and target-domain images with --targets DIR; {recipe}"
+    if e.needs == "reals":
+        hint = "give the real target images with --real DIR"
+        if command_name == "fid" and layout is not None:
+            hint += (f"; or score against the teacher's outputs instead: ganzip compare TEACHER STUDENT --data "
+                     f"{shlex.quote(str(layout.root))}")
+        return hint
+    return "point --data at a data set folder"
+
+
+def photos_recipe(teacher: str, root: Path | None = None) -> str:
+    """Two commands that train on photos of one domain (the bundled ones unless `root`): the teacher's outputs on
+    the photos in other/ are the target domain, train/ the inputs, test/ held out."""
+    from ganzip.demo import bundled_data
+
+    base = root or bundled_data("photos")
+    p, t = (lambda part: shlex.quote(str(base / part))), shlex.quote(teacher)
+    which = "these photos" if root is not None else "the bundled photos"
+    other = "other" if (base / "other").is_dir() else "train"
+    return (f"with {which}: ganzip translate {t} {p(other)} -o targets && ganzip distill {t} --inputs "
+            f"{p('train')} --targets targets --val {p('test')} --ratio 7 --size 128")
 
 
 def error_line(message: str) -> None:
@@ -208,6 +257,11 @@ def giga(n: float | None) -> str:
 
 def mega(n: float | None) -> str:
     return "-" if n is None else f"{n / 1e6:.3f} M"
+
+
+def threads_text(n: int) -> str:
+    """'1 thread', '2 threads'."""
+    return f"{n} thread" + ("" if n == 1 else "s")
 
 
 def widths_text(spec: dict) -> list[tuple[str, str]]:
@@ -265,6 +319,18 @@ def output_option(default: Any, help: str) -> Any:
 def old_out_option() -> Any:
     """The old --out spelling, still accepted so existing command lines keep working; hidden from --help."""
     return typer.Option(None, "--out", hidden=True, help="Old spelling of -o/--output.")
+
+
+def default_output(given: Optional[Path], default: Path, force: bool) -> Path:
+    """-o when given (naming a file is choosing to replace it), else `default`, which must not hold a file already
+    unless --force: a default name is no one's decision to overwrite (a distilled student.pth once fell to an
+    untrained one that way)."""
+    if given is not None:
+        return given
+    if default.exists() and not force:
+        raise UserError(f"{default} already exists and is kept; pass --force to replace it, or -o FILE to write "
+                        f"the output elsewhere")
+    return default
 
 
 def pick_output(output: Optional[Path], old_out: Optional[Path], required: str | None = None) -> Optional[Path]:

@@ -11,18 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ganzip import archs
-from ganzip.cli.common import (
-    command,
-    console,
-    device_option,
-    emit_json,
-    giga,
-    output_option,
-    progress_bar,
-    teacher_mode_option,
-    widths_text,
-)
+from ganzip.cli.common import (command, console, default_output, device_option, emit_json, giga, output_option,
+                               progress_bar, teacher_mode_option, threads_text, widths_text)
 from ganzip.errors import UserError
 
 # --- prune -------------------------------------------------------------------------------------------------
@@ -48,15 +38,19 @@ def prune_cmd(
     runs: int = typer.Option(10, "--runs", help="Alternating teacher/student runs for the measured speedup "
                                                 "(0: do not measure)."),
     seed: int = typer.Option(0, help="Seed for the calibration crops."),
-    output: Path = output_option(Path("student.pth"), "Where to write the student (never the teacher itself)."),
+    output: Optional[Path] = output_option(None, "Where to write the pruned student (default pruned.pth, never "
+                                                 "replaced unless --force; never the teacher itself)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing pruned.pth when -o is not given."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Find a student RATIO times smaller than the teacher and give it the teacher's most important channels."""
+    from ganzip import archs
     from ganzip import checkpoint as ckpt
     from ganzip import latency, prune
     from ganzip import threads as thread_policy
     from ganzip.atomic import check_writable, refuse_input_as_output
 
+    output = default_output(output, Path("pruned.pth"), force)
     refuse_input_as_output(output, teacher)
     if runs < 0:
         raise UserError("--runs must be 0 (no timing) or a positive number of runs")
@@ -110,7 +104,7 @@ def prune_cmd(
         console.print(f"  widths.{key}: {text}")
     console.print(f"student: {escape(info['architecture'])}")
     console.print(f"ratio by {unit}: [bold]{result.achieved:.2f}x[/] (asked {ratio:g}x); method {escape(method)}"
-                  + (f", picked {escape(str(info['picked']))}" if "picked" in info else "")
+                  + (f", picked {escape(str(info['picked']))}" if info.get("picked", method) != method else "")
                   + f"; distance to teacher on {escape(str(info['calibration']['source']))} calibration: "
                   f"{info['score']:.4g}"
                   + (f"; steps charged in measured {runtime} latency" if info.get("price") == "latency" else ""))
@@ -120,7 +114,7 @@ def prune_cmd(
                            style="dim"), soft_wrap=True)
     if "speedup" in info:
         sp = info["speedup"]
-        console.print(f"measured speedup: [bold]{sp['speedup']:.2f}x[/] in {runtime} with {sp['threads']} thread(s) "
+        console.print(f"measured speedup: [bold]{sp['speedup']:.2f}x[/] in {runtime} with {threads_text(sp['threads'])} "
                       f"(median of {sp['runs']} alternating runs at {size}px)")
 
 # --- distill -----------------------------------------------------------------------------------------------
@@ -143,7 +137,7 @@ def distill_cmd(
                                             rich_help_panel=_DATA),
     size: int = typer.Option(256, "--size", help="Training crop size in pixels.", rich_help_panel=_DATA),
     load_size: Optional[int] = typer.Option(None, "--load-size", help="Resize to this, then crop --size at random "
-                                            "(default: size x 286/256 as upstream; equal to --size: no crop).",
+                                            "(default: --size, no crop; upstream resizes to size x 286/256).",
                                             rich_help_panel=_DATA),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips.", rich_help_panel=_DATA),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Prune the teacher this many times smaller first.",
@@ -190,8 +184,9 @@ def distill_cmd(
     lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (betas 0.5, 0.999).", rich_help_panel=_TRAINING),
     decay_from: float = typer.Option(0.5, "--decay-from", help="Fraction of --steps after which the lr falls "
                                      "linearly to 0 (1: constant).", rich_help_panel=_TRAINING),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 autocast for the forward passes (CPUs "
-                                  "with AVX512-BF16, CUDA).", rich_help_panel=_TRAINING),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CPUs with AVX512-BF16 or AMX and on "
+                                  "CUDA GPUs with bf16, else fp32), fp32, or bf16 autocast for the forward passes.",
+                                  rich_help_panel=_TRAINING),
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation, data order, crops and flips.",
                              rich_help_panel=_TRAINING),
     device: str = device_option(rich_help_panel=_TRAINING),

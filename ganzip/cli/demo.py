@@ -74,8 +74,8 @@ def demo_cmd(
 
 @command("data-path")
 def data_path_cmd(
-    name: str = typer.Argument("maps", help="maps (pix2pix A|B pairs) or photos (horse2zebra photos for the "
-                                            "vintagify demo)."),
+    name: str = typer.Argument("photos", help="photos (horse2zebra photos, for the vintagify demo and CycleGAN "
+                                              "examples) or maps (pix2pix A|B pairs)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: the folder, its layout and its image counts."),
 ) -> None:
     """Print the folder of a bundled example data set, to point any command at it."""
@@ -85,9 +85,9 @@ def data_path_cmd(
     path = bundled_data(name)
     if as_json:
         layouts = {"maps": "aligned pairs, A|B side by side (A: aerial photo, B: map)",
-                   "photos": "train: input photos, other: more photos of the same kind (the demo's targets are the "
-                             "teacher's outputs on them), test: held-out photos"}
+                   "photos": "single photos of one domain (no target images): train: inputs, other: more photos of "
+                             "the same kind (the demo's targets are the teacher's outputs on them), test: held out"}
         splits = {p.name: len(images.list_images(p)) for p in sorted(path.iterdir()) if p.is_dir()}
         emit_json({"path": path, "name": name, "layout": layouts[name], "splits": splits})
         return
-    sys.stdout.write(f"{path}\n")  # bare, so that "$(ganzip data-path)/val" works in a shell
+    sys.stdout.write(f"{path}\n")  # bare, so that "$(ganzip data-path)/test" works in a shell

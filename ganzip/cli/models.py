@@ -9,21 +9,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ganzip import archs
-from ganzip.cli.common import (
-    command,
-    console,
-    device_option,
-    emit_json,
-    err_console,
-    giga,
-    inception_weights_option,
-    mega,
-    progress_bar,
-    status,
-    teacher_mode_option,
-    widths_text,
-)
+from ganzip.cli.common import (command, console, device_option, emit_json, err_console, giga, inception_weights_option,
+                               mega, progress_bar, status, teacher_mode_option, threads_text, widths_text)
 from ganzip.errors import UserError
 
 # --- inspect -----------------------------------------------------------------------------------------------
@@ -35,6 +22,7 @@ def inspect_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Recognise a checkpoint's architecture and show its widths, parameters and MACs."""
+    from ganzip import archs
     from ganzip import checkpoint as ckpt
     from ganzip import profile
 
@@ -96,6 +84,7 @@ def profile_cmd(
 ) -> None:
     """Parameters, MACs (paper convention and exact) and latency; with --teacher, compression, speedup and
     efficiency (speedup / MACs ratio)."""
+    from ganzip import archs
     from ganzip import profile as prof
     from ganzip import runner
     from ganzip import threads as thread_policy
@@ -126,7 +115,7 @@ def profile_cmd(
     if as_json:
         emit_json(result)
         return
-    table = Table(title=f"profile @ {batch}x{size}x{size}, {result['threads']} threads, {device}")
+    table = Table(title=f"profile @ {batch}x{size}x{size}, {threads_text(result['threads'])}, {device}")
     table.add_column("")
     table.add_column("student", justify="right")
     if teacher_module is not None:
@@ -167,9 +156,15 @@ def profile_cmd(
         if "onnx_efficiency" in result:
             line += f"; onnxruntime {result['onnx_efficiency']:.2f}"
         console.print(line)
-    for reason in result["unstable"]:
-        err_console.print(f"[yellow]warning:[/] timings unstable: {reason}; rerun on a quieter machine or with "
-                          f"fewer --threads", highlight=False, soft_wrap=True)
+    unstable_warnings(result["unstable"], result["threads"])
+
+
+def unstable_warnings(reasons: list[str], threads: int) -> None:
+    """One warning line per reason the timings should not be quoted, with the remedy that applies."""
+    remedy = "rerun on a quieter machine" + (" or with fewer --threads" if threads > 1 else "")
+    for reason in reasons:
+        err_console.print(Text.assemble(("warning:", "yellow"), f" timings unstable: {reason}; {remedy}"),
+                          highlight=False, soft_wrap=True)
 
 
 # --- compare -----------------------------------------------------------------------------------------------
@@ -178,15 +173,18 @@ def profile_cmd(
 def compare_cmd(
     checkpoints: list[Path] = typer.Argument(..., help="Generators to compare; the first (usually the teacher) is "
                                                        "the reference."),
-    data: Path = typer.Option(..., "--data", help="Dataset folder: testA/testB (unaligned) or test/ or val/ with "
-                                                  "A|B pairs (aligned)."),
+    data: Path = typer.Option(..., "--data", help="Data set folder: testA/testB (unaligned), test/ or val/ with "
+                                                  "A|B pairs (aligned) or with single photos, or a folder of inputs."),
+    real: Optional[Path] = typer.Option(None, "--real", help="Real target images for FID (default: from --data; "
+                                                             "without any, FID is against the first model only)."),
     direction: str = typer.Option("AtoB", help="AtoB or BtoA."),
     size: Optional[int] = typer.Option(None, help="Resize inputs to this square size (default: keep sizes; latency "
                                                   "and MACs at the first input's size)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N test images (and real targets)."),
     onnx: bool = typer.Option(False, "--onnx", help="Also time every model in onnxruntime."),
     runs: int = typer.Option(20, help="Timed runs per model (after warm-up), in alternation."),
-    threads: Optional[int] = typer.Option(None, help="torch (and onnxruntime) intra-op threads."),
+    threads: Optional[int] = typer.Option(None, help="torch (and onnxruntime) intra-op threads for the timings "
+                                          "(default: the free cores)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per generator forward pass."),
     grid_rows: int = typer.Option(4, "--grid-rows", help="Inputs shown in the grid image (one row each)."),
     output: Path = typer.Option(Path("compare.png"), "-o", "--output", help="Grid image: one row per input, one "
@@ -201,7 +199,7 @@ def compare_cmd(
     from ganzip.devices import resolve_device
 
     with progress_bar() as update:
-        result = compare(checkpoints, data, size=size, direction=direction, limit=limit, onnx=onnx, runs=runs,
+        result = compare(checkpoints, data, real=real, size=size, direction=direction, limit=limit, onnx=onnx, runs=runs,
                          threads=threads, device=resolve_device(device), weights=inception_weights,
                          batch_size=batch_size, grid=output, grid_rows=grid_rows, progress=update,
                          teacher_mode=teacher_mode)
@@ -210,7 +208,7 @@ def compare_cmd(
         return
     px = result["latency_size"]
     table = Table(title=f"{result['n_images']} images from {result['inputs']} ({result['n_real']} real); cost and "
-                        f"latency @{px}px, {result['threads']} threads, {result['device']}")
+                        f"latency @{px}px, {threads_text(result['threads'])}, {result['device']}")
     table.add_column("")
     models = result["models"]
     for m in models:
@@ -227,10 +225,14 @@ def compare_cmd(
     row("  p10-p90", lambda m: f"{m['latency']['p10_ms']:.1f}-{m['latency']['p90_ms']:.1f} ms")
     if onnx:
         row("latency onnxruntime (median)", lambda m: f"{m['onnx_latency_ms']:.1f} ms ({m['onnx_speedup']:.2f}x)")
-    row("FID vs real", lambda m: f"{m['fid']:.2f}")
+    if result["real_dir"] is not None:
+        row("FID vs real", lambda m: f"{m['fid']:.2f}")
     row(f"FID vs {result['reference']}",
         lambda m: "reference" if m["fid_vs_first"] is None else f"{m['fid_vs_first']:.2f}")
     console.print(table)
-    console.print(f"[dim](x): ratio or speedup relative to {result['reference']}; FID with the standard TF-Inception "
-                  f"weights against {result['real_dir']}[/]", soft_wrap=True, highlight=False)
+    against = (f"against {result['real_dir']} and {result['reference']}'s outputs" if result["real_dir"] is not None
+               else f"against {result['reference']}'s outputs (no real target images in --data; --real DIR adds them)")
+    console.print(Text(f"(x): ratio or speedup relative to {result['reference']}; FID with the standard TF-Inception "
+                       f"weights {against}", style="dim"), soft_wrap=True, highlight=False)
+    unstable_warnings(result["unstable"], result["threads"])
     console.print(f"grid (input, then {', '.join(result['grid_columns'][1:])}): {result['grid']}", highlight=False)

