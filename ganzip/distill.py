@@ -321,6 +321,9 @@ def _make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet, 
         from ganzip import prune
 
         calib = torch.stack([train.item(i, 0)["input"] for i in range(min(8, len(train)))])
+        # the refit sees 32 training crops spread over the inputs: enough rows for every layer's regression
+        spread = [i * len(train) // min(32, len(train)) for i in range(min(32, len(train)))]
+        fit_images = torch.stack([train.item(i, 0)["input"] for i in spread]) if cfg.init == "inherit" else None
         task = f"pruning to {cfg.ratio:g}x by {cfg.by}"
 
         def report(fraction: float) -> None:
@@ -331,12 +334,13 @@ def _make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet, 
 
         # the same student `ganzip prune` makes: search steps charged in measured latency (ganzip.prune)
         result = prune.prune(teacher, cfg.ratio, by=cfg.by, method=cfg.method, size=cfg.size, calib=calib,
-                             seed=cfg.seed, progress=report, price="auto")
+                             seed=cfg.seed, progress=report, price="auto", refit_images=fit_images)
         progress.finish(task)
         student = result.module
         info = {"ratio": cfg.ratio, "achieved_ratio": result.achieved, "by": cfg.by, "method": cfg.method,
                 "teacher_base": archs.base_width(teacher.spec),
-                **({"price": result.info["price"]} if "price" in result.info else {})}
+                **({"price": result.info["price"]} if "price" in result.info else {}),
+                **({"refit": result.info["refit"]} if "refit" in result.info else {})}
     if cfg.init == "scratch":
         _scratch_init(student, cfg.seed)
     info["init"] = cfg.init

@@ -185,6 +185,15 @@ def calibration_batch(folder: str | os.PathLike, size: int, n: int = 4, multiple
     return torch.stack(out)
 
 
+def refit_batch(folder: str | os.PathLike, n: int, size: int, multiple: int = 4) -> torch.Tensor:
+    """Up to `n` whole images spread over `folder` at `size` px (a multiple of the network's): the refit's data."""
+    from ganzip.images import list_images, load_batch
+
+    paths = list_images(folder, "calibration folder")
+    chosen = [paths[i * len(paths) // min(n, len(paths))] for i in range(min(n, len(paths)))]
+    return load_batch(chosen, max(multiple, size // multiple * multiple))
+
+
 def _distance(module: nn.Module, x: torch.Tensor, target: torch.Tensor) -> float:
     with torch.inference_mode():
         return F.mse_loss(module(x), target).item()

@@ -271,3 +271,36 @@ def test_multiple_of_rounds_every_width(method, ratio):
     if method == "uniform":  # coarse uniform steps are refused with the nearest reachable ratio, not missed
         with pytest.raises(UserError, match=r"reach \d+\.\d\dx, not within 3%"):
             prune.prune(teacher, 2.5, method=method, size=32, multiple_of=4)
+
+
+def test_cli_prune_refits_on_calibration_images_and_reports_before_and_after(tmp_path):
+    teacher = tiny_resnet()
+    tpath = tmp_path / "teacher.pth"
+    checkpoint.save_generator(teacher, tpath)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    from ganzip.images import load_batch, save_png
+
+    for k in range(8):
+        save_png(prune.synthetic_batch(1, 3, 32, seed=k)[0], calib / f"{k}.png")
+    runner = CliRunner()
+    out = tmp_path / "refit.pth"
+    res = runner.invoke(app, ["prune", str(tpath), "--ratio", "1.75", "--size", "32", "--calib", str(calib),
+                              "--method", "uniform", "--runs", "0", "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    rf = json.loads(res.stdout)["refit"]
+    assert rf["scored_on"] == "2 held-out images" and rf["images"] == 6
+    assert rf["after"]["psnr_db"] > rf["before"]["psnr_db"]
+    assert checkpoint.load(out).provenance["refit"] is True
+    plain = tmp_path / "plain.pth"
+    res = runner.invoke(app, ["prune", str(tpath), "--ratio", "1.75", "--size", "32", "--calib", str(calib),
+                              "--method", "uniform", "--runs", "0", "--no-refit", "-o", str(plain), "--json"])
+    assert res.exit_code == 0 and "refit" not in json.loads(res.stdout)
+    x = load_batch(sorted(calib.iterdir())[3::4], 32)  # the held-out images, computed independently
+    with torch.no_grad():
+        t_out = teacher.eval()(x)
+        err = {p: float((checkpoint.load_generator(p)(x) - t_out).square().mean()) for p in (out, plain)}
+    assert err[out] < err[plain]
+    bad = runner.invoke(app, ["prune", str(tpath), "--ratio", "1.75", "--size", "32", "--refit", "-o",
+                              str(tmp_path / "x.pth")])
+    assert bad.exit_code == 2 and "--calib" in bad.output and "Traceback" not in bad.output

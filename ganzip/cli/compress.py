@@ -37,6 +37,10 @@ def prune_cmd(
                                           "the free cores)."),
     runs: int = typer.Option(10, "--runs", help="Alternating teacher/student runs for the measured speedup "
                                                 "(0: do not measure)."),
+    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="Refit every pruned layer by least squares "
+                                         "to reproduce the teacher on --calib images (default: on with --calib)."),
+    refit_images: int = typer.Option(32, "--refit-images", min=1, help="Calibration images for the refit, loaded "
+                                     "at 128 px (or --size if smaller); a quarter is kept out to score it."),
     seed: int = typer.Option(0, help="Seed for the calibration crops."),
     output: Optional[Path] = output_option(None, "Where to write the pruned student (default pruned.pth, never "
                                                  "replaced unless --force; never the teacher itself)."),
@@ -58,12 +62,16 @@ def prune_cmd(
         raise UserError(f"--runtime must be one of {', '.join(latency.RUNTIMES)}, not {runtime!r}")
     check_writable(output)
     module = ckpt.load_generator(teacher)
+    if refit and calib is None:
+        raise UserError("--refit fits the student to the teacher on real images: give them with --calib DIR")
     batch = (prune.calibration_batch(calib, size, multiple=archs.size_multiple(module.spec), seed=seed)
              if calib is not None else None)
+    fit_images = (prune.refit_batch(calib, refit_images, min(size, 128), archs.size_multiple(module.spec))
+                  if calib is not None and refit is not False else None)
     with thread_policy.using(threads) as n_threads, progress_bar() as update:
         task = f"{method} for {ratio:g}x by {by}"
         result = prune.prune(module, ratio, by=by, method=method, size=size, calib=batch, multiple_of=multiple_of,
-                             seed=seed, runtime=runtime, threads=n_threads, price="auto",
+                             seed=seed, runtime=runtime, threads=n_threads, price="auto", refit_images=fit_images,
                              progress=lambda done: update(task, done, 1.0))
         if runs:
             update(f"timing teacher and student in {runtime}", 0, None)
@@ -73,7 +81,7 @@ def prune_cmd(
     provenance = {"teacher_sha256": ckpt.sha256(teacher), "teacher": str(teacher),
                   "teacher_base": archs.base_width(module.spec), "ratio": ratio, "by": by, "method": method,
                   "achieved": result.achieved, "size": size, "calibration": info["calibration"]["source"],
-                  "multiple_of": info["multiple_of"],
+                  "multiple_of": info["multiple_of"], "refit": "refit" in info,
                   **({"runtime": runtime, "threads": n_threads} if "latency_table" in info else {}),
                   **({"price": info["price"]} if "price" in info else {}),
                   **({"measured_speedup": measured, "speedup_runtime": runtime} if measured else {})}
@@ -108,6 +116,12 @@ def prune_cmd(
                   + f"; distance to teacher on {escape(str(info['calibration']['source']))} calibration: "
                   f"{info['score']:.4g}"
                   + (f"; steps charged in measured {runtime} latency" if info.get("price") == "latency" else ""))
+    if "refit" in info:
+        rf = info["refit"]
+        console.print(f"refit: {rf['layers']} layers on {rf['images']} images in {rf['seconds']:.0f} s; on "
+                      f"{escape(rf['scored_on'])}, PSNR to teacher {rf['before']['psnr_db']:.1f} -> "
+                      f"{rf['after']['psnr_db']:.1f} dB, colour drift {rf['before']['colour_drift_8bit']:.1f} -> "
+                      f"{rf['after']['colour_drift_8bit']:.1f} levels")
     if "latency_table" in info:
         lt = info["latency_table"]
         console.print(Text(f"latency table: {lt['path']} ({lt['measured']} unit(s) timed now, {lt['reused']} reused)",
