@@ -29,11 +29,13 @@ KD_MODES = ("wavelet", "pixel", "none")
 ANCHORS = ("low", "pixel", "cycle", "none")
 DEFAULT_ANCHOR = "pixel"           # unpaired data without a reverse teacher; README "Choosing the recipe" measures it
 KD_WEIGHTS = {"wavelet": 0.4, "pixel": 10.0, "none": 0.0}  # authors' wavelet runs; GAN Compression's L1 weight
+DISC_REALS = ("targets", "teacher")
+MEAN_BANDS = "mean"
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware computes in it (devices.fast_precision)
 LOAD_RATIO = 286 / 256             # upstream: resize to 286, random crop 256 (ganzip's default: no resize up)
 
 RECIPE = ("data", "inputs", "targets", "direction", "ratio", "student", "by", "method", "init", "kd", "wavelet",
-          "levels", "kd_distance", "lambda_kd", "lambda_gan", "lambda_rec", "anchor", "lambda_anchor",
+          "levels", "band_weights", "kd_distance", "lambda_kd", "lambda_gan", "disc_real", "lambda_rec", "anchor", "lambda_anchor",
           "teacher_reverse", "disc_ratio", "teacher_disc", "ndf", "batch_size", "lr", "decay_from", "size",
           "load_size", "flip", "seed", "teacher_mode", "precision", "cache_teacher", "val", "val_images")
 RUNTIME = ("steps", "save_every", "sample_every", "eval_every", "device", "output", "cache_mb", "progress")
@@ -55,10 +57,12 @@ class DistillConfig:
     init: str = "inherit"            # or "scratch": the paper's students were trained from scratch
     kd: str = "wavelet"
     wavelet: str = "haar"
-    levels: int = 4
+    levels: int | None = None        # None: log2(size) - 4 (4 at 256 px, 3 at 128): the same detail scales
+    band_weights: str = "mean"       # "mean" (the authors' per-level mean) or one weight per level, finest first
     kd_distance: str = "l2"
     lambda_kd: float | None = None   # None: KD_WEIGHTS[kd]
     lambda_gan: float = 1.0
+    disc_real: str | None = None     # what D learns as real: "targets" or "teacher" (its outputs on the inputs)
     lambda_rec: float = 100.0        # L1 to the real target, paired data only (pix2pix, GAN Compression: 100)
     anchor: str | None = None        # None: cycle with --teacher-reverse, else DEFAULT_ANCHOR (none for pairs)
     lambda_anchor: float = 10.0
@@ -112,7 +116,10 @@ def validate(cfg: DistillConfig) -> None:
         raise UserError("give exactly one of --ratio R (prune the teacher now) or --student CKPT (a pruned student)")
     if cfg.ratio is not None and not cfg.ratio > 1:
         raise UserError(f"--ratio must be greater than 1 (the teacher itself is 1x), not {cfg.ratio}")
-    for name in ("steps", "batch_size", "size", "save_every", "sample_every", "levels", "eval_every", "ndf"):
+    if cfg.disc_real is not None and cfg.disc_real not in DISC_REALS:
+        raise UserError(f"--disc-real must be one of {', '.join(DISC_REALS)}, not {cfg.disc_real!r}")
+    band_weights(cfg.band_weights, levels_for(cfg))
+    for name in ("steps", "batch_size", "size", "save_every", "sample_every", "eval_every", "ndf"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value <= 0:
             raise UserError(f"--{_flag(name)} must be a positive integer, not {value}")
@@ -139,11 +146,39 @@ def validate(cfg: DistillConfig) -> None:
         raise UserError("--anchor cycle needs the teacher's reverse generator: --teacher-reverse latest_net_G_B.pth")
     if cfg.teacher_reverse is not None and cfg.anchor not in (None, "cycle"):
         raise UserError(f"--teacher-reverse is only used by --anchor cycle, not --anchor {cfg.anchor}; drop one")
+    if cfg.levels is not None and (not isinstance(cfg.levels, int) or cfg.levels <= 0):
+        raise UserError(f"--levels must be a positive integer, not {cfg.levels}")
     max_levels = pywt.dwt_max_level(cfg.size, pywt.Wavelet(cfg.wavelet).dec_len)
-    if cfg.levels > max_levels:
+    if cfg.levels is not None and cfg.levels > max_levels:
         raise UserError(f"--levels {cfg.levels} is more than a {cfg.size} px image has for {cfg.wavelet} (at most "
                         f"{max_levels}: each level halves the image and the filter needs {pywt.Wavelet(cfg.wavelet).dec_len} px); "
                         f"use --levels {max_levels} or less")
+
+
+def levels_for(cfg: DistillConfig) -> int:
+    """--levels, else as many as keep the coarsest band at 16 px (4 levels at 256 px, 3 at 128), within what the
+    image has: the bands then hold the same detail scales whatever the crop size."""
+    if cfg.levels is not None:
+        return cfg.levels
+    most = max(1, pywt.dwt_max_level(cfg.size, pywt.Wavelet(cfg.wavelet).dec_len))
+    return min(most, max(1, int(math.log2(cfg.size)) - 4))
+
+
+def band_weights(text: str, levels: int) -> str | list[float]:
+    """"mean", or the comma-separated weights as floats (one per level, finest first, each >= 0)."""
+    if text == MEAN_BANDS:
+        return MEAN_BANDS
+    try:
+        weights = [float(w) for w in str(text).split(",")]
+    except ValueError:
+        weights = []
+    if not weights or not all(w >= 0 and math.isfinite(w) for w in weights):
+        raise UserError(f"--band-weights takes 'mean' or one number >= 0 per level, finest first (e.g. 1,1,1), "
+                        f"not {text!r}")
+    if len(weights) != levels:
+        raise UserError(f"--band-weights gives {len(weights)} weight(s) for {levels} DWT level(s); give one per "
+                        f"level, finest first, or set --levels {len(weights)}")
+    return weights
 
 
 def direction_of(cfg: DistillConfig, teacher_provenance: dict) -> str:
@@ -175,7 +210,8 @@ def resolve(cfg: DistillConfig, teacher_provenance: dict, paired: bool) -> Disti
     else:
         anchor = "none" if paired else DEFAULT_ANCHOR
     precision = fast_precision(resolve_device(cfg.device)) if cfg.precision == "auto" else cfg.precision
-    return replace(cfg, direction=direction, anchor=anchor, precision=precision,
+    return replace(cfg, direction=direction, anchor=anchor, precision=precision, levels=levels_for(cfg),
+                   disc_real=cfg.disc_real or "targets",
                    lambda_kd=KD_WEIGHTS[cfg.kd] if cfg.lambda_kd is None else cfg.lambda_kd,
                    load_size=cfg.load_size or cfg.size)
 

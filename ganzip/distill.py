@@ -219,7 +219,8 @@ def _distill(cfg: DistillConfig, run: RunFolder, stop: StopSignals, progress: Pr
         opt_d.zero_grad(set_to_none=True)  # drop what the G step left on D's weights
 
         # Discriminator step: real targets vs the student's outputs.
-        real_in = torch.cat([x, real], 1) if source.paired else real
+        shown = t.clone() if cfg.disc_real == "teacher" else real  # what D learns as real (t: an inference tensor)
+        real_in = torch.cat([x, shown], 1) if source.paired else shown
         with autocast():
             loss_d = lsgan_d_loss(d_model(real_in).float(), d_model(fake_in.detach()).float())
         check("D (discriminator)", loss_d, step)
@@ -373,7 +374,8 @@ def _make_discriminator(cfg: DistillConfig, teacher: nn.Module, paired: bool) ->
 
 def _kd_term(cfg: DistillConfig, device: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
     if cfg.kd == "wavelet":
-        return WaveletKD(cfg.wavelet, cfg.levels, cfg.kd_distance).to(device)
+        weights = config.band_weights(cfg.band_weights, cfg.levels)
+        return WaveletKD(cfg.wavelet, cfg.levels, cfg.kd_distance, weights).to(device)
     return pixel_kd if cfg.kd == "pixel" else None
 
 
@@ -430,8 +432,8 @@ def _kept(meta: dict, run: RunFolder) -> str:
 
 def _provenance(cfg: DistillConfig, student_info: dict, step: int, meta: dict) -> dict:
     """What this student is and how it was trained: every setting here is one the run used."""
-    recipe = {k: getattr(cfg, k) for k in ("kd", "wavelet", "levels", "kd_distance", "lambda_kd", "anchor",
-                                           "lambda_anchor", "lambda_gan", "lr", "decay_from", "batch_size", "size",
+    recipe = {k: getattr(cfg, k) for k in ("kd", "wavelet", "levels", "band_weights", "kd_distance", "lambda_kd",
+                                           "anchor", "lambda_anchor", "lambda_gan", "disc_real", "lr", "decay_from", "batch_size", "size",
                                            "load_size", "flip", "seed", "disc_ratio", "ndf", "teacher_mode",
                                            "precision", "cache_teacher", "direction")}
     if cfg.anchor == "none":

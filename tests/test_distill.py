@@ -268,6 +268,9 @@ def test_sigterm_saves_before_exit(setup):
     (["--device", "cuda"], "error: --device cuda was asked for but this machine has no usable CUDA GPU; use --device cpu"),
     (["--ratio", "1"], "error: --ratio must be greater than 1"),
     (["--kd", "feature"], "error: --kd must be one of wavelet, pixel, none, not 'feature'"),
+    (["--band-weights", "1,x"], "error: --band-weights takes 'mean' or one number >= 0 per level"),
+    (["--band-weights", "1,1,1", "--levels", "2"], "error: --band-weights gives 3 weight(s) for 2 DWT level(s)"),
+    (["--disc-real", "fakes"], "error: --disc-real must be one of targets, teacher, not 'fakes'"),
 ])
 def test_bad_options(setup, extra, message):
     if "cuda" in extra and torch.cuda.is_available():
@@ -346,3 +349,43 @@ def test_student_from_prune_keeps_its_ratio_in_the_distilled_provenance(setup):
     prov = checkpoint.load(summary["output"]).provenance
     assert prov["student_from"] == str(tmp_path / "s.pth")
     assert (prov["ratio"], prov["by"], prov["method"], prov["achieved_ratio"]) == (2.0, "macs", "uniform", achieved)
+
+
+def test_disc_real_teacher_band_weights_and_lambda_gan_are_used_and_recorded(setup, monkeypatch):
+    import ganzip.distill as dmod
+
+    tmp_path, data = setup
+    d_inputs, teacher_outs = [], []
+    make_disc, targets_call = dmod._make_discriminator, dmod.TeacherTargets.__call__
+
+    def disc_with_spy(*args, **kwargs):
+        disc = make_disc(*args, **kwargs)
+        disc.register_forward_pre_hook(lambda mod, inp: d_inputs.append(inp[0].detach().clone()))
+        return disc
+
+    def teacher_spy(self, batch, x):
+        t = targets_call(self, batch, x)
+        teacher_outs.append(t.detach().clone())
+        return t
+
+    monkeypatch.setattr(dmod, "_make_discriminator", disc_with_spy)
+    monkeypatch.setattr(dmod.TeacherTargets, "__call__", teacher_spy)
+    out = tmp_path / "t"
+    result = runner.invoke(app, ["distill", str(tmp_path / "teacher.pth"), "--data", str(data), "--ratio", "2",
+                                 "--method", "uniform", "--steps", "2", "--size", "32", "--batch-size", "2",
+                                 "--val-images", "0", "--disc-real", "teacher", "--levels", "2",
+                                 "--band-weights", "2,0.5", "--lambda-gan", "0.5", "--out-dir", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    prov = checkpoint.load(out / "student.pth").provenance
+    assert prov["disc_real"] == "teacher" and prov["band_weights"] == "2,0.5" and prov["lambda_gan"] == 0.5
+    assert prov["levels"] == 2
+    # each step D sees the student (G step), then the real images, then the student again: real = teacher's outputs
+    assert len(teacher_outs) == 2
+    for step, t in enumerate(teacher_outs):
+        assert torch.allclose(d_inputs[3 * step + 1], t)
+
+
+def test_levels_default_to_the_crop_size():
+    from ganzip import config
+
+    assert [config.levels_for(DistillConfig(teacher=Path("t.pth"), ratio=2, size=n)) for n in (256, 128, 64)] == [4, 3, 2]

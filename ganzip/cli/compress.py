@@ -168,8 +168,13 @@ def distill_cmd(
                            "or none.", rich_help_panel=_OBJECTIVE),
     wavelet: str = typer.Option("haar", "--wavelet", help="Any discrete PyWavelets name (haar, db2, sym4, ...).",
                                 rich_help_panel=_OBJECTIVE),
-    levels: int = typer.Option(4, "--levels", help="DWT levels; every level's LH/HL/HH bands are distilled.",
-                               rich_help_panel=_OBJECTIVE),
+    levels: Optional[int] = typer.Option(None, "--levels", min=1, help="DWT levels; every level's LH/HL/HH bands "
+                                         "are distilled (default: log2(size) - 4, so 4 at 256 px and 3 at 128).",
+                                         rich_help_panel=_OBJECTIVE),
+    band_weights: str = typer.Option("mean", "--band-weights", help="Wavelet KD per level: mean (the authors' "
+                                     "per-level mean, which puts almost all the gradient on the coarsest level) or "
+                                     "one weight per level, finest first (e.g. 1,1,1: every coefficient counts as a "
+                                     "pixel).", rich_help_panel=_OBJECTIVE),
     kd_distance: str = typer.Option("l2", "--kd-distance", help="l2 (authors' code) or l1 (paper's text).",
                                     rich_help_panel=_OBJECTIVE),
     lambda_kd: Optional[float] = typer.Option(None, "--lambda-kd", help="Weight of the KD term (default: 0.4 for "
@@ -187,6 +192,12 @@ def distill_cmd(
                                                    rich_help_panel=_OBJECTIVE),
     lambda_rec: float = typer.Option(100.0, "--lambda-rec", help="Paired data: weight of L1 to the real target "
                                      "(100, as pix2pix and GAN Compression).", rich_help_panel=_OBJECTIVE),
+    lambda_gan: float = typer.Option(1.0, "--lambda-gan", help="Weight of the adversarial term.",
+                                     rich_help_panel=_OBJECTIVE),
+    disc_real: Optional[str] = typer.Option(None, "--disc-real",
+                                            help="What the discriminator learns as real: targets (the real target "
+                                            "images, default) or teacher (the teacher's outputs on the same "
+                                            "inputs).", rich_help_panel=_OBJECTIVE),
     disc_ratio: Optional[float] = typer.Option(None, "--disc-ratio", help="Prune the discriminator this many times "
                                                "(paper: about 4x, ndf 64 -> 32).", rich_help_panel=_OBJECTIVE),
     teacher_disc: Optional[Path] = typer.Option(None, "--teacher-disc", help="Start D from the teacher's "
@@ -234,7 +245,8 @@ def distill_cmd(
 
     cfg = DistillConfig(teacher=teacher, data=data, inputs=inputs, targets=targets, direction=direction, size=size,
                         load_size=load_size, flip=flip, ratio=ratio, student=student, by=by, method=method, init=init,
-                        kd=kd, wavelet=wavelet, levels=levels, kd_distance=kd_distance, lambda_kd=lambda_kd,
+                        kd=kd, wavelet=wavelet, levels=levels, band_weights=band_weights, kd_distance=kd_distance,
+                        lambda_gan=lambda_gan, disc_real=disc_real, lambda_kd=lambda_kd,
                         anchor=anchor, lambda_anchor=lambda_anchor, teacher_reverse=teacher_reverse,
                         lambda_rec=lambda_rec, disc_ratio=disc_ratio, teacher_disc=teacher_disc,
                         teacher_mode=teacher_mode, steps=steps, batch_size=batch_size, lr=lr, decay_from=decay_from,
