@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -40,7 +40,7 @@ from ganzip import archs, checkpoint, config, data, images
 from ganzip.config import DistillConfig
 from ganzip.devices import resolve_device
 from ganzip.errors import UserError
-from ganzip.losses import CycleL1, LowBandL1, WaveletKD, lsgan_d_loss, lsgan_g_loss, pixel_kd
+from ganzip.losses import CycleL1, LowBandL1, WaveletKD, gradient_shares, lsgan_d_loss, lsgan_g_loss, pixel_kd
 from ganzip.memory import MemoryBudget, default_budget
 from ganzip.progress import Progress
 from ganzip.runs import NonFiniteLoss, RunFolder, Stopped, StopSignals
@@ -213,6 +213,8 @@ def _distill(cfg: DistillConfig, run: RunFolder, stop: StopSignals, progress: Pr
         if source.paired:
             terms["rec"] = F.l1_loss(s, real)
         loss_g = sum(weights[name] * value for name, value in terms.items())
+        if step == start and rt.world == 1:  # once per start: which term steers the student (losses.gradient_shares)
+            _report_shares(run, progress, step, terms, weights, kd_term, s, t, student)
         check("G (generator total)", loss_g, step)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -456,6 +458,21 @@ def _write_samples(path: Path, student: nn.Module, teacher: nn.Module, x: torch.
 
 
 # --- signals and progress ------------------------------------------------------------------------------------
+
+def _report_shares(run: RunFolder, progress: Progress, step: int, terms: dict, weights: dict, kd_term: Any,
+                   s: torch.Tensor, t: torch.Tensor, student: nn.Module) -> None:
+    params = [p for p in student.parameters() if p.requires_grad]
+    shares = gradient_shares({name: weights[name] * v for name, v in terms.items()}, params)
+    record = {"step": step, "event": "gradient_shares", "shares": shares}
+    if isinstance(kd_term, WaveletKD):
+        levels = kd_term.levels(s, t)
+        record["kd_levels"] = gradient_shares({f"L{j}": v for j, v in enumerate(levels, start=1)}, params)
+    run.append(record)
+    text = ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
+    if "kd_levels" in record:
+        text += " (kd by level, finest first: " + ", ".join(f"{v:.0%}" for v in record["kd_levels"].values()) + ")"
+    progress.console.print(Text(f"gradient shares at step {step}: {text}"), highlight=False)
+
 
 def _status(losses: dict, score: dict, rate: float) -> str:
     text = f"G {losses['loss_g']:.3f}  D {losses['loss_d']:.3f}  {rate:.1f} img/s"

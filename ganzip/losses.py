@@ -119,3 +119,17 @@ def lsgan_d_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
 
 def lsgan_g_loss(d_fake: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(d_fake, torch.ones_like(d_fake))
+
+
+def gradient_shares(parts: dict[str, torch.Tensor], params: list[torch.Tensor]) -> dict[str, float]:
+    """Each weighted term's share of the generator's gradient: |grad term| / sum over terms of |grad term|.
+
+    Loss values say little about what a term does to the student (an L2 on small errors is tiny and so is its pull,
+    an L1 is not); the gradient norms say which term is steering. The shares add up to 1.
+    """
+    norms = {}
+    for name, value in parts.items():
+        grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+        norms[name] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None) + 0.0))
+    total = sum(norms.values())
+    return {name: (n / total if total > 0 else 0.0) for name, n in norms.items()}

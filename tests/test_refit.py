@@ -99,3 +99,13 @@ def test_feature_adapters_start_as_the_inherited_channels():
             assert int(kept.sum()) == f.shape[1]
             assert torch.allclose(mapped[:, kept], f, atol=1e-6)
         assert float(kd(fs, ft)) > 0
+
+
+def test_gradient_shares_add_up_to_one_and_follow_the_gradient_norms():
+    from ganzip.losses import gradient_shares
+
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    parts = {"a": (3 * w).sum(), "b": (w ** 2).sum()}  # grads (3, 3) and (2, 4): norms sqrt(18), sqrt(20)
+    shares = gradient_shares(parts, [w])
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["a"] == pytest.approx(18 ** 0.5 / (18 ** 0.5 + 20 ** 0.5))
