@@ -37,7 +37,8 @@ def test_multiple_sizes_equal_a_plain_forward_in_any_batching(resnet):
     x = torch.rand(5, 3, 32, 40) * 2 - 1
     with torch.no_grad():
         expected = resnet(x)
-    assert torch.allclose(translate_tensor(resnet, x, batch_size=2), expected, atol=1e-6)
+    # float32 convolutions sum in a batch-size-dependent order on some CPUs: equal to rounding, not bit for bit
+    assert torch.allclose(translate_tensor(resnet, x, batch_size=2), expected, atol=1e-5)
 
 
 def test_other_sizes_are_reflection_padded_then_cropped_back(resnet):
