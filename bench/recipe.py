@@ -1,31 +1,32 @@
-"""Which objective keeps a real teacher's quality: the distillation recipe's variants, one per invocation.
+"""Which objective keeps a real teacher's quality: the distillation recipe's variants over several seeds.
 
 Setup (the issue's): the vintagify CycleGAN teacher (ResNet-9, ngf 64, photo -> vintage), 128 px. Inputs are the
 horse2zebra trainA photos; the discriminator's "real" images are the teacher's outputs on the trainB photos
 (there is no real vintage set offline); held-out scoring on testA (all 120). The student is pruned once, 7x by
-MACs with searched widths, and every variant trains that same student with the same budget (--steps, batch 4,
-seed 0) and the same default recipe otherwise (lr constant then linear to 0, random 143 -> 128 crops, flips);
---precision and --lr apply to every variant of one invocation and each row records them.
+MACs with searched widths (and refitted once, for the `refit` variants); every variant trains that student with
+the same budget (--steps, batch 4) for each --seeds value and the same recipe otherwise (lr constant then linear
+to 0, random 143 -> 128 crops, flips); --precision and --lr apply to every variant of one invocation and each row
+records them with the git commit that ran it.
 
-Variants:
-  pruned        the pruned student, no training
-  highbands     wavelet KD on the high bands alone (0.1.0's objective)
-  low           + anchor (a): L1 to the teacher on the last level's low band
-  pixel_anchor  + anchor (b): L1 to the teacher on the whole image
-  cycle         + anchor (c): a cycle through a reverse teacher back to the input
-  pixel_kd      pixel KD alone (L1 to the teacher, weight 10, as GAN Compression), no wavelets
-vintagify ships only its A->B generator, so the reverse teacher for `cycle` is fitted here once (a ResNet-6,
-ngf 32, L1 from the teacher's outputs back to the trainA photos); its own fidelity is recorded beside the rows.
+Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint it scored):
+  pruned, pruned_refit   the pruned (refitted) student, no training
+  default                today's default: wavelet KD (authors' per-level mean, L2) + pixel anchor
+  pixel_kd               L1 to the teacher alone (weight 10, as GAN Compression), no wavelets
+  wkd_rebalanced         wavelet KD with one weight per level (1, 1, 1), L1, weight 10, + pixel anchor
+  pixel_refit, wkd_refit    the two above from the refitted student
+  wkd_refit_feat         + feature KD at GAN Compression's taps
+  wkd_refit_dteacher     + D shown the teacher's outputs as real
+  highbands, low, pixel_anchor, cycle   the earlier anchor study (cycle needs a reverse teacher, fitted here once)
 
-Scores of each final checkpoint (no best-of): FID and KID against the teacher's outputs on testA, PSNR to the
-teacher, colour drift (mean |per-image channel mean - the teacher's|, in 8-bit levels), low-band and high-band
-energy relative to the teacher's, and FID against the targets with the teacher's own FID for scale.
+Scores of each final checkpoint (no best-of), student vs teacher on the same 120 testA photos: PSNR, colour drift
+(mean |per-image channel mean - the teacher's|, 8-bit levels), per-level relative band error and correlation,
+HF-PSNR, spectral HF ratio (ganzip.fidelity.paired), FID and KID (subsets of n // 2) to the teacher.
 
-Each invocation runs the listed variants one at a time and appends one JSON line per variant to --results;
-`--table` prints the table assembled from that file (one JSON object with the rows, and a Markdown table on
-stderr). A variant takes about 20-25 minutes on 2 cores; run it in the background:
+Each invocation runs the listed variant x seed pairs one at a time and appends one JSON line each to --results;
+`--table` prints the table assembled from that file (mean and sample std over seeds per variant, one JSON object
+and a Markdown table on stderr). One 1000-step run takes 10-25 minutes on 2 cores; run it in the background:
 
-    nohup python bench/recipe.py --variant highbands,low,pixel_anchor,cycle,pixel_kd,pruned > recipe.log 2>&1 &
+    nohup python bench/recipe.py --variant default,pixel_kd --seeds 0,1,2 > recipe.log 2>&1 &
     python bench/recipe.py --table
 """
 
@@ -33,8 +34,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import shutil
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,21 +48,32 @@ import torch
 
 from ganzip import archs, checkpoint, fid, fit, images, prune
 from ganzip.distill import DistillConfig, distill
-from ganzip.fidelity import psnr
+from ganzip.fidelity import paired, psnr
 from ganzip.translate import translate_tensor
-from ganzip.wavelet import DWT
 
 ROOT = Path(__file__).resolve().parents[1]
 H2Z = ROOT.parent / "shared" / "data" / "horse2zebra"
-RESULTS = ROOT / "bench" / "results" / "recipe.jsonl"
-VARIANTS = {
-    "pruned": None,
-    "highbands": {"kd": "wavelet", "anchor": "none"},
-    "low": {"kd": "wavelet", "anchor": "low"},
-    "pixel_anchor": {"kd": "wavelet", "anchor": "pixel"},
-    "cycle": {"kd": "wavelet", "anchor": "cycle"},
-    "pixel_kd": {"kd": "pixel", "anchor": "none"},
+RESULTS = ROOT / "bench" / "results" / "recipe_seeds.jsonl"
+_PIXEL = {"kd": "pixel", "anchor": "none", "lambda_kd": 10.0}
+_WKD = {"kd": "wavelet", "anchor": "pixel", "band_weights": "1,1,1", "kd_distance": "l1", "lambda_kd": 10.0}
+# name -> (student: "pruned" | "refit", distill settings; None: score the student untrained)
+VARIANTS: dict[str, tuple[str, dict | None]] = {
+    "pruned": ("pruned", None),
+    "pruned_refit": ("refit", None),
+    "default": ("pruned", {}),
+    "pixel_kd": ("pruned", _PIXEL),
+    "wkd_rebalanced": ("pruned", _WKD),
+    "pixel_refit": ("refit", _PIXEL),
+    "wkd_refit": ("refit", _WKD),
+    "wkd_refit_feat": ("refit", {**_WKD, "lambda_feat": 1.0}),
+    "wkd_refit_dteacher": ("refit", {**_WKD, "disc_real": "teacher"}),
+    "highbands": ("pruned", {"kd": "wavelet", "anchor": "none"}),
+    "low": ("pruned", {"kd": "wavelet", "anchor": "low"}),
+    "pixel_anchor": ("pruned", {"kd": "wavelet", "anchor": "pixel"}),
+    "cycle": ("pruned", {"kd": "wavelet", "anchor": "cycle"}),
 }
+COLUMNS = ("psnr_db", "colour_drift_8bit", "band_error_L1", "band_error_L2", "spectral_hf_ratio", "hf_psnr_db",
+           "fid_to_teacher", "kid_to_teacher")
 
 
 def log(msg: str) -> None:
@@ -86,7 +101,7 @@ def save_folder(batch: torch.Tensor, folder: Path, names: list[str] | None = Non
 
 
 def prepare(work: Path, args: argparse.Namespace) -> dict:
-    """Everything the variants share, made once and kept in `work`: targets, pruned student, reverse teacher.
+    """Everything the variants share, made once and kept in `work`: targets, the pruned and the refitted student.
 
     Each piece is written whole or not at all, so an interrupted preparation resumes where it stopped.
     """
@@ -103,12 +118,10 @@ def prepare(work: Path, args: argparse.Namespace) -> dict:
                 for i in range(0, len(target_paths), 64)]
         save_folder(torch.cat(outs), work / "targets", [p.name for p in target_paths])
         log(f"{len(target_paths)} targets (teacher on trainB) in {time.perf_counter() - t0:.0f} s")
-
     test_paths = images.list_images(H2Z / "testA")
-    test_inputs = images.load_batch(test_paths, args.size)
     if not (work / "reference").is_dir():
-        save_folder(translate_tensor(teacher, test_inputs, 8), work / "reference", [p.name for p in test_paths])
-
+        save_folder(translate_tensor(teacher, images.load_batch(test_paths, args.size), 8), work / "reference",
+                    [p.name for p in test_paths])
     train_paths = images.list_images(H2Z / "trainA")
     if not (work / "student_init.pth").exists():
         t0 = time.perf_counter()
@@ -119,32 +132,38 @@ def prepare(work: Path, args: argparse.Namespace) -> dict:
                                   method=args.method, achieved=pruned.achieved, size=args.size)
         log(f"pruned {pruned.achieved:.2f}x by MACs in {time.perf_counter() - t0:.0f} s: {pruned.spec['widths']}")
     student = checkpoint.load(work / "student_init.pth")
-
-    t0 = time.perf_counter()
-    photos = images.load_batch(train_paths, args.size)
-    if not (work / "reverse.pth").exists():
-        vintage = torch.cat([translate_tensor(teacher, photos[i:i + 64], 8) for i in range(0, len(photos), 64)])
-        spec = archs.default_spec("resnet", ngf=32, n_blocks=6)
-        reverse = fit.fit_paired(spec, fit.Pairs(vintage, photos, [p.name for p in train_paths]), args.reverse_steps,
-                                 batch_size=4, lr=2e-4, seed=0)
-        checkpoint.save_generator(reverse, work / "reverse.pth", fitted="L1 from vintagify outputs back to trainA "
-                                  "photos", steps=args.reverse_steps, size=args.size, direction="BtoA")
-    reverse = checkpoint.load_generator(work / "reverse.pth")
-    back = translate_tensor(reverse, translate_tensor(teacher, test_inputs, 8), 8)
+    refit_record = None
+    if not (work / "student_refit.pth").exists():
+        # the refit `distill --ratio` does: 32 training photos spread over trainA (a quarter held out to score it)
+        module = checkpoint.instantiate(student)
+        fit_paths = [train_paths[i * len(train_paths) // 32] for i in range(32)]
+        refit_record = prune.refit_student(teacher, module, images.load_batch(fit_paths, args.size))
+        checkpoint.save_generator(module, work / "student_refit.pth", **student.provenance, refit=refit_record)
+        log(f"refit: {json.dumps(refit_record['after'])} (before {json.dumps(refit_record['before'])})")
     info = {"teacher": str(teacher_path), "size": args.size, "ratio": args.ratio,
             "method": student.provenance["method"], "achieved": student.provenance["achieved"],
             "widths": student.spec["widths"], "targets": len(target_paths), "test_images": len(test_paths),
-            "reverse_teacher": {"spec": "resnet_6blocks ngf 32", "steps": args.reverse_steps,
-                                "seconds": time.perf_counter() - t0,
-                                "psnr_cycle_db": psnr(back, test_inputs)}}
-    log(f"reverse teacher: cycle PSNR {info['reverse_teacher']['psnr_cycle_db']:.2f} dB on testA")
+            "refit": checkpoint.load(work / "student_refit.pth").provenance.get("refit", refit_record)}
     info_path.write_text(json.dumps(info, indent=2))
     return info
 
 
-def band_energy(x: torch.Tensor, levels: int = 4) -> tuple[float, float]:
-    low, highs = DWT("haar", levels)(x.float())
-    return float(low.square().mean()), float(sum(h.square().sum() for h in highs) / x.numel())
+def reverse_teacher(work: Path, args: argparse.Namespace) -> Path:
+    """vintagify ships no G_B: the `cycle` variant's reverse teacher is a ResNet-6 fitted here once, by L1."""
+    path = work / "reverse.pth"
+    if not path.exists():
+        teacher = checkpoint.load_generator(vintagify_path())
+        train_paths = images.list_images(H2Z / "trainA")
+        photos = images.load_batch(train_paths, args.size)
+        vintage = torch.cat([translate_tensor(teacher, photos[i:i + 64], 8) for i in range(0, len(photos), 64)])
+        spec = archs.default_spec("resnet", ngf=32, n_blocks=6)
+        reverse = fit.fit_paired(spec, fit.Pairs(vintage, photos, [p.name for p in train_paths]), args.reverse_steps,
+                                 batch_size=4, lr=2e-4, seed=0)
+        test = images.load_batch(images.list_images(H2Z / "testA"), args.size)
+        cycle_db = psnr(translate_tensor(reverse, translate_tensor(teacher, test, 8), 8), test)
+        checkpoint.save_generator(reverse, path, fitted="L1 from vintagify outputs back to trainA photos",
+                                  steps=args.reverse_steps, size=args.size, direction="BtoA", psnr_cycle_db=cycle_db)
+    return path
 
 
 def features(folder: Path, weights: str) -> np.ndarray:
@@ -162,33 +181,36 @@ def score(student_path: Path, work: Path, args: argparse.Namespace, weights: str
     x = images.load_batch(test_paths, args.size)
     t = translate_tensor(teacher, x, 8)
     s = translate_tensor(student, x, 8)
-    fs = fid.tensor_features(s, weights)
-    ft = features(work / "reference", weights)
-    fr = features(work / "targets", weights)
+    fs, ft = fid.tensor_features(s, weights), features(work / "reference", weights)
     kid_mean, kid_std = fid.kernel_inception_distance(fs, ft)
-    (sl, sh), (tl, th) = band_energy(s), band_energy(t)
-    drift = (s.mean((2, 3)) - t.mean((2, 3))).abs().mean() * 127.5
-    return {"fid_to_teacher": fid.frechet_distance(fs, ft), "kid_to_teacher": kid_mean, "kid_std": kid_std,
-            "psnr_to_teacher_db": psnr(s, t), "colour_drift_8bit": float(drift),
-            "low_band_energy_vs_teacher": sl / tl, "high_band_energy_vs_teacher": sh / th,
-            "fid_to_targets": fid.frechet_distance(fs, fr), "teacher_fid_to_targets": fid.frechet_distance(ft, fr),
-            "images": len(test_paths), "targets": len(fr)}
+    baseline = paired(x, t)  # doing nothing: the input photo itself
+    return {**paired(s, t), "fid_to_teacher": fid.frechet_distance(fs, ft), "kid_to_teacher": kid_mean,
+            "kid_std": kid_std, "images": len(test_paths),
+            "do_nothing": {k: baseline[k] for k in ("psnr_db", "colour_drift_8bit", "spectral_hf_ratio")}}
 
 
-def run_variant(name: str, work: Path, args: argparse.Namespace, weights: str, prepared: dict) -> dict:
-    row: dict = {"variant": name, "steps": args.steps if VARIANTS[name] else 0, "size": args.size,
-                 "batch_size": 4, "seed": 0, "threads": torch.get_num_threads(), "prepared": prepared}
-    student = work / "student_init.pth"
-    if VARIANTS[name] is not None:
-        run_dir = work / f"run_{name}"
+@functools.lru_cache(maxsize=1)
+def _commit() -> str:
+    """The code this process imported (asked once, at start: later edits to the tree do not change it)."""
+    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "ganzip"], capture_output=True, text=True, check=False)
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def run_variant(name: str, seed: int, work: Path, args: argparse.Namespace, weights: str, prepared: dict) -> dict:
+    init, settings = VARIANTS[name]
+    student = work / ("student_refit.pth" if init == "refit" else "student_init.pth")
+    row: dict = {"variant": name, "seed": seed, "student": init, "steps": args.steps if settings is not None else 0,
+                 "size": args.size, "batch_size": 4, "threads": torch.get_num_threads(), "commit": _commit(),
+                 "prepared": prepared}
+    if settings is not None:
+        run_dir = work / f"run_{name}_s{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        extra = dict(VARIANTS[name])
-        if extra["anchor"] == "cycle":
-            extra["teacher_reverse"] = work / "reverse.pth"
-        if extra["kd"] == "pixel":
-            extra["lambda_kd"] = 10.0
+        extra = dict(settings)
+        if extra.get("anchor") == "cycle":
+            extra["teacher_reverse"] = reverse_teacher(work, args)
         cfg = DistillConfig(teacher=vintagify_path(), inputs=H2Z / "trainA", targets=work / "targets",
-                            student=work / "student_init.pth", size=args.size, steps=args.steps, batch_size=4, seed=0,
+                            student=student, size=args.size, steps=args.steps, batch_size=4, seed=seed,
                             val=H2Z / "testA", val_images=args.val_images, eval_every=args.eval_every,
                             save_every=args.steps, sample_every=args.steps, out_dir=run_dir,
                             precision=args.precision, **({"lr": args.lr} if args.lr else {}), **extra)
@@ -197,69 +219,85 @@ def run_variant(name: str, work: Path, args: argparse.Namespace, weights: str, p
             summary = distill(cfg)
         row.update({"seconds": time.perf_counter() - t0, "images_per_s": summary["images_per_s"],
                     "recipe": {k: v for k, v in checkpoint.load(summary["output"]).provenance.items()
-                               if k not in ("teacher_sha256",)},
+                               if k not in ("teacher_sha256", "refit")},
                     "validation": {"final": summary["final"], "best": summary["best"]}})
         student = Path(summary["output"])
-        log(f"{name}: {args.steps} steps in {row['seconds']:.0f} s ({summary['images_per_s']:.2f} img/s)")
+        log(f"{name} seed {seed}: {args.steps} steps in {row['seconds']:.0f} s ({summary['images_per_s']:.2f} img/s)")
     row["scores"] = score(student, work, args, weights)
-    log(f"{name}: {json.dumps(row['scores'])}")
+    log(f"{name} seed {seed}: {json.dumps(row['scores'])}")
     return row
 
 
-def table(results: Path) -> dict:
-    rows: dict[str, dict] = {}
-    for line in results.read_text().splitlines():
+def _spread(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def table(results: Path, steps: int) -> dict:
+    """Mean and spread over seeds per variant; the latest row of each (variant, seed) at this many steps."""
+    rows: dict[tuple[str, int], dict] = {}
+    for line in results.read_text().splitlines() if results.exists() else []:
         if line.strip():
             row = json.loads(line)
-            rows[row["variant"]] = row  # the latest run of each variant
-    order = [v for v in VARIANTS if v in rows]
-    md = ["| variant | steps | FID to teacher | KID x1000 | PSNR to teacher (dB) | colour drift (8-bit) | low band "
-          "vs teacher | high bands vs teacher | FID to targets |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for v in order:
-        s = rows[v]["scores"]
-        md.append(f"| {v} | {rows[v]['steps']} | {s['fid_to_teacher']:.2f} | {s['kid_to_teacher'] * 1e3:.2f} | "
-                  f"{s['psnr_to_teacher_db']:.2f} | {s['colour_drift_8bit']:.2f} | "
-                  f"{s['low_band_energy_vs_teacher']:.3f} | {s['high_band_energy_vs_teacher']:.3f} | "
-                  f"{s['fid_to_targets']:.2f} |")
-    if order:
-        s = rows[order[0]]["scores"]
-        md.append(f"| teacher | - | 0 | 0 | - | 0 | 1 | 1 | {s['teacher_fid_to_targets']:.2f} |")
+            if row["steps"] in (0, steps):
+                rows[(row["variant"], row["seed"])] = row
+    out: dict[str, dict] = {}
+    for v in VARIANTS:
+        mine = [r for (name, _), r in sorted(rows.items()) if name == v]
+        if mine:
+            out[v] = {"seeds": [r["seed"] for r in mine], "steps": mine[0]["steps"],
+                      **{c: _spread([r["scores"][c] for r in mine]) for c in COLUMNS}}
+    md = [("| variant | seeds | PSNR (dB) | colour drift | band error L1 | band error L2 | spectral HF ratio | "
+           "HF-PSNR (dB) | FID to teacher | KID x1000 |"), "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for v, r in out.items():
+        cells = []
+        for c in COLUMNS:
+            scale = 1e3 if c == "kid_to_teacher" else 1.0
+            m, sd = r[c]["mean"] * scale, r[c]["std"]
+            cells.append(f"{m:.3g}" + (f" ± {sd * scale:.2g}" if sd is not None else ""))
+        md.append(f"| {v} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
     print("\n".join(md), file=sys.stderr)
-    return {"rows": {v: rows[v] for v in order}, "markdown": "\n".join(md)}
+    return {"results": str(results), "steps": steps, "rows": out, "markdown": "\n".join(md)}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", default="", help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds; one row per variant and seed")
     p.add_argument("--table", action="store_true", help="print the table assembled from --results and exit")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--ratio", type=float, default=7.0)
     p.add_argument("--method", choices=("search", "uniform"), default="search", help="how the shared student is pruned")
-    p.add_argument("--val-images", type=int, default=60, help="held-out images scored while training (testA)")
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16 trains about 2.5x faster on a CPU with AVX512-BF16 (recorded in each row's recipe)")
+    p.add_argument("--val-images", type=int, default=20, help="held-out images scored while training (testA)")
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 on a CPU with AVX512-BF16 (recorded in each row's recipe)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
-    p.add_argument("--reverse-steps", type=int, default=1500, help="L1 fit steps of the reverse teacher")
+    p.add_argument("--reverse-steps", type=int, default=1500, help="L1 fit steps of the reverse teacher (cycle)")
     p.add_argument("--work", type=Path, default=Path("/tmp/ganzip-recipe"))
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.table:
-        print(json.dumps(table(args.results), indent=2))
+        print(json.dumps(table(args.results, args.steps), indent=2))
         return 0
     names = [v for v in args.variant.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
     if not names or unknown:
         raise SystemExit(f"--variant takes names from: {', '.join(VARIANTS)} (got {args.variant!r})")
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    _commit()
     weights = str(fid.resolve_weights())
     prepared = prepare(args.work, args)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        row = run_variant(name, args.work, args, weights, prepared)
-        with open(args.results, "a") as f:
-            f.write(json.dumps(row) + "\n")
-    print(json.dumps({"appended": names, "results": str(args.results)}))
+    for seed in seeds:
+        for name in names:
+            if VARIANTS[name][1] is None and seed != seeds[0]:
+                continue  # an untrained student does not depend on the training seed
+            row = run_variant(name, seed, args.work, args, weights, prepared)
+            with open(args.results, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    print(json.dumps({"appended": names, "seeds": seeds, "results": str(args.results)}))
     return 0
 
 
