@@ -34,10 +34,15 @@ MEAN_BANDS = "mean"
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware computes in it (devices.fast_precision)
 LOAD_RATIO = 286 / 256             # upstream: resize to 286, random crop 256 (ganzip's default: no resize up)
 
-RECIPE = ("data", "inputs", "targets", "direction", "ratio", "student", "by", "method", "init", "kd", "wavelet",
-          "levels", "band_weights", "kd_distance", "lambda_kd", "lambda_gan", "disc_real", "lambda_rec", "anchor", "lambda_anchor",
-          "teacher_reverse", "disc_ratio", "teacher_disc", "ndf", "batch_size", "lr", "decay_from", "size",
-          "load_size", "flip", "seed", "teacher_mode", "precision", "cache_teacher", "val", "val_images")
+# How the student is trained: what provenance records, the demo reports and --resume refuses to change. `world`
+# (processes under torchrun) is part of it: a rank's data shard and the effective batch depend on it.
+TRAINING = ("init", "kd", "wavelet", "levels", "band_weights", "kd_distance", "lambda_kd", "anchor", "lambda_anchor",
+            "lambda_feat", "lambda_gan", "disc_real", "lambda_rec", "disc_ratio", "ndf", "batch_size", "world", "lr",
+            "decay_from", "size", "load_size", "flip", "seed", "teacher_mode", "precision", "cache_teacher",
+            "direction")
+# ... and where its student, data and teachers came from: the whole recipe of a run.
+RECIPE = ("data", "inputs", "targets", "ratio", "student", "by", "method", "teacher_reverse", "teacher_disc", "val",
+          "val_images", *TRAINING)
 RUNTIME = ("steps", "save_every", "sample_every", "eval_every", "device", "output", "cache_mb", "progress")
 _PATHS = ("teacher", "data", "inputs", "targets", "student", "teacher_reverse", "teacher_disc", "val", "output",
           "out_dir")
@@ -66,12 +71,14 @@ class DistillConfig:
     lambda_rec: float = 100.0        # L1 to the real target, paired data only (pix2pix, GAN Compression: 100)
     anchor: str | None = None        # None: cycle with --teacher-reverse, else DEFAULT_ANCHOR (none for pairs)
     lambda_anchor: float = 10.0
+    lambda_feat: float = 0.0         # inner-feature KD at GAN Compression's taps (ganzip.features); 0: off
     teacher_reverse: Path | None = None
     disc_ratio: float | None = None
     teacher_disc: Path | None = None
     ndf: int = 64
     steps: int = 1000
     batch_size: int = 4
+    world: int = 1                   # processes training together (torchrun); set by distill, not by the user
     lr: float = 2e-4
     decay_from: float = 0.5          # fraction of --steps after which the lr falls linearly to 0
     size: int = 256                  # crop size: the training resolution
@@ -127,7 +134,7 @@ def validate(cfg: DistillConfig) -> None:
         raise UserError(f"--val-images must be 0 (no validation) or more, not {cfg.val_images}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise UserError(f"--lr must be a positive number, not {cfg.lr}")
-    for name in ("lambda_kd", "lambda_gan", "lambda_rec", "lambda_anchor"):
+    for name in ("lambda_kd", "lambda_gan", "lambda_rec", "lambda_anchor", "lambda_feat"):
         value = getattr(cfg, name)
         if value is not None and not (value >= 0 and math.isfinite(value)):
             raise UserError(f"--{_flag(name)} must be a finite number >= 0 (a negative weight rewards the student "
@@ -146,6 +153,9 @@ def validate(cfg: DistillConfig) -> None:
         raise UserError("--anchor cycle needs the teacher's reverse generator: --teacher-reverse latest_net_G_B.pth")
     if cfg.teacher_reverse is not None and cfg.anchor not in (None, "cycle"):
         raise UserError(f"--teacher-reverse is only used by --anchor cycle, not --anchor {cfg.anchor}; drop one")
+    if cfg.lambda_feat > 0 and cfg.cache_teacher:
+        raise UserError("--lambda-feat needs the teacher's inner activations on every crop, and --cache-teacher keeps "
+                        "only its outputs; drop one of them")
     if cfg.levels is not None and (not isinstance(cfg.levels, int) or cfg.levels <= 0):
         raise UserError(f"--levels must be a positive integer, not {cfg.levels}")
     max_levels = pywt.dwt_max_level(cfg.size, pywt.Wavelet(cfg.wavelet).dec_len)
@@ -223,17 +233,31 @@ def record(cfg: DistillConfig) -> dict[str, Any]:
 
 
 def recipe_changes(saved: dict, new: DistillConfig) -> list[str]:
-    """Each recipe flag whose value differs from the saved run's, as '--flag saved -> new'."""
+    """Each recipe flag whose value differs from the saved run's, as '--flag saved -> new'. A setting an older run
+    did not record had its default then (a run from before feature KD trained without it)."""
     now = record(new)
+    defaults = {f.name: f.default for f in fields(DistillConfig)}
     changed = []
     for name in RECIPE:
-        before, after = saved.get(name), now.get(name)
+        before, after = saved.get(name, defaults[name]), now.get(name)
         if name in _PATHS and before is not None and after is not None:
             if _same_file(before, after):
                 continue
         if before != after:
-            changed.append(f"--{_flag(name)} {_show(before)} -> {_show(after)}")
+            what = "torchrun processes" if name == "world" else f"--{_flag(name)}"
+            changed.append(f"{what} {_show(before)} -> {_show(after)}")
     return changed
+
+
+def training_record(cfg: DistillConfig, paired: bool) -> dict[str, Any]:
+    """How the student was trained, for its provenance: the TRAINING settings of a resolved config, less the
+    weights of terms the run did not have."""
+    out = {k: getattr(cfg, k) for k in TRAINING}
+    unused = {"lambda_anchor": cfg.anchor == "none", "lambda_kd": cfg.kd == "none", "lambda_rec": not paired}
+    for name, drop in unused.items():
+        if drop:
+            out.pop(name)
+    return out
 
 
 def runtime_changes(saved: dict, new: DistillConfig) -> dict[str, list]:

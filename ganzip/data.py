@@ -118,12 +118,19 @@ class Source:
 
 
 def resolve(data: str | os.PathLike | None = None, inputs: str | os.PathLike | None = None,
-            targets: str | os.PathLike | None = None, direction: str = "AtoB", phase: str = "train") -> Source:
-    """The training images: a data folder in a layout `recognise` knows, or explicit input and target folders."""
+            targets: str | os.PathLike | None = None, direction: str = "AtoB", phase: str = "train",
+            need_targets: bool = True) -> Source:
+    """The training images: a data folder in a layout `recognise` knows, or explicit input and target folders.
+
+    Without `need_targets` (the discriminator learns the teacher's outputs as real) inputs alone are enough."""
     _check_direction(direction)
+    if inputs is not None and targets is None and not need_targets:
+        return Source(images.list_images(inputs, "input folder"), [], False, False, direction,
+                      f"{inputs} (inputs only)")
     if inputs is not None or targets is not None:
         if inputs is None or targets is None:
-            raise UserError("--inputs and --targets go together: the inputs to translate and real target-domain images")
+            raise UserError("--inputs and --targets go together: the inputs to translate and real target-domain "
+                            "images (with --disc-real teacher, --inputs alone is enough)")
         return Source(images.list_images(inputs, "input folder"), images.list_images(targets, "target folder"),
                       False, False, direction, f"{inputs} -> {targets}")
     if data is None:
@@ -321,8 +328,9 @@ class TrainSet:
         top = int(torch.randint(0, positions, (1,), generator=g)) * m
         left = int(torch.randint(0, positions, (1,), generator=g)) * m
         flip = bool(self.flip and torch.rand(1, generator=g).item() < 0.5)
-        other = None if self.source.paired else int(torch.randint(0, len(self.source.targets), (1,), generator=g))
-        return flip, top, left, other
+        if self.source.paired or not self.source.targets:
+            return flip, top, left, None
+        return flip, top, left, int(torch.randint(0, len(self.source.targets), (1,), generator=g))
 
     def whole(self, kind: str, index: int, flip: bool) -> torch.Tensor:
         """The resized (load_size) image in [-1, 1], flipped or not: what every crop of it is cut from."""
@@ -338,16 +346,18 @@ class TrainSet:
         def crop(t: torch.Tensor) -> torch.Tensor:
             return t[:, top: top + c, left: left + c]
 
-        target = self.whole("target", index if other is None else other, flip)
-        return {"input": crop(self.whole("input", index, flip)), "target": crop(target), "index": index,
-                "flip": flip, "window": (top, left)}
+        item = {"input": crop(self.whole("input", index, flip)), "index": index, "flip": flip, "window": (top, left)}
+        if self.source.targets:  # inputs-only data has none (the discriminator learns the teacher's outputs)
+            item["target"] = crop(self.whole("target", index if other is None else other, flip))
+        return item
 
     def batch(self, indices: list[int], epoch: int) -> dict:
         items = [self.item(i, epoch) for i in indices]
-        return {"input": torch.stack([it["input"] for it in items]),
-                "target": torch.stack([it["target"] for it in items]),
-                "index": [it["index"] for it in items], "flip": [it["flip"] for it in items],
-                "window": [it["window"] for it in items]}
+        out = {key: [it[key] for it in items] for key in ("index", "flip", "window")}
+        for key in ("input", "target"):
+            if key in items[0]:
+                out[key] = torch.stack([it[key] for it in items])
+        return out
 
     def fixed_inputs(self, n: int = 4) -> torch.Tensor:
         """The first n inputs, centre-cropped and unflipped: the same images in every sample grid."""

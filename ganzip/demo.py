@@ -256,7 +256,7 @@ def _prune(s: Settings, teacher: torch.nn.Module, calib: torch.Tensor, out: Path
 
 
 def _distill(s: Settings, out: Path, seed: int, device: str, **data: Any) -> dict:
-    from ganzip import checkpoint, distill
+    from ganzip import checkpoint, config, distill
 
     cfg = distill.DistillConfig(
         student=out / "student_init.pth", steps=s.distill_steps, batch_size=s.batch_size, size=s.train_size or s.size,
@@ -266,9 +266,7 @@ def _distill(s: Settings, out: Path, seed: int, device: str, **data: Any) -> dic
         save_every=s.distill_steps, output=out / "student.pth", out_dir=out / "distill", **data)
     start = time.perf_counter()
     summary = distill.distill(cfg)
-    recipe = {k: v for k, v in checkpoint.load(out / "student.pth").provenance.items()
-              if k in ("kd", "anchor", "lambda_kd", "lambda_anchor", "lr", "decay_from", "size", "load_size",
-                       "precision", "cache_teacher")}
+    recipe = {k: v for k, v in checkpoint.load(out / "student.pth").provenance.items() if k in config.TRAINING}
     return {"steps": s.distill_steps, "seconds": time.perf_counter() - start, "path": str(out / "student.pth"),
             "recipe": recipe, "summary": summary}
 

@@ -17,6 +17,9 @@ import signal
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+from torch import nn
+
 from ganzip import checkpoint
 from ganzip.atomic import check_writable_folder, torch_save, write_text
 from ganzip.errors import UserError
@@ -150,6 +153,35 @@ class RunFolder:
         if self.writer:
             with open(self.log, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+class Checkpointer:
+    """A run's saves: the training state and the student checkpoint written together at one step, and the name of
+    the last good one for every message that stops a run.
+
+    A finite loss can precede an update that overflows the weights, so weights that are not all finite never
+    replace a save.
+    """
+
+    def __init__(self, run: RunFolder, output: Path, last_save: int | None):
+        self.run, self.output, self.last_save = run, output, last_save
+
+    def kept(self) -> str:
+        if self.last_save is None:
+            return "no checkpoint had been saved yet"
+        return f"the last good checkpoint (step {self.last_save}) in {self.run.path} is kept"
+
+    def save(self, step: int, modules: dict[str, nn.Module], state: dict, student: nn.Module, **provenance: Any
+             ) -> None:
+        """Save `state` (the resumable run at `step`) and the student with its provenance, or refuse both."""
+        for name, module in modules.items():
+            if not all(torch.isfinite(p).all() for p in module.parameters()):
+                raise NonFiniteLoss(f"the {name}'s weights became NaN/Inf by step {step}; training stopped and "
+                                    f"{self.kept()}; lower the learning rate or check the data")
+        self.last_save = step
+        if self.run.writer:
+            self.run.save_state({"step": step, **state})
+            checkpoint.save(self.output, student.spec, student.state_dict(), **provenance)
 
 
 def _complete_lines(path: Path) -> Iterator[dict]:

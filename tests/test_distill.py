@@ -67,7 +67,7 @@ def test_existing_run_is_not_overwritten(setup):
         distill(_cfg(tmp_path, data, "run", steps=3))
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(setup):
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(setup, monkeypatch):
     tmp_path, data = setup
 
     def poison(step, losses):
@@ -77,21 +77,19 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(setup):
             for p in poison.student.parameters():
                 p.data.fill_(float("nan"))
 
-    import ganzip.distill as dmod
+    from ganzip import students
 
-    original = dmod._make_student
+    original = students.make_student
 
     def capture(*args):
         student, info = original(*args)
         poison.student = student
         return student, info
 
-    dmod._make_student = capture
-    try:
-        with pytest.raises(UserError, match=r"loss G \(generator total\) became nan at step 4; training stopped"):
-            distill(_cfg(tmp_path, data, "nan", save_every=2), on_step=poison)
-    finally:
-        dmod._make_student = original
+    monkeypatch.setattr(students, "make_student", capture)
+    with pytest.raises(UserError, match=r"loss G \(generator total\) became nan at step 4; training stopped and "
+                                        r"the last good checkpoint \(step 2\)"):
+        distill(_cfg(tmp_path, data, "nan", save_every=2), on_step=poison)
     state = torch.load(tmp_path / "nan" / "train_state.pth", weights_only=True)
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["student"]["state_dict"].values() if v.is_floating_point())
@@ -210,13 +208,21 @@ def test_ddp_two_processes_gloo(setup):
            "--master_port", str(_free_port()), "-m", "ganzip", "distill", str(tmp_path / "teacher.pth"),
            "--data", str(data), "--ratio", "2", "--method", "uniform", "--steps", "4", "--batch-size", "2",
            "--size", "32", "--levels", "2", "--save-every", "2", "--out-dir", str(out),
-           "--val", str(data / "trainB"), "--val-images", "2"]  # rank 0 validates while rank 1 waits
+           "--val", str(data / "trainB"), "--val-images", "2",  # rank 0 validates while rank 1 waits
+           "--lambda-feat", "1"]  # the adapters, outside DDP, average their gradients by hand
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in out.glob("*.pth")) == ["best.pth", "student.pth", "train_state.pth"]
     assert len([r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "val_psnr" in r]) == 1
     assert [r["step"] for r in _log(out)] == [1, 2, 3, 4]  # rank 0 alone writes
-    assert checkpoint.load(out / "student.pth").provenance["steps"] == 4
+    prov = checkpoint.load(out / "student.pth").provenance
+    assert prov["steps"] == 4 and prov["world"] == 2 and prov["batch_size"] == 2 and prov["lambda_feat"] == 1
+    state = torch.load(out / "train_state.pth", weights_only=True)
+    adapters = state["objective"]["feat"]
+    assert adapters and all(torch.isfinite(v).all() for v in adapters.values())
+    # the number of processes is part of the recipe: a single process may not continue a 2-rank run
+    result = runner.invoke(app, cmd[cmd.index("distill"):-2] + ["--lambda-feat", "1", "--resume", "--steps", "6"])
+    assert result.exit_code == 2 and "torchrun processes 2 -> 1" in result.output, result.output
 
 
 def test_sigkill_then_resume_finishes(setup):
@@ -356,7 +362,7 @@ def test_disc_real_teacher_band_weights_and_lambda_gan_are_used_and_recorded(set
 
     tmp_path, data = setup
     d_inputs, teacher_outs = [], []
-    make_disc, targets_call = dmod._make_discriminator, dmod.TeacherTargets.__call__
+    make_disc, targets_call = dmod.students.make_discriminator, dmod.TeacherTargets.__call__
 
     def disc_with_spy(*args, **kwargs):
         disc = make_disc(*args, **kwargs)
@@ -368,7 +374,7 @@ def test_disc_real_teacher_band_weights_and_lambda_gan_are_used_and_recorded(set
         teacher_outs.append(t.detach().clone())
         return t
 
-    monkeypatch.setattr(dmod, "_make_discriminator", disc_with_spy)
+    monkeypatch.setattr(dmod.students, "make_discriminator", disc_with_spy)
     monkeypatch.setattr(dmod.TeacherTargets, "__call__", teacher_spy)
     out = tmp_path / "t"
     result = runner.invoke(app, ["distill", str(tmp_path / "teacher.pth"), "--data", str(data), "--ratio", "2",

@@ -142,7 +142,8 @@ def distill_cmd(
     teacher: Path = typer.Argument(..., help="Teacher generator checkpoint (frozen during training)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset: DIR/trainA+trainB (unpaired) or DIR/train "
                                         "(A|B pairs).", rich_help_panel=_DATA),
-    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder of input images (with --targets).",
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder of input images (with --targets, or alone "
+                                          "with --disc-real teacher).",
                                           rich_help_panel=_DATA),
     targets: Optional[Path] = typer.Option(None, "--targets", help="Folder of real target-domain images.",
                                            rich_help_panel=_DATA),
@@ -197,7 +198,10 @@ def distill_cmd(
     disc_real: Optional[str] = typer.Option(None, "--disc-real",
                                             help="What the discriminator learns as real: targets (the real target "
                                             "images, default) or teacher (the teacher's outputs on the same "
-                                            "inputs).", rich_help_panel=_OBJECTIVE),
+                                            "inputs: then --inputs alone is enough).", rich_help_panel=_OBJECTIVE),
+    lambda_feat: float = typer.Option(0.0, "--lambda-feat", help="Weight of feature KD: the student's inner "
+                                      "activations (GAN Compression's taps) pulled to the teacher's through 1x1 "
+                                      "adapters (0: off).", rich_help_panel=_OBJECTIVE),
     disc_ratio: Optional[float] = typer.Option(None, "--disc-ratio", help="Prune the discriminator this many times "
                                                "(paper: about 4x, ndf 64 -> 32).", rich_help_panel=_OBJECTIVE),
     teacher_disc: Optional[Path] = typer.Option(None, "--teacher-disc", help="Start D from the teacher's "
@@ -246,7 +250,7 @@ def distill_cmd(
     cfg = DistillConfig(teacher=teacher, data=data, inputs=inputs, targets=targets, direction=direction, size=size,
                         load_size=load_size, flip=flip, ratio=ratio, student=student, by=by, method=method, init=init,
                         kd=kd, wavelet=wavelet, levels=levels, band_weights=band_weights, kd_distance=kd_distance,
-                        lambda_gan=lambda_gan, disc_real=disc_real, lambda_kd=lambda_kd,
+                        lambda_gan=lambda_gan, disc_real=disc_real, lambda_kd=lambda_kd, lambda_feat=lambda_feat,
                         anchor=anchor, lambda_anchor=lambda_anchor, teacher_reverse=teacher_reverse,
                         lambda_rec=lambda_rec, disc_ratio=disc_ratio, teacher_disc=teacher_disc,
                         teacher_mode=teacher_mode, steps=steps, batch_size=batch_size, lr=lr, decay_from=decay_from,

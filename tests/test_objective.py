@@ -1,0 +1,108 @@
+"""The objective's terms as a run uses them: feature KD through the real loop, inputs-only distillation, one step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from run_data import unpaired_setup
+from typer.testing import CliRunner
+
+from ganzip import archs, channels, checkpoint, config, features, prune
+from ganzip.cli import app
+from ganzip.distill import Players, train_step
+from ganzip.objective import Objective, autocast
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def setup(tmp_path):
+    return unpaired_setup(tmp_path)
+
+
+def _distill(tmp_path, *extra):
+    return runner.invoke(app, ["distill", str(tmp_path / "teacher.pth"), "--ratio", "2", "--method", "uniform",
+                               "--steps", "2", "--size", "32", "--batch-size", "2", "--levels", "2",
+                               "--val-images", "0", *extra])
+
+
+def _lines(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_inputs_alone_train_when_d_learns_the_teachers_outputs(setup):
+    tmp_path, data = setup
+    out = tmp_path / "inputs_only"
+    result = _distill(tmp_path, "--inputs", str(data / "trainA"), "--disc-real", "teacher", "--out-dir", str(out))
+    assert result.exit_code == 0, result.output
+    prov = checkpoint.load(out / "student.pth").provenance
+    assert prov["disc_real"] == "teacher" and prov["data"].endswith("(inputs only)") and prov["steps"] == 2
+
+
+def test_inputs_alone_are_refused_when_d_needs_real_targets(setup):
+    tmp_path, data = setup
+    result = _distill(tmp_path, "--inputs", str(data / "trainA"), "--out-dir", str(tmp_path / "r"))
+    assert result.exit_code == 2
+    assert "--inputs and --targets go together" in result.output and "--disc-real teacher" in result.output
+
+
+def test_feature_kd_trains_logs_its_share_and_resumes_exactly(setup):
+    tmp_path, data = setup
+    common = ("--data", str(data), "--lambda-feat", "2", "--save-every", "2")
+    assert _distill(tmp_path, *common, "--steps", "4", "--out-dir", str(tmp_path / "a")).exit_code == 0
+    assert _distill(tmp_path, *common, "--out-dir", str(tmp_path / "b")).exit_code == 0
+    result = _distill(tmp_path, *common, "--steps", "4", "--resume", "--out-dir", str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output
+    a, b = ([r for r in _lines(tmp_path / x) if "loss_feat" in r] for x in ("a", "b"))
+    assert [r["step"] for r in a] == [1, 2, 3, 4] and all(r["loss_feat"] > 0 for r in a)
+    assert [r["loss_feat"] for r in a] == [r["loss_feat"] for r in b]  # the adapters resumed with the student
+    shares = next(r for r in _lines(tmp_path / "a") if r.get("event") == "gradient_shares")
+    assert set(shares["shares"]) == {"gan", "kd", "anchor", "feat"}
+    assert sum(shares["shares"].values()) == pytest.approx(1)
+    assert checkpoint.load(tmp_path / "a" / "student.pth").provenance["lambda_feat"] == 2
+
+
+def test_feature_kd_cannot_use_cached_teacher_outputs(setup):
+    tmp_path, data = setup
+    result = _distill(tmp_path, "--data", str(data), "--lambda-feat", "1", "--cache-teacher",
+                      "--out-dir", str(tmp_path / "c"))
+    assert result.exit_code == 2 and "--lambda-feat" in result.output and "--cache-teacher" in result.output
+
+
+def test_one_step_of_feature_kd_equals_the_mse_of_the_kept_channels_at_the_start(setup):
+    """At step 0 the adapters are the inherited selection: the term is the MSE between the student's tapped
+    activations and the teacher's on the channels it kept, computed here from the two networks by hand."""
+    tmp_path, _ = setup
+    teacher = checkpoint.load_generator(tmp_path / "teacher.pth")
+    student = prune.inherit(teacher, prune.uniform_spec(teacher.spec, 0.5))
+    cfg = config.resolve(config.DistillConfig(teacher=tmp_path / "teacher.pth", ratio=2.0, size=32, levels=2,
+                                              lambda_feat=1.0, precision="fp32"), {}, paired=False)
+    objective = Objective(cfg, teacher, student, False, "cpu", autocast("fp32", "cpu"))
+    disc = archs.build(archs.default_spec("patchgan", ndf=8, input_nc=3, norm="instance"))
+    players = Players(student, disc, torch.optim.SGD(student.parameters(), lr=0.0),
+                      torch.optim.SGD(disc.parameters(), lr=0.0), student, disc, {})
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+
+    names = [n for n, _ in features.taps(teacher)]
+    keep = channels.kept(teacher, student.spec)
+    t_mods, s_mods = dict(teacher.named_modules()), dict(student.named_modules())
+    seen: dict = {}
+    hooks = [m[n].register_forward_hook(lambda mod, i, o, key=(side, n): seen.__setitem__(key, o.detach()))
+             for side, m in (("t", t_mods), ("s", s_mods)) for n in names]
+    with torch.no_grad():
+        t = teacher(x)
+    losses = train_step(players, objective, x, t, None, disc_real="teacher")
+    for h in hooks:
+        h.remove()
+    expected = []
+    for n, (_, group) in zip(names, features.taps(teacher)):
+        tt, ss = seen[("t", n)], seen[("s", n)]
+        full = torch.zeros_like(tt)
+        full[:, keep[group]] = ss
+        expected.append(F.mse_loss(full, tt))
+    assert losses["loss_feat"] == pytest.approx(float(sum(expected) / len(expected)), rel=1e-5)
+    assert losses["loss_g"] == pytest.approx(sum(objective.weights[k[5:]] * v for k, v in losses.items()
+                                                 if k.startswith("loss_") and k not in ("loss_g", "loss_d")), rel=1e-6)
