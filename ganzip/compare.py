@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from ganzip import archs, checkpoint, export, fid, images
+from ganzip import archs, checkpoint, export, fid, fidelity, images
 from ganzip import data as data_sets
 from ganzip import profile as prof
 from ganzip import threads as thread_policy
@@ -117,7 +117,20 @@ def _quality(models: dict[str, torch.nn.Module], inputs_dir: Path, reals_dir: Pa
     rows = {name: {"fid": fid.frechet_distance(f, real) if real is not None else None,
                    "fid_vs_first": None if name == reference else fid.frechet_distance(f, features[reference])}
             for name, f in features.items()}
+    paired = fidelity.paired_to_first(_outputs(fakes))["rows"]
+    for name, row in rows.items():
+        row["paired_vs_first"] = paired.get(name)
     return rows, fakes
+
+
+def _outputs(fakes: dict[str, Path]) -> dict[str, torch.Tensor]:
+    """Each model's written outputs as one batch, in the same order (the same file names); outputs of inputs of
+    several sizes are all resized to the first one's, the same way for every model."""
+    first = images.list_images(next(iter(fakes.values())))
+    side = images.image_size(first[0])
+    same = all(images.image_size(p) == side for p in first)
+    return {name: images.load_batch([folder / p.name for p in first], None if same else side[1])
+            for name, folder in fakes.items()}
 
 
 def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *, real: str | os.PathLike | None = None,

@@ -127,3 +127,12 @@ def paired(student: torch.Tensor, teacher: torch.Tensor, wave: str = "haar", lev
     out["hf_psnr_db"] = d["hf_psnr_db"]
     out["spectral_hf_ratio"] = d["spectral_hf_ratio"]
     return out
+
+
+def paired_to_first(batches: dict[str, torch.Tensor], wave: str = "haar", levels: int = 3) -> dict:
+    """`paired` for every batch after the first against the first (all outputs on the same inputs, in the same
+    order): how far each student is from the teacher, image by image, not only in distribution."""
+    names = list(batches)
+    reference = batches[names[0]]
+    return {"reference": names[0], "wave": wave, "levels": levels, "n_images": int(reference.shape[0]),
+            "rows": {name: paired(batches[name], reference, wave, levels) for name in names[1:]}}

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ganzip import checkpoint as ckpt
 from ganzip import data as data_sets
-from ganzip import images
+from ganzip import fidelity, images
 from ganzip.atomic import write_bytes
 from ganzip.errors import UserError
 from ganzip.fidelity import NOISE_FLOOR, high_frequency_power, luminance, radial_power_spectrum, ratio  # noqa: F401 (luminance: public here too)
@@ -160,13 +160,16 @@ def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, 
     elif targets is not None:
         batches["real"] = targets
         sources["real"] = f"{data} (target halves, {direction})"
-    for name, path in zip(unique_names([Path(c) for c in checkpoints]), checkpoints):
+    names = unique_names([Path(c) for c in checkpoints])
+    for name, path in zip(names, checkpoints):
         module = ckpt.load_generator(path, teacher_mode)
         batches[name] = translate_tensor(module.to(device), x.to(device), batch_size).cpu()
         sources[name] = str(path)
     reference = "real" if "real" in batches else next(iter(batches))
     result = analyse(batches, reference, wave, levels)
     result.update({"data": str(data), "size": int(x.shape[-1]), "sources": sources})
+    if len(names) > 1:  # the generators translated the same inputs: compare them image by image too
+        result["paired"] = fidelity.paired_to_first({n: batches[n] for n in names}, wave, levels)
     return result
 
 

@@ -10,6 +10,7 @@ only PSNR is computed and the best checkpoint is picked by it; the run says so.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -18,10 +19,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ganzip import data, fid, images
+from ganzip import data, fid, fidelity, images
 from ganzip.config import DistillConfig
 from ganzip.errors import UserError
-from ganzip.fidelity import psnr
 from ganzip.translate import translate_tensor
 
 # Below this many held-out images FID is not a score: its bias grows as the count falls, and on a handful of
@@ -83,7 +83,8 @@ def split_validation(cfg: DistillConfig, source: data.Source) -> tuple[data.Sour
 
 
 class Validator:
-    """Scores a student against the teacher on fixed held-out inputs; `score(student)` -> val_psnr, val_fid."""
+    """Scores a student against the teacher on fixed held-out inputs; `score(student)` -> val_psnr, the paired
+    detail measures (ganzip.fidelity.paired, each as val_<name>) and val_fid."""
 
     def __init__(self, teacher: nn.Module, inputs: torch.Tensor, source: str, device: str = "cpu",
                  batch_size: int = 8, fid_weights: str | os.PathLike | None | bool = None):
@@ -126,7 +127,9 @@ class Validator:
             out = translate_tensor(student, self.inputs, self.batch_size)
         finally:
             student.train(was_training)
-        result = {"val_psnr": psnr(out, self.teacher_out)}
+        # the paired detail measures beside PSNR: which bands the student still misses, as training goes
+        scores = fidelity.paired(out, self.teacher_out, levels=min(3, int(math.log2(min(out.shape[-2:]))) - 1))
+        result = {"val_psnr": scores.pop("psnr_db"), **{f"val_{k}": v for k, v in scores.items()}}
         if self.weights is not None:
             feats = fid.tensor_features(out, self.weights, device=self.device)
             result["val_fid"] = fid.frechet_distance(feats, self._teacher_features)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import band_reference
 import numpy as np
 import pytest
 import torch
@@ -76,6 +77,14 @@ def test_compare_on_the_bundled_data_matches_the_single_model_tools(models, weig
     for i in (1, 2):
         expected = fid.fid_folders(fakes[i], fakes[0], weights=weights)["fid"]
         assert rows[i]["fid_vs_first"] == pytest.approx(expected, abs=1e-6) and expected > 0
+    # paired columns: each student's written outputs against the teacher's, image by image (pywt, computed here)
+    assert rows[0]["paired_vs_first"] is None
+    outputs = [images.load_batch(sorted(f.iterdir())) for f in fakes]
+    for i in (1, 2):
+        got = rows[i]["paired_vs_first"]
+        assert got["band_error_L1"] == pytest.approx(band_reference.finest_band_error(outputs[i], outputs[0]), rel=1e-4)
+        assert got["colour_drift_8bit"] == pytest.approx(band_reference.colour_drift(outputs[i], outputs[0]), rel=1e-4)
+        assert got["psnr_db"] == pytest.approx(band_reference.psnr(outputs[i], outputs[0]), abs=1e-3)
 
     # the grid: a strip of column labels, then one row per input (the first 3), the input then one column per model
     grid = np.asarray(Image.open(tmp_path / "grid.png"), dtype=np.int16)

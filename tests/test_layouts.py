@@ -118,10 +118,12 @@ def test_compare_takes_real_targets_with_real(teacher, student, tmp_path):
     _weights_or_skip()
     result = runner.invoke(app, ["compare", str(teacher), str(student), "--data", str(PHOTOS / "test"), "--real",
                                  str(PHOTOS / "other"), "--limit", "4", "--runs", "1", "-o",
-                                 str(tmp_path / "grid.png"), "--json"])
+                                 str(tmp_path / "grid.png")])
     assert result.exit_code == 0, result.output
-    out = json.loads(result.stdout)
-    assert out["real_dir"] == str(PHOTOS / "other") and out["n_real"] == 4 and out["models"][0]["fid"] > 0
+    text = " ".join(result.output.split())
+    assert f"against {PHOTOS / 'other'} and teacher.pth's outputs" in text and "4 real" in text
+    for label in ("FID vs real", "FID vs teacher.pth", "finest-band error vs teacher.pth", "PSNR vs teacher.pth"):
+        assert label in text, label
 
 
 def test_spectrum_on_photos_reads_whole_photos(teacher):

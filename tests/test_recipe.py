@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import pywt
 import torch
+import band_reference
 from run_data import bn_unet_with_running_stats, unpaired_setup, write_images
 
 from ganzip import archs, checkpoint, data, fid
@@ -153,6 +154,9 @@ def test_validation_lines_best_checkpoint_and_independent_scores(setup):
         t = checkpoint.load_generator(tmp_path / "teacher.pth")(x)
     mse = float((s - t).square().mean())
     assert vals[-1]["val_psnr"] == pytest.approx(10 * math.log10(4 / mse), abs=1e-4)
+    # the finest band's relative error (pywt) and the colour drift, computed here independently
+    assert vals[-1]["val_band_error_L1"] == pytest.approx(band_reference.finest_band_error(s, t), rel=1e-4)
+    assert vals[-1]["val_colour_drift_8bit"] == pytest.approx(band_reference.colour_drift(s, t), rel=1e-4)
     from ganzip.images import save_png
 
     for name, batch in (("s", s), ("t", t)):

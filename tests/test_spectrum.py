@@ -1,6 +1,7 @@
 import json
 import math
 
+import band_reference
 import numpy as np
 import pytest
 import torch
@@ -140,6 +141,19 @@ def test_spectrum_command_writes_json_and_plot(tmp_path):
     # real is the data mirrored: a mirror keeps every power at the same radius, so it equals the data's spectrum
     np.testing.assert_allclose(report["series"]["real"]["spectrum"],
                                spectrum.radial_power_spectrum(images.load_batch(sorted(data.iterdir())))[1], rtol=1e-6)
+    # the two generators translated the same photos: b is scored against a image by image, as computed here
+    x_in = images.load_batch(sorted(data.iterdir()))
+    with torch.no_grad():
+        a, b = (checkpoint.load_generator(tmp_path / n)(x_in) for n in ("a.pth", "b.pth"))
+    paired = report["paired"]
+    assert (paired["reference"], paired["n_images"], list(paired["rows"])) == ("a.pth", 3, ["b.pth"])
+    row = paired["rows"]["b.pth"]
+    assert row["band_error_L1"] == pytest.approx(band_reference.finest_band_error(b, a), rel=1e-4)
+    assert row["colour_drift_8bit"] == pytest.approx(band_reference.colour_drift(b, a), rel=1e-4)
+    assert row["psnr_db"] == pytest.approx(band_reference.psnr(b, a), abs=1e-3)
+    shown = CliRunner().invoke(app, ["spectrum", str(tmp_path / "a.pth"), str(tmp_path / "b.pth"), "--data", str(data)])
+    assert shown.exit_code == 0 and "image by image against a.pth's outputs (3 images)" in shown.output
+    assert f"{row['band_error_L1']:.3f}" in shown.output and f"{row['psnr_db']:.2f} dB" in shown.output
     pytest.importorskip("matplotlib")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -259,6 +259,18 @@ def mega(n: float | None) -> str:
     return "-" if n is None else f"{n / 1e6:.3f} M"
 
 
+# The paired scores of ganzip.fidelity.paired that tables show, in one order and one format for every command
+PAIRED_CELLS = (("PSNR", "psnr_db", "{:.2f} dB"), ("colour drift (8-bit levels)", "colour_drift_8bit", "{:.1f}"),
+                ("finest-band error", "band_error_L1", "{:.3f}"), ("HF-PSNR", "hf_psnr_db", "{:.2f} dB"),
+                ("spectral HF ratio", "spectral_hf_ratio", "{:.3f}"))
+
+
+def paired_cell(scores: dict | None, key: str, fmt: str) -> str:
+    """One paired score for a table: '-' where it does not exist (the reference itself, a band without detail)."""
+    value = None if scores is None else scores.get(key)
+    return "-" if value is None else fmt.format(value)
+
+
 def threads_text(n: int) -> str:
     """'1 thread', '2 threads'."""
     return f"{n} thread" + ("" if n == 1 else "s")

@@ -273,5 +273,7 @@ def distill_cmd(
 
 
 def _val_text(score: dict) -> str:
-    text = f"val PSNR to teacher {score['val_psnr']:.2f} dB"
+    text = f"val PSNR to teacher {score['val_psnr']:.2f} dB, colour drift {score['val_colour_drift_8bit']:.1f} levels"
+    if score.get("val_band_error_L1") is not None:
+        text += f", finest-band error {score['val_band_error_L1']:.2f}"
     return text + (f", val FID to teacher {score['val_fid']:.2f}" if "val_fid" in score else "")

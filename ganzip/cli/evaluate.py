@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ganzip.cli.common import (
+    PAIRED_CELLS,
     command,
     console,
     device_option,
@@ -17,6 +18,7 @@ from ganzip.cli.common import (
     inception_weights_option,
     old_out_option,
     output_option,
+    paired_cell,
     pick_output,
     progress_bar,
     status,
@@ -292,6 +294,16 @@ def spectrum_cmd(
                       _ratio(s["spectral_hf_ratio"]), _ratio(sum(finest) / len(finest) if finest else None))
     console.print(table)
     console.print("[dim]HF = energy outside the wavelet LL band; ratio = series / reference (below 1: detail lost).[/]")
+    if "paired" in result:
+        paired = result["paired"]
+        table = Table(title=Text(f"image by image against {paired['reference']}'s outputs ({paired['n_images']} "
+                                 f"images)"))
+        table.add_column("")
+        for label, _, _ in PAIRED_CELLS:
+            table.add_column(label, justify="right")
+        for name, scores in paired["rows"].items():
+            table.add_row(Text(name), *[paired_cell(scores, key, fmt) for _, key, fmt in PAIRED_CELLS])
+        console.print(table)
     if output is not None:
         console.print(Text(f"plot: {result['plot']}"))
 

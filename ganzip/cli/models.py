@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ganzip.cli.common import (command, console, device_option, emit_json, err_console, giga, inception_weights_option,
-                               mega, progress_bar, status, teacher_mode_option, threads_text, widths_text)
+from ganzip.cli.common import (PAIRED_CELLS, command, console, device_option, emit_json, err_console, giga,
+                               inception_weights_option, mega, paired_cell, progress_bar, status, teacher_mode_option,
+                               threads_text, widths_text)
 from ganzip.errors import UserError
 
 # --- inspect -----------------------------------------------------------------------------------------------
@@ -229,6 +230,10 @@ def compare_cmd(
         row("FID vs real", lambda m: f"{m['fid']:.2f}")
     row(f"FID vs {result['reference']}",
         lambda m: "reference" if m["fid_vs_first"] is None else f"{m['fid_vs_first']:.2f}")
+    for label, key, fmt in PAIRED_CELLS:  # image by image against the first model's outputs on the same inputs
+        row(f"{label} vs {result['reference']}",
+            lambda m, key=key, fmt=fmt: "reference" if m["paired_vs_first"] is None else paired_cell(
+                m["paired_vs_first"], key, fmt))
     console.print(table)
     against = (f"against {result['real_dir']} and {result['reference']}'s outputs" if result["real_dir"] is not None
                else f"against {result['reference']}'s outputs (no real target images in --data; --real DIR adds them)")
