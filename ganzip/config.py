@@ -28,9 +28,14 @@ from ganzip.wavelet import check_wavelet
 KD_MODES = ("wavelet", "pixel", "none")
 ANCHORS = ("low", "pixel", "cycle", "none")
 DEFAULT_ANCHOR = "pixel"           # unpaired data without a reverse teacher; README "Choosing the recipe" measures it
-KD_WEIGHTS = {"wavelet": 0.4, "pixel": 10.0, "none": 0.0}  # authors' wavelet runs; GAN Compression's L1 weight
+# Per-coefficient weighted wavelet KD and pixel KD at GAN Compression's L1 weight; the authors' per-level mean
+# (band weights "mean") keeps their 0.4 (AUTHORS_KD_WEIGHT). The recipe bench chose these (README, "Choosing the
+# recipe"): at equal bands the wavelet term's gradient is of the anchor's order and reaches the finest level.
+KD_WEIGHTS = {"wavelet": 10.0, "pixel": 10.0, "none": 0.0}
+AUTHORS_KD_WEIGHT = 0.4
 DISC_REALS = ("targets", "teacher")
 MEAN_BANDS = "mean"
+EQUAL_BANDS = "equal"              # weight 1 on every level: each coefficient counts as one pixel
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware computes in it (devices.fast_precision)
 LOAD_RATIO = 286 / 256             # upstream: resize to 286, random crop 256 (ganzip's default: no resize up)
 
@@ -63,8 +68,8 @@ class DistillConfig:
     kd: str = "wavelet"
     wavelet: str = "haar"
     levels: int | None = None        # None: log2(size) - 4 (4 at 256 px, 3 at 128): the same detail scales
-    band_weights: str = "mean"       # "mean" (the authors' per-level mean) or one weight per level, finest first
-    kd_distance: str = "l2"
+    band_weights: str = EQUAL_BANDS  # "equal", "mean" (the authors' per-level mean) or one weight per level
+    kd_distance: str = "l1"
     lambda_kd: float | None = None   # None: KD_WEIGHTS[kd]
     lambda_gan: float = 1.0
     disc_real: str | None = None     # what D learns as real: "targets" or "teacher" (its outputs on the inputs)
@@ -175,15 +180,18 @@ def levels_for(cfg: DistillConfig) -> int:
 
 
 def band_weights(text: str, levels: int) -> str | list[float]:
-    """"mean", or the comma-separated weights as floats (one per level, finest first, each >= 0)."""
+    """"mean", or the comma-separated weights as floats (one per level, finest first, each >= 0); "equal" is 1 on
+    every level."""
     if text == MEAN_BANDS:
         return MEAN_BANDS
+    if text == EQUAL_BANDS:
+        return [1.0] * levels
     try:
         weights = [float(w) for w in str(text).split(",")]
     except ValueError:
         weights = []
     if not weights or not all(w >= 0 and math.isfinite(w) for w in weights):
-        raise UserError(f"--band-weights takes 'mean' or one number >= 0 per level, finest first (e.g. 1,1,1), "
+        raise UserError(f"--band-weights takes 'equal', 'mean' or one number >= 0 per level, finest first (e.g. 1,1,1), "
                         f"not {text!r}")
     if len(weights) != levels:
         raise UserError(f"--band-weights gives {len(weights)} weight(s) for {levels} DWT level(s); give one per "
@@ -220,10 +228,15 @@ def resolve(cfg: DistillConfig, teacher_provenance: dict, paired: bool) -> Disti
     else:
         anchor = "none" if paired else DEFAULT_ANCHOR
     precision = fast_precision(resolve_device(cfg.device)) if cfg.precision == "auto" else cfg.precision
-    return replace(cfg, direction=direction, anchor=anchor, precision=precision, levels=levels_for(cfg),
-                   disc_real=cfg.disc_real or "targets",
-                   lambda_kd=KD_WEIGHTS[cfg.kd] if cfg.lambda_kd is None else cfg.lambda_kd,
-                   load_size=cfg.load_size or cfg.size)
+    levels = levels_for(cfg)
+    bands = cfg.band_weights  # "equal" is recorded as the weights it stands for at these levels
+    if bands == EQUAL_BANDS:
+        bands = ",".join("1" for _ in range(levels))
+    lambda_kd = cfg.lambda_kd
+    if lambda_kd is None:
+        lambda_kd = AUTHORS_KD_WEIGHT if cfg.kd == "wavelet" and bands == MEAN_BANDS else KD_WEIGHTS[cfg.kd]
+    return replace(cfg, direction=direction, anchor=anchor, precision=precision, levels=levels, band_weights=bands,
+                   disc_real=cfg.disc_real or "targets", lambda_kd=lambda_kd, load_size=cfg.load_size or cfg.size)
 
 
 def record(cfg: DistillConfig) -> dict[str, Any]:

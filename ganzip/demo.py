@@ -30,7 +30,7 @@ from rich.console import Console
 from ganzip import archs, images
 from ganzip.devices import fast_precision
 from ganzip.errors import UserError
-from ganzip.fidelity import similarity
+from ganzip.fidelity import paired
 
 BUNDLED = {"maps": ("train", "val"), "photos": ("train", "other", "test")}
 MAPS_DIRECTION = "BtoA"  # map -> aerial photo; see ganzip.fit for why not the other way in a few minutes
@@ -153,8 +153,10 @@ def _run_photos(out: Path, s: Settings, seed: int, device: str, stages: _Stages,
 
     target_dir = stages.run("the teacher's outputs on 20 other photos: the target set", targets)
     calib = images.load_batch(inputs[:: max(1, len(inputs) // 8)][:8], s.size)
-    prune_info = stages.run(f"pruning to {s.ratio:g}x fewer MACs ({s.method} widths)", _prune, s, teacher, calib, out,
-                            seed, teacher_path)
+    # the least-squares refit starts the student close to its teacher (as `distill --ratio` does): 32 photos
+    refit_images = images.load_batch(inputs[:: max(1, len(inputs) // 32)][:32], s.size)
+    prune_info = stages.run(f"pruning to {s.ratio:g}x fewer MACs ({s.method} widths) and refitting", _prune, s,
+                            teacher, calib, out, seed, teacher_path, refit_images)
     precision = fast_precision(device) if s.precision == "auto" else s.precision
     distill_info = stages.run(f"distilling: {s.distill_steps} steps, {precision}", _distill, s, out, seed, device,
                               teacher=teacher_path, inputs=data / "train", targets=target_dir, val=data / "test")
@@ -162,7 +164,7 @@ def _run_photos(out: Path, s: Settings, seed: int, device: str, stages: _Stages,
     outputs = {"teacher": translate_tensor(teacher, x_held, 4), "student": translate_tensor(student, x_held, 4)}
     target_batch = images.load_batch(images.list_images(target_dir))
     quality = stages.run(f"scoring on {len(held)} held-out photos", _quality, outputs, target_batch)
-    quality["input_vs_teacher"] = similarity(x_held, outputs["teacher"])  # the do-nothing baseline, for scale
+    quality["input_vs_teacher"] = paired(x_held, outputs["teacher"])  # the do-nothing baseline, for scale
     prof = stages.run(f"profiling teacher vs student at {s.profile_size} px", _profile, s, student, teacher)
     onnx_info = stages.run("exporting the student to ONNX", _export, student, s.size, out)
     k = min(s.grid_images, len(held))
@@ -240,19 +242,21 @@ def _fit_teacher(s: Settings, train: Path, out: Path, seed: int, console: Consol
 
 # --- stages both demos share ---------------------------------------------------------------------------------
 
-def _prune(s: Settings, teacher: torch.nn.Module, calib: torch.Tensor, out: Path, seed: int, teacher_path: Path
-           ) -> dict:
+def _prune(s: Settings, teacher: torch.nn.Module, calib: torch.Tensor, out: Path, seed: int, teacher_path: Path,
+           refit_images: torch.Tensor | None = None) -> dict:
     from ganzip import checkpoint, prune
 
     start = time.perf_counter()
     # Search steps charged in MACs, not measured latency: timings differ between runs and machines, and the demo's
     # student must be the same every time it is run with the same seed.
-    result = prune.prune(teacher, s.ratio, by="macs", method=s.method, size=s.size, calib=calib, seed=seed)
+    result = prune.prune(teacher, s.ratio, by="macs", method=s.method, size=s.size, calib=calib, seed=seed,
+                         refit_images=refit_images)
     checkpoint.save_generator(result.module, out / "student_init.pth", teacher_sha256=checkpoint.sha256(teacher_path),
                               ratio=s.ratio, by="macs", method=s.method, achieved=result.achieved, size=s.size,
-                              teacher_base=archs.base_width(teacher.spec))
+                              teacher_base=archs.base_width(teacher.spec), refit="refit" in result.info)
     return {"ratio": s.ratio, "achieved": result.achieved, "method": result.info.get("picked", s.method),
-            "spec": result.spec, "seconds": time.perf_counter() - start, "path": str(out / "student_init.pth")}
+            "spec": result.spec, "seconds": time.perf_counter() - start, "path": str(out / "student_init.pth"),
+            **({"refit": result.info["refit"]} if "refit" in result.info else {})}
 
 
 def _distill(s: Settings, out: Path, seed: int, device: str, **data: Any) -> dict:
@@ -275,7 +279,7 @@ def _quality(outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict:
     """The student's distance to its teacher first; then both against the target set, with how many images."""
     from ganzip import fid
 
-    result: dict[str, Any] = {"student_vs_teacher": similarity(outputs["student"], outputs["teacher"]),
+    result: dict[str, Any] = {"student_vs_teacher": paired(outputs["student"], outputs["teacher"]),
                               "held_out": int(outputs["student"].shape[0]), "targets": int(targets.shape[0])}
     result["bands_vs_teacher"] = _band_ratios(outputs["student"], outputs["teacher"])
     try:

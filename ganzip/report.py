@@ -56,6 +56,24 @@ def _kid(r: dict) -> str:
     return f"{r['kid'] * 1e3:.1f}{spread}"
 
 
+_DETAIL_ROWS = (("PSNR to the teacher (dB, higher is closer)", "psnr_db", "{:.2f}"),
+                ("colour drift (8-bit levels, lower is closer)", "colour_drift_8bit", "{:.1f}"),
+                ("finest band's error, 2-4 px detail (relative, 0 = the teacher's)", "band_error_L1", "{:.3f}"),
+                ("second band's error, 4-8 px (relative)", "band_error_L2", "{:.3f}"),
+                ("spectral HF ratio (1 = the teacher's fine detail, below: lost)", "spectral_hf_ratio", "{:.3f}"))
+
+
+def _detail_table(student: dict, baseline: dict | None, n: int) -> list[str]:
+    """What a user sees, image by image against the teacher; beside it doing nothing (the input) where that is a
+    candidate output (photos), for scale."""
+    head = f"| on {n} held-out inputs | student |" + (" do nothing (the input) |" if baseline else "")
+    lines = [head, "|---|---:|" + ("---:|" if baseline else "")]
+    for label, key, fmt in _DETAIL_ROWS:
+        cells = [student.get(key)] + ([baseline.get(key)] if baseline else [])
+        lines.append(f"| {label} | " + " | ".join("-" if v is None else fmt.format(v) for v in cells) + " |")
+    return lines + [""]
+
+
 def quality_section(q: dict, kind: str) -> list[str]:
     st = q["student_vs_teacher"]
     n = q["held_out"]
@@ -71,6 +89,7 @@ def quality_section(q: dict, kind: str) -> list[str]:
                       f"{base['colour_drift_8bit']:.1f} levels of drift from the teacher's outputs: the student is "
                       + ("closer to the teacher than doing nothing on both." if better else
                          "**not closer to the teacher than doing nothing on both**; train longer."))
+    lines += _detail_table(st, q.get("input_vs_teacher"), n)
     b = q["bands_vs_teacher"]
     lines.append(f"Relative to the teacher's outputs, the student's low wavelet band (colour and layout) holds "
                  f"{_f(b['low_band'], 3)}x the energy and its detail bands {_f(b['detail'], 3)}x (1 = the same; "

@@ -131,6 +131,11 @@ def _check_summary(summary: dict, out: Path, columns: int) -> None:
     assert f"{st['psnr_db']:.1f} dB PSNR" in report and f"{q['held_out']} held-out inputs" in report
     if "input_vs_teacher" in q:  # photos: the do-nothing baseline is stated beside the student
         assert f"{q['input_vs_teacher']['psnr_db']:.1f} dB" in report
+    # the paired detail table: the finest band's error and the spectral ratio, each from fidelity.paired
+    finest = next(line for line in report.splitlines() if line.startswith("| finest band's error"))
+    assert f"| {st['band_error_L1']:.3f} |" in finest
+    if "input_vs_teacher" in q:
+        assert finest.endswith(f"| {q['input_vs_teacher']['band_error_L1']:.3f} |")
     with Image.open(out / "grid.png") as grid:  # a strip of column labels, then one row per held-out image
         size, rows = summary["size"], summary["settings"]["grid_images"]
         assert grid.size == (columns * size + (columns - 1) * 2,

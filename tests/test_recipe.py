@@ -94,10 +94,15 @@ def test_resolved_defaults_are_what_the_run_records(setup):
     tmp_path, root = setup
     summary = distill(_cfg(tmp_path, root, "defaults"))
     prov = checkpoint.load(summary["output"]).provenance
-    assert (prov["anchor"], prov["lambda_anchor"], prov["lambda_kd"], prov["load_size"]) == ("pixel", 10.0, 0.4, 32)
+    assert (prov["anchor"], prov["lambda_anchor"], prov["lambda_kd"], prov["load_size"]) == ("pixel", 10.0, 10.0, 32)
+    # "equal" band weights are recorded as the weights used: one per level
+    assert (prov["band_weights"], prov["levels"], prov["kd_distance"]) == ("1,1", 2, "l1")
     assert prov["decay_from"] == 0.5 and prov["direction"] == "AtoB"
     recorded = json.loads((tmp_path / "defaults" / "config.json").read_text())
-    assert recorded["anchor"] == "pixel" and recorded["load_size"] == 32 and recorded["lambda_kd"] == 0.4
+    assert recorded["anchor"] == "pixel" and recorded["load_size"] == 32 and recorded["lambda_kd"] == 10.0
+    assert recorded["band_weights"] == "1,1"
+    authors = distill(_cfg(tmp_path, root, "authors", band_weights="mean", kd_distance="l2"))
+    assert checkpoint.load(authors["output"]).provenance["lambda_kd"] == 0.4  # the authors' weight for their mean
     pixel = distill(_cfg(tmp_path, root, "pixel", kd="pixel", anchor="none"))
     prov = checkpoint.load(pixel["output"]).provenance
     assert prov["lambda_kd"] == 10.0 and "lambda_anchor" not in prov

@@ -172,14 +172,15 @@ def distill_cmd(
     levels: Optional[int] = typer.Option(None, "--levels", min=1, help="DWT levels; every level's LH/HL/HH bands "
                                          "are distilled (default: log2(size) - 4, so 4 at 256 px and 3 at 128).",
                                          rich_help_panel=_OBJECTIVE),
-    band_weights: str = typer.Option("mean", "--band-weights", help="Wavelet KD per level: mean (the authors' "
-                                     "per-level mean, which puts almost all the gradient on the coarsest level) or "
-                                     "one weight per level, finest first (e.g. 1,1,1: every coefficient counts as a "
-                                     "pixel).", rich_help_panel=_OBJECTIVE),
-    kd_distance: str = typer.Option("l2", "--kd-distance", help="l2 (authors' code) or l1 (paper's text).",
+    band_weights: str = typer.Option("equal", "--band-weights", help="Wavelet KD per level: equal (weight 1 on "
+                                     "every level: each coefficient counts as a pixel, so the finest level gets most "
+                                     "of the pull), mean (the authors' per-level mean, which puts almost all the "
+                                     "gradient on the coarsest level) or one weight per level, finest first "
+                                     "(e.g. 2,1,1).", rich_help_panel=_OBJECTIVE),
+    kd_distance: str = typer.Option("l1", "--kd-distance", help="l1 (the paper's text) or l2 (the authors' code).",
                                     rich_help_panel=_OBJECTIVE),
-    lambda_kd: Optional[float] = typer.Option(None, "--lambda-kd", help="Weight of the KD term (default: 0.4 for "
-                                              "wavelet, as the authors; 10 for pixel, as GAN Compression).",
+    lambda_kd: Optional[float] = typer.Option(None, "--lambda-kd", help="Weight of the KD term (default: 10, as "
+                                              "GAN Compression's L1; 0.4 with --band-weights mean, as the authors).",
                                               rich_help_panel=_OBJECTIVE),
     anchor: Optional[str] = typer.Option(None, "--anchor", help="Unpaired data: what keeps colour and layout on the "
                                          "teacher's: low (L1 on the DWT low band), pixel (L1 on the image), cycle "
