@@ -14,7 +14,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -52,28 +52,43 @@ def _make_folder(folder: Path, option: str) -> None:
         raise UserError(f"output folder {folder} is not writable; choose another {option} path")
 
 
-def _same_path(a: Path, b: Path) -> bool:
+def same_path(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)  # also catches links and hard links
     except OSError:
         return False
 
 
-def refuse_input_as_output(output: str | os.PathLike | None, *inputs: str | os.PathLike | None,
-                           option: str = "-o") -> None:
-    """Refuse an output (file or folder) that is one of the command's own inputs, before anything is written.
+def inside(path: Path, folder: Path) -> bool:
+    """`path` is `folder` or lies anywhere under it (links resolved)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):
+        return False
 
-    `prune teacher.pth -o teacher.pth` would otherwise replace the only copy of the teacher with its student.
+
+def refuse_input_as_output(output: str | os.PathLike | None, *inputs: str | os.PathLike | None,
+                           option: str = "-o", names: Iterable[str] = ()) -> None:
+    """Refuse an output (file or folder) that is one of the command's own inputs or lies in an input folder, before
+    anything is written; `names` are the files a folder output will hold, each checked against the inputs too.
+
+    `prune teacher.pth -o teacher.pth` would otherwise replace the only copy of the teacher with its student, and
+    `spectrum -o photos/a.jpg --data photos` a photo with its plot. Hard and symbolic links count as the file.
     """
     if output is None:
         return
     out = Path(output)
+    targets = [out, *(out / n for n in names)]
     for item in inputs:
         if item is None:
             continue
         source = Path(item)
-        if _same_path(out, source) or out.resolve() == source.resolve():
-            raise UserError(f"{option} {out} would overwrite the input {source}; write the output elsewhere")
+        for target in targets:
+            if same_path(target, source) or target.resolve() == source.resolve():
+                raise UserError(f"{option} {out} would overwrite the input {source}; write the output elsewhere")
+        if source.is_dir() and inside(out, source):
+            raise UserError(f"{option} {out} is inside the input folder {source}, so it would write into it; write "
+                            f"the output outside it")
 
 
 def _umask() -> int:

@@ -23,7 +23,7 @@ from ganzip import archs, checkpoint, export, fid, fidelity, images
 from ganzip import data as data_sets
 from ganzip import profile as prof
 from ganzip import threads as thread_policy
-from ganzip.atomic import check_writable
+from ganzip.atomic import check_writable, refuse_input_as_output
 from ganzip.errors import UserError
 from ganzip.spectrum import unique_names
 from ganzip.translate import translate_folder
@@ -152,6 +152,7 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *
     if grid is not None:
         if any(Path(grid).resolve() == Path(c).resolve() for c in checkpoints):
             raise UserError(f"-o {grid} is one of the checkpoints being compared; choose another file for the grid")
+        refuse_input_as_output(grid, *checkpoints, data, real)
         check_writable(grid)
     path = fid.resolve_weights(weights)  # before any model runs
     test = _test_images(data, real, direction, limit)

@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import pywt
 
 from ganzip.archs.layers import TEACHER_MODES
+from ganzip.atomic import inside, same_path
 from ganzip.devices import fast_precision, resolve_device
 from ganzip.errors import UserError
-from ganzip.wavelet import check_wavelet
+from ganzip.wavelet import check_levels, check_wavelet, max_levels
 
 KD_MODES = ("wavelet", "pixel", "none")
 ANCHORS = ("low", "pixel", "cycle", "none")
@@ -113,7 +113,8 @@ class DistillConfig:
 
 
 def validate(cfg: DistillConfig) -> None:
-    """Refuse settings that cannot work or would distort the run, before anything is loaded."""
+    """Refuse settings that cannot work or would distort the run, before anything is loaded or written."""
+    check_outputs(cfg, output_path(cfg))
     choices = {"kd": KD_MODES, "kd_distance": ("l1", "l2"), "init": ("inherit", "scratch"),
                "teacher_mode": TEACHER_MODES, "precision": PRECISIONS}
     for name, allowed in choices.items():
@@ -152,8 +153,8 @@ def validate(cfg: DistillConfig) -> None:
     if cfg.load_size is not None and cfg.load_size < cfg.size:
         raise UserError(f"--load-size {cfg.load_size} is smaller than the crop --size {cfg.size}; use a load size "
                         f">= the crop size (equal: no random crop)")
-    if cfg.cache_mb is not None and cfg.cache_mb < 0:
-        raise UserError(f"--cache-mb must be 0 (no caching) or more, not {cfg.cache_mb}")
+    if cfg.cache_mb is not None and not (math.isfinite(cfg.cache_mb) and cfg.cache_mb >= 0):
+        raise UserError(f"--cache-mb must be 0 (no caching) or a finite number of MB, not {cfg.cache_mb}")
     if cfg.anchor == "cycle" and cfg.teacher_reverse is None:
         raise UserError("--anchor cycle needs the teacher's reverse generator: --teacher-reverse latest_net_G_B.pth")
     if cfg.teacher_reverse is not None and cfg.anchor not in (None, "cycle"):
@@ -163,11 +164,8 @@ def validate(cfg: DistillConfig) -> None:
                         "only its outputs; drop one of them")
     if cfg.levels is not None and (not isinstance(cfg.levels, int) or cfg.levels <= 0):
         raise UserError(f"--levels must be a positive integer, not {cfg.levels}")
-    max_levels = pywt.dwt_max_level(cfg.size, pywt.Wavelet(cfg.wavelet).dec_len)
-    if cfg.levels is not None and cfg.levels > max_levels:
-        raise UserError(f"--levels {cfg.levels} is more than a {cfg.size} px image has for {cfg.wavelet} (at most "
-                        f"{max_levels}: each level halves the image and the filter needs {pywt.Wavelet(cfg.wavelet).dec_len} px); "
-                        f"use --levels {max_levels} or less")
+    if cfg.levels is not None:
+        check_levels(cfg.levels, cfg.size, cfg.wavelet)
 
 
 def levels_for(cfg: DistillConfig) -> int:
@@ -175,7 +173,7 @@ def levels_for(cfg: DistillConfig) -> int:
     image has: the bands then hold the same detail scales whatever the crop size."""
     if cfg.levels is not None:
         return cfg.levels
-    most = max(1, pywt.dwt_max_level(cfg.size, pywt.Wavelet(cfg.wavelet).dec_len))
+    most = max(1, max_levels(cfg.size, cfg.wavelet))
     return min(most, max(1, int(math.log2(cfg.size)) - 4))
 
 
@@ -210,12 +208,19 @@ def output_path(cfg: DistillConfig) -> Path:
 
 
 def check_outputs(cfg: DistillConfig, output: Path) -> None:
-    """No output of the run may be one of its inputs: `-o teacher.pth` would overwrite the teacher."""
+    """No output of the run may be one of its inputs (`-o teacher.pth`, or a hard link to it, would overwrite the
+    teacher), nor lie in one of its image folders (the run's files would land in the dataset)."""
     for name in ("teacher", "student", "teacher_reverse", "teacher_disc"):
         given = getattr(cfg, name)
-        if given is not None and _same_file(output, given):
+        if given is not None and (_same_file(output, given) or same_path(output, given)):
             raise UserError(f"the student would be written to {output}, which is this run's --{_flag(name)} "
                             f"checkpoint; choose another -o (or --out-dir) so the input is not overwritten")
+    for name in ("data", "inputs", "targets", "val"):
+        folder = getattr(cfg, name)
+        for what, path in (("the run's folder", cfg.out_dir), ("the student", output)):
+            if folder is not None and Path(folder).is_dir() and inside(Path(path), Path(folder)):
+                raise UserError(f"{what} would be written to {path}, inside this run's --{_flag(name)} folder "
+                                f"{folder}; choose another -o (or --out-dir) outside the data")
 
 
 def resolve(cfg: DistillConfig, teacher_provenance: dict, paired: bool) -> DistillConfig:

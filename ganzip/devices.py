@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ganzip.errors import UserError
@@ -34,8 +36,17 @@ def fast_precision(device: str, cpuinfo: str = "/proc/cpuinfo") -> str:
     return "bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "fp32"
 
 
+# More threads than cores times this only oversubscribe; far more crash the runtimes (torch segfaulted at 100000)
+THREADS_PER_CORE = 4
+
+
 def check_threads(threads: int | None) -> int | None:
-    """None (the runtime's choice) or a positive count; torch and onnxruntime fail obscurely on anything else."""
+    """None (the runtime's choice) or a positive count up to a few per core; torch and onnxruntime fail obscurely
+    (or crash) on anything else."""
     if threads is not None and threads < 1:
         raise UserError(f"--threads {threads} is not a thread count; give a positive integer, or leave it out")
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > THREADS_PER_CORE * cores:
+        raise UserError(f"--threads {threads} is more than this machine's {cores} core(s) can run (at most "
+                        f"{THREADS_PER_CORE * cores}); give a smaller count, or leave it out for the free cores")
     return threads

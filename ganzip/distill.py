@@ -179,6 +179,8 @@ def _distill(cfg: DistillConfig, run: RunFolder, stop: StopSignals, progress: Pr
             save(done)
             raise Stopped(f"stopped by {signal.Signals(stop.signum).name} at step {done}; saved to {run.path}, "
                           f"continue with --resume", stop.signum)
+    if start == cfg.steps:  # a finished run resumed (perhaps with another -o): the student is written where asked
+        save(cfg.steps)
     if rt.world > 1:
         dist.barrier()
     return _summary(prep, run, players, losses, score, meta, images_seen / max(time.perf_counter() - t_start, 1e-9))
@@ -224,7 +226,6 @@ def _prepare(cfg: DistillConfig, run: RunFolder, rt: _Dist) -> _Prepared:
                           need_targets=need_targets)
     cfg = config.resolve(replace(cfg, world=rt.world), teacher.provenance, source.paired)
     output = config.output_path(cfg)
-    config.check_outputs(cfg, output)
     archs.check_size(teacher.spec, cfg.size)
 
     state = None

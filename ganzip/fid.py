@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ganzip import data, images
-from ganzip.atomic import refuse_input_as_output, torch_save
+from ganzip.atomic import check_writable_folder, refuse_input_as_output, torch_save
 from ganzip.errors import UserError
 from ganzip.translate import translate_folder
 
@@ -383,16 +383,23 @@ def fid_for_generator(module: torch.nn.Module, data_dir: str | os.PathLike, real
         aligned_reals = aligned
     refuse_input_as_output(out_dir, inputs, reals)  # kept images written over the inputs or the reals
     path = resolve_weights(weights)  # fail before translating anything
-    with tempfile.TemporaryDirectory(prefix="ganzip-fid-") as work:
-        fake_dir = Path(out_dir) if out_dir else Path(work) / "fake"
-        translate_folder(module, inputs, fake_dir, size=size, batch_size=batch_size, device=device,
-                         direction=aligned, progress=(lambda d, t: progress("translate", d, t)) if progress else None)
+    if out_dir is not None:
+        check_writable_folder(out_dir)
+    # translated into a fresh folder and scored there, so images already in out_dir are never counted as fakes;
+    # then renamed into out_dir (the fresh folder is made inside it: same file system)
+    with tempfile.TemporaryDirectory(prefix=".ganzip-fid-", dir=out_dir) as work:
+        fake_dir = Path(work) / "fake"
+        written = translate_folder(module, inputs, fake_dir, size=size, batch_size=batch_size, device=device,
+                                   direction=aligned,
+                                   progress=(lambda d, t: progress("translate", d, t)) if progress else None)
 
         def report(name: str) -> Callable[[int, int], None] | None:
             return (lambda done, total: progress(name, done, total)) if progress else None
 
         fake = folder_features(fake_dir, path, 16, device, report("fake"), cache=False)
         real = folder_features(reals, path, 16, device, report("real"), aligned=aligned_reals)
+        for p in written if out_dir is not None else ():
+            os.replace(p, Path(out_dir) / p.name)
     result: dict[str, Any] = {"fid": frechet_distance(fake, real), "n_fake": len(fake), "n_real": len(real),
                               "weights": str(path), "inputs": str(inputs), "real_dir": str(reals),
                               "fake_dir": str(out_dir) if out_dir else None}

@@ -24,7 +24,7 @@ from ganzip.atomic import write_bytes
 from ganzip.errors import UserError
 from ganzip.fidelity import NOISE_FLOOR, high_frequency_power, luminance, radial_power_spectrum, ratio  # noqa: F401 (luminance: public here too)
 from ganzip.translate import translate_tensor
-from ganzip.wavelet import band_energies
+from ganzip.wavelet import band_energies, check_levels
 
 
 def high_frequency_share(freqs: np.ndarray, spectrum: np.ndarray, cutoff: float = 0.25) -> float:
@@ -149,6 +149,7 @@ def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, 
         raise UserError("give at least one generator checkpoint, e.g. ganzip spectrum teacher.pth student.pth --data DIR")
     data, real, direction = resolve_folders(data, real, direction)
     x, targets = load_inputs(data, size, limit, direction)
+    check_levels(levels, min(x.shape[-2:]), wave)
     batches: dict[str, torch.Tensor] = {}
     sources: dict[str, str] = {}
     if real is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -73,8 +73,10 @@ def _as_rgb(t: torch.Tensor) -> torch.Tensor:
 
 def translate_folder(module: nn.Module, input_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      size: int | None = None, batch_size: int = 4, device: str = "cpu", direction: str | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> list[Path]:
-    """Translate every image in `input_dir` into `out_dir/<stem>.png`; returns the written paths in order.
+                     progress: Callable[[int, int], None] | None = None,
+                     keep: Sequence[str | os.PathLike] = ()) -> list[Path]:
+    """Translate every image in `input_dir` into `out_dir/<stem>.png`; returns the written paths in order. No
+    output may replace an input or a file of `keep` (the generator's checkpoint, which may sit in `out_dir`).
 
     With `direction` ("AtoB"/"BtoA") the folder holds pix2pix A|B pairs and the input half is translated.
     """
@@ -89,7 +91,7 @@ def translate_folder(module: nn.Module, input_dir: str | os.PathLike, out_dir: s
             raise UserError(f"{stems[p.stem].name} and {p.name} in {input_dir} would both be written as "
                             f"{p.stem}.png; rename one")
         stems[p.stem] = p
-    refuse_input_as_output(out_dir, input_dir)
+    refuse_input_as_output(out_dir, input_dir, *keep, names=[f"{stem}.png" for stem in stems])
     out_dir = check_writable_folder(out_dir)
     module = module.eval().to(device)
     channels = module.spec["input_nc"] if getattr(module, "spec", None) else getattr(module, "input_nc", 3)

@@ -38,6 +38,21 @@ def check_wavelet(name: str) -> str:
     return name
 
 
+def max_levels(size: int, wave: str) -> int:
+    """The most DWT levels a `size` px image has for `wave`: each level halves it and the filter must fit."""
+    return pywt.dwt_max_level(size, pywt.Wavelet(wave).dec_len)
+
+
+def check_levels(levels: int, size: int, wave: str) -> int:
+    """Refuse more levels than the image has (a report of 99 levels on a 64 px image would be made up)."""
+    most = max_levels(size, wave)
+    if levels > most:
+        raise UserError(f"--levels {levels} is more than a {size} px image has for {wave} (at most {most}: each "
+                        f"level halves the image and the filter needs {pywt.Wavelet(wave).dec_len} px); use "
+                        f"--levels {most} or less")
+    return levels
+
+
 class DWT(nn.Module):
     """x (N, C, H, W) -> (low (N, C, h, w), highs: list per level of (N, C, 3, h_j, w_j), finest first)."""
 

@@ -149,6 +149,19 @@ def test_threads_must_be_positive(good, command):
     assert line == "error: --threads -1 is not a thread count; give a positive integer, or leave it out"
 
 
+@pytest.mark.parametrize("command", [["profile", "--runs", "1"], ["export", "--size", "32"],
+                                     ["prune", "--ratio", "2", "--runs", "0"], ["demo", "--quick"]])
+def test_more_threads_than_the_cores_can_run_are_refused(good, command, tmp_path):
+    """100000 threads crashed torch (prune: segfault) and hung export; a few per core is the most that helps."""
+    import os
+
+    many = 4 * (os.cpu_count() or 1) + 1
+    args = [command[0], *([] if command[0] == "demo" else [str(good)]), *command[1:], "--threads", str(many)]
+    out = [] if command[0] == "profile" else ["-o", str(tmp_path / "out")]
+    line = _error_line(runner.invoke(app, [*args, *out]))
+    assert line.startswith(f"error: --threads {many} is more than this machine's {os.cpu_count()} core(s) can run")
+
+
 def test_an_allocation_that_fails_is_one_line_naming_what_to_lower(good):
     # 10^9 x 3 x 256 x 256 float32 is 786,432,000,000,000 bytes: no machine has it, so the allocator refuses at once
     line = _error_line(runner.invoke(app, ["profile", str(good), "--batch", "1000000000", "--runs", "1"]))

@@ -207,11 +207,12 @@ def test_ddp_two_processes_gloo(setup):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "ganzip", "distill", str(tmp_path / "teacher.pth"),
            "--data", str(data), "--ratio", "2", "--method", "uniform", "--steps", "4", "--batch-size", "2",
-           "--size", "32", "--levels", "2", "--save-every", "2", "--out-dir", str(out),
+           "--size", "32", "--levels", "2", "--save-every", "2", "--out-dir", str(out), "--json",
            "--val", str(data / "trainB"), "--val-images", "2",  # rank 0 validates while rank 1 waits
            "--lambda-feat", "1"]  # the adapters, outside DDP, average their gradients by hand
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["steps"] == 4  # one JSON object: rank 0's alone
     assert sorted(p.name for p in out.glob("*.pth")) == ["best.pth", "student.pth", "train_state.pth"]
     assert len([r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "val_psnr" in r]) == 1
     assert [r["step"] for r in _log(out)] == [1, 2, 3, 4]  # rank 0 alone writes

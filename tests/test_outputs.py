@@ -12,6 +12,7 @@ import torch
 from cli_lines import error_line as _error_line
 from PIL import Image
 from typer.testing import CliRunner
+from test_fid import weights  # noqa: F401 - the offline Inception weights fixture
 from upstream_reference import resnet_state_dict
 
 from ganzip import atomic
@@ -72,6 +73,98 @@ def test_fid_refuses_to_keep_images_in_the_real_folder(teacher, tmp_path):
                                            "-o", str(real)]))
     assert line == f"error: -o {real} would overwrite the input {real}; write the output elsewhere"
     assert [p.name for p in real.iterdir()] == ["r.png"]
+
+
+def _image_folder(folder: Path, names: tuple[str, ...] = ("a.png", "b.png")) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(folder / name)
+    return folder
+
+
+# Every image folder a command reads, with an output aimed at an image inside it: (arguments, the folder)
+_INTO_INPUTS = {
+    "spectrum --data": (["spectrum", "{t}", "--data", "{d}"], "d"),
+    "spectrum --real": (["spectrum", "{t}", "--data", "{d}", "--real", "{r}"], "r"),
+    "compare --data": (["compare", "{t}", "{t2}", "--data", "{d}", "--real", "{r}"], "d"),
+    "compare --real": (["compare", "{t}", "{t2}", "--data", "{d}", "--real", "{r}"], "r"),
+    "prune --calib": (["prune", "{t}", "--ratio", "2", "--calib", "{c}"], "c"),
+    "export --int8 --calib": (["export", "{t}", "--int8", "--calib", "{c}"], "c"),
+    "distill --val": (["distill", "{t}", "--inputs", "{d}", "--disc-real", "teacher", "--ratio", "2", "--val", "{c}"],
+                      "c"),
+    "distill --inputs": (["distill", "{t}", "--inputs", "{d}", "--disc-real", "teacher", "--ratio", "2"], "d"),
+}
+
+
+@pytest.mark.parametrize("case", list(_INTO_INPUTS))
+def test_no_output_lands_on_an_image_a_command_reads(teacher, tmp_path, case):
+    folders = {k: _image_folder(tmp_path / k) for k in ("d", "r", "c")}
+    (tmp_path / "t2.pth").write_bytes(teacher.read_bytes())
+    template, target_folder = _INTO_INPUTS[case]
+    names = {"t": teacher, "t2": tmp_path / "t2.pth", **folders}
+    args = [a.format(**names) for a in template]
+    victim = folders[target_folder] / "a.png"
+    before = victim.read_bytes()
+    line = _error_line(runner.invoke(app, [*args, "-o", str(victim)]))
+    assert str(victim) in line and str(folders[target_folder]) in line and "outside" in line, line
+    assert victim.read_bytes() == before
+
+
+def test_distill_writes_no_run_folder_into_its_data(teacher, tmp_path):
+    data = _image_folder(tmp_path / "photos")
+    line = _error_line(runner.invoke(app, ["distill", str(teacher), "--inputs", str(data), "--disc-real", "teacher",
+                                           "--ratio", "2", "--out-dir", str(data / "run")]))
+    assert f"the run's folder would be written to {data / 'run'}, inside this run's --inputs folder" in line
+    assert sorted(p.name for p in data.iterdir()) == ["a.png", "b.png"]
+
+
+def test_distill_refuses_a_hard_link_to_its_teacher_as_output(teacher, tmp_path):
+    link = tmp_path / "link.pth"
+    os.link(teacher, link)
+    data = _image_folder(tmp_path / "photos")
+    line = _error_line(runner.invoke(app, ["distill", str(teacher), "--inputs", str(data), "--disc-real", "teacher",
+                                           "--ratio", "2", "-o", str(link)]))
+    assert f"the student would be written to {link}, which is this run's --teacher checkpoint" in line
+
+
+def test_translate_never_writes_over_a_checkpoint_in_its_output_folder(teacher, tmp_path):
+    """The checkpoint sits in the output folder under a name one of the outputs takes (x.jpg -> x.png)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    ckpt = out / "x.png"
+    ckpt.write_bytes(teacher.read_bytes())
+    data = _image_folder(tmp_path / "photos", ("x.jpg",))
+    line = _error_line(runner.invoke(app, ["translate", str(ckpt), str(data), "-o", str(out)]))
+    assert line == f"error: -o {out} would overwrite the input {ckpt}; write the output elsewhere"
+    assert ckpt.read_bytes() == teacher.read_bytes()
+
+
+def test_distill_resumed_when_finished_writes_the_student_where_asked(teacher, tmp_path):
+    data = _image_folder(tmp_path / "photos", tuple(f"{i}.png" for i in range(4)))
+    base = ["distill", str(teacher), "--inputs", str(data), "--disc-real", "teacher", "--ratio", "2", "--steps", "2",
+            "--size", "32", "--batch-size", "2", "--val-images", "0", "--out-dir", str(tmp_path / "run"), "--json"]
+    first = runner.invoke(app, base)
+    assert first.exit_code == 0, first.output
+    other = tmp_path / "other.pth"
+    again = runner.invoke(app, [*base, "--resume", "-o", str(other)])
+    assert again.exit_code == 0, again.output
+    from ganzip import checkpoint
+
+    finished, moved = (checkpoint.load(p) for p in (tmp_path / "run" / "student.pth", other))
+    assert all(torch.equal(v, moved.state_dict[k]) for k, v in finished.state_dict.items())
+    assert moved.provenance["steps"] == 2
+
+
+def test_fid_scores_only_the_images_it_wrote_into_a_folder_that_held_others(teacher, tmp_path, weights):  # noqa: F811
+    data, real = _image_folder(tmp_path / "d"), _image_folder(tmp_path / "r")
+    kept = _image_folder(tmp_path / "kept", ("old1.png", "old2.png", "old3.png"))
+    result = runner.invoke(app, ["fid", str(teacher), "--data", str(data), "--real", str(real), "-o", str(kept),
+                                 "--inception-weights", str(weights), "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    assert json.loads(result.stdout)["n_fake"] == 2
+    assert sorted(p.name for p in kept.iterdir()) == ["a.png", "b.png", "old1.png", "old2.png", "old3.png"]
 
 
 # --- permissions -------------------------------------------------------------------------------------------

@@ -180,3 +180,14 @@ def test_spectrum_resolves_a_dataset_root_like_fid(tmp_path):
     assert report["sources"]["real"] == str(root / "testB")
     expected = spectrum.radial_power_spectrum(images.load_batch(sorted((root / "testB").iterdir())))[1]
     np.testing.assert_allclose(report["series"]["real"]["spectrum"], expected, rtol=1e-6)
+
+
+def test_spectrum_refuses_more_levels_than_the_images_have(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    images.save_png(_textured(1, 64)[0], data / "0.png")
+    _tiny_generator(tmp_path / "a.pth", 0)
+    result = CliRunner().invoke(app, ["spectrum", str(tmp_path / "a.pth"), "--data", str(data), "--levels", "99"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip() == ("error: --levels 99 is more than a 64 px image has for haar (at most 6: each "
+                                     "level halves the image and the filter needs 2 px); use --levels 6 or less")

@@ -55,7 +55,7 @@ def prune_cmd(
     from ganzip.atomic import check_writable, refuse_input_as_output
 
     output = default_output(output, Path("pruned.pth"), force)
-    refuse_input_as_output(output, teacher)
+    refuse_input_as_output(output, teacher, calib)
     if runs < 0:
         raise UserError("--runs must be 0 (no timing) or a positive number of runs")
     if runtime not in latency.RUNTIMES:
@@ -259,18 +259,19 @@ def distill_cmd(
                         val=val, val_images=val_images, eval_every=eval_every, out_dir=out_dir, output=output,
                         resume=resume, save_every=save_every, sample_every=sample_every)
     summary = distill(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun one process speaks for the run
+        return
     if as_json:
         emit_json(summary)
         return
-    if int(os.environ.get("RANK", "0")) == 0:
-        console.print(Text.assemble(("student", "green"), f" {summary['student']} -> {summary['output']} "
-                                    f"({summary['steps']} steps, {summary['images_per_s']:.1f} img/s)"))
-        final, best = summary["final"], summary["best"]
-        if "val_psnr" in final:
-            console.print(Text(f"final (step {final['step']}): {_val_text(final)}"))
-        if best:
-            console.print(Text(f"best (step {best['step']}, by {best['selected_by']}): {_val_text(best)} -> "
-                               f"{best['path']}"))
+    console.print(Text.assemble(("student", "green"), f" {summary['student']} -> {summary['output']} "
+                                f"({summary['steps']} steps, {summary['images_per_s']:.1f} img/s)"))
+    final, best = summary["final"], summary["best"]
+    if "val_psnr" in final:
+        console.print(Text(f"final (step {final['step']}): {_val_text(final)}"))
+    if best:
+        console.print(Text(f"best (step {best['step']}, by {best['selected_by']}): {_val_text(best)} -> "
+                           f"{best['path']}"))
 
 
 def _val_text(score: dict) -> str:

@@ -22,7 +22,6 @@ from ganzip.cli.common import (
     output_option,
     pick_output,
 )
-from ganzip.errors import UserError
 
 
 @command("demo")
@@ -44,11 +43,9 @@ def demo_cmd(
     import torch
 
     from ganzip import demo
-    from ganzip.devices import resolve_device
+    from ganzip.devices import check_threads, resolve_device
 
-    if threads is not None:
-        if threads <= 0:
-            raise UserError("--threads must be a positive integer")
+    if check_threads(threads) is not None:
         torch.set_num_threads(threads)
     folder = pick_output(output, out) or Path("ganzip-demo")
     summary = demo.run(folder, paired=paired, quick=quick, seed=seed, device=resolve_device(device),

@@ -52,7 +52,7 @@ def translate_cmd(
     module = runner.load_generator(checkpoint, device, teacher_mode=teacher_mode)
     with progress_bar() as update:
         written = translate_folder(module, input_dir, out, size=size, batch_size=batch_size, device=device,
-                                   direction=direction,
+                                   direction=direction, keep=(checkpoint,),
                                    progress=(lambda d, t: update("translating", d, t)) if update else None)
     if as_json:
         emit_json({"out": out, "n": len(written), "files": written})
@@ -272,7 +272,7 @@ def spectrum_cmd(
     if output is not None:
         from ganzip.atomic import check_writable, refuse_input_as_output
 
-        refuse_input_as_output(output, *checkpoints)
+        refuse_input_as_output(output, *checkpoints, data, real)
         check_writable(output)
         spectrum.require_matplotlib()  # likewise: a missing plotting library is found now, not at the end
     with status("translating and analysing"):
