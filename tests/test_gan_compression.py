@@ -11,7 +11,6 @@ import thop
 import torch
 from mobile_reference import hand_macs, mobile_forward, mobile_state_dict
 from PIL import Image
-from test_fid import weights  # noqa: F401 - the offline Inception weights fixture
 from typer.testing import CliRunner
 
 from ganzip import archs, checkpoint, prune
@@ -136,7 +135,7 @@ def test_every_reading_command_takes_them(tmp_path):
     assert "latest_net_G.pth" in json.loads(out.stdout)["series"]
 
 
-def test_fid_takes_them(tmp_path, weights):  # noqa: F811 - the fixture imported above
+def test_fid_takes_them(tmp_path, weights):
     path = _save(mobile_state_dict(**SUB_MOBILE, seed=5), tmp_path / "latest_net_G.pth")
     data = tmp_path / "data"
     _folder(data / "testA", n=3)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_fid import _images, weights  # noqa: F401 - the offline Inception weights fixture
+from test_fid import _images
 from typer.testing import CliRunner
 
 from ganzip import archs, checkpoint, export, fid, runner
@@ -69,7 +69,7 @@ def test_profile_accepts_onnx(files):
     assert info["speedup"] == pytest.approx(info["teacher"]["latency_ms"] / info["latency_ms"])
 
 
-def test_fid_accepts_onnx_and_agrees_with_the_checkpoint(files, weights, tmp_path):  # noqa: F811
+def test_fid_accepts_onnx_and_agrees_with_the_checkpoint(files, weights, tmp_path):
     _, tmp = files
     data = tmp_path / "data"
     _images(data / "testA", 4, seed=3, size=32)

@@ -12,7 +12,6 @@ import torch
 from cli_lines import error_line as _error_line
 from PIL import Image
 from typer.testing import CliRunner
-from test_fid import weights  # noqa: F401 - the offline Inception weights fixture
 from upstream_reference import resnet_state_dict
 
 from ganzip import atomic
@@ -155,7 +154,7 @@ def test_distill_resumed_when_finished_writes_the_student_where_asked(teacher, t
     assert moved.provenance["steps"] == 2
 
 
-def test_fid_scores_only_the_images_it_wrote_into_a_folder_that_held_others(teacher, tmp_path, weights):  # noqa: F811
+def test_fid_scores_only_the_images_it_wrote_into_a_folder_that_held_others(teacher, tmp_path, weights):
     data, real = _image_folder(tmp_path / "d"), _image_folder(tmp_path / "r")
     kept = _image_folder(tmp_path / "kept", ("old1.png", "old2.png", "old3.png"))
     result = runner.invoke(app, ["fid", str(teacher), "--data", str(data), "--real", str(real), "-o", str(kept),
