@@ -129,7 +129,7 @@ def cache_comparison(size: int, batch: int, images: int, epochs: int, data: Path
                                     cache_teacher=cached, precision=precision, progress=False)
                 stamps: list[float] = []
                 start = time.perf_counter()
-                distill(cfg, on_step=lambda step, losses: stamps.append(time.perf_counter()))
+                distill(cfg, on_step=lambda step, losses, stamps=stamps: stamps.append(time.perf_counter()))
                 seconds = time.perf_counter() - start
                 # From the end of the first epoch on, the cache is warm (for the flips drawn so far): its steady state.
                 first = images // batch - 1

@@ -121,7 +121,8 @@ def ablate(name: str, teacher_path: Path, data: dict, calib: torch.Tensor, eval_
     gens = {"teacher": teacher_path, "pruned_no_training": student_init,
             **{f"student_{kd}": work / f"student_{kd}.pth" for kd in KDS}}
     scores = evaluate(gens, eval_inputs, reference, work, weights, args.batch_size)
-    return {"teacher": str(teacher_path), "achieved_macs_ratio": pruned.achieved, "student_widths": pruned.spec["widths"],
+    return {"teacher": str(teacher_path), "achieved_macs_ratio": pruned.achieved,
+            "student_widths": pruned.spec["widths"],
             "distill_seconds": {kd: r["seconds"] for kd, r in runs.items()}, "scores": scores}
 
 
@@ -145,7 +146,8 @@ def setup_vintagify(args: argparse.Namespace, work: Path, weights: Path) -> dict
     calib = images.load_batch(images.list_images(inputs)[:8], args.size)
     result = ablate("vintagify", Path(args.vintagify), {"inputs": inputs, "targets": targets}, calib, eval_inputs,
                     reference, work, args, weights)
-    result["fid_reference"] = f"teacher outputs on {len(eval_paths)} testA+testB photos (teacher FID is 0 by definition)"
+    result["fid_reference"] = (f"teacher outputs on {len(eval_paths)} testA+testB photos "
+                               "(teacher FID is 0 by definition)")
     return result
 
 
@@ -159,7 +161,8 @@ def setup_maps(args: argparse.Namespace, work: Path, weights: Path) -> dict:
     spec = fit_spec(args.size)
     t0 = time.perf_counter()
     teacher = fit.fit_paired(spec, pairs, args.teacher_steps, batch_size=4, lr=5e-4, seed=args.seed)
-    teacher_path = checkpoint.save_generator(teacher, work / "teacher.pth", steps=args.teacher_steps, direction=direction)
+    teacher_path = checkpoint.save_generator(teacher, work / "teacher.pth", steps=args.teacher_steps,
+                                             direction=direction)
     log(f"maps: teacher fitted ({args.teacher_steps} steps) in {time.perf_counter() - t0:.0f} s")
     val = fit.load_pairs(data / "val", args.size, direction)
     result = ablate("maps", teacher_path, {"data": data, "direction": direction}, pairs.inputs[:8], val.inputs,

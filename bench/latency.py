@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                "latency_onnxruntime": dict(by="latency", runtime="onnxruntime")}
     models = {"teacher": teacher}
     out: dict = {"teacher": args.teacher, "size": args.size, "runs": args.runs, "threads": args.threads,
-                 "ratio": args.ratio, "calibration": args.calib, "malloc_keeps_freed_memory": threads.keep_freed_memory(),
+                 "ratio": args.ratio, "calibration": args.calib,
+                 "malloc_keeps_freed_memory": threads.keep_freed_memory(),
                  "load_average_before": threads.load(), "models": {}}
     for name in args.students.split(","):
         start = time.perf_counter()
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         models[name] = result.module.eval()
         out["models"][name] = {"prune": {
             **{k: v for k, v in kw.items()}, "seconds": time.perf_counter() - start, "achieved": result.achieved,
-            "picked": result.info.get("picked"), "score": result.info["score"], "multiple_of": result.info["multiple_of"],
+            "picked": result.info.get("picked"), "score": result.info["score"],
+            "multiple_of": result.info["multiple_of"],
             "widths": result.spec["widths"], "latency_table": result.info.get("latency_table"),
             "predicted_ms": result.info["student"].get("predicted_ms")}}
     runners = {}
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         if name in m:
             goals[f"{name}_speedup_at_least_{0.9 * args.ratio:g}"] = m[name][runtime]["speedup"] >= 0.9 * args.ratio
     if "macs" in m and "uniform" in m:
-        goals["macs_no_slower_than_uniform_torch"] = m["macs"]["torch"]["median_ms"] <= m["uniform"]["torch"]["median_ms"]
+        goals["macs_no_slower_than_uniform_torch"] = (m["macs"]["torch"]["median_ms"]
+                                                      <= m["uniform"]["torch"]["median_ms"])
     for name in m:
         if "int8" in m[name] and "over_fp32_onnxruntime" in m[name]["int8"]:
             goals[f"{name}_int8_1.3x_at_30db"] = (m[name]["int8"]["over_fp32_onnxruntime"] >= 1.3

@@ -195,8 +195,10 @@ def score(student_path: Path, work: Path, args: argparse.Namespace, weights: str
 @functools.lru_cache(maxsize=1)
 def _commit() -> str:
     """The code this process imported (asked once, at start: later edits to the tree do not change it)."""
-    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "ganzip"], capture_output=True, text=True, check=False)
+    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         check=False)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "ganzip"], capture_output=True, text=True,
+                           check=False)
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-
 from ganzip.archs.layers import TEACHER_MODES
 from ganzip.atomic import inside, same_path
 from ganzip.devices import fast_precision, resolve_device
@@ -189,8 +188,8 @@ def band_weights(text: str, levels: int) -> str | list[float]:
     except ValueError:
         weights = []
     if not weights or not all(w >= 0 and math.isfinite(w) for w in weights):
-        raise UserError(f"--band-weights takes 'equal', 'mean' or one number >= 0 per level, finest first (e.g. 1,1,1), "
-                        f"not {text!r}")
+        raise UserError(f"--band-weights takes 'equal', 'mean' or one number >= 0 per level, finest first "
+                        f"(e.g. 1,1,1), not {text!r}")
     if len(weights) != levels:
         raise UserError(f"--band-weights gives {len(weights)} weight(s) for {levels} DWT level(s); give one per "
                         f"level, finest first, or set --levels {len(weights)}")

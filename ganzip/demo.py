@@ -80,7 +80,8 @@ def bundled_data(name: str = "maps") -> Path:
         raise UserError(f"no bundled data set {name!r}; there are {', '.join(BUNDLED)}")
     path = Path(str(resources.files("ganzip") / "resources" / "data" / f"{name}_small"))
     if not all((path / split).is_dir() for split in BUNDLED[name]):
-        raise UserError(f"bundled example data missing at {path}; reinstall ganzip (pip install --force-reinstall ganzip)")
+        raise UserError(f"bundled example data missing at {path}; reinstall ganzip "
+                        "(pip install --force-reinstall ganzip)")
     return path
 
 

@@ -341,7 +341,8 @@ def _write_samples(path: Path, student: nn.Module, teacher: nn.Module, x: torch.
     with torch.no_grad():
         t, s = teacher(x), student(x)
     student.train(was_training)
-    images.save_png(images.grid([[x[i], t[i], s[i]] for i in range(x.shape[0])], labels=["input", "teacher", "student"]), path)
+    images.save_png(images.grid([[x[i], t[i], s[i]] for i in range(x.shape[0])],
+                                labels=["input", "teacher", "student"]), path)
 
 
 def _status(losses: dict, score: dict, rate: float) -> str:

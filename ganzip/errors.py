@@ -1,8 +1,8 @@
 """The exception types users see.
 
 Library code raises `UserError` for anything the user can fix (a bad path, a wrong option, a file that is not
-a generator), and its `LayoutError` for a data folder that lacks what a command needs. The CLI prints its message as a single line and exits non-zero; any other exception is a bug and
-keeps its traceback (shown with `--debug`).
+a generator), and its `LayoutError` for a data folder that lacks what a command needs. The CLI prints its message as
+a single line and exits non-zero; any other exception is a bug and keeps its traceback (shown with `--debug`).
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ def similarity(a: torch.Tensor, b: torch.Tensor) -> dict:
     the cast (that difference averaged over the images per channel, signed: a sepia cast is red up, blue down)."""
     offsets = (a.float().mean((2, 3)) - b.float().mean((2, 3))) * 127.5
     return {"l1": float((a.float() - b.float()).abs().mean()), "psnr_db": psnr(a, b),
-            "colour_drift_8bit": float(offsets.abs().mean()), "colour_cast_rgb_8bit": [float(c) for c in offsets.mean(0)]}
+            "colour_drift_8bit": float(offsets.abs().mean()),
+            "colour_cast_rgb_8bit": [float(c) for c in offsets.mean(0)]}
 
 
 def luminance(x: torch.Tensor) -> torch.Tensor:

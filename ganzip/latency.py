@@ -96,7 +96,8 @@ def units(layout: Layout, size: int) -> list[Unit]:
     children = list(net.model.children())
     starts = [i for i, c in enumerate(children)
               if isinstance(c, (nn.ReflectionPad2d, ResnetBlock))
-              or (isinstance(c, (nn.Conv2d, nn.ConvTranspose2d)) and not isinstance(children[i - 1], nn.ReflectionPad2d))]
+              or (isinstance(c, (nn.Conv2d, nn.ConvTranspose2d))
+                  and not isinstance(children[i - 1], nn.ReflectionPad2d))]
     hw: dict[int, tuple[int, int]] = {}
     handles = [children[i].register_forward_pre_hook(lambda m, inp, i=i: hw.__setitem__(i, tuple(inp[0].shape[-2:])))
                for i in starts]
@@ -442,7 +443,8 @@ def measure_speedup(teacher: nn.Module, student: nn.Module, size: int, runtime: 
         if runtime == "torch":
             fns = {name: profile.torch_runner(m, size) for name, m in (("teacher", teacher), ("student", student))}
         elif runtime == "onnxruntime":
-            fns = {name: export.onnx_runner(m, size, threads=n) for name, m in (("teacher", teacher), ("student", student))}
+            fns = {name: export.onnx_runner(m, size, threads=n)
+                   for name, m in (("teacher", teacher), ("student", student))}
         else:
             raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         timings = profile.time_alternating(fns, runs=runs, warmup=warmup)

@@ -51,7 +51,8 @@ def count_macs(module: nn.Module, size: int | tuple[int, int] = 256, batch: int 
         totals["paper"] += paper
         totals["exact"] += exact
 
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    handles = [m.register_forward_hook(hook) for m in module.modules()
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     try:
         was_training = module.training
         module.eval()

@@ -68,7 +68,8 @@ def _check_student(layout: Layout, student_spec: dict) -> dict[Path, int]:
     teacher = layout.widths()
     for p, w in widths.items():
         if not 1 <= w <= teacher[p]:
-            raise ValueError(f"student width {'.'.join(map(str, p))}={w} must be between 1 and the teacher's {teacher[p]}")
+            raise ValueError(f"student width {'.'.join(map(str, p))}={w} must be between 1 and the teacher's "
+                             f"{teacher[p]}")
     return widths
 
 
@@ -320,7 +321,8 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str = "
         raise UserError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
     spec = getattr(teacher, "spec", None)
     if spec is None or not archs.get(spec["arch"]).generator:
-        raise UserError("prune needs a ResNet or U-Net generator built by ganzip (load it with checkpoint.load_generator)")
+        raise UserError("prune needs a ResNet or U-Net generator built by ganzip "
+                        "(load it with checkpoint.load_generator)")
     archs.check_size(spec, size)
     layout = channels.layout_of(teacher)
     cost = cost or costs.model(by, layout, size, runtime=runtime, threads=threads)
@@ -356,8 +358,10 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
         calib_size = max(64, multiple)
         x, calib_source = synthetic_batch(4, spec["input_nc"], calib_size, seed), "synthetic"
     else:
-        if calib.dim() != 4 or calib.shape[1] != spec["input_nc"] or calib.shape[-1] % multiple or calib.shape[-2] % multiple:
-            raise UserError(f"calibration batch must be N x {spec['input_nc']} x H x W with H, W multiples of {multiple}")
+        if (calib.dim() != 4 or calib.shape[1] != spec["input_nc"]
+                or calib.shape[-1] % multiple or calib.shape[-2] % multiple):
+            raise UserError(f"calibration batch must be N x {spec['input_nc']} x H x W with H, W multiples of "
+                            f"{multiple}")
         x, calib_source = calib.float(), "images"
     x = x.to(next(teacher.parameters()).device)
     with torch.inference_mode():

@@ -191,7 +191,8 @@ class _Stages:
         if self.children is None:
             run, chunks = self.student, self.chunks
         else:
-            target = next(i for i, (n, _) in enumerate(self.children) if name == f"model.{n}" or name.startswith(f"model.{n}."))
+            target = next(i for i, (n, _) in enumerate(self.children)
+                          if name == f"model.{n}" or name.startswith(f"model.{n}."))
             with torch.inference_mode():
                 while self.at < target:
                     self.chunks = [self.children[self.at][1](x) for x in self.chunks]

@@ -39,9 +39,10 @@ def profile_table(p: dict) -> list[str]:
                      f"| {_x(p.get('onnx_speedup'))} |")
     lines.append("")
     faster = p["speedup"] >= 1
-    lines.append(f"At {p['size']}x{p['size']} px, batch {p['batch']}, {p['threads']} thread(s), {p['runs']} alternating "
-                 f"runs each on {p['device']}. The student is {p['speedup']:.2f}x {'faster' if faster else 'slower'} "
-                 f"than the teacher in PyTorch, {p['speedup'] / p['macs_ratio']:.0%} of what its MACs ratio promises"
+    lines.append(f"At {p['size']}x{p['size']} px, batch {p['batch']}, {p['threads']} thread(s), "
+                 f"{p['runs']} alternating runs each on {p['device']}. The student is "
+                 f"{p['speedup']:.2f}x {'faster' if faster else 'slower'} than the teacher in PyTorch, "
+                 f"{p['speedup'] / p['macs_ratio']:.0%} of what its MACs ratio promises"
                  + ("" if p["size"] >= 128 else "; at this tiny size per-layer overheads dominate, so MACs say more "
                                                 "than latency") + ".")
     return lines

@@ -112,7 +112,8 @@ def load_generator(path: str | os.PathLike, device: str = "cpu", threads: int | 
                             f"{device})")
         if teacher_mode != "eval":
             raise UserError(f"--teacher-mode {teacher_mode} changes a checkpoint's BatchNorm layers; {path} is an ONNX "
-                            f"file whose normalisation was fixed when it was exported: export it with that mode instead")
+                            f"file whose normalisation was fixed when it was exported: "
+                            f"export it with that mode instead")
         return OnnxGenerator(path, threads)
     from ganzip import checkpoint
 

@@ -146,7 +146,8 @@ def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, 
     otherwise the first checkpoint's outputs (usually the teacher), so a student is judged against it.
     """
     if not checkpoints:
-        raise UserError("give at least one generator checkpoint, e.g. ganzip spectrum teacher.pth student.pth --data DIR")
+        raise UserError("give at least one generator checkpoint, "
+                        "e.g. ganzip spectrum teacher.pth student.pth --data DIR")
     data, real, direction = resolve_folders(data, real, direction)
     x, targets = load_inputs(data, size, limit, direction)
     check_levels(levels, min(x.shape[-2:]), wave)

@@ -56,8 +56,9 @@ def make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet, s
             raise UserError(f"--student {cfg.student} is a {archs.describe(ss)} but the teacher is a "
                             f"{archs.describe(ts)}; prune a student from this teacher (ganzip prune)")
         if (ss["input_nc"], ss["output_nc"]) != (ts["input_nc"], ts["output_nc"]):
-            raise UserError(f"--student {cfg.student} maps {ss['input_nc']}->{ss['output_nc']} channels but the teacher "
-                            f"maps {ts['input_nc']}->{ts['output_nc']}; prune it from this teacher (ganzip prune)")
+            raise UserError(f"--student {cfg.student} maps {ss['input_nc']}->{ss['output_nc']} channels "
+                            f"but the teacher maps {ts['input_nc']}->{ts['output_nc']}; "
+                            f"prune it from this teacher (ganzip prune)")
         # A student from `ganzip prune` carries its ratio; the distilled checkpoint keeps saying what it is.
         pruned = loaded.provenance
         info = {"student_from": str(cfg.student), **{k: pruned[k] for k in ("ratio", "by", "method") if k in pruned}}

@@ -34,7 +34,8 @@ def check_wavelet(name: str) -> str:
     known = pywt.wavelist(kind="discrete")
     if name not in known:
         raise UserError(f"unknown wavelet {name!r}; use a discrete PyWavelets name such as haar, db2, db4, sym4, "
-                        f"coif1 or bior2.2 ({len(known)} known: python -c 'import pywt; print(pywt.wavelist(kind=\"discrete\"))')")
+                        f"coif1 or bior2.2 ({len(known)} known: "
+                        f"python -c 'import pywt; print(pywt.wavelist(kind=\"discrete\"))')")
     return name
 
 

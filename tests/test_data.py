@@ -68,7 +68,8 @@ def test_resize_then_random_crop_is_a_window_of_the_resized_image(tmp_path):
     for epoch in range(12):
         x = train.item(0, epoch)["input"]
         assert x.shape == (3, 16, 16)
-        hits = [(t, l) for t in range(9) for l in range(9) if torch.allclose(full[:, t:t + 16, l:l + 16], x, atol=1e-6)]
+        hits = [(t, left) for t in range(9) for left in range(9)
+                if torch.allclose(full[:, t:t + 16, left:left + 16], x, atol=1e-6)]
         assert hits, "the crop is not a window of the resized image"
         offsets.add(hits[0])
     assert len(offsets) > 3  # the crop moves between epochs

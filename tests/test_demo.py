@@ -40,7 +40,8 @@ def test_bundled_photos_are_real_photos_split_three_ways():
     assert "horse2zebra" in (data.parent / "README.md").read_text()
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "horse2zebra" / "testA").is_dir(), reason="needs the full horse2zebra set in ../shared/data/horse2zebra "
+@pytest.mark.skipif(not (SHARED / "data" / "horse2zebra" / "testA").is_dir(),
+                    reason="needs the full horse2zebra set in ../shared/data/horse2zebra "
                     "(beside this checkout; its README says where it comes from) to rebuild the bundled photos")
 def test_example_data_script_reproduces_the_bundled_photos(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "bench" / "make_example_data.py"), "--set", "photos", "--out",
@@ -52,7 +53,8 @@ def test_example_data_script_reproduces_the_bundled_photos(tmp_path):
         assert all((tmp_path / split / n).read_bytes() == (bundled / split / n).read_bytes() for n in made)
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "maps" / "val").is_dir(), reason="needs the full maps set in ../shared/data/maps "
+@pytest.mark.skipif(not (SHARED / "data" / "maps" / "val").is_dir(),
+                    reason="needs the full maps set in ../shared/data/maps "
                     "(beside this checkout; its README says where it comes from) to rebuild the bundled maps")
 def test_example_data_script_reproduces_the_bundled_files(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "bench" / "make_example_data.py"), "--out", str(tmp_path),
@@ -75,7 +77,7 @@ def test_fit_learns_and_is_repeatable():
     spec = archs.default_spec("unet", ngf=4, num_downs=5, norm="instance")
     pairs = _pairs()
     losses: list[float] = []
-    a = fit.fit_paired(spec, pairs, 40, batch_size=3, lr=2e-3, seed=3, on_step=lambda s, l: losses.append(l))
+    a = fit.fit_paired(spec, pairs, 40, batch_size=3, lr=2e-3, seed=3, on_step=lambda s, loss: losses.append(loss))
     b = fit.fit_paired(spec, pairs, 40, batch_size=3, lr=2e-3, seed=3)
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5

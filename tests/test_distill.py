@@ -272,7 +272,8 @@ def test_sigterm_saves_before_exit(setup):
 
 @pytest.mark.parametrize("extra,message", [
     (["--wavelet", "haarr"], "error: unknown wavelet 'haarr'; use a discrete PyWavelets name such as haar, db2"),
-    (["--device", "cuda"], "error: --device cuda was asked for but this machine has no usable CUDA GPU; use --device cpu"),
+    (["--device", "cuda"], "error: --device cuda was asked for but this machine has no usable CUDA GPU; "
+                           "use --device cpu"),
     (["--ratio", "1"], "error: --ratio must be greater than 1"),
     (["--kd", "feature"], "error: --kd must be one of wavelet, pixel, none, not 'feature'"),
     (["--band-weights", "1,x"], "error: --band-weights takes 'equal', 'mean' or one number >= 0 per level"),
@@ -386,9 +387,11 @@ def test_disc_real_teacher_band_weights_and_lambda_gan_are_used_and_recorded(set
     prov = checkpoint.load(out / "student.pth").provenance
     assert prov["disc_real"] == "teacher" and prov["band_weights"] == "2,0.5" and prov["lambda_gan"] == 0.5
     assert prov["levels"] == 2
-    shares = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r.get("event") == "gradient_shares"]
+    shares = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())
+              if r.get("event") == "gradient_shares"]
     assert len(shares) == 1 and set(shares[0]["shares"]) == {"gan", "kd", "anchor"}
-    assert sum(shares[0]["shares"].values()) == pytest.approx(1) and sum(shares[0]["kd_levels"].values()) == pytest.approx(1)
+    assert (sum(shares[0]["shares"].values()) == pytest.approx(1)
+            and sum(shares[0]["kd_levels"].values()) == pytest.approx(1))
     # each step D sees the student (G step), then the real images, then the student again: real = teacher's outputs
     assert len(teacher_outs) == 2
     for step, t in enumerate(teacher_outs):
@@ -398,4 +401,5 @@ def test_disc_real_teacher_band_weights_and_lambda_gan_are_used_and_recorded(set
 def test_levels_default_to_the_crop_size():
     from ganzip import config
 
-    assert [config.levels_for(DistillConfig(teacher=Path("t.pth"), ratio=2, size=n)) for n in (256, 128, 64)] == [4, 3, 2]
+    assert [config.levels_for(DistillConfig(teacher=Path("t.pth"), ratio=2, size=n))
+            for n in (256, 128, 64)] == [4, 3, 2]

@@ -74,7 +74,8 @@ def test_dead_trunk_and_inner_channels_are_removed_everywhere_exactly():
     kept = [k for k in range(16) if k != c]
     assert torch.equal(student.state_dict()["model.7.weight"], sd["model.7.weight"][kept])
     assert torch.equal(student.state_dict()["model.12.weight"], sd["model.12.weight"][kept])
-    assert torch.equal(student.state_dict()["model.10.conv_block.1.weight"], sd["model.10.conv_block.1.weight"][:, kept])
+    assert torch.equal(student.state_dict()["model.10.conv_block.1.weight"],
+                       sd["model.10.conv_block.1.weight"][:, kept])
 
 
 def test_dead_unet_skip_channels_are_removed_from_both_halves_of_the_concatenation():

@@ -6,11 +6,11 @@ import json
 import math
 from pathlib import Path
 
+import band_reference
 import numpy as np
 import pytest
 import pywt
 import torch
-import band_reference
 from run_data import bn_unet_with_running_stats, unpaired_setup, write_images
 
 from ganzip import archs, checkpoint, data, fid

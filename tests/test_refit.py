@@ -1,4 +1,5 @@
-"""The least-squares refit, the paired detail metrics and the weighted wavelet term, against independent computations."""
+"""The least-squares refit, the paired detail metrics and the weighted wavelet term, against independent
+computations."""
 
 import numpy as np
 import pytest

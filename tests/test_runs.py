@@ -79,7 +79,8 @@ def test_resume_accepts_more_steps_and_logs_changed_runtime_flags(setup):
     result = runner.invoke(app, _args(tmp_path, root, "run", "--resume", "--steps", "6", "--save-every", "3"))
     assert result.exit_code == 0, result.output
     assert _steps(tmp_path / "run") == [1, 2, 3, 4, 5, 6]
-    events = [r for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if r.get("event") == "resume"]
+    events = [r for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines())
+              if r.get("event") == "resume"]
     assert events == [{"step": 4, "event": "resume", "changed": {"steps": [4, 6], "save_every": [2, 3]}}]
     assert checkpoint.load(tmp_path / "run" / "student.pth").provenance["steps"] == 6
 

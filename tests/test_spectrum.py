@@ -53,7 +53,8 @@ def test_sinusoid_puts_its_power_at_its_frequency():
     assert int(np.argmax(spec)) == k
     assert freqs[k] == pytest.approx(k / n)
     # All the power sits at +-k on one axis: 2 of the bin's frequencies carry (n*n/4) each, orthonormal scaling.
-    counts = np.bincount(np.rint(np.hypot(*np.meshgrid(np.fft.fftfreq(n) * n, np.fft.fftfreq(n) * n))).astype(int).ravel())
+    counts = np.bincount(
+        np.rint(np.hypot(*np.meshgrid(np.fft.fftfreq(n) * n, np.fft.fftfreq(n) * n))).astype(int).ravel())
     assert spec[k] == pytest.approx(2 * (n * n / 4) / counts[k])
     assert spec[np.arange(len(spec)) != k].max() < 1e-20
 

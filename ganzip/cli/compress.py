@@ -11,8 +11,19 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ganzip.cli.common import (command, console, default_output, device_option, emit_json, giga, output_option,
-                               progress_bar, teacher_mode_option, threads_text, widths_text)
+from ganzip.cli.common import (
+    command,
+    console,
+    default_output,
+    device_option,
+    emit_json,
+    giga,
+    output_option,
+    progress_bar,
+    teacher_mode_option,
+    threads_text,
+    widths_text,
+)
 from ganzip.errors import UserError
 
 # --- prune -------------------------------------------------------------------------------------------------
@@ -48,9 +59,8 @@ def prune_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Find a student RATIO times smaller than the teacher and give it the teacher's most important channels."""
-    from ganzip import archs
+    from ganzip import archs, latency, prune
     from ganzip import checkpoint as ckpt
-    from ganzip import latency, prune
     from ganzip import threads as thread_policy
     from ganzip.atomic import check_writable, refuse_input_as_output
 
@@ -101,8 +111,8 @@ def prune_cmd(
     table.add_row("parameters", f"{t['params']:,}", f"{s['params']:,}", f"{t['params'] / s['params']:.2f}x")
     table.add_row(f"MACs @{size}px (paper/thop)", giga(t["macs"]), giga(s["macs"]), f"{t['macs'] / s['macs']:.2f}x")
     if "predicted_ms" in t:
-        table.add_row(f"latency table @{size}px ({runtime})", f"{t['predicted_ms']:.1f} ms", f"{s['predicted_ms']:.1f} ms",
-                      f"{t['predicted_ms'] / s['predicted_ms']:.2f}x")
+        table.add_row(f"latency table @{size}px ({runtime})", f"{t['predicted_ms']:.1f} ms",
+                      f"{s['predicted_ms']:.1f} ms", f"{t['predicted_ms'] / s['predicted_ms']:.2f}x")
     if "speedup" in info:
         sp = info["speedup"]
         table.add_row(f"measured latency ({runtime}, {sp['threads']} thr.)", f"{sp['teacher']['median_ms']:.1f} ms",
@@ -128,8 +138,8 @@ def prune_cmd(
                            style="dim"), soft_wrap=True)
     if "speedup" in info:
         sp = info["speedup"]
-        console.print(f"measured speedup: [bold]{sp['speedup']:.2f}x[/] in {runtime} with {threads_text(sp['threads'])} "
-                      f"(median of {sp['runs']} alternating runs at {size}px)")
+        console.print(f"measured speedup: [bold]{sp['speedup']:.2f}x[/] in {runtime} "
+                      f"with {threads_text(sp['threads'])} (median of {sp['runs']} alternating runs at {size}px)")
 
 # --- distill -----------------------------------------------------------------------------------------------
 

@@ -247,9 +247,11 @@ def _export_int8(checkpoint: Path, out: Optional[Path], calib: Optional[Path], o
 @command("spectrum")
 def spectrum_cmd(
     checkpoints: list[Path] = typer.Argument(..., help="Generators to compare (teacher first, then students)."),
-    data: Path = typer.Option(..., "--data", help="Folder of input images, or a dataset (testA/testB or val/test A|B)."),
+    data: Path = typer.Option(..., "--data",
+                              help="Folder of input images, or a dataset (testA/testB or val/test A|B)."),
     real: Optional[Path] = typer.Option(None, "--real", help="Folder of real target-domain images (the reference)."),
-    direction: Optional[str] = typer.Option(None, help="AtoB or BtoA: --data holds A|B pairs; targets are the reference."),
+    direction: Optional[str] = typer.Option(None,
+                                            help="AtoB or BtoA: --data holds A|B pairs; targets are the reference."),
     size: Optional[int] = typer.Option(None, help="Resize images to this many pixels (square)."),
     limit: int = typer.Option(100, help="Use at most this many images from each folder."),
     levels: int = typer.Option(3, help="Wavelet levels."),

@@ -9,9 +9,23 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ganzip.cli.common import (PAIRED_CELLS, command, console, device_option, emit_json, err_console, giga,
-                               inception_weights_option, mega, paired_cell, progress_bar, status, teacher_mode_option,
-                               threads_text, widths_text)
+from ganzip.cli.common import (
+    PAIRED_CELLS,
+    command,
+    console,
+    device_option,
+    emit_json,
+    err_console,
+    giga,
+    inception_weights_option,
+    mega,
+    paired_cell,
+    progress_bar,
+    status,
+    teacher_mode_option,
+    threads_text,
+    widths_text,
+)
 from ganzip.errors import UserError
 
 # --- inspect -----------------------------------------------------------------------------------------------
@@ -23,9 +37,8 @@ def inspect_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Recognise a checkpoint's architecture and show its widths, parameters and MACs."""
-    from ganzip import archs
+    from ganzip import archs, profile
     from ganzip import checkpoint as ckpt
-    from ganzip import profile
 
     loaded = ckpt.load(checkpoint)
     archs.check_size(loaded.spec, size)
@@ -85,9 +98,8 @@ def profile_cmd(
 ) -> None:
     """Parameters, MACs (paper convention and exact) and latency; with --teacher, compression, speedup and
     efficiency (speedup / MACs ratio)."""
-    from ganzip import archs
+    from ganzip import archs, runner
     from ganzip import profile as prof
-    from ganzip import runner
     from ganzip import threads as thread_policy
     from ganzip.devices import resolve_device
 
@@ -200,8 +212,8 @@ def compare_cmd(
     from ganzip.devices import resolve_device
 
     with progress_bar() as update:
-        result = compare(checkpoints, data, real=real, size=size, direction=direction, limit=limit, onnx=onnx, runs=runs,
-                         threads=threads, device=resolve_device(device), weights=inception_weights,
+        result = compare(checkpoints, data, real=real, size=size, direction=direction, limit=limit, onnx=onnx,
+                         runs=runs, threads=threads, device=resolve_device(device), weights=inception_weights,
                          batch_size=batch_size, grid=output, grid_rows=grid_rows, progress=update,
                          teacher_mode=teacher_mode)
     if as_json:
