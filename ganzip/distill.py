@@ -348,7 +348,7 @@ def _write_samples(path: Path, student: nn.Module, teacher: nn.Module, x: torch.
 def _status(losses: dict, score: dict, rate: float) -> str:
     text = f"G {losses['loss_g']:.3f}  D {losses['loss_d']:.3f}  {rate:.1f} img/s"
     if "val_psnr" in score:
-        text += f"  val {score['val_psnr']:.1f} dB, drift {score['val_colour_drift_8bit']:.1f}"
+        text += f"  val @{score['val_size']}px {score['val_psnr']:.1f} dB, drift {score['val_colour_drift_8bit']:.1f}"
         if score.get("val_band_error_L1") is not None:
             text += f", finest-band error {score['val_band_error_L1']:.2f}"
         text += f", FID {score['val_fid']:.1f}" if "val_fid" in score else ""

@@ -129,7 +129,8 @@ class Validator:
             student.train(was_training)
         # the paired detail measures beside PSNR: which bands the student still misses, as training goes
         scores = fidelity.paired(out, self.teacher_out, levels=min(3, int(math.log2(min(out.shape[-2:]))) - 1))
-        result = {"val_psnr": scores.pop("psnr_db"), **{f"val_{k}": v for k, v in scores.items()}}
+        result = {"val_psnr": scores.pop("psnr_db"), **{f"val_{k}": v for k, v in scores.items()},
+                  "val_size": int(out.shape[-1])}  # scored at the crop size: a report at another size differs
         if self.weights is not None:
             feats = fid.tensor_features(out, self.weights, device=self.device)
             result["val_fid"] = fid.frechet_distance(feats, self._teacher_features)

@@ -403,3 +403,16 @@ def test_levels_default_to_the_crop_size():
 
     assert [config.levels_for(DistillConfig(teacher=Path("t.pth"), ratio=2, size=n))
             for n in (256, 128, 64)] == [4, 3, 2]
+
+
+def test_the_console_says_at_which_size_validation_scored(setup):
+    """The demo printed one PSNR at the crop size while training and another at full size after: say which."""
+    tmp_path, data = setup
+    result = runner.invoke(app, ["distill", str(tmp_path / "teacher.pth"), "--data", str(data), "--ratio", "2",
+                                 "--method", "uniform", "--steps", "2", "--size", "32", "--levels", "2",
+                                 "--val", str(data / "trainB"), "--val-images", "2", "--eval-every", "2",
+                                 "--out-dir", str(tmp_path / "sized")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "step 2: " in text and "val @32px " in text
+    assert "final (step 2): val @32px: PSNR to teacher " in text and "finest-band error" in text

@@ -285,7 +285,13 @@ def distill_cmd(
 
 
 def _val_text(score: dict) -> str:
-    text = f"val PSNR to teacher {score['val_psnr']:.2f} dB, colour drift {score['val_colour_drift_8bit']:.1f} levels"
+    """The validation scores present (a best.pth saved by an older run has fewer)."""
+    at = f" @{score['val_size']}px" if "val_size" in score else ""
+    parts = [f"PSNR to teacher {score['val_psnr']:.2f} dB"]
+    if score.get("val_colour_drift_8bit") is not None:
+        parts.append(f"colour drift {score['val_colour_drift_8bit']:.1f} levels")
     if score.get("val_band_error_L1") is not None:
-        text += f", finest-band error {score['val_band_error_L1']:.2f}"
-    return text + (f", val FID to teacher {score['val_fid']:.2f}" if "val_fid" in score else "")
+        parts.append(f"finest-band error {score['val_band_error_L1']:.2f}")
+    if "val_fid" in score:
+        parts.append(f"FID to teacher {score['val_fid']:.2f}")
+    return f"val{at}: " + ", ".join(parts)
