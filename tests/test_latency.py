@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ganzip import archs, channels, checkpoint, costs, latency, prune, threads
+from ganzip import archs, channels, checkpoint, costs, latency, onnx_units, prune, threads
 from ganzip.cli import app
 from ganzip.errors import UserError
 from ganzip.profile import Latency, count_macs, input_channels
@@ -190,7 +190,7 @@ def test_units_as_onnx_graphs_compute_what_pytorch_does(affine):
         x = torch.randn(shape)
         with torch.no_grad():
             expected = module(x).numpy()
-        session = _session(latency.unit_onnx(module, shape).SerializeToString(), 1)
+        session = _session(onnx_units.unit_onnx(module, shape).SerializeToString(), 1)
         got = session.run(None, {"input": x.numpy()})[0]
         assert got.shape == expected.shape
         assert np.abs(got - expected).max() < 1e-4
