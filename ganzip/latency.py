@@ -30,6 +30,7 @@ from torch import nn
 from ganzip import archs, channels
 from ganzip.channels import Layout, Path
 from ganzip.errors import UserError
+from ganzip.inception import cache_dir
 from ganzip.onnx_units import unit_onnx
 from ganzip.profile import input_channels
 
@@ -65,8 +66,6 @@ def table_key(spec: dict, size: int, runtime: str, threads: int) -> dict:
 
 
 def table_path(spec: dict, size: int, runtime: str, threads: int, cache: FsPath | None = None) -> FsPath:
-    from ganzip.fid import cache_dir
-
     key = table_key(spec, size, runtime, threads)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     name = f"{spec['arch']}-{size}px-{runtime}-{threads}t-{digest}.json"

