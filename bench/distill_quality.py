@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ganzip import checkpoint, prune
+from ganzip import calibration, checkpoint, prune
 from ganzip.distill import DistillConfig, distill
 from ganzip.images import list_images, load_batch
 from ganzip.losses import WaveletKD
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     result = prune.prune(teacher, args.ratio, by="macs", method=args.method, size=args.size,
-                         calib=prune.calibration_batch(args.inputs, args.size))
+                         calib=calibration.calibration_batch(args.inputs, args.size))
     prune_s = time.perf_counter() - start
     checkpoint.save_generator(result.module, out / "pruned.pth", ratio=args.ratio, method=args.method)
     before = distances(result.module, teacher, held)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ganzip import archs, checkpoint, export, profile, prune, quantize, threads
+from ganzip import archs, calibration, checkpoint, export, profile, prune, quantize, threads
 from ganzip.quantize import NAIVE, Recipe
 
 SHARED_CALIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "horse2zebra" / "trainA"
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         module, source = checkpoint.load_generator(args.checkpoint), args.checkpoint
     else:
         teacher = checkpoint.load_generator(args.teacher)
-        batch = prune.calibration_batch(args.calib, args.size, multiple=archs.size_multiple(teacher.spec))
+        batch = calibration.calibration_batch(args.calib, args.size, multiple=archs.size_multiple(teacher.spec))
         module = prune.prune(teacher, args.ratio, method=args.method, size=args.size, calib=batch,
                              threads=args.threads, price="auto").module
         source = f"{args.teacher} pruned {args.ratio:g}x ({args.method})"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ganzip import archs, checkpoint, export, profile, prune, quantize, threads
+from ganzip import archs, calibration, checkpoint, export, profile, prune, quantize, threads
 
 SHARED_CALIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "horse2zebra" / "trainA"
 VINTAGIFY = "vintagify/resources/G_A2B_epoch33.pth"
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     teacher = checkpoint.load_generator(args.teacher)
-    calib = prune.calibration_batch(args.calib, args.size, n=4, multiple=archs.size_multiple(teacher.spec))
+    calib = calibration.calibration_batch(args.calib, args.size, n=4, multiple=archs.size_multiple(teacher.spec))
     recipes = {"uniform": dict(method="uniform"), "macs": dict(price="auto"),
                "latency_torch": dict(by="latency", runtime="torch"),
                "latency_onnxruntime": dict(by="latency", runtime="onnxruntime")}

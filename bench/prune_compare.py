@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ganzip import checkpoint, prune
+from ganzip import calibration, checkpoint, prune
 from ganzip.images import list_images, load_batch
 
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     teacher = checkpoint.load_generator(args.teacher)
-    calib = prune.calibration_batch(args.calib, args.size)
+    calib = calibration.calibration_batch(args.calib, args.size)
     paths = list_images(args.heldout)
     held = load_batch([paths[i * len(paths) // args.n_heldout] for i in range(args.n_heldout)], args.size)
     with torch.inference_mode():

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganzip import archs, checkpoint, fid, fit, images, prune
+from ganzip import archs, checkpoint, fid, fit, images, prune, refit
 from ganzip.distill import DistillConfig, distill
 from ganzip.fidelity import paired, psnr
 from ganzip.translate import translate_tensor
@@ -140,7 +140,7 @@ def prepare(work: Path, args: argparse.Namespace) -> dict:
         # the refit `distill --ratio` does: 32 training photos spread over trainA (a quarter held out to score it)
         module = checkpoint.instantiate(student)
         fit_paths = [train_paths[i * len(train_paths) // 32] for i in range(32)]
-        refit_record = prune.refit_student(teacher, module, images.load_batch(fit_paths, args.size))
+        refit_record = refit.refit_student(teacher, module, images.load_batch(fit_paths, args.size))
         checkpoint.save_generator(module, work / "student_refit.pth", **student.provenance, refit=refit_record)
         log(f"refit: {json.dumps(refit_record['after'])} (before {json.dumps(refit_record['before'])})")
     info = {"teacher": str(teacher_path), "size": args.size, "ratio": args.ratio,

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from ganzip import archs, images
+from ganzip import archs, calibration, images
 from ganzip.devices import fast_precision
 from ganzip.errors import UserError
 from ganzip.fidelity import paired
@@ -153,9 +153,10 @@ def _run_photos(out: Path, s: Settings, seed: int, device: str, stages: _Stages,
         return _save_folder(outs, [p.name for p in sources], out / "targets")
 
     target_dir = stages.run("the teacher's outputs on 20 other photos: the target set", targets)
-    calib = images.load_batch(inputs[:: max(1, len(inputs) // 8)][:8], s.size)
-    # the least-squares refit starts the student close to its teacher (as `distill --ratio` does): 32 photos
-    refit_images = images.load_batch(inputs[:: max(1, len(inputs) // 32)][:32], s.size)
+    # as `ganzip prune --calib` does: the search scores candidates on crops at the deployment scale, and the
+    # least-squares refit (which starts the student close to its teacher) sees 32 whole photos
+    calib = calibration.calibration_batch(data / "train", s.size, seed=seed)
+    refit_images = calibration.refit_batch(data / "train", 32, s.size)
     prune_info = stages.run(f"pruning to {s.ratio:g}x fewer MACs ({s.method} widths) and refitting", _prune, s,
                             teacher, calib, out, seed, teacher_path, refit_images)
     precision = fast_precision(device) if s.precision == "auto" else s.precision

@@ -59,6 +59,13 @@ def _warn_skipped(folder: Path, other: list[str], hidden: list[str], broken: lis
     warnings.warn(f"{head}: {', '.join(shown[:3])}" + (" ..." if total > 3 else ""), stacklevel=3)
 
 
+def spaced(paths: list[Path], n: int) -> list[Path]:
+    """At most `n` files evenly spread over the sorted list: representative, and the same for every run."""
+    if n >= len(paths):
+        return list(paths)
+    return [paths[i * len(paths) // n] for i in range(n)]
+
+
 def holds_images(folder: str | os.PathLike) -> bool:
     """True for a folder with image files directly in it: the inputs themselves, not a dataset root."""
     folder = Path(folder)

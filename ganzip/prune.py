@@ -18,7 +18,6 @@ so search is the default.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganzip import archs, channels, costs, fidelity, refit
+from ganzip import archs, calibration, channels, costs, refit
 from ganzip.channels import Layout, Path
 from ganzip.costs import CostModel
 from ganzip.errors import UserError
@@ -154,45 +153,6 @@ class _Problem:
                 lo = mid + 1
         near = [ms[hi]] + ([ms[hi - 1]] if hi > 0 else [])
         return min((widths(m) for m in near), key=lambda w: abs(math.log(self.ratio(w) / ratio)))
-
-
-def synthetic_batch(n: int, channels_in: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Smooth random images in [-1, 1]: large blobs plus fine texture, like photos more than white noise is."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = F.interpolate(torch.randn(n, channels_in, 8, 8, generator=g), size=(size, size), mode="bicubic",
-                           align_corners=False)
-    fine = 0.15 * torch.randn(n, channels_in, size, size, generator=g)
-    return torch.tanh(coarse + fine)
-
-
-def calibration_batch(folder: str | os.PathLike, size: int, n: int = 4, multiple: int = 4, seed: int = 0
-                      ) -> torch.Tensor:
-    """`n` real images spread over `folder`, loaded at the deployment `size`, each cut to a random crop.
-
-    Crops (64 px, or the network's size multiple if larger) keep the scale the network will see at `size`
-    (a whole image shrunk to 64 px would not), while costing the search a sixteenth of full images.
-    """
-    from ganzip.images import list_images, load_batch
-
-    paths = list_images(folder, "calibration folder")
-    chosen = [paths[i * len(paths) // min(n, len(paths))] for i in range(min(n, len(paths)))]
-    batch = load_batch(chosen, size)
-    crop = min(max(64, multiple), size)
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for img in batch:
-        top, left = (int(torch.randint(0, size - crop + 1, (1,), generator=g)) for _ in range(2))
-        out.append(img[:, top:top + crop, left:left + crop])
-    return torch.stack(out)
-
-
-def refit_batch(folder: str | os.PathLike, n: int, size: int, multiple: int = 4) -> torch.Tensor:
-    """Up to `n` whole images spread over `folder` at `size` px (a multiple of the network's): the refit's data."""
-    from ganzip.images import list_images, load_batch
-
-    paths = list_images(folder, "calibration folder")
-    chosen = [paths[i * len(paths) // min(n, len(paths))] for i in range(min(n, len(paths)))]
-    return load_batch(chosen, max(multiple, size // multiple * multiple))
 
 
 def _distance(module: nn.Module, x: torch.Tensor, target: torch.Tensor) -> float:
@@ -338,7 +298,7 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str = "
     try:
         result = _prune(teacher.eval(), ratio, cost, price, method, size, calib, multiple_of, seed, progress)
         if refit_images is not None:
-            result.info["refit"] = refit_student(teacher, result.module, refit_images, seed)
+            result.info["refit"] = refit.refit_student(teacher, result.module, refit_images, seed)
         return result
     finally:
         teacher.train(was_training)
@@ -356,7 +316,7 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
     problem.check_ratio(ratio)
     if calib is None:
         calib_size = max(64, multiple)
-        x, calib_source = synthetic_batch(4, spec["input_nc"], calib_size, seed), "synthetic"
+        x, calib_source = calibration.synthetic_batch(4, spec["input_nc"], calib_size, seed), "synthetic"
     else:
         if (calib.dim() != 4 or calib.shape[1] != spec["input_nc"]
                 or calib.shape[-1] % multiple or calib.shape[-2] % multiple):
@@ -406,23 +366,6 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
             info["latency_table"] = model.table.info()
     info.update({"achieved": achieved, "score": score, **measured})
     return PruneResult(student, student.spec, achieved, info)
-
-
-def refit_student(teacher: nn.Module, student: nn.Module, images: torch.Tensor, seed: int = 0) -> dict:
-    """Refit `student` in place; returns the refit's record with zero-shot fidelity to the teacher before and after,
-    on held-out images when there are enough (else on the fit images, and the record says so)."""
-    n = images.shape[0]
-    held = torch.arange(n) % 4 == 3 if n >= 8 else torch.zeros(n, dtype=torch.bool)
-    fit_x, eval_x = images[~held], (images[held] if held.any() else images)
-    with torch.inference_mode():
-        t_out = teacher(eval_x)
-        before = fidelity.similarity(student(eval_x), t_out)
-    record = refit.refit(teacher, student, fit_x, seed=seed)
-    with torch.inference_mode():
-        after = fidelity.similarity(student(eval_x), t_out)
-    keys = ("psnr_db", "colour_drift_8bit")
-    return {**record, "scored_on": f"{int(held.sum())} held-out images" if held.any() else "the fit images",
-            "before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys}}
 
 
 def prune_discriminator(spec_or_module: dict | nn.Module, ratio: float) -> nn.Module:

@@ -326,11 +326,9 @@ def time_pair(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, shape:
 def load_images(folder: str | os.PathLike, size: int, held_out: int = 8, limit: int = 64
                 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Calibration and held-out images from `folder` at `size` x `size` (at most `limit` in all, spread out)."""
-    from ganzip.images import list_images, load_batch
+    from ganzip.images import list_images, load_batch, spaced
 
-    paths = list_images(folder, "--calib folder")
-    if len(paths) > limit:
-        paths = [paths[i * len(paths) // limit] for i in range(limit)]
+    paths = spaced(list_images(folder, "--calib folder"), limit)
     calib, held = split_calibration(paths, held_out)
     return (load_batch(calib, size).numpy(), load_batch(held, size).numpy(),
             {"folder": str(folder), "calibration_images": len(calib), "held_out_images": len(held)})

@@ -30,13 +30,6 @@ FID_FLOOR = 20
 HOLD_OUT_FRACTION = 0.05
 
 
-def spaced(paths: list[Path], n: int) -> list[Path]:
-    """At most `n` files evenly spread over the sorted list: representative, and the same for every run."""
-    if n >= len(paths):
-        return list(paths)
-    return [paths[i * len(paths) // n] for i in range(n)]
-
-
 def load_inputs(paths: list[Path], size: int, direction: str | None) -> torch.Tensor:
     """The inputs at the training size, as upstream's test script reads them (resize, no crop, no flip);
     with `direction` the files are A|B pairs and the input half is taken."""
@@ -65,7 +58,7 @@ def split_validation(cfg: DistillConfig, source: data.Source) -> tuple[data.Sour
         return source, [], None
     folder = cfg.val or data.held_out_folder(cfg.data, source.direction, source.paired)
     if folder is not None:
-        paths = spaced(images.list_images(folder, "validation folder"), cfg.val_images)
+        paths = images.spaced(images.list_images(folder, "validation folder"), cfg.val_images)
         where = f"{folder} ({len(paths)} images)"
     else:
         n = len(source.inputs)
@@ -75,7 +68,7 @@ def split_validation(cfg: DistillConfig, source: data.Source) -> tuple[data.Sour
                           f"held-out images to score the student on)", stacklevel=2)
             return source, [], None
         source, held = data.hold_out(source, count=k)
-        paths = spaced(held, cfg.val_images)
+        paths = images.spaced(held, cfg.val_images)
         where = f"{len(paths)} of the {n} inputs held out"
     if len(paths) < FID_FLOOR:
         where += f"; fewer than {FID_FLOOR}, so best.pth is chosen by PSNR (FID on so few images is not a score)"

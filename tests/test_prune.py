@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from ganzip import archs, channels, checkpoint, prune
+from ganzip import archs, calibration, channels, checkpoint, prune
 from ganzip.cli import app
 from ganzip.errors import UserError
 from ganzip.profile import count_macs, count_params
@@ -163,7 +163,7 @@ def test_upstream_resnet_ratio_7_by_macs_is_within_3_percent():
 @pytest.mark.parametrize("make,size", [(tiny_resnet, 32), (tiny_unet, 16)])
 def test_search_meets_the_ratio_and_reports_its_true_score(make, size):
     teacher = make()
-    x = prune.synthetic_batch(2, 3, size)
+    x = calibration.synthetic_batch(2, 3, size)
     result = prune.prune(teacher, 2.5, size=size, calib=x)
     measured = count_macs(teacher, size)["paper"] / count_macs(result.module, size)["paper"]
     assert abs(measured / 2.5 - 1) <= 0.03
@@ -178,7 +178,7 @@ def fitted_teacher() -> torch.nn.Module:
     teacher = archs.build(archs.default_spec("resnet", ngf=8, n_blocks=2)).train()
     opt = torch.optim.Adam(teacher.parameters(), lr=3e-3)
     for step in range(60):
-        x = prune.synthetic_batch(4, 3, 32, seed=step)
+        x = calibration.synthetic_batch(4, 3, 32, seed=step)
         target = torch.tanh(x.flip(1) * 1.5 - 0.2)
         loss = F.l1_loss(teacher(x), target)
         opt.zero_grad()
@@ -190,7 +190,7 @@ def fitted_teacher() -> torch.nn.Module:
 def test_inherited_student_is_closer_to_the_teacher_than_fresh_init():
     teacher = fitted_teacher()
     result = prune.prune(teacher, 2, method="uniform", size=32)
-    x = prune.synthetic_batch(4, 3, 32, seed=999)  # inputs not used in fitting
+    x = calibration.synthetic_batch(4, 3, 32, seed=999)  # inputs not used in fitting
     with torch.no_grad():
         t = teacher(x)
         inherited = F.l1_loss(result.module(x), t).item()
@@ -234,7 +234,7 @@ def test_cli_prune_writes_a_loadable_student_with_provenance(tmp_path):
     from ganzip.images import save_png
 
     for k in range(3):
-        save_png(prune.synthetic_batch(1, 3, 32, seed=k)[0], calib / f"{k}.png")
+        save_png(calibration.synthetic_batch(1, 3, 32, seed=k)[0], calib / f"{k}.png")
     out = tmp_path / "student.pth"
     runner = CliRunner()
     res = runner.invoke(app, ["prune", str(tpath), "--ratio", "2", "--size", "32", "--calib", str(calib),
@@ -283,7 +283,7 @@ def test_cli_prune_refits_on_calibration_images_and_reports_before_and_after(tmp
     from ganzip.images import load_batch, save_png
 
     for k in range(8):
-        save_png(prune.synthetic_batch(1, 3, 32, seed=k)[0], calib / f"{k}.png")
+        save_png(calibration.synthetic_batch(1, 3, 32, seed=k)[0], calib / f"{k}.png")
     runner = CliRunner()
     out = tmp_path / "refit.pth"
     res = runner.invoke(app, ["prune", str(tpath), "--ratio", "1.75", "--size", "32", "--calib", str(calib),

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ganzip import archs, checkpoint, export, prune, quantize
+from ganzip import archs, calibration, checkpoint, export, quantize
 from ganzip.cli import app
 from ganzip.export import _session
 from ganzip.images import save_png
@@ -31,7 +31,7 @@ def student(seed: int = 0) -> torch.nn.Module:
 def calib_folder(path, n: int = 12, size: int = 32):
     path.mkdir()
     for k in range(n):
-        save_png(prune.synthetic_batch(1, 3, size, seed=100 + k)[0], path / f"{k:02d}.png")
+        save_png(calibration.synthetic_batch(1, 3, size, seed=100 + k)[0], path / f"{k:02d}.png")
     return path
 
 
@@ -51,7 +51,7 @@ def test_subpixel_rewrite_of_transposed_convolutions_is_exact(tmp_path):
     model, n = quantize.subpixel_transposed(onnx.load(str(tmp_path / "m.onnx")))
     assert n == 2 and not any(node.op_type == "ConvTranspose" for node in model.graph.node)
     onnx.save_model(model, str(tmp_path / "r.onnx"))
-    x = prune.synthetic_batch(2, 3, 32, seed=7)
+    x = calibration.synthetic_batch(2, 3, 32, seed=7)
     with torch.no_grad():
         expected = module(x).numpy()
     assert np.abs(run(tmp_path / "r.onnx", x) - expected).max() < 1e-5
@@ -61,11 +61,11 @@ def test_balancing_channels_before_instance_norm_keeps_the_function(tmp_path):
     module = student()
     export.export_onnx(module, tmp_path / "m.onnx", size=32)
     model, _ = quantize.subpixel_transposed(onnx.load(str(tmp_path / "m.onnx")))
-    calib = prune.synthetic_batch(4, 3, 32, seed=3).numpy()
+    calib = calibration.synthetic_batch(4, 3, 32, seed=3).numpy()
     model, n = quantize.balance_before_norms(model, calib)
     assert n == 9  # all 10 convolutions but the output layer feed an InstanceNorm (2 through DepthToSpace)
     onnx.save_model(model, str(tmp_path / "b.onnx"))
-    x = prune.synthetic_batch(2, 3, 32, seed=8)
+    x = calibration.synthetic_batch(2, 3, 32, seed=8)
     with torch.no_grad():
         expected = module(x).numpy()
     assert np.abs(run(tmp_path / "b.onnx", x) - expected).max() < 1e-3  # only InstanceNorm's epsilon moves
@@ -88,7 +88,7 @@ def test_int8_export_stays_close_to_pytorch_and_reports_its_measurements(tmp_pat
     ops = {n.op_type for n in int8.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "ConvTranspose" not in ops
     # independently: new images through the int8 file and through PyTorch
-    x = prune.synthetic_batch(4, 3, 32, seed=999)
+    x = calibration.synthetic_batch(4, 3, 32, seed=999)
     with torch.no_grad():
         expected = module(x).numpy()
     got = run(out, x)

@@ -59,7 +59,7 @@ def prune_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Find a student RATIO times smaller than the teacher and give it the teacher's most important channels."""
-    from ganzip import archs, latency, prune
+    from ganzip import archs, calibration, latency, prune
     from ganzip import checkpoint as ckpt
     from ganzip import threads as thread_policy
     from ganzip.atomic import check_writable, refuse_input_as_output
@@ -74,9 +74,9 @@ def prune_cmd(
     module = ckpt.load_generator(teacher)
     if refit and calib is None:
         raise UserError("--refit fits the student to the teacher on real images: give them with --calib DIR")
-    batch = (prune.calibration_batch(calib, size, multiple=archs.size_multiple(module.spec), seed=seed)
+    batch = (calibration.calibration_batch(calib, size, multiple=archs.size_multiple(module.spec), seed=seed)
              if calib is not None else None)
-    fit_images = (prune.refit_batch(calib, refit_images, min(size, 128), archs.size_multiple(module.spec))
+    fit_images = (calibration.refit_batch(calib, refit_images, min(size, 128), archs.size_multiple(module.spec))
                   if calib is not None and refit is not False else None)
     with thread_policy.using(threads) as n_threads, progress_bar() as update:
         task = f"{method} for {ratio:g}x by {by}"
