@@ -100,7 +100,8 @@ def _read(p: Path) -> tuple[Any, str]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Validating sparse tensor")  # sparse files are refused below
-            return torch.load(p, map_location="cpu", weights_only=True), fmt
+            with open(p, "rb") as f:  # a file object: torch.load picks a reader from a path's name, not its bytes
+                return torch.load(f, map_location="cpu", weights_only=True), fmt
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e):
             raise UserError(
@@ -108,8 +109,10 @@ def _read(p: Path) -> tuple[Any, str]:
                 f"if you trust it, convert it with python -c \"import torch; m = torch.load('{p}', "
                 f"weights_only=False); torch.save(getattr(m, 'state_dict', lambda: m)(), 'plain.pth')\"") from None
         raise UserError(f"{p} is not a PyTorch checkpoint or is corrupted ({_first_line(e)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise UserError(f"{p} is truncated or not a PyTorch checkpoint ({_first_line(e)}); "
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
+        # KeyError: a text or other non-pickle file read as an old-style pickle
+        detail = "not a pickle" if isinstance(e, KeyError) else _first_line(e)
+        raise UserError(f"{p} is truncated or not a PyTorch checkpoint ({detail}); "
                         f"download or save it again") from None
 
 
@@ -139,7 +142,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(torch.is_tensor(v) for v in obj.values())
+    return (isinstance(obj, Mapping) and len(obj) > 0
+            and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()))  # names: layers' keys
 
 
 def _unwrap(obj: Any, path: Path, notes: list[str]) -> dict[str, torch.Tensor]:

@@ -147,7 +147,7 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *
     """
     if len(checkpoints) < 2:
         raise UserError("compare needs at least two checkpoints (the first, usually the teacher, is the reference)")
-    if min(runs, batch_size, grid_rows, size or 1, limit or 1) <= 0 or warmup < 0:
+    if min(runs, batch_size, grid_rows, 1 if size is None else size, 1 if limit is None else limit) <= 0 or warmup < 0:
         raise UserError("--runs, --batch-size, --grid-rows, --size and --limit must be positive integers")
     if grid is not None:
         if any(Path(grid).resolve() == Path(c).resolve() for c in checkpoints):

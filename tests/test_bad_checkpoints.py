@@ -124,3 +124,24 @@ def test_usage_errors_under_json_also_reach_stdout_as_json():
         assert message.split("'")[0] in result.stderr, args
     plain = runner.invoke(app, ["inspect", "x.pth", "--bogus"])  # without --json stdout stays empty
     assert plain.exit_code == 2 and plain.stdout == ""
+
+
+def test_a_dict_keyed_by_numbers_and_a_text_file_are_one_line(tmp_path):
+    torch.save({1: torch.zeros(3)}, tmp_path / "numbers.pth")
+    assert _error(["inspect", str(tmp_path / "numbers.pth")]) == (
+        f"error: {tmp_path / 'numbers.pth'} holds a dict with keys 1, not a generator state dict; pass a generator "
+        f"checkpoint such as latest_net_G_A.pth")
+    (tmp_path / "notes.pth").write_text("hello world\n")
+    assert _error(["inspect", str(tmp_path / "notes.pth")]) == (
+        f"error: {tmp_path / 'notes.pth'} is truncated or not a PyTorch checkpoint (not a pickle); download or save "
+        f"it again")
+
+
+def test_the_bytes_decide_the_reader_not_the_name(tmp_path):
+    """A torch.save file named .safetensors loads as what it is (torch.load alone picks its reader by name)."""
+    module = archs.build(archs.default_spec("resnet", ngf=4, n_blocks=1))
+    checkpoint.save_generator(module, tmp_path / "real.pth")
+    misnamed = tmp_path / "misnamed.safetensors"
+    misnamed.write_bytes((tmp_path / "real.pth").read_bytes())
+    loaded = checkpoint.load_generator(misnamed)
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in loaded.state_dict().items())

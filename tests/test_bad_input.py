@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_lines import error_line as _error_line
+from PIL import Image
 from typer.testing import CliRunner
 from upstream_reference import resnet_state_dict
 
@@ -312,3 +313,14 @@ def test_hidden_files_and_broken_links_are_counted_in_the_skipped_warning(tmp_pa
     assert warnings == [(f"warning: skipped 4 file(s) in {src} (1 non-image, 2 hidden, 1 broken symlink): "
                          f"notes.txt, .DS_Store, ._a.png ...")]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]
+
+
+def test_a_size_that_cannot_fit_in_memory_is_refused_before_allocating(good, tmp_path):
+    """The kernel's OOM killer ended `translate --size 100000` after 109 s without a word."""
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (32, 32)).save(src / "a.png")
+    line = _error_line(runner.invoke(app, ["translate", str(good), str(src), "-o", str(tmp_path / "out"),
+                                           "--size", "100000"]))
+    assert line.startswith("error: --size 100000 needs about ") and line.endswith("lower --size or --batch-size")
+    assert not (tmp_path / "out" / "a.png").exists()

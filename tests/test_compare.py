@@ -115,3 +115,11 @@ def test_the_grid_never_overwrites_a_checkpoint(models):
     assert result.output.strip() == (f"error: -o {paths[1]} is one of the checkpoints being compared; choose another "
                                      f"file for the grid")
     assert paths[1].read_bytes() == before
+
+
+def test_limit_zero_is_refused_in_one_line(models):
+    _, paths = models
+    result = runner.invoke(app, ["compare", *map(str, paths[:2]), "--data", str(bundled_data()), "--limit", "0"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip() == ("error: --runs, --batch-size, --grid-rows, --size and --limit must be positive "
+                                     "integers")
