@@ -103,17 +103,31 @@ def _read(p: Path) -> tuple[Any, str]:
             with open(p, "rb") as f:  # a file object: torch.load picks a reader from a path's name, not its bytes
                 return torch.load(f, map_location="cpu", weights_only=True), fmt
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
+        if _looks_like_onnx(p):
+            raise UserError(f"{p} is an ONNX model, not a PyTorch checkpoint; translate, fid and profile run ONNX "
+                            f"files named .onnx, and the other commands need the .pth it was exported from") from None
+        if "unsupported global" in str(e).lower():  # a pickle naming Python objects to build: code, refused
             raise UserError(
                 f"{p} is not a plain weights file: it asks to run Python code when loaded, which ganzip refuses; "
                 f"if you trust it, convert it with python -c \"import torch; m = torch.load('{p}', "
                 f"weights_only=False); torch.save(getattr(m, 'state_dict', lambda: m)(), 'plain.pth')\"") from None
-        raise UserError(f"{p} is not a PyTorch checkpoint or is corrupted ({_first_line(e)})") from None
+        raise UserError(f"{p} is not a PyTorch checkpoint (not a torch.save, safetensors or pickle file) or is "
+                        f"corrupted; check the path, or download or save it again") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
         # KeyError: a text or other non-pickle file read as an old-style pickle
         detail = "not a pickle" if isinstance(e, KeyError) else _first_line(e)
         raise UserError(f"{p} is truncated or not a PyTorch checkpoint ({detail}); "
                         f"download or save it again") from None
+
+
+def _looks_like_onnx(p: Path) -> bool:
+    """An ONNX protobuf with a graph of nodes (only asked when the file is no pickle, so onnx is imported late)."""
+    try:
+        import onnx
+
+        return len(onnx.load_model(str(p), load_external_data=False).graph.node) > 0
+    except Exception:  # any parse failure means: not ONNX
+        return False
 
 
 def _read_safetensors(p: Path) -> Any:

@@ -145,3 +145,20 @@ def test_the_bytes_decide_the_reader_not_the_name(tmp_path):
     misnamed.write_bytes((tmp_path / "real.pth").read_bytes())
     loaded = checkpoint.load_generator(misnamed)
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_random_bytes_and_an_onnx_file_are_named_without_advice_to_unpickle(tmp_path):
+    """Both were told they 'ask to run Python code' and to load them with weights_only=False: neither holds code."""
+    (tmp_path / "random.pth").write_bytes(bytes(range(256)) * 20)
+    line = _error(["inspect", str(tmp_path / "random.pth")])
+    assert line == (f"error: {tmp_path / 'random.pth'} is not a PyTorch checkpoint (not a torch.save, safetensors or "
+                    f"pickle file) or is corrupted; check the path, or download or save it again")
+    from ganzip import export
+
+    module = archs.build(archs.default_spec("resnet", ngf=4, n_blocks=1))
+    export.export_onnx(module, tmp_path / "g.onnx", size=32)
+    misnamed = tmp_path / "g.pth"
+    misnamed.write_bytes((tmp_path / "g.onnx").read_bytes())
+    line = _error(["inspect", str(misnamed)])
+    assert line.startswith(f"error: {misnamed} is an ONNX model, not a PyTorch checkpoint; translate, fid and profile")
+    assert "weights_only=False" not in line
