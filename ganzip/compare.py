@@ -150,8 +150,6 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *
     if min(runs, batch_size, grid_rows, 1 if size is None else size, 1 if limit is None else limit) <= 0 or warmup < 0:
         raise UserError("--runs, --batch-size, --grid-rows, --size and --limit must be positive integers")
     if grid is not None:
-        if any(Path(grid).resolve() == Path(c).resolve() for c in checkpoints):
-            raise UserError(f"-o {grid} is one of the checkpoints being compared; choose another file for the grid")
         refuse_input_as_output(grid, *checkpoints, data, real)
         check_writable(grid)
     path = fid.resolve_weights(weights)  # before any model runs

@@ -137,20 +137,8 @@ def _distill(cfg: DistillConfig, run: RunFolder, stop: StopSignals, progress: Pr
     score: dict[str, float] = {}
     t_start, images_seen = time.perf_counter(), 0
     for step in range(start, cfg.steps):
-        lr = cfg.lr * lr_factor(step, cfg.steps, cfg.decay_from)
-        for opt in (players.opt_g, players.opt_d):
-            for group in opt.param_groups:
-                group["lr"] = lr
-        try:
-            epoch, idx = prep.schedule.indices(step)
-            batch = train.batch(idx, epoch)
-            x = batch["input"].to(device)
-            real = batch["target"].to(device) if "target" in batch else None
-            t = targets(batch, x)
-        except UserError as e:  # an image damaged past its header: keep the steps done so far
-            save(step)
-            raise UserError(f"{e} (found at step {step + 1}; the run was saved, fix the file and continue with "
-                            f"--resume)") from None
+        lr = _set_lr(players, cfg.lr * lr_factor(step, cfg.steps, cfg.decay_from))
+        x, t, real = _fetch(prep, targets, step, device, save)
         report = None
         if step == start and rt.world == 1:  # once per start: which term steers the student
 
@@ -184,6 +172,29 @@ def _distill(cfg: DistillConfig, run: RunFolder, stop: StopSignals, progress: Pr
     if rt.world > 1:
         dist.barrier()
     return _summary(prep, run, players, losses, score, meta, images_seen / max(time.perf_counter() - t_start, 1e-9))
+
+
+def _set_lr(players: Players, lr: float) -> float:
+    for opt in (players.opt_g, players.opt_d):
+        for group in opt.param_groups:
+            group["lr"] = lr
+    return lr
+
+
+def _fetch(prep: _Prepared, targets: TeacherTargets, step: int, device: str, save: Callable[[int], None]
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The step's inputs, the teacher's outputs on them and the real targets (if any). An image damaged past its
+    header is found only here, mid-run: the steps done so far are saved before the error goes up."""
+    try:
+        epoch, idx = prep.schedule.indices(step)
+        batch = prep.train.batch(idx, epoch)
+        x = batch["input"].to(device)
+        real = batch["target"].to(device) if "target" in batch else None
+        return x, targets(batch, x), real
+    except UserError as e:
+        save(step)
+        raise UserError(f"{e} (found at step {step + 1}; the run was saved, fix the file and continue with "
+                        f"--resume)") from None
 
 
 def train_step(players: Players, objective: Objective, x: torch.Tensor, t: torch.Tensor, real: torch.Tensor | None,

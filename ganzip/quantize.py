@@ -84,6 +84,34 @@ def _float_nodes(model: Any, recipe: Recipe) -> list[str]:
     return keep
 
 
+def _output_moments(model: Any, names: list[str], calib: np.ndarray, threads: int | None
+                    ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Per-channel sums and sums of squares of the named tensors over the calibration images, one image at a
+    time (memory stays one image's activations), and the pixels each sum is over."""
+    import onnx
+    from onnx import helper
+
+    from ganzip.export import _session
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
+    session = _session(probe.SerializeToString(), threads)
+    feed = session.get_inputs()[0].name
+    n_out = len(model.graph.output)
+    sums = [np.zeros(0)] * len(names)
+    squares = [np.zeros(0)] * len(names)
+    pixels = [0] * len(names)
+    for i in range(len(calib)):
+        outs = session.run(None, {feed: calib[i:i + 1].astype(np.float32)})[n_out:]
+        for k, y in enumerate(outs):
+            y = y.astype(np.float64)
+            s1, s2 = y.sum(axis=(0, 2, 3)), (y ** 2).sum(axis=(0, 2, 3))
+            sums[k], squares[k] = (s1, s2) if i == 0 else (sums[k] + s1, squares[k] + s2)
+            pixels[k] += y.shape[0] * y.shape[2] * y.shape[3]
+    return sums, squares, pixels
+
+
 def balance_before_norms(model: Any, calib: np.ndarray, threads: int | None = None) -> tuple[Any, int]:
     """Give every output channel of a convolution that feeds an InstanceNorm zero mean and unit spread.
 
@@ -94,10 +122,7 @@ def balance_before_norms(model: Any, calib: np.ndarray, threads: int | None = No
     Through a DepthToSpace (the rewritten upsampling) the sub-channels that form one norm channel share one shift
     and scale. Statistics come from the calibration images. Returns the model and how many were balanced.
     """
-    import onnx
     from onnx import helper, numpy_helper
-
-    from ganzip.export import _session
 
     consumers: dict[str, list[Any]] = {}
     for node in model.graph.node:
@@ -124,32 +149,12 @@ def balance_before_norms(model: Any, calib: np.ndarray, threads: int | None = No
              and (len(n.input) < 3 or (n.input[2] in inits and uses.get(n.input[2]) == 1))]
     if not convs:
         return model, 0
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.extend(helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None) for n in convs)
-    session = _session(probe.SerializeToString(), threads)
-    feed = session.get_inputs()[0].name
-    n_out = len(model.graph.output)
-    sums: list[np.ndarray] = []
-    squares: list[np.ndarray] = []
-    count = 0
-    for i in range(len(calib)):
-        outs = session.run(None, {feed: calib[i:i + 1].astype(np.float32)})[n_out:]
-        for k, y in enumerate(outs):
-            y = y.astype(np.float64)
-            s1, s2 = y.sum(axis=(0, 2, 3)), (y ** 2).sum(axis=(0, 2, 3))
-            if i == 0:
-                sums.append(s1)
-                squares.append(s2)
-            else:
-                sums[k] += s1
-                squares[k] += s2
-        count = i + 1
+    sums, squares, pixels = _output_moments(model, [n.output[0] for n in convs], calib, threads)
     for k, node in enumerate(convs):
         group = group_of(node)
-        pixels = count * outs[k].shape[2] * outs[k].shape[3] * group
-        mean = np.repeat(sums[k].reshape(-1, group).sum(1) / pixels, group)  # one shift and scale per norm channel
-        std = np.sqrt(np.maximum(np.repeat(squares[k].reshape(-1, group).sum(1) / pixels, group) - mean ** 2, 0))
+        count = pixels[k] * group
+        mean = np.repeat(sums[k].reshape(-1, group).sum(1) / count, group)  # one shift and scale per norm channel
+        std = np.sqrt(np.maximum(np.repeat(squares[k].reshape(-1, group).sum(1) / count, group) - mean ** 2, 0))
         scale = np.where(std >= BALANCE_MIN_STD, 1 / np.maximum(std, 1e-12), 1.0)
         weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
         axis = 1 if node.op_type == "ConvTranspose" else 0

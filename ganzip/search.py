@@ -1,0 +1,220 @@
+"""The width search: from the teacher's widths down to a cost target, one narrowing step at a time.
+
+A greedy, NetAdapt-style descent: each step tries narrowing every width variable (stem, each down/up width, the
+trunk, each residual block's inner width; each U-Net level) by one step, builds each candidate with inherited
+weights, and keeps the one that loses the least of the teacher's function per unit of price saved. The loss is
+the mean squared distance between the candidate's and the teacher's outputs on a calibration batch: it is what
+distillation will have to recover, measured directly, on real images when given.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ganzip import archs, channels
+from ganzip.channels import Path
+from ganzip.costs import CostModel
+from ganzip.errors import UserError
+
+TOLERANCE = 0.03  # achieved ratio within 3% of the request
+
+
+def round_width(w: float, multiple_of: int) -> int:
+    """The nearest multiple of `multiple_of` (halves up), never below it: no width reaches zero."""
+    return max(multiple_of, int(w / multiple_of + 0.5) * multiple_of)
+
+
+class Problem:
+    """The teacher, its channel layout and ranking, and what any widths cost (`cost`, the --by measure) and
+    save (`price`, what a search step is charged; the cost itself unless the caller knows better)."""
+
+    def __init__(self, teacher: nn.Module, cost: CostModel, multiple_of: int, price: CostModel | None = None):
+        if multiple_of < 1:
+            raise UserError(f"--multiple-of must be a positive integer, not {multiple_of}")
+        self.teacher = teacher
+        self.layout = channels.layout_of(teacher)
+        self.cost, self.price = cost, price or cost
+        self.finished_on_cost = False  # set by greedy when the price stopped telling steps apart
+        self.by, self.multiple_of = cost.by, multiple_of
+        self.full = self.layout.widths()
+        self.refine(self.full)
+        self.base = self.cost(self.full)
+        self.floor = {p: min(multiple_of, w) for p, w in self.full.items()}
+        self._sd = teacher.state_dict()
+        self._ranks: dict[str, torch.Tensor] | None = None
+
+    def ratio(self, widths: dict[Path, int]) -> float:
+        return self.base / self.cost(widths)
+
+    def models(self) -> list[CostModel]:
+        """The cost and the price, once each (they are often the same model)."""
+        return [self.cost] if self.price is self.cost else [self.cost, self.price]
+
+    def refine(self, widths: dict[Path, int]) -> None:
+        """Let cost models that learn from the real network (measured latency) look at it at `widths`."""
+        for model in self.models():
+            if hasattr(model, "refine"):
+                model.refine(widths)
+
+    def check_ratio(self, ratio: float) -> None:
+        if not ratio > 1:
+            raise UserError(f"--ratio must be greater than 1 (the teacher itself is 1x), not {ratio}")
+        best = self.ratio(self.floor)
+        if ratio > best * (1 + TOLERANCE):
+            raise UserError(f"--ratio {ratio:g} is out of reach for this {archs.describe(self.layout.spec)}: even "
+                            f"with every width at {self.multiple_of} channel(s) it is {best:.2f}x by {self.by}; "
+                            f"use --ratio {best:.2f} or less")
+
+    def student(self, widths: dict[Path, int]) -> nn.Module:
+        if self._ranks is None:
+            self._ranks = channels.ranking(self.layout, self._sd)
+        keep = channels.keep_sets(self.layout, self._ranks, widths)
+        spec = channels.with_widths(self.layout.spec, widths)
+        return channels.materialise(spec, channels.slice_state(self.layout, self._sd, keep)).eval()
+
+    def uniform(self, ratio: float) -> dict[Path, int]:
+        """The uniform multiplier whose ratio is nearest to `ratio`; candidates make some width exact.
+
+        The cost grows with the multiplier, so the answer is one of the two multipliers around the crossing,
+        found by bisection: a handful of cost evaluations, which matters when each may time layers.
+        """
+        mo = self.multiple_of
+        candidates = {1.0}
+        for w in set(self.full.values()):
+            candidates.update(k * mo / w for k in range(1, w // mo + 1))
+        ms = sorted(candidates)
+
+        def widths(m: float) -> dict[Path, int]:
+            return {p: min(w, round_width(w * m, mo)) for p, w in self.full.items()}
+
+        lo, hi = 0, len(ms) - 1  # ratio(ms[hi]) <= ratio always (the teacher is 1x)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.ratio(widths(ms[mid])) <= ratio:
+                hi = mid
+            else:
+                lo = mid + 1
+        near = [ms[hi]] + ([ms[hi - 1]] if hi > 0 else [])
+        return min((widths(m) for m in near), key=lambda w: abs(math.log(self.ratio(w) / ratio)))
+
+
+def distance(module: nn.Module, x: torch.Tensor, target: torch.Tensor) -> float:
+    with torch.inference_mode():
+        return F.mse_loss(module(x), target).item()
+
+
+def greedy(problem: Problem, ratio: float, x: torch.Tensor, target_out: torch.Tensor,
+            progress: Callable[[float], None] | None, pace_of: dict[Path, int] | None = None
+            ) -> tuple[dict[Path, int], float, int]:
+    """NetAdapt-style descent: narrow the width whose step loses least teacher function per unit of price saved.
+
+    The target is on `problem.cost` (what --ratio counts); steps are ranked by what they save in `problem.price`,
+    which for a latency cost is milliseconds. A step that saves no price (a narrower convolution can be slower
+    when it leaves a kernel-friendly width) is extended until it does, or skipped.
+    Scores are re-evaluated lazily (`_best_step`): narrowing one width rarely changes how much another matters,
+    so a step costs about two network evaluations, not one per width. Returns the widths, their distance to the
+    teacher and the evaluations spent.
+
+    With a price other than the cost and `pace_of` (the uniform widths), every step must keep the price falling at
+    least as fast, relative to the cost, as it falls along the way to `pace_of`: log price saved >= pace x log cost
+    saved. Without that, a search for 7x fewer MACs charged in milliseconds still ends up keeping the layers that
+    are cheap in MACs but slow (the full-resolution ones) and is slower than uniform at the same MACs; with it, it
+    ends no slower than `pace_of` by the price. When no step keeps pace, the one that falls behind least is taken.
+    """
+    target_cost = problem.base / ratio
+    mo = problem.multiple_of
+    step = {p: max(mo, round_width(w / 8, mo)) for p, w in problem.full.items()}
+    widths, dist, evaluations = dict(problem.full), 0.0, 0
+    stale: dict[Path, float] = {}
+
+    charge = problem.price  # what steps are ranked by; the cost itself for the last steps if timings cannot tell
+
+    def candidate(p: Path, price_now: float) -> dict[Path, int] | None:
+        cand = dict(widths)
+        while True:
+            if cand[p] <= problem.floor[p]:
+                return None
+            cand[p] = max(problem.floor[p], (cand[p] - step[p]) // mo * mo)
+            if problem.cost(cand) < target_cost:  # last step: narrow only as far as the target needs
+                w = cand[p]
+                while w + mo < widths[p] and problem.cost({**widths, p: w + mo}) <= target_cost:
+                    w += mo
+                cand[p] = w
+                if problem.ratio(cand) / ratio - 1 > TOLERANCE:  # (the form the final check uses)
+                    return None  # too coarse a step to land on the target; finer widths elsewhere may
+                return cand if charge(cand) < price_now else None
+            if charge(cand) < price_now:
+                return cand
+
+    full_price = problem.price(problem.full)
+    pace = _pace(problem, pace_of, full_price)
+    refined_at = full_price
+
+    def behind(cand: dict[Path, int]) -> float:
+        """How far `cand` lags the pace (positive: behind), in log price."""
+        return pace * math.log(problem.ratio(cand)) - math.log(full_price / problem.price(cand))
+
+    while problem.cost(widths) > target_cost:
+        now = charge(widths)
+        cands = {p: c for p in problem.layout.paths if (c := candidate(p, now)) is not None}
+        if not cands and charge is not problem.cost:
+            # No step saves measured time any more: on a small network the timings' noise is larger than what a
+            # step saves. Finish on the cost itself rather than stop short of --ratio.
+            charge, stale = problem.cost, {}
+            problem.finished_on_cost = True
+            continue
+        if pace > 0 and cands and charge is problem.price:
+            paced = {p: c for p, c in cands.items() if behind(c) <= 1e-9}
+            if not paced:
+                p = min(cands, key=lambda q: behind(cands[q]))
+                paced = {p: cands[p]}
+            cands = paced
+        best, spent = _best_step(problem, cands, stale, dist, now, charge, x, target_out)
+        evaluations += spent
+        if best is None:
+            break
+        before = (widths, dist)
+        _, widths, dist = best
+        going_on = problem.cost(widths) > target_cost  # (after the last step the widths were chosen as priced)
+        if going_on and (problem.price(widths) < 0.9 * refined_at or problem.cost(widths) < 1.2 * target_cost):
+            problem.refine(widths)  # the network has changed enough, or the last steps are near: look at it again
+            refined_at = problem.price(widths)
+            if problem.ratio(widths) / ratio - 1 > TOLERANCE:
+                widths, dist = before  # seen whole, the step went past the target: take it again, finer
+        if progress:
+            progress(min(1.0, math.log(problem.ratio(widths)) / math.log(ratio)))
+    return widths, dist, evaluations
+
+
+def _pace(problem: Problem, pace_of: dict[Path, int] | None, full_price: float) -> float:
+    """How fast the price falls per unit of log cost on the way to `pace_of` (0: no pace to keep)."""
+    if pace_of is None or problem.price is problem.cost or problem.ratio(pace_of) <= 1:
+        return 0.0
+    measured = getattr(problem.price, "measured", None)
+    reference = measured(pace_of) / measured(problem.full) * full_price if measured else problem.price(pace_of)
+    return math.log(full_price / reference) / math.log(problem.ratio(pace_of))
+
+
+def _best_step(problem: Problem, cands: dict[Path, dict[Path, int]], stale: dict[Path, float], dist: float,
+               now: float, charge: Callable[[dict[Path, int]], float], x: torch.Tensor, target_out: torch.Tensor
+               ) -> tuple[tuple[float, dict[Path, int], float] | None, int]:
+    """The candidate losing least distance per unit of price saved. Candidates are tried in order of their last
+    known score (`stale`, updated here), stopping once the best fresh score beats every remaining stale one.
+    Returns (score, widths, distance) or None, and the evaluations spent."""
+    order = sorted(cands, key=lambda p: stale.get(p, -math.inf))
+    best: tuple[float, dict[Path, int], float] | None = None
+    spent = 0
+    for i, p in enumerate(order):
+        d = distance(problem.student(cands[p]), x, target_out)
+        spent += 1
+        stale[p] = (d - dist) / (now - charge(cands[p]))
+        if best is None or stale[p] < best[0]:
+            best = (stale[p], cands[p], d)
+        if i + 1 < len(order) and best[0] <= stale.get(order[i + 1], -math.inf):
+            break
+    return best, spent
