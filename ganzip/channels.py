@@ -22,7 +22,7 @@ from ganzip.archs.resnet import ResnetBlock
 from ganzip.archs.unet import UnetSkipConnectionBlock
 
 Seg = tuple[str | None, int]  # (group id, or None for fixed channels such as RGB; teacher channel count)
-Path = tuple  # a location in spec["widths"], e.g. ("trunk",) or ("inner", 3)
+WidthKey = tuple  # where a width lives in spec["widths"], e.g. ("trunk",) or ("inner", 3)
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 _NORMS = (nn.BatchNorm2d, nn.InstanceNorm2d)
 
@@ -30,7 +30,7 @@ _NORMS = (nn.BatchNorm2d, nn.InstanceNorm2d)
 @dataclass
 class Group:
     gid: str
-    path: Path
+    path: WidthKey
     size: int
 
 
@@ -44,14 +44,14 @@ class Layout:
     convs: list[str] = field(default_factory=list)  # conv weight keys, in forward order
 
     @property
-    def paths(self) -> list[Path]:
+    def paths(self) -> list[WidthKey]:
         """The independent width variables (a U-Net level's encoder and decoder share one)."""
-        seen: dict[Path, None] = {}
+        seen: dict[WidthKey, None] = {}
         for g in self.groups.values():
             seen.setdefault(g.path, None)
         return list(seen)
 
-    def widths(self, spec: dict | None = None) -> dict[Path, int]:
+    def widths(self, spec: dict | None = None) -> dict[WidthKey, int]:
         spec = self.spec if spec is None else spec
         return {p: get_width(spec, p) for p in self.paths}
 
@@ -67,7 +67,7 @@ class Layout:
                     offset += size
         return out
 
-    def numel(self, key: str, widths: dict[Path, int]) -> int:
+    def numel(self, key: str, widths: dict[WidthKey, int]) -> int:
         shape = list(self.shapes[key])
         for dim, segs in self.dims.get(key, {}).items():
             shape[dim] = sum(widths[self.groups[g].path] if g else size for g, size in segs)
@@ -77,12 +77,12 @@ class Layout:
         return n
 
 
-def get_width(spec: dict, path: Path) -> int:
+def get_width(spec: dict, path: WidthKey) -> int:
     value = spec["widths"][path[0]]
     return value[path[1]] if len(path) > 1 else value
 
 
-def with_widths(spec: dict, widths: dict[Path, int]) -> dict:
+def with_widths(spec: dict, widths: dict[WidthKey, int]) -> dict:
     out = copy.deepcopy(spec)
     for path, w in widths.items():
         if len(path) > 1:
@@ -102,7 +102,7 @@ class _Tracer:
         if key in self.layout.shapes:
             self.layout.dims.setdefault(key, {})[dim] = segs
 
-    def conv(self, name: str, conv: nn.Module, inp: list[Seg], out: tuple[str, Path] | None) -> list[Seg]:
+    def conv(self, name: str, conv: nn.Module, inp: list[Seg], out: tuple[str, WidthKey] | None) -> list[Seg]:
         """Record one convolution reading `inp`; returns the segments it writes."""
         transposed = isinstance(conv, nn.ConvTranspose2d)
         in_dim, out_dim = (0, 1) if transposed else (1, 0)
@@ -130,7 +130,7 @@ class _Tracer:
             self._add(f"{name}.{suffix}", 0, segs)
 
 
-def _gid(path: Path) -> str:
+def _gid(path: WidthKey) -> str:
     return ".".join(map(str, path))
 
 
@@ -244,7 +244,7 @@ def ranking(layout: Layout, state_dict: dict[str, torch.Tensor]) -> dict[str, to
     return {gid: torch.sort(-importance(layout, state_dict, gid), stable=True).indices for gid in layout.groups}
 
 
-def keep_sets(layout: Layout, ranks: dict[str, torch.Tensor], widths: dict[Path, int]) -> dict[str, torch.Tensor]:
+def keep_sets(layout: Layout, ranks: dict[str, torch.Tensor], widths: dict[WidthKey, int]) -> dict[str, torch.Tensor]:
     return {gid: torch.sort(ranks[gid][: widths[g.path]]).values for gid, g in layout.groups.items()}
 
 
@@ -294,7 +294,7 @@ def conv_spatial(layout: Layout, size: int) -> dict[str, int]:
     return hw
 
 
-def cost(layout: Layout, widths: dict[Path, int], by: str, hw: dict[str, int] | None = None) -> int:
+def cost(layout: Layout, widths: dict[WidthKey, int], by: str, hw: dict[str, int] | None = None) -> int:
     """Parameters, or MACs in the paper (thop) convention: out pixels x weight size for every convolution."""
     if by == "params":
         return sum(layout.numel(k, widths) for k in layout.params)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ganzip import channels
-from ganzip.channels import Layout, Path
+from ganzip.channels import Layout, WidthKey
 from ganzip.errors import UserError
 
 MEASURES = ("macs", "params", "latency")
@@ -20,7 +20,7 @@ class CostModel(Protocol):
     by: str  # the --by name
     unit: str  # how to print one
 
-    def __call__(self, widths: dict[Path, int]) -> float: ...
+    def __call__(self, widths: dict[WidthKey, int]) -> float: ...
 
 
 class Params:
@@ -31,7 +31,7 @@ class Params:
     def __init__(self, layout: Layout):
         self.layout = layout
 
-    def __call__(self, widths: dict[Path, int]) -> float:
+    def __call__(self, widths: dict[WidthKey, int]) -> float:
         return channels.cost(self.layout, widths, "params")
 
 
@@ -44,7 +44,7 @@ class Macs:
         self.layout, self.size = layout, size
         self.hw = channels.conv_spatial(layout, size)
 
-    def __call__(self, widths: dict[Path, int]) -> float:
+    def __call__(self, widths: dict[WidthKey, int]) -> float:
         return channels.cost(self.layout, widths, "macs", self.hw)
 
 

@@ -246,16 +246,14 @@ def _fit_teacher(s: Settings, train: Path, out: Path, seed: int, console: Consol
 
 def _prune(s: Settings, teacher: torch.nn.Module, calib: torch.Tensor, out: Path, seed: int, teacher_path: Path,
            refit_images: torch.Tensor | None = None) -> dict:
-    from ganzip import checkpoint, prune
+    from ganzip import prune
 
     start = time.perf_counter()
     # Search steps charged in MACs, not measured latency: timings differ between runs and machines, and the demo's
     # student must be the same every time it is run with the same seed.
     result = prune.prune(teacher, s.ratio, by="macs", method=s.method, size=s.size, calib=calib, seed=seed,
                          refit_images=refit_images)
-    checkpoint.save_generator(result.module, out / "student_init.pth", teacher_sha256=checkpoint.sha256(teacher_path),
-                              ratio=s.ratio, by="macs", method=s.method, achieved=result.achieved, size=s.size,
-                              teacher_base=archs.base_width(teacher.spec), refit="refit" in result.info)
+    prune.save_student(result, teacher, teacher_path, out / "student_init.pth")
     return {"ratio": s.ratio, "achieved": result.achieved, "method": result.info.get("picked", s.method),
             "spec": result.spec, "seconds": time.perf_counter() - start, "path": str(out / "student_init.pth"),
             **({"refit": result.info["refit"]} if "refit" in result.info else {})}

@@ -21,14 +21,14 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
 from ganzip import archs, channels
-from ganzip.channels import Layout, Path
+from ganzip.channels import Layout, WidthKey
 from ganzip.errors import UserError
 from ganzip.inception import cache_dir
 from ganzip.onnx_units import unit_onnx
@@ -41,7 +41,7 @@ FORMAT = 1
 def cpu_model() -> str:
     """The CPU's model name (the cache key's machine part)."""
     try:
-        for line in FsPath("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -65,7 +65,7 @@ def table_key(spec: dict, size: int, runtime: str, threads: int) -> dict:
             "cpu": cpu_model(), "format": FORMAT}
 
 
-def table_path(spec: dict, size: int, runtime: str, threads: int, cache: FsPath | None = None) -> FsPath:
+def table_path(spec: dict, size: int, runtime: str, threads: int, cache: Path | None = None) -> Path:
     key = table_key(spec, size, runtime, threads)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     name = f"{spec['arch']}-{size}px-{runtime}-{threads}t-{digest}.json"
@@ -78,7 +78,7 @@ def table_path(spec: dict, size: int, runtime: str, threads: int, cache: FsPath 
 class Unit:
     start: int  # slice of the generator's top-level `model` Sequential
     stop: int
-    deps: tuple[Path, ...]  # the width variables its cost depends on
+    deps: tuple[WidthKey, ...]  # the width variables its cost depends on
     hw: tuple[int, int]  # input height and width
 
 
@@ -108,7 +108,7 @@ def units(layout: Layout, size: int) -> list[Unit]:
             h.remove()
     out = []
     for a, b in zip(starts, starts[1:] + [len(children)]):
-        deps: dict[Path, None] = {}
+        deps: dict[WidthKey, None] = {}
         for key in layout.convs:
             if a <= int(key.split(".")[1]) < b:
                 for segs in layout.dims.get(key, {}).values():
@@ -230,7 +230,7 @@ class LatencyTable:
     """Milliseconds per unit signature for one (architecture, size, runtime, threads, CPU), read from and written
     to the cache; `measured` and `reused` count what this process had to time and what it found."""
 
-    def __init__(self, spec: dict, size: int, runtime: str, threads: int, cache: FsPath | None = None,
+    def __init__(self, spec: dict, size: int, runtime: str, threads: int, cache: Path | None = None,
                  progress: Callable[[int], None] | None = None):
         if runtime not in RUNTIMES:
             raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
@@ -286,7 +286,7 @@ class LatencyTable:
             self.save()
         return value
 
-    def save(self) -> FsPath | None:
+    def save(self) -> Path | None:
         """Merge into the cached file (another process may have added entries); an unwritable cache only costs
         the next run its measurements, so it is not an error."""
         from ganzip.atomic import write_text
@@ -324,7 +324,7 @@ class LatencyCost:
         self._memo: dict[tuple[int, tuple[int, ...]], float] = {}
         self.factors = [1.0] * len(self.units)
 
-    def unit_ms(self, widths: dict[Path, int]) -> list[float]:
+    def unit_ms(self, widths: dict[WidthKey, int]) -> list[float]:
         """Each unit's time alone, from the table (timing what is missing)."""
         out = []
         spec = None
@@ -337,24 +337,24 @@ class LatencyCost:
             out.append(self._memo[key])
         return out
 
-    def in_context(self, widths: dict[Path, int]) -> list[float] | None:
+    def in_context(self, widths: dict[WidthKey, int]) -> list[float] | None:
         """Each unit's time inside a forward pass of the network at `widths` (None: not measured for this runtime)."""
         if self.table.runtime != "torch":
             return None
         return self.table.in_context(channels.with_widths(self.layout.spec, widths), self.units)
 
-    def refine(self, widths: dict[Path, int]) -> None:
+    def refine(self, widths: dict[WidthKey, int]) -> None:
         """Scale each unit by how much slower it ran inside the network at `widths` than alone."""
         context = self.in_context(widths)
         if context is not None:
             self.factors = [c / a if a > 0 else 1.0 for c, a in zip(context, self.unit_ms(widths))]
 
-    def measured(self, widths: dict[Path, int]) -> float:
+    def measured(self, widths: dict[WidthKey, int]) -> float:
         """The network's time at `widths` measured whole (the table's sum where whole networks are not timed)."""
         context = self.in_context(widths)
         return sum(context) if context is not None else sum(self.unit_ms(widths))
 
-    def __call__(self, widths: dict[Path, int]) -> float:
+    def __call__(self, widths: dict[WidthKey, int]) -> float:
         return sum(f * ms for f, ms in zip(self.factors, self.unit_ms(widths)))
 
 

@@ -12,6 +12,7 @@ teacher.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,8 +20,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ganzip import archs, calibration, channels, costs, refit
-from ganzip.channels import Layout, Path
+from ganzip import archs, calibration, channels, checkpoint, costs, refit
+from ganzip.channels import Layout, WidthKey
 from ganzip.costs import CostModel
 from ganzip.errors import UserError
 from ganzip.profile import count_macs, count_params
@@ -43,7 +44,7 @@ def uniform_spec(spec: dict, multiplier: float, multiple_of: int = 1) -> dict:
     return channels.with_widths(spec, {p: round_width(w * multiplier, multiple_of) for p, w in layout.widths().items()})
 
 
-def _check_student(layout: Layout, student_spec: dict) -> dict[Path, int]:
+def _check_student(layout: Layout, student_spec: dict) -> dict[WidthKey, int]:
     fixed = {k: v for k, v in layout.spec.items() if k != "widths"}
     other = {k: v for k, v in student_spec.items() if k != "widths"}
     if fixed != other:
@@ -179,6 +180,27 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
             info["latency_table"] = model.table.info()
     info.update({"achieved": achieved, "score": score, **measured})
     return PruneResult(student, student.spec, achieved, info)
+
+
+def save_student(result: PruneResult, teacher: nn.Module, teacher_path: str | os.PathLike,
+                 output: str | os.PathLike) -> dict:
+    """Write the student with a provenance made only of what `prune` did (from `result.info`), so a prune run
+    and the demo's prune record the same keys, and later commands (profile, distill) can say what they hold.
+    Returns the provenance written."""
+    info = result.info
+    measured = info.get("speedup", {}).get("speedup")
+    provenance = {"teacher_sha256": checkpoint.sha256(teacher_path), "teacher": str(teacher_path),
+                  "teacher_base": archs.base_width(teacher.spec), "ratio": info["ratio"], "by": info["by"],
+                  "method": info["method"], "achieved": result.achieved, "size": info["size"],
+                  "calibration": info["calibration"]["source"], "multiple_of": info["multiple_of"],
+                  "refit": "refit" in info,
+                  **({"runtime": info["latency_table"]["runtime"], "threads": info["latency_table"]["threads"]}
+                     if "latency_table" in info else {}),
+                  **({"price": info["price"]} if "price" in info else {}),
+                  **({"measured_speedup": measured, "speedup_runtime": info["speedup"]["runtime"]} if measured else {})}
+    provenance = {k: v for k, v in provenance.items() if v is not None}
+    checkpoint.save_generator(result.module, output, **provenance)
+    return provenance
 
 
 def prune_discriminator(spec_or_module: dict | nn.Module, ratio: float) -> nn.Module:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganzip import archs, channels
-from ganzip.channels import Path
+from ganzip.channels import WidthKey
 from ganzip.costs import CostModel
 from ganzip.errors import UserError
 
@@ -48,14 +48,14 @@ class Problem:
         self._sd = teacher.state_dict()
         self._ranks: dict[str, torch.Tensor] | None = None
 
-    def ratio(self, widths: dict[Path, int]) -> float:
+    def ratio(self, widths: dict[WidthKey, int]) -> float:
         return self.base / self.cost(widths)
 
     def models(self) -> list[CostModel]:
         """The cost and the price, once each (they are often the same model)."""
         return [self.cost] if self.price is self.cost else [self.cost, self.price]
 
-    def refine(self, widths: dict[Path, int]) -> None:
+    def refine(self, widths: dict[WidthKey, int]) -> None:
         """Let cost models that learn from the real network (measured latency) look at it at `widths`."""
         for model in self.models():
             if hasattr(model, "refine"):
@@ -70,14 +70,14 @@ class Problem:
                             f"with every width at {self.multiple_of} channel(s) it is {best:.2f}x by {self.by}; "
                             f"use --ratio {best:.2f} or less")
 
-    def student(self, widths: dict[Path, int]) -> nn.Module:
+    def student(self, widths: dict[WidthKey, int]) -> nn.Module:
         if self._ranks is None:
             self._ranks = channels.ranking(self.layout, self._sd)
         keep = channels.keep_sets(self.layout, self._ranks, widths)
         spec = channels.with_widths(self.layout.spec, widths)
         return channels.materialise(spec, channels.slice_state(self.layout, self._sd, keep)).eval()
 
-    def uniform(self, ratio: float) -> dict[Path, int]:
+    def uniform(self, ratio: float) -> dict[WidthKey, int]:
         """The uniform multiplier whose ratio is nearest to `ratio`; candidates make some width exact.
 
         The cost grows with the multiplier, so the answer is one of the two multipliers around the crossing,
@@ -89,7 +89,7 @@ class Problem:
             candidates.update(k * mo / w for k in range(1, w // mo + 1))
         ms = sorted(candidates)
 
-        def widths(m: float) -> dict[Path, int]:
+        def widths(m: float) -> dict[WidthKey, int]:
             return {p: min(w, round_width(w * m, mo)) for p, w in self.full.items()}
 
         lo, hi = 0, len(ms) - 1  # ratio(ms[hi]) <= ratio always (the teacher is 1x)
@@ -109,8 +109,8 @@ def distance(module: nn.Module, x: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def greedy(problem: Problem, ratio: float, x: torch.Tensor, target_out: torch.Tensor,
-            progress: Callable[[float], None] | None, pace_of: dict[Path, int] | None = None
-            ) -> tuple[dict[Path, int], float, int]:
+            progress: Callable[[float], None] | None, pace_of: dict[WidthKey, int] | None = None
+            ) -> tuple[dict[WidthKey, int], float, int]:
     """NetAdapt-style descent: narrow the width whose step loses least teacher function per unit of price saved.
 
     The target is on `problem.cost` (what --ratio counts); steps are ranked by what they save in `problem.price`,
@@ -130,11 +130,11 @@ def greedy(problem: Problem, ratio: float, x: torch.Tensor, target_out: torch.Te
     mo = problem.multiple_of
     step = {p: max(mo, round_width(w / 8, mo)) for p, w in problem.full.items()}
     widths, dist, evaluations = dict(problem.full), 0.0, 0
-    stale: dict[Path, float] = {}
+    stale: dict[WidthKey, float] = {}
 
     charge = problem.price  # what steps are ranked by; the cost itself for the last steps if timings cannot tell
 
-    def candidate(p: Path, price_now: float) -> dict[Path, int] | None:
+    def candidate(p: WidthKey, price_now: float) -> dict[WidthKey, int] | None:
         cand = dict(widths)
         while True:
             if cand[p] <= problem.floor[p]:
@@ -155,7 +155,7 @@ def greedy(problem: Problem, ratio: float, x: torch.Tensor, target_out: torch.Te
     pace = _pace(problem, pace_of, full_price)
     refined_at = full_price
 
-    def behind(cand: dict[Path, int]) -> float:
+    def behind(cand: dict[WidthKey, int]) -> float:
         """How far `cand` lags the pace (positive: behind), in log price."""
         return pace * math.log(problem.ratio(cand)) - math.log(full_price / problem.price(cand))
 
@@ -191,7 +191,7 @@ def greedy(problem: Problem, ratio: float, x: torch.Tensor, target_out: torch.Te
     return widths, dist, evaluations
 
 
-def _pace(problem: Problem, pace_of: dict[Path, int] | None, full_price: float) -> float:
+def _pace(problem: Problem, pace_of: dict[WidthKey, int] | None, full_price: float) -> float:
     """How fast the price falls per unit of log cost on the way to `pace_of` (0: no pace to keep)."""
     if pace_of is None or problem.price is problem.cost or problem.ratio(pace_of) <= 1:
         return 0.0
@@ -200,14 +200,14 @@ def _pace(problem: Problem, pace_of: dict[Path, int] | None, full_price: float) 
     return math.log(full_price / reference) / math.log(problem.ratio(pace_of))
 
 
-def _best_step(problem: Problem, cands: dict[Path, dict[Path, int]], stale: dict[Path, float], dist: float,
-               now: float, charge: Callable[[dict[Path, int]], float], x: torch.Tensor, target_out: torch.Tensor
-               ) -> tuple[tuple[float, dict[Path, int], float] | None, int]:
+def _best_step(problem: Problem, cands: dict[WidthKey, dict[WidthKey, int]], stale: dict[WidthKey, float], dist: float,
+               now: float, charge: Callable[[dict[WidthKey, int]], float], x: torch.Tensor, target_out: torch.Tensor
+               ) -> tuple[tuple[float, dict[WidthKey, int], float] | None, int]:
     """The candidate losing least distance per unit of price saved. Candidates are tried in order of their last
     known score (`stale`, updated here), stopping once the best fresh score beats every remaining stale one.
     Returns (score, widths, distance) or None, and the evaluations spent."""
     order = sorted(cands, key=lambda p: stale.get(p, -math.inf))
-    best: tuple[float, dict[Path, int], float] | None = None
+    best: tuple[float, dict[WidthKey, int], float] | None = None
     spent = 0
     for i, p in enumerate(order):
         d = distance(problem.student(cands[p]), x, target_out)

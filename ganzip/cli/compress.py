@@ -86,17 +86,8 @@ def prune_cmd(
         if runs:
             update(f"timing teacher and student in {runtime}", 0, None)
             result.info["speedup"] = latency.measure_speedup(module, result.module, size, runtime, n_threads, runs)
-    info = result.info
-    measured = info.get("speedup", {}).get("speedup")
-    provenance = {"teacher_sha256": ckpt.sha256(teacher), "teacher": str(teacher),
-                  "teacher_base": archs.base_width(module.spec), "ratio": ratio, "by": by, "method": method,
-                  "achieved": result.achieved, "size": size, "calibration": info["calibration"]["source"],
-                  "multiple_of": info["multiple_of"], "refit": "refit" in info,
-                  **({"runtime": runtime, "threads": n_threads} if "latency_table" in info else {}),
-                  **({"price": info["price"]} if "price" in info else {}),
-                  **({"measured_speedup": measured, "speedup_runtime": runtime} if measured else {})}
-    ckpt.save_generator(result.module, output, **{k: v for k, v in provenance.items() if v is not None})
-    info = {**info, "output": str(output), "spec": result.spec,
+    provenance = prune.save_student(result, module, teacher, output)
+    info = {**result.info, "output": str(output), "spec": result.spec,
             "architecture": archs.describe(result.spec, provenance), "threads": n_threads}
     if as_json:
         emit_json(info)
