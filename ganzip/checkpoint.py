@@ -24,7 +24,7 @@ from torch import nn
 
 from ganzip import archs
 from ganzip.atomic import torch_save, write_bytes
-from ganzip.errors import UserError
+from ganzip.errors import UserError, unreadable_file
 from ganzip.recognise import map_by_order, matches, recognise
 
 FORMAT = "ganzip"
@@ -84,12 +84,8 @@ def read(path: str | os.PathLike) -> Any:
 
 
 def _read(p: Path) -> tuple[Any, str]:
-    if not p.exists():
-        raise UserError(f"checkpoint {p} not found; check the path")
-    if p.is_dir():
-        raise UserError(f"{p} is a directory, not a checkpoint file; pass the .pth file inside it")
-    if p.stat().st_size == 0:
-        raise UserError(f"checkpoint {p} is empty (0 bytes); the download or save was interrupted, get it again")
+    if (problem := unreadable_file(p, "checkpoint")) is not None:
+        raise UserError(problem)
     fmt = file_format(p)
     if fmt == "torchscript":
         raise UserError(f"{p} is a TorchScript module (torch.jit.save), not a state dict; if you trust it, save its "
@@ -172,7 +168,8 @@ def _unwrap(obj: Any, path: Path, notes: list[str]) -> dict[str, torch.Tensor]:
                     notes.append(f"state dict found under key {key!r}")
                     break
         if sd is None:
-            what = (f"a dict with keys {_preview(list(obj))}" if isinstance(obj, Mapping)
+            what = ("an empty dict" if isinstance(obj, Mapping) and not obj
+                    else f"a dict with keys {_preview(list(obj))}" if isinstance(obj, Mapping)
                     else f"a {type(obj).__name__}")
             raise UserError(f"{path} holds {what}, not a generator state dict; "
                             f"pass a generator checkpoint such as latest_net_G_A.pth")

