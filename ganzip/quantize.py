@@ -225,20 +225,40 @@ def subpixel_transposed(model: Any) -> tuple[Any, int]:
     return model, done
 
 
+CALIB_CHUNK = 4  # images whose activations the calibrator holds at once
+
+
 class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over a batch of images, one image per call."""
+    """onnxruntime's CalibrationDataReader protocol over a batch of images, one image per call.
+
+    `set_range` (with `__len__`) lets the quantizer collect statistics a few images at a time: its calibrators
+    keep every activation of every image they are given in one call (gigabytes at 256 px) and merge histograms
+    and ranges between calls, so chunks bound the memory to a chunk's activations.
+    """
 
     def __init__(self, name: str, batch: np.ndarray):
-        self.name, self.batch, self.i = name, batch, 0
+        self.name, self.batch = name, batch
+        self.i, self.end = 0, len(batch)
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.i, self.end = start_index, min(end_index, len(self.batch))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.i >= len(self.batch):
+        if self.i >= self.end:
             return None
         self.i += 1
         return {self.name: self.batch[self.i - 1:self.i]}
 
     def rewind(self) -> None:
-        self.i = 0
+        self.i, self.end = 0, len(self.batch)
+
+
+def _chunk(n: int) -> int:
+    """The largest chunk of at most CALIB_CHUNK images that divides `n` (the quantizer requires a divisor)."""
+    return max(k for k in range(1, min(CALIB_CHUNK, n) + 1) if n % k == 0)
 
 
 def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib: np.ndarray,
@@ -257,7 +277,9 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     out_path = check_writable(out_path)
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[recipe.calibration]
-    extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    # "strided" is onnxruntime's name for collecting in chunks; it applies to every calibration method
+    extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True,
+                             "CalibStridedMinMax": _chunk(len(calib))}
     if recipe.calibration == "percentile":
         # onnxruntime's percentile range is symmetric (|x|) unless told otherwise, which leaves half of the uint8
         # levels unused after a ReLU

@@ -98,6 +98,44 @@ def test_int8_export_stays_close_to_pytorch_and_reports_its_measurements(tmp_pat
     assert meta["ganzip.precision"] == "int8" and json.loads(meta["ganzip.spec"]) == module.spec
 
 
+def _scales(path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(path))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {n.input[1]: inits[n.input[1]] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_calibration_in_chunks_gives_the_ranges_of_one_pass(tmp_path, monkeypatch):
+    """Min/max ranges merge exactly, so a few images at a time (bounded memory) must give onnxruntime's own
+    one-pass ranges; with percentiles the merged histograms must keep the int8 model as close to fp32."""
+    module = student()
+    export.export_onnx(module, tmp_path / "m.onnx", size=32)
+    calib = calibration.synthetic_batch(6, 3, 32, seed=4).numpy()
+    x = calibration.synthetic_batch(3, 3, 32, seed=12)
+    fp32 = run(tmp_path / "m.onnx", x)
+    ranges: list[tuple[int, int]] = []
+    real_set_range = quantize._Reader.set_range
+    monkeypatch.setattr(quantize._Reader, "set_range",
+                        lambda self, start_index, end_index: (ranges.append((start_index, end_index)),
+                                                                   real_set_range(self, start_index, end_index))[1])
+    for calibration_method in ("minmax", "percentile"):
+        recipe = quantize.Recipe(calibration=calibration_method)
+        scales, close = [], []
+        for chunk in (6, 2):  # 6: one pass over all images; 2: three passes merged
+            monkeypatch.setattr(quantize, "CALIB_CHUNK", chunk)
+            out = tmp_path / f"{calibration_method}_{chunk}.onnx"
+            quantize.quantize_onnx(tmp_path / "m.onnx", out, calib, recipe)
+            assert ranges == [(k, k + chunk) for k in range(0, 6, chunk)]  # the images went in chunks
+            ranges.clear()
+            scales.append(_scales(out))
+            close.append(psnr(run(out, x), fp32))
+        assert scales[0].keys() == scales[1].keys() and scales[0]
+        if calibration_method == "minmax":
+            for name in scales[0]:
+                np.testing.assert_allclose(scales[1][name], scales[0][name], rtol=1e-6)
+        else:
+            assert close[1] > close[0] - 1.0  # the merged histograms' percentiles are as good within 1 dB
+
+
 def test_held_out_images_are_never_calibrated_on():
     paths = [f"{k}.png" for k in range(20)]
     calib, held = quantize.split_calibration(paths, 4)
