@@ -28,9 +28,10 @@ _LUMA = (0.299, 0.587, 0.114)
 NOISE_FLOOR = 1e-5
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB between two batches in [-1, 1] (peak-to-peak 2), from their mean squared difference."""
-    mse = float((a.float() - b.float()).square().mean())
+def psnr(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    """PSNR in dB between two batches in [-1, 1] (peak-to-peak 2: the same number as for 8-bit images with peak
+    255), from their mean squared difference in float64; tensors or arrays (onnxruntime's outputs)."""
+    mse = float((torch.as_tensor(a).double() - torch.as_tensor(b).double()).square().mean())
     return 10 * math.log10(4.0 / mse) if mse > 0 else float("inf")
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from ganzip.atomic import atomic_path, check_writable
 from ganzip.errors import UserError
+from ganzip.fidelity import psnr
 
 CALIBRATIONS = ("minmax", "percentile", "entropy")
 FORMATS = ("qdq", "qoperator")
@@ -312,12 +313,6 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
                                      PRECISION_KEY: "int8", "ganzip.int8_recipe": json.dumps(recipe.as_dict())})
             onnx.save_model(quantized, str(tmp))
     return out_path
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak_to_peak: float = 2.0) -> float:
-    """PSNR of `a` against `b` for images in [-1, 1] (the same number as for 8-bit images, 255 peak)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(peak_to_peak ** 2 / mse))
 
 
 def _outputs(session: Any, batch: np.ndarray) -> Iterator[np.ndarray]:
