@@ -310,6 +310,17 @@ def device_option(default: str = "cpu", **panel: Any) -> Any:
                         **panel)
 
 
+def json_option(**panel: Any) -> Any:
+    """--json, with one meaning everywhere: the command's result as one JSON object on stdout."""
+    return typer.Option(False, "--json", help="Print the result as one JSON object on stdout instead of tables "
+                        "(progress stays on stderr; an error prints {\"error\": ...}).", **panel)
+
+
+def threads_option(used_for: str, default: str = "the free cores: the cores less the 1-minute load") -> Any:
+    """--threads, one help shape everywhere; ganzip.threads resolves and ganzip.devices checks the count."""
+    return typer.Option(None, "--threads", help=f"Threads for {used_for} (default: {default}).")
+
+
 def teacher_mode_option(**panel: Any) -> Any:
     """--teacher-mode, the same in every command that runs a generator (checkpoint.load_generator applies it)."""
     return typer.Option("eval", "--teacher-mode", help="BatchNorm generators: eval (saved running statistics, as GAN "

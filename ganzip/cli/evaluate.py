@@ -16,6 +16,7 @@ from ganzip.cli.common import (
     device_option,
     emit_json,
     inception_weights_option,
+    json_option,
     old_out_option,
     output_option,
     paired_cell,
@@ -23,6 +24,7 @@ from ganzip.cli.common import (
     progress_bar,
     status,
     teacher_mode_option,
+    threads_option,
 )
 from ganzip.errors import UserError
 
@@ -39,7 +41,7 @@ def translate_cmd(
                                                        "input half."),
     device: str = device_option(),
     teacher_mode: str = teacher_mode_option(),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
+    as_json: bool = json_option(),
     out: Optional[Path] = old_out_option(),
 ) -> None:
     """Run a generator over a folder and write PNGs with the same stems (any size: padded by reflection)."""
@@ -80,7 +82,7 @@ def fid_cmd(
     inception_weights: Optional[Path] = inception_weights_option(),
     device: str = device_option(),
     teacher_mode: str = teacher_mode_option(),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = json_option(),
     out: Optional[Path] = old_out_option(),
 ) -> None:
     """FID (and KID) with the standard TF Inception weights, computed offline through torch-fidelity."""
@@ -148,12 +150,12 @@ def export_cmd(
                                                                   "--size (then verified at --size only)."),
     size: int = typer.Option(256, help="Traced input size; also the first verification and timing size."),
     runs: int = typer.Option(20, help="Timed onnxruntime runs."),
-    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads (default: the free cores)."),
+    threads: Optional[int] = threads_option("onnxruntime (intra-op)"),
     int8: bool = typer.Option(False, "--int8", help="Quantize to int8 (onnxruntime static quantization), "
                                                     "calibrated on --calib; reports PSNR to fp32 and both latencies."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="With --int8: folder of real input images; most "
                                          "calibrate, a few are held out to check the int8 model."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = json_option(),
     onnx: bool = typer.Option(False, "--onnx", hidden=True, help="Accepted for old command lines: ONNX is the "
                                                                  "format export writes."),
     out: Optional[Path] = old_out_option(),
@@ -260,7 +262,7 @@ def spectrum_cmd(
     device: str = device_option(),
     teacher_mode: str = teacher_mode_option(),
     output: Optional[Path] = output_option(None, "Write a PNG plot here (needs matplotlib)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the full analysis as JSON."),
+    as_json: bool = json_option(),
 ) -> None:
     """Power spectrum and wavelet band energies of real images and each generator's outputs."""
     from ganzip import spectrum

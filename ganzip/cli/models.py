@@ -18,11 +18,13 @@ from ganzip.cli.common import (
     err_console,
     giga,
     inception_weights_option,
+    json_option,
     mega,
     paired_cell,
     progress_bar,
     status,
     teacher_mode_option,
+    threads_option,
     threads_text,
     widths_text,
 )
@@ -34,7 +36,7 @@ from ganzip.errors import UserError
 def inspect_cmd(
     checkpoint: Path = typer.Argument(..., help="Generator checkpoint (upstream latest_net_G*.pth or ganzip)."),
     size: int = typer.Option(256, help="Input size (pixels, square) for the MAC count."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = json_option(),
 ) -> None:
     """Recognise a checkpoint's architecture and show its widths, parameters and MACs."""
     from ganzip import archs, profile
@@ -90,11 +92,11 @@ def profile_cmd(
     size: int = typer.Option(256, help="Input size in pixels (square)."),
     batch: int = typer.Option(1, help="Batch size for the latency measurement."),
     runs: int = typer.Option(20, help="Timed runs per model (after warm-up)."),
-    threads: Optional[int] = typer.Option(None, help="Intra-op threads (default: the free cores)."),
+    threads: Optional[int] = threads_option("the timings (intra-op)"),
     onnx: bool = typer.Option(False, "--onnx", help="Also time the model(s) in onnxruntime."),
     device: str = device_option(),
     teacher_mode: str = teacher_mode_option(),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = json_option(),
 ) -> None:
     """Parameters, MACs (paper convention and exact) and latency; with --teacher, compression, speedup and
     efficiency (speedup / MACs ratio)."""
@@ -196,8 +198,7 @@ def compare_cmd(
     limit: Optional[int] = typer.Option(None, help="Use only the first N test images (and real targets)."),
     onnx: bool = typer.Option(False, "--onnx", help="Also time every model in onnxruntime."),
     runs: int = typer.Option(20, help="Timed runs per model (after warm-up), in alternation."),
-    threads: Optional[int] = typer.Option(None, help="torch (and onnxruntime) intra-op threads for the timings "
-                                          "(default: the free cores)."),
+    threads: Optional[int] = threads_option("the timings in torch (and onnxruntime)"),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per generator forward pass."),
     grid_rows: int = typer.Option(4, "--grid-rows", help="Inputs shown in the grid image (one row each)."),
     output: Path = typer.Option(Path("compare.png"), "-o", "--output", help="Grid image: one row per input, one "
@@ -205,7 +206,7 @@ def compare_cmd(
     inception_weights: Optional[Path] = inception_weights_option(),
     device: str = device_option(),
     teacher_mode: str = teacher_mode_option(),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = json_option(),
 ) -> None:
     """Teacher and students side by side: params, MACs, latency, FID vs real and vs the first model; a grid image."""
     from ganzip.compare import compare
