@@ -226,7 +226,7 @@ def subpixel_transposed(model: Any) -> tuple[Any, int]:
     return model, done
 
 
-CALIB_CHUNK = 4  # images whose activations the calibrator holds at once
+CALIB_CHUNK = 1  # images whose activations the calibrator holds at once
 
 
 class _Reader:
