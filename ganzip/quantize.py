@@ -230,12 +230,9 @@ CALIB_CHUNK = 1  # images whose activations the calibrator holds at once
 
 
 class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over a batch of images, one image per call.
-
-    `set_range` (with `__len__`) lets the quantizer collect statistics a few images at a time: its calibrators
-    keep every activation of every image they are given in one call (gigabytes at 256 px) and merge histograms
-    and ranges between calls, so chunks bound the memory to a chunk's activations.
-    """
+    """onnxruntime's CalibrationDataReader over a batch, one image per call. With `set_range` the quantizer
+    collects a chunk at a time: its calibrators keep every activation of a call's images (gigabytes at 256 px),
+    and merge histograms and ranges between calls, so memory is bounded by a chunk's activations."""
 
     def __init__(self, name: str, batch: np.ndarray):
         self.name, self.batch = name, batch

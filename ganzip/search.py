@@ -113,12 +113,10 @@ def greedy(problem: Problem, ratio: float, x: torch.Tensor, target_out: torch.Te
             ) -> tuple[dict[WidthKey, int], float, int]:
     """NetAdapt-style descent: narrow the width whose step loses least teacher function per unit of price saved.
 
-    The target is on `problem.cost` (what --ratio counts); steps are ranked by what they save in `problem.price`,
-    which for a latency cost is milliseconds. A step that saves no price (a narrower convolution can be slower
-    when it leaves a kernel-friendly width) is extended until it does, or skipped.
-    Scores are re-evaluated lazily (`_best_step`): narrowing one width rarely changes how much another matters,
-    so a step costs about two network evaluations, not one per width. Returns the widths, their distance to the
-    teacher and the evaluations spent.
+    The target is on `problem.cost` (what the ratio counts); steps are ranked by what they save in `problem.price`
+    (for a latency cost, milliseconds). A step that saves no price (a narrower convolution can be slower off a
+    kernel-friendly width) is extended until it does, or skipped. Scores are re-evaluated lazily (`_best_step`).
+    Returns the widths, their distance to the teacher and the evaluations spent.
 
     With a price other than the cost and `pace_of` (the uniform widths), every step must keep the price falling at
     least as fast, relative to the cost, as it falls along the way to `pace_of`: log price saved >= pace x log cost
