@@ -10,7 +10,7 @@ from conftest import SHARED
 from PIL import Image
 from typer.testing import CliRunner
 
-from ganzip import archs, demo, fidelity, fit, images
+from ganzip import archs, checkpoint, demo, fidelity, fit, images
 from ganzip.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,9 +121,21 @@ def _check_summary(summary: dict, out: Path, columns: int) -> None:
     assert summary["onnx"]["verify"]["ok"]
     q = summary["quality"]
     st = q["student_vs_teacher"]
-    refit = summary["prune"]["refit"]  # the pruned student before and after its least-squares refit
-    assert refit["after"]["psnr_db"] > refit["before"]["psnr_db"] + 3  # the refit pulls it towards the teacher
-    assert st["psnr_db"] > refit["before"]["psnr_db"]  # what the demo delivers is closer than what pruning gave
+    refit = summary["prune"].get("refit")  # the pruned student before and after its least-squares refit
+    if refit is not None:
+        assert refit["after"]["psnr_db"] > refit["before"]["psnr_db"] + 3  # the refit pulls it to the teacher
+    # independently of the summary: on the held-out inputs the delivered student is closer to the teacher than the
+    # pruned one it started from, and the summary's PSNR is the one computed here
+    if summary["kind"] == "photos":
+        x = images.load_batch(images.list_images(demo.bundled_data("photos") / "test"), summary["size"])
+    else:
+        x = fit.load_pairs(demo.bundled_data("maps") / "val", summary["size"], demo.MAPS_DIRECTION).inputs
+    gens = {name: checkpoint.load_generator(summary["files"][key] if key else summary["prune"]["path"])
+            for name, key in (("teacher", "teacher"), ("student", "student"), ("pruned", None))}
+    with torch.no_grad():
+        y = {name: g(x) for name, g in gens.items()}
+    assert fidelity.psnr(y["student"], y["teacher"]) > fidelity.psnr(y["pruned"], y["teacher"])
+    assert fidelity.psnr(y["student"], y["teacher"]) == pytest.approx(st["psnr_db"], abs=0.05)
     if "fid_skipped" in q:
         assert "ganzip[fid]" in q["fid_skipped"]
     else:

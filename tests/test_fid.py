@@ -175,7 +175,7 @@ def test_bad_explicit_weights_are_refused(tmp_path):
     torch.save({"conv.weight": torch.zeros(2)}, bad)
     with pytest.raises(UserError, match="not torch-fidelity's inception-v3-compat"):
         fid.resolve_weights(bad)
-    with pytest.raises(UserError, match="do not exist"):
+    with pytest.raises(UserError, match="not found; check the path"):
         fid.resolve_weights(tmp_path / "nope.pth")
 
 
