@@ -249,7 +249,8 @@ def load_generator(path: str | os.PathLike, teacher_mode: str = "eval") -> nn.Mo
     """
     import warnings
 
-    from ganzip.archs.layers import TEACHER_MODES, set_teacher_mode
+    from ganzip.archs.layers import set_teacher_mode
+    from ganzip.choices import TEACHER_MODES
 
     if teacher_mode not in TEACHER_MODES:
         raise UserError(f"--teacher-mode must be one of {', '.join(TEACHER_MODES)}, not {teacher_mode!r}")

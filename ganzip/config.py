@@ -18,24 +18,20 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ganzip.archs.layers import TEACHER_MODES
 from ganzip.atomic import inside, same_path
+from ganzip.choices import ANCHORS, DISC_REALS, INITS, KD_DISTANCES, KD_MODES, PRECISIONS, TEACHER_MODES
 from ganzip.devices import fast_precision, resolve_device
 from ganzip.errors import UserError
 from ganzip.wavelet import check_levels, check_wavelet, max_levels
 
-KD_MODES = ("wavelet", "pixel", "none")
-ANCHORS = ("low", "pixel", "cycle", "none")
 DEFAULT_ANCHOR = "pixel"           # unpaired data without a reverse teacher; README "Choosing the recipe" measures it
 # Per-coefficient weighted wavelet KD and pixel KD at GAN Compression's L1 weight; the authors' per-level mean
 # (band weights "mean") keeps their 0.4 (AUTHORS_KD_WEIGHT). The recipe bench chose these (README, "Choosing the
 # recipe"): at equal bands the wavelet term's gradient is of the anchor's order and reaches the finest level.
 KD_WEIGHTS = {"wavelet": 10.0, "pixel": 10.0, "none": 0.0}
 AUTHORS_KD_WEIGHT = 0.4
-DISC_REALS = ("targets", "teacher")
 MEAN_BANDS = "mean"
 EQUAL_BANDS = "equal"              # weight 1 on every level: each coefficient counts as one pixel
-PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware computes in it (devices.fast_precision)
 LOAD_RATIO = 286 / 256             # upstream: resize to 286, random crop 256 (ganzip's default: no resize up)
 
 # How the student is trained: what provenance records, the demo reports and --resume refuses to change. `world`
@@ -114,7 +110,7 @@ class DistillConfig:
 def validate(cfg: DistillConfig) -> None:
     """Refuse settings that cannot work or would distort the run, before anything is loaded or written."""
     check_outputs(cfg, output_path(cfg))
-    choices = {"kd": KD_MODES, "kd_distance": ("l1", "l2"), "init": ("inherit", "scratch"),
+    choices = {"kd": KD_MODES, "kd_distance": KD_DISTANCES, "init": INITS,
                "teacher_mode": TEACHER_MODES, "precision": PRECISIONS}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:

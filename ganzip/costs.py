@@ -11,9 +11,8 @@ from typing import Protocol
 
 from ganzip import channels
 from ganzip.channels import Layout, WidthKey
+from ganzip.choices import MEASURES
 from ganzip.errors import UserError
-
-MEASURES = ("macs", "params", "latency")
 
 
 class CostModel(Protocol):

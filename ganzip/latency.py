@@ -29,12 +29,12 @@ from torch import nn
 
 from ganzip import archs, channels
 from ganzip.channels import Layout, WidthKey
+from ganzip.choices import RUNTIMES
 from ganzip.errors import UserError
 from ganzip.inception import cache_dir
 from ganzip.onnx_units import unit_onnx
 from ganzip.profile import input_channels
 
-RUNTIMES = ("torch", "onnxruntime")
 FORMAT = 1
 
 

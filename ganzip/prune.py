@@ -22,12 +22,11 @@ from torch import nn
 
 from ganzip import archs, calibration, channels, checkpoint, costs, refit
 from ganzip.channels import Layout, WidthKey
+from ganzip.choices import METHODS
 from ganzip.costs import CostModel
 from ganzip.errors import UserError
 from ganzip.profile import count_macs, count_params
 from ganzip.search import TOLERANCE, Problem, distance, greedy, round_width
-
-METHODS = ("uniform", "search")
 
 
 @dataclass

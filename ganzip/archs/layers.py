@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ganzip.choices import TEACHER_MODES
+
 NORMS = ("instance", "batch", "none")
 
 
@@ -47,7 +49,6 @@ class BatchStatsNorm(nn.Module):
         return nn.functional.instance_norm(x, weight=self.weight, bias=self.bias, use_input_stats=True, eps=self.eps)
 
 
-TEACHER_MODES = ("eval", "batch-stats")
 
 
 def set_teacher_mode(module: nn.Module, mode: str) -> int:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from ganzip.choices import TEACHER_MODES, metavar
 from ganzip.errors import LayoutError, UserError, out_of_memory
 from ganzip.progress import Progress
 
@@ -323,8 +324,9 @@ def threads_option(used_for: str, default: str = "the free cores: the cores less
 
 def teacher_mode_option(**panel: Any) -> Any:
     """--teacher-mode, the same in every command that runs a generator (checkpoint.load_generator applies it)."""
-    return typer.Option("eval", "--teacher-mode", help="BatchNorm generators: eval (saved running statistics, as GAN "
-                        "Compression) or batch-stats (each image's own, as upstream's test.py without --eval).",
+    return typer.Option("eval", "--teacher-mode", metavar=metavar(TEACHER_MODES),
+                        help="BatchNorm generators: eval (saved running statistics, as GAN "
+                             "Compression) or batch-stats (each image's own, as upstream's test.py without --eval).",
                         **panel)
 
 
