@@ -230,3 +230,52 @@ def test_fid_refuses_to_keep_images_in_a_dataset_folder_it_reads(tmp_path):
         with pytest.raises(UserError, match=f"would overwrite the input {tmp_path / split}; write the output"):
             fid.fid_for_generator(module, tmp_path, out_dir=tmp_path / split)
         assert [p.name for p in (tmp_path / split).iterdir()] == ["a.png"]
+
+
+# --- one walk over every command's inputs: -o onto any of them is refused and nothing is touched -------------
+
+_WALK = [  # (command line with T = a checkpoint, T2 = another, IMG = an image folder; what -o/--out-dir names)
+    ("prune T --ratio 2 --size 32", "-o", "T"),
+    ("prune T --ratio 2 --calib IMG --size 32", "-o", "IMG/0.png"),
+    ("export T --size 32", "-o", "T"),
+    ("export T --int8 --calib IMG --size 32", "-o", "IMG/0.png"),
+    ("translate T IMG --size 32", "-o", "IMG"),
+    ("translate T IMG --size 32", "-o", "T"),
+    ("fid T --data IMG", "-o", "IMG"),
+    ("spectrum T --data IMG --size 32", "-o", "IMG/0.png"),
+    ("compare T T2 --data IMG --size 32", "-o", "T2"),
+    ("compare T T2 --data IMG --size 32", "-o", "IMG/0.png"),
+    ("distill T --ratio 2 --inputs IMG --disc-real teacher --size 32", "-o", "T"),
+    ("distill T --ratio 2 --inputs IMG --disc-real teacher --size 32", "-o", "IMG/0.png"),
+    ("distill T --ratio 2 --inputs IMG --disc-real teacher --size 32", "--out-dir", "IMG/run"),
+    ("distill T --student T2 --inputs IMG --disc-real teacher --size 32", "-o", "T2"),
+]
+
+
+@pytest.mark.parametrize("line, flag, target", _WALK, ids=[f"{c.split()[0]} {f} {t}" for c, f, t in _WALK])
+def test_every_command_refuses_an_output_onto_its_inputs(tmp_path, line, flag, target):
+    import hashlib
+
+    from ganzip import archs, checkpoint
+    from ganzip.images import save_png
+
+    torch.manual_seed(0)
+    for name in ("t.pth", "t2.pth"):
+        checkpoint.save_generator(archs.build(archs.default_spec("resnet", ngf=4, n_blocks=2)).eval(), tmp_path / name)
+    (tmp_path / "img").mkdir()
+    for k in range(4):
+        save_png(torch.rand(3, 32, 32) * 2 - 1, tmp_path / "img" / f"{k}.png")
+    names = {"T": str(tmp_path / "t.pth"), "T2": str(tmp_path / "t2.pth"), "IMG": str(tmp_path / "img")}
+
+    def real(word: str) -> str:
+        head, _, rest = word.partition("/")
+        return names.get(head, head) + (f"/{rest}" if rest else "")
+
+    def snapshot() -> dict:
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    result = runner.invoke(app, [*map(real, line.split()), flag, real(target)])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("error: "), result.output
+    assert snapshot() == before  # no input changed, and nothing was written
