@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from ganzip.atomic import inside, same_path
-from ganzip.choices import ANCHORS, DISC_REALS, INITS, KD_DISTANCES, KD_MODES, PRECISIONS, TEACHER_MODES
+from ganzip.choices import (
+    ANCHORS,
+    DISC_REALS,
+    INITS,
+    KD_DISTANCES,
+    KD_MODES,
+    MEASURES,
+    METHODS,
+    PRECISIONS,
+    TEACHER_MODES,
+)
 from ganzip.devices import fast_precision, resolve_device
 from ganzip.errors import UserError
 from ganzip.wavelet import check_levels, check_wavelet, max_levels
@@ -111,7 +121,7 @@ def validate(cfg: DistillConfig) -> None:
     """Refuse settings that cannot work or would distort the run, before anything is loaded or written."""
     check_outputs(cfg, output_path(cfg))
     choices = {"kd": KD_MODES, "kd_distance": KD_DISTANCES, "init": INITS,
-               "teacher_mode": TEACHER_MODES, "precision": PRECISIONS}
+               "teacher_mode": TEACHER_MODES, "precision": PRECISIONS, "by": MEASURES, "method": METHODS}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise UserError(f"--{_flag(name)} must be one of {', '.join(allowed)}, not {getattr(cfg, name)!r}")

@@ -58,4 +58,4 @@ def model(by: str, layout: Layout, size: int, *, runtime: str = "torch", threads
         from ganzip.latency import LatencyCost, LatencyTable
 
         return LatencyCost(layout, size, LatencyTable(layout.spec, size, runtime, thread_policy.resolve(threads)))
-    raise UserError(f"--by must be one of {', '.join(MEASURES)}, not {by!r}")
+    raise UserError(f"a ratio counts one of {', '.join(MEASURES)}, not {by!r}")

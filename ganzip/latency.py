@@ -233,7 +233,7 @@ class LatencyTable:
     def __init__(self, spec: dict, size: int, runtime: str, threads: int, cache: Path | None = None,
                  progress: Callable[[int], None] | None = None):
         if runtime not in RUNTIMES:
-            raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+            raise UserError(f"latency is measured in one of {', '.join(RUNTIMES)}, not {runtime!r}")
         from ganzip.threads import keep_freed_memory
 
         keep_freed_memory()  # time units in the memory state whole networks are timed in
@@ -377,7 +377,7 @@ def measure_speedup(teacher: nn.Module, student: nn.Module, size: int, runtime: 
             fns = {name: export.onnx_runner(m, size, threads=n)
                    for name, m in (("teacher", teacher), ("student", student))}
         else:
-            raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+            raise UserError(f"latency is measured in one of {', '.join(RUNTIMES)}, not {runtime!r}")
         timings = profile.time_alternating(fns, runs=runs, warmup=warmup)
     t, s = timings["teacher"], timings["student"]
     return {"runtime": runtime, "threads": n, "size": size, "runs": runs, "teacher": t.as_dict(),

@@ -91,7 +91,7 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str = "
     than a wider even one, and the latency table has 8x fewer widths to time), else 1.
     """
     if method not in METHODS:
-        raise UserError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
+        raise UserError(f"the widths method must be one of {', '.join(METHODS)}, not {method!r}")
     spec = getattr(teacher, "spec", None)
     if spec is None or not archs.get(spec["arch"]).generator:
         raise UserError("prune needs a ResNet or U-Net generator built by ganzip "
@@ -167,9 +167,9 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
         warnings.warn(f"the latency search overshot: {achieved:.2f}x predicted for --ratio {ratio:g} (timings are "
                       f"noisy at this size)", stacklevel=2)
     elif abs(achieved / ratio - 1) > TOLERANCE:
-        hint = "--method search or " if method == "uniform" else ""
-        raise UserError(f"{method} widths reach {achieved:.2f}x, not within {TOLERANCE:.0%} of --ratio {ratio:g} "
-                        f"(this network is too narrow for fine steps); try {hint}--ratio {achieved:.2f}")
+        hint = "searched widths or " if method == "uniform" else ""
+        raise UserError(f"{method} widths reach {achieved:.2f}x, not within {TOLERANCE:.0%} of the {ratio:g}x asked "
+                        f"for (this network is too narrow for fine steps); try {hint}a ratio of {achieved:.2f}")
     measured = {name: {"params": count_params(m), "macs": count_macs(m, size)["paper"]}
                 for name, m in (("teacher", teacher), ("student", student))}
     for model in problem.models():

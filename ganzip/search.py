@@ -35,7 +35,7 @@ class Problem:
 
     def __init__(self, teacher: nn.Module, cost: CostModel, multiple_of: int, price: CostModel | None = None):
         if multiple_of < 1:
-            raise UserError(f"--multiple-of must be a positive integer, not {multiple_of}")
+            raise UserError(f"widths can only be rounded to a positive multiple, not {multiple_of}")
         self.teacher = teacher
         self.layout = channels.layout_of(teacher)
         self.cost, self.price = cost, price or cost
@@ -63,12 +63,12 @@ class Problem:
 
     def check_ratio(self, ratio: float) -> None:
         if not ratio > 1:
-            raise UserError(f"--ratio must be greater than 1 (the teacher itself is 1x), not {ratio}")
+            raise UserError(f"the ratio must be greater than 1 (the teacher itself is 1x), not {ratio}")
         best = self.ratio(self.floor)
         if ratio > best * (1 + TOLERANCE):
-            raise UserError(f"--ratio {ratio:g} is out of reach for this {archs.describe(self.layout.spec)}: even "
-                            f"with every width at {self.multiple_of} channel(s) it is {best:.2f}x by {self.by}; "
-                            f"use --ratio {best:.2f} or less")
+            raise UserError(f"a ratio of {ratio:g}x is out of reach for this {archs.describe(self.layout.spec)}: "
+                            f"even with every width at {self.multiple_of} channel(s) it is {best:.2f}x by {self.by}; "
+                            f"ask for {best:.2f}x or less")
 
     def student(self, widths: dict[WidthKey, int]) -> nn.Module:
         if self._ranks is None:

@@ -305,3 +305,25 @@ def test_cli_prune_refits_on_calibration_images_and_reports_before_and_after(tmp
     bad = runner.invoke(app, ["prune", str(tpath), "--ratio", "1.75", "--size", "32", "--refit", "-o",
                               str(tmp_path / "x.pth")])
     assert bad.exit_code == 2 and "--calib" in bad.output and "Traceback" not in bad.output
+
+
+def test_library_errors_name_parameters_and_the_command_names_its_flags(tmp_path):
+    """A Python caller of prune.prune is not told about --ratio; the command line user is."""
+    teacher = tiny_resnet()
+    for kwargs, words in (({"ratio": 1.0}, "the ratio must be greater than 1"),
+                          ({"ratio": 2, "method": "best"}, "the widths method must be one of uniform, search"),
+                          ({"ratio": 2, "by": "flops"}, "a ratio counts one of macs, params, latency"),
+                          ({"ratio": 2, "multiple_of": 0}, "widths can only be rounded to a positive multiple"),
+                          ({"ratio": 10 ** 6}, "a ratio of 1e+06x is out of reach")):
+        with pytest.raises(UserError) as caught:
+            prune.prune(teacher, size=32, **kwargs)
+        assert str(caught.value).startswith(words) and "--" not in str(caught.value), caught.value
+    path = tmp_path / "t.pth"
+    checkpoint.save_generator(teacher, path)
+    cases = [(["--ratio", "1"], "--ratio must be greater than 1 (the teacher itself is 1x), not 1.0"),
+             (["--ratio", "2", "--by", "flops"], "--by must be one of macs, params, latency, not 'flops'"),
+             (["--ratio", "2", "--method", "best"], "--method must be one of uniform, search, not 'best'"),
+             (["--ratio", "2", "--multiple-of", "0"], "--multiple-of must be a positive integer, not 0")]
+    for args, message in cases:
+        result = CliRunner().invoke(app, ["prune", str(path), "--size", "32", "-o", str(tmp_path / "s.pth"), *args])
+        assert result.exit_code == 2 and result.output.strip() == f"error: {message}", result.output

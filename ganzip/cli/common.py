@@ -311,6 +311,12 @@ def device_option(default: str = "cpu", **panel: Any) -> Any:
                         **panel)
 
 
+def check_choice(flag: str, value: Any, allowed: tuple) -> None:
+    """The one-line refusal of a value a multiple-choice option does not take, naming the option as typed."""
+    if value not in allowed:
+        raise UserError(f"{flag} must be one of {', '.join(allowed)}, not {value!r}")
+
+
 def json_option(**panel: Any) -> Any:
     """--json, with one meaning everywhere: the command's result as one JSON object on stdout."""
     return typer.Option(False, "--json", help="Print the result as one JSON object on stdout instead of tables "

@@ -24,6 +24,7 @@ from ganzip.choices import (
     metavar,
 )
 from ganzip.cli.common import (
+    check_choice,
     command,
     console,
     default_output,
@@ -84,8 +85,13 @@ def prune_cmd(
     refuse_input_as_output(output, teacher, calib)
     if runs < 0:
         raise UserError("--runs must be 0 (no timing) or a positive number of runs")
-    if runtime not in latency.RUNTIMES:
-        raise UserError(f"--runtime must be one of {', '.join(latency.RUNTIMES)}, not {runtime!r}")
+    check_choice("--by", by, MEASURES)
+    check_choice("--method", method, METHODS)
+    check_choice("--runtime", runtime, RUNTIMES)
+    if not ratio > 1:
+        raise UserError(f"--ratio must be greater than 1 (the teacher itself is 1x), not {ratio}")
+    if multiple_of is not None and multiple_of < 1:
+        raise UserError(f"--multiple-of must be a positive integer, not {multiple_of}")
     check_writable(output)
     module = ckpt.load_generator(teacher)
     if refit and calib is None:
