@@ -11,18 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ganzip.choices import (
-    ANCHORS,
-    DISC_REALS,
-    INITS,
-    KD_DISTANCES,
-    KD_MODES,
-    MEASURES,
-    METHODS,
-    PRECISIONS,
-    RUNTIMES,
-    metavar,
-)
+from ganzip import choices
 from ganzip.cli.common import (
     check_choice,
     command,
@@ -47,10 +36,10 @@ from ganzip.errors import UserError
 def prune_cmd(
     teacher: Path = typer.Argument(..., help="Teacher generator checkpoint (upstream or ganzip)."),
     ratio: float = typer.Option(..., "--ratio", help="Target compression ratio, e.g. 7 for 7x smaller."),
-    by: str = typer.Option("macs", "--by", metavar=metavar(MEASURES),
+    by: str = typer.Option("macs", "--by", metavar=choices.metavar(choices.MEASURES),
                            help="What the ratio counts: macs (paper/thop convention), params, or "
                                 "latency (measured on this machine, see --runtime)."),
-    method: str = typer.Option("search", "--method", metavar=metavar(METHODS),
+    method: str = typer.Option("search", "--method", metavar=choices.metavar(choices.METHODS),
                                help="search (per-layer widths) or uniform (one multiplier)."),
     size: int = typer.Option(256, help="Input size (pixels) at which MACs and latency are counted."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of real input images scoring the search "
@@ -58,7 +47,7 @@ def prune_cmd(
     multiple_of: Optional[int] = typer.Option(None, "--multiple-of", help="Round every width to a multiple of "
                                               "this (default: 8 where latency is measured and every teacher width "
                                               "is 32 or more, else 1)."),
-    runtime: str = typer.Option("torch", "--runtime", metavar=metavar(RUNTIMES),
+    runtime: str = typer.Option("torch", "--runtime", metavar=choices.metavar(choices.RUNTIMES),
                                 help="torch or onnxruntime: where latency is measured (the "
                                      "table a ResNet search charges its steps in, --by "
                                      "latency, and the reported speedup)."),
@@ -85,9 +74,9 @@ def prune_cmd(
     refuse_input_as_output(output, teacher, calib)
     if runs < 0:
         raise UserError("--runs must be 0 (no timing) or a positive number of runs")
-    check_choice("--by", by, MEASURES)
-    check_choice("--method", method, METHODS)
-    check_choice("--runtime", runtime, RUNTIMES)
+    check_choice("--by", by, choices.MEASURES)
+    check_choice("--method", method, choices.METHODS)
+    check_choice("--runtime", runtime, choices.RUNTIMES)
     if not ratio > 1:
         raise UserError(f"--ratio must be greater than 1 (the teacher itself is 1x), not {ratio}")
     if multiple_of is not None and multiple_of < 1:
@@ -182,16 +171,16 @@ def distill_cmd(
                                           rich_help_panel=_STUDENT),
     student: Optional[Path] = typer.Option(None, "--student", help="Start from this pruned student instead "
                                            "(ganzip prune).", rich_help_panel=_STUDENT),
-    by: str = typer.Option("macs", "--by", metavar=metavar(MEASURES),
+    by: str = typer.Option("macs", "--by", metavar=choices.metavar(choices.MEASURES),
                            help="With --ratio: macs (paper convention), params or latency "
                                 "(measured here, as ganzip prune).", rich_help_panel=_STUDENT),
-    method: str = typer.Option("search", "--method", metavar=metavar(METHODS),
+    method: str = typer.Option("search", "--method", metavar=choices.metavar(choices.METHODS),
                                help="With --ratio: search or uniform widths.",
                                rich_help_panel=_STUDENT),
-    init: str = typer.Option("inherit", "--init", metavar=metavar(INITS),
+    init: str = typer.Option("inherit", "--init", metavar=choices.metavar(choices.INITS),
                              help="inherit (the teacher's channels) or scratch (the paper's "
                                   "setting).", rich_help_panel=_STUDENT),
-    kd: str = typer.Option("wavelet", "--kd", metavar=metavar(KD_MODES),
+    kd: str = typer.Option("wavelet", "--kd", metavar=choices.metavar(choices.KD_MODES),
                            help="wavelet (high DWT bands, the method), pixel (L1 on the image) "
                                 "or none.", rich_help_panel=_OBJECTIVE),
     wavelet: str = typer.Option("haar", "--wavelet", help="Any discrete PyWavelets name (haar, db2, sym4, ...).",
@@ -204,13 +193,13 @@ def distill_cmd(
                                      "of the pull), mean (the authors' per-level mean, which puts almost all the "
                                      "gradient on the coarsest level) or one weight per level, finest first "
                                      "(e.g. 2,1,1).", rich_help_panel=_OBJECTIVE),
-    kd_distance: str = typer.Option("l1", "--kd-distance", metavar=metavar(KD_DISTANCES),
+    kd_distance: str = typer.Option("l1", "--kd-distance", metavar=choices.metavar(choices.KD_DISTANCES),
                                     help="l1 (the paper's text) or l2 (the authors' code).",
                                     rich_help_panel=_OBJECTIVE),
     lambda_kd: Optional[float] = typer.Option(None, "--lambda-kd", help="Weight of the KD term (default: 10, as "
                                               "GAN Compression's L1; 0.4 with --band-weights mean, as the authors).",
                                               rich_help_panel=_OBJECTIVE),
-    anchor: Optional[str] = typer.Option(None, "--anchor", metavar=metavar(ANCHORS),
+    anchor: Optional[str] = typer.Option(None, "--anchor", metavar=choices.metavar(choices.ANCHORS),
                                          help="Unpaired data: what keeps colour and layout on the "
                                               "teacher's: low (L1 on the DWT low band), pixel (L1 on the image), cycle "
                                               "(through --teacher-reverse) or none. Default: cycle with "
@@ -225,7 +214,7 @@ def distill_cmd(
                                      "(100, as pix2pix and GAN Compression).", rich_help_panel=_OBJECTIVE),
     lambda_gan: float = typer.Option(1.0, "--lambda-gan", help="Weight of the adversarial term.",
                                      rich_help_panel=_OBJECTIVE),
-    disc_real: Optional[str] = typer.Option(None, "--disc-real", metavar=metavar(DISC_REALS),
+    disc_real: Optional[str] = typer.Option(None, "--disc-real", metavar=choices.metavar(choices.DISC_REALS),
                                             help="What the discriminator learns as real: targets (the real target "
                                                  "images, default) or teacher (the teacher's outputs on the same "
                                                  "inputs: then --inputs alone is enough).", rich_help_panel=_OBJECTIVE),
@@ -243,7 +232,7 @@ def distill_cmd(
     lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (betas 0.5, 0.999).", rich_help_panel=_TRAINING),
     decay_from: float = typer.Option(0.5, "--decay-from", help="Fraction of --steps after which the lr falls "
                                      "linearly to 0 (1: constant).", rich_help_panel=_TRAINING),
-    precision: str = typer.Option("auto", "--precision", metavar=metavar(PRECISIONS),
+    precision: str = typer.Option("auto", "--precision", metavar=choices.metavar(choices.PRECISIONS),
                                   help="auto (bf16 on CPUs with AVX512-BF16 or AMX and on CUDA GPUs with bf16, "
                                        "else fp32), fp32, or bf16 autocast for the forward passes.",
                                   rich_help_panel=_TRAINING),
