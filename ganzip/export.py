@@ -185,3 +185,30 @@ def file_runner(onnx_path: str | os.PathLike, shape: tuple[int, ...], threads: i
                 ) -> Callable[[], object]:
     """Like `onnx_runner`, for an exported file (times exactly what was written)."""
     return _runner(_session(onnx_path, threads), shape)
+
+
+def export_checked(module: nn.Module, path: str | os.PathLike, *, opset: int | None = None, dynamic: bool = True,
+                   size: int = 256, runs: int = 20, threads: int | None = None) -> dict:
+    """Export, check onnxruntime against PyTorch (`verify`) and time the written file: what `ganzip export` does.
+
+    A file that fails the check is kept for inspection: `mismatch(info)` says why, once the caller has shown what
+    was measured."""
+    from ganzip.profile import time_alternating
+
+    check_size(module, size)
+    info = export_onnx(module, path, opset=opset, dynamic=dynamic, size=size)
+    info.update(verify(module, path, sizes=verify_sizes(module, size, dynamic)))
+    shape = (1, _channels(module), size, size)
+    latency = time_alternating({"onnxruntime": file_runner(path, shape, threads)}, runs=runs)["onnxruntime"]
+    info["onnxruntime_latency"] = {**latency.as_dict(), "input_shape": list(shape)}
+    info["threads"] = threads
+    return info
+
+
+def mismatch(info: dict) -> str | None:
+    """The one-line refusal of an export whose onnxruntime outputs differ from PyTorch's, or None when they agree."""
+    if info["ok"]:
+        return None
+    worst = max(info["max_abs_diff"].items(), key=lambda kv: kv[1])
+    return (f"onnxruntime differs from PyTorch by {worst[1]:.2e} at {worst[0]}px (limit {info['tolerance']:.0e}); "
+            f"the file {info['path']} was kept for inspection, do not deploy it")

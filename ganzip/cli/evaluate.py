@@ -162,7 +162,6 @@ def export_cmd(
 ) -> None:
     """Export to ONNX, then check onnxruntime against PyTorch at two sizes (fails above 1e-4) and time it."""
     from ganzip import export
-    from ganzip import profile as prof
     from ganzip import threads as thread_policy
     from ganzip.atomic import refuse_input_as_output
 
@@ -182,14 +181,7 @@ def export_cmd(
     module = ckpt.load_generator(checkpoint)
     export.check_size(module, size)
     with status("exporting"):
-        info = export.export_onnx(module, out, opset=opset, dynamic=dynamic, size=size)
-        check = export.verify(module, out, sizes=export.verify_sizes(module, size, dynamic))
-        shape = (1, module.spec["input_nc"], size, size)
-        latency = prof.time_alternating({"onnxruntime": export.file_runner(out, shape, threads)}, runs=runs)
-    info.update(check)
-    info["onnxruntime_latency"] = latency["onnxruntime"].as_dict()
-    info["onnxruntime_latency"]["input_shape"] = list(shape)
-    info["threads"] = threads
+        info = export.export_checked(module, out, opset=opset, dynamic=dynamic, size=size, runs=runs, threads=threads)
     if as_json:
         emit_json(info)
     else:
@@ -197,16 +189,14 @@ def export_cmd(
         table.add_row("file", Text(f"{info['path']} ({info['bytes'] / 2**20:.2f} MiB)"))
         table.add_row("opset", str(info["opset"]))
         table.add_row("input shape", " x ".join(map(str, info["input_shape"])))
-        for s, d in check["max_abs_diff"].items():
-            table.add_row(f"max |ORT - PyTorch| @{s}px", f"{d:.2e}" + ("" if d <= check["tolerance"] else " FAIL"))
+        for s, d in info["max_abs_diff"].items():
+            table.add_row(f"max |ORT - PyTorch| @{s}px", f"{d:.2e}" + ("" if d <= info["tolerance"] else " FAIL"))
         lat = info["onnxruntime_latency"]
         table.add_row(f"onnxruntime latency @{size}px, {threads} thr.", f"{lat['median_ms']:.1f} ms "
                                                                        f"({lat['p10_ms']:.1f}-{lat['p90_ms']:.1f})")
         console.print(table)
-    if not check["ok"]:
-        worst = max(check["max_abs_diff"].items(), key=lambda kv: kv[1])
-        raise UserError(f"onnxruntime differs from PyTorch by {worst[1]:.2e} at {worst[0]}px (limit "
-                        f"{check['tolerance']:.0e}); the file {out} was kept for inspection, do not deploy it")
+    if (problem := export.mismatch(info)) is not None:
+        raise UserError(problem)
 
 
 def _export_int8(checkpoint: Path, out: Optional[Path], calib: Optional[Path], opset: Optional[int], dynamic: bool,
