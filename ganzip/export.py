@@ -22,6 +22,7 @@ from torch import nn
 from ganzip import archs
 from ganzip.atomic import atomic_path, check_writable
 from ganzip.errors import UserError
+from ganzip.profile import time_alternating
 
 TOLERANCE = 1e-4
 MIN_OPSET = 18  # the oldest opset PyTorch's current (dynamo) exporter writes
@@ -193,8 +194,6 @@ def export_checked(module: nn.Module, path: str | os.PathLike, *, opset: int | N
 
     A file that fails the check is kept for inspection: `mismatch(info)` says why, once the caller has shown what
     was measured."""
-    from ganzip.profile import time_alternating
-
     check_size(module, size)
     info = export_onnx(module, path, opset=opset, dynamic=dynamic, size=size)
     info.update(verify(module, path, sizes=verify_sizes(module, size, dynamic)))
