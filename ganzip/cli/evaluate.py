@@ -179,7 +179,6 @@ def export_cmd(
     out = out or checkpoint.with_suffix(".onnx")
     refuse_input_as_output(out, checkpoint)
     module = ckpt.load_generator(checkpoint)
-    export.check_size(module, size)
     with status("exporting"):
         info = export.export_checked(module, out, opset=opset, dynamic=dynamic, size=size, runs=runs, threads=threads)
     if as_json:
