@@ -51,8 +51,8 @@ def test_non_finite_ganzip_student_is_refused_and_json_gets_the_error(tmp_path):
     assert "error:" in result.stderr
 
 
-def _tampered(tmp_path, edit) -> str:
-    spec = archs.default_spec("resnet", ngf=4, n_blocks=2)
+def _tampered(tmp_path, edit, arch: str = "resnet", **widths) -> str:
+    spec = archs.default_spec(arch, **(widths or {"ngf": 4, "n_blocks": 2}))
     sd = archs.build(spec).state_dict()
     raw = {"format": "ganzip", "version": 1, "spec": spec, "state_dict": sd, "provenance": {}}
     edit(raw["spec"])
@@ -62,7 +62,8 @@ def _tampered(tmp_path, edit) -> str:
 
 
 @pytest.mark.parametrize("edit,why", [
-    (lambda s: s.update(n_blocks=3), "resnet spec: one inner width per residual block (n_blocks)"),
+    (lambda s: s.update(n_blocks=3), "resnet spec: one inner width per residual block (n_blocks) (widths.inner "
+                                     "has 2, expected 3)"),
     (lambda s: s.update(n_blocks="nine"), "n_blocks is 'nine', not a positive integer"),
     (lambda s: s.update(arch="transformer"), "unknown architecture 'transformer' (known: resnet, unet, "
                                              "mobile_resnet, patchgan)"),
@@ -75,6 +76,20 @@ def _tampered(tmp_path, edit) -> str:
 ])
 def test_tampered_student_spec_is_one_line(tmp_path, edit, why):
     path = _tampered(tmp_path, edit)
+    assert _error(["inspect", path]) == (f"error: {path} is a ganzip checkpoint with a damaged spec: {why}; the file "
+                                         f"was edited or corrupted, re-create it")
+
+
+@pytest.mark.parametrize("arch,widths,edit,why", [
+    ("unet", {"ngf": 4, "num_downs": 5}, lambda s: s["widths"]["levels"].pop(),
+     "unet spec: one width per level (num_downs) (widths.levels has 4, expected 5)"),
+    ("patchgan", {"ndf": 4}, lambda s: s["widths"]["layers"].append(8),
+     "patchgan spec: one width per layer, n_layers + 1 (widths.layers has 5, expected 4)"),
+    ("resnet", {"ngf": 4, "n_blocks": 2}, lambda s: s["widths"]["up"].pop(),
+     "resnet spec: len(up) must equal len(down) + 1 (one per downsampling) (widths.up has 1, expected 2)"),
+])
+def test_width_groups_of_the_wrong_length_name_the_group(tmp_path, arch, widths, edit, why):
+    path = _tampered(tmp_path, edit, arch, **widths)
     assert _error(["inspect", path]) == (f"error: {path} is a ganzip checkpoint with a damaged spec: {why}; the file "
                                          f"was edited or corrupted, re-create it")
 

@@ -27,6 +27,18 @@ def norm_layer(spec: dict[str, Any], channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
 
 
+def spec_widths(spec: dict[str, Any], group: str, count: int, rule: str) -> list[int]:
+    """One width group of a spec, refused with the rule it breaks when it has the wrong length.
+
+    A spec with too few widths would otherwise fail deep in layer construction with an index error that
+    names no width group.
+    """
+    widths = list(spec["widths"][group])
+    if len(widths) != count:
+        raise ValueError(f"{spec['arch']} spec: {rule} (widths.{group} has {len(widths)}, expected {count})")
+    return widths
+
+
 def conv_bias(spec: dict[str, Any]) -> bool:
     """Whether normalised convolutions carry a bias (upstream: only with InstanceNorm)."""
     return bool(spec.get("bias", spec.get("norm", "instance") != "batch"))

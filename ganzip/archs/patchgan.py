@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ganzip.archs.layers import conv_bias, norm_layer
+from ganzip.archs.layers import conv_bias, norm_layer, spec_widths
 
 
 def default_spec(ndf: int = 64, n_layers: int = 3, norm: str = "instance", input_nc: int = 3, **extra) -> dict:
@@ -19,10 +19,8 @@ class NLayerDiscriminator(nn.Module):
     def __init__(self, spec: dict):
         super().__init__()
         self.spec = spec
-        widths = spec["widths"]["layers"]
         n = spec["n_layers"]
-        if len(widths) != n + 1:
-            raise ValueError("patchgan spec: n_layers + 1 widths")
+        widths = spec_widths(spec, "layers", n + 1, "one width per layer, n_layers + 1")
         bias = conv_bias(spec)
         layers: list[nn.Module] = [nn.Conv2d(spec["input_nc"], widths[0], 4, stride=2, padding=1),
                                    nn.LeakyReLU(0.2, True)]

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ganzip.archs.layers import conv_bias, norm_layer
+from ganzip.archs.layers import conv_bias, norm_layer, spec_widths
 
 
 def default_spec(ngf: int = 64, n_blocks: int = 9, norm: str = "instance", input_nc: int = 3,
@@ -57,10 +57,8 @@ class ResnetGenerator(nn.Module):
         w = spec["widths"]
         bias = conv_bias(spec)
         downs = list(w["down"]) + [w["trunk"]]
-        if len(w["up"]) != len(downs):
-            raise ValueError(f"{spec['arch']} spec: len(up) must equal len(down) + 1 (one per downsampling)")
-        if len(w["inner"]) != spec["n_blocks"]:
-            raise ValueError(f"{spec['arch']} spec: one inner width per residual block (n_blocks)")
+        spec_widths(spec, "up", len(downs), "len(up) must equal len(down) + 1 (one per downsampling)")
+        spec_widths(spec, "inner", spec["n_blocks"], "one inner width per residual block (n_blocks)")
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(spec["input_nc"], w["stem"], 7, bias=bias),
                                    norm_layer(spec, w["stem"]), nn.ReLU(True)]
         prev = w["stem"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ganzip.archs.layers import conv_bias, norm_layer
+from ganzip.archs.layers import conv_bias, norm_layer, spec_widths
 
 
 def default_spec(ngf: int = 64, num_downs: int = 8, norm: str = "batch", input_nc: int = 3, output_nc: int = 3,
@@ -54,10 +54,8 @@ class UnetGenerator(nn.Module):
     def __init__(self, spec: dict):
         super().__init__()
         self.spec = spec
-        levels = spec["widths"]["levels"]
         n = spec["num_downs"]
-        if len(levels) != n:
-            raise ValueError("unet spec: one width per level (num_downs)")
+        levels = spec_widths(spec, "levels", n, "one width per level (num_downs)")
         if n < 2:
             raise ValueError("unet spec: num_downs must be at least 2")
         block = UnetSkipConnectionBlock(spec, levels[n - 2], levels[n - 1], innermost=True)
