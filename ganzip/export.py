@@ -120,7 +120,7 @@ def _session(source: str | os.PathLike | bytes, threads: int | None = None) -> A
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # onnxruntime's idle threads spin after each run; timed in alternation with PyTorch they would steal its cores
-    # (measured: PyTorch 1.7x slower beside a spinning session), so ganzip's sessions sleep instead.
+    # (PyTorch runs markedly slower beside a spinning session), so ganzip's sessions sleep instead.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads

@@ -4,18 +4,18 @@ An fp32 .onnx goes in (written by `ganzip.export`), an int8 .onnx comes out, and
 measured: the int8 model's PSNR to the fp32 model on held-out calibration images (images the calibration never
 saw) and both latencies in onnxruntime, in alternation.
 
-What makes int8 good here was measured on a 7x student of the vintagify CycleGAN teacher at 256 px
-(bench/int8.py flips each choice alone; the README has the table). onnxruntime's defaults (every op quantized,
-min/max ranges) gave 28.8 dB PSNR and 1.17x; this recipe 37.7 dB and 1.65x. What matters:
+What makes int8 good here was measured on students of the vintagify CycleGAN teacher at 256 px: bench/int8.py
+flips each choice below alone against onnxruntime's defaults (every op quantized, min/max ranges), into
+bench/results/int8.json; the README has the table. The choices:
 - Stride-2 transposed convolutions are rewritten as convolution + DepthToSpace (exactly the same function):
-  onnxruntime has int8 kernels for convolutions and none for transposed ones (1.35x without the rewrite).
+  onnxruntime has int8 kernels for convolutions and none for transposed ones.
 - Only convolutions are quantized: InstanceNorm, residual adds, padding and tanh stay float (onnxruntime has no
   int8 InstanceNorm; quantizing around it only adds rounding).
-- The first and last convolutions stay float: the last one (to 3 channels, 7x7, full resolution) ran slower in
-  int8 than in float (1.29x overall when both are int8), and it writes the image through tanh.
+- The first and last convolutions stay float: the last one (to 3 channels, 7x7, full resolution) runs slower in
+  int8 than in float, and it writes the image through tanh.
 - Each convolution output channel that feeds an InstanceNorm is centred and scaled to unit spread first (the
-  norm undoes it exactly): per-tensor activation ranges no longer crush quiet channels (34.0 dB without).
-- Percentile calibration (99.99th, each tail on its own) instead of min/max (34.1 dB); per-channel weights;
+  norm undoes it exactly): per-tensor activation ranges no longer crush quiet channels.
+- Percentile calibration (99.99th, each tail on its own) instead of min/max; per-channel weights;
   uint8 activations with int8 weights, the pair AVX512-VNNI's int8 dot products take directly; QDQ format.
 """
 

@@ -2,10 +2,11 @@
 timings it took can be trusted.
 
 On a shared machine the obvious default (every core) is the worst one: with two cores and two other busy
-processes, two torch threads ran a distillation step 3x slower than one thread, and `profile` reported a 1.10x
-speedup where one thread measured 4.09x. The default is therefore the cores that are free now: the cores this
-process may run on, less the 1-minute load average, at least one. It is decided once, when a command starts,
-because later the load includes the command's own work. Every command with `--threads` goes through `resolve`.
+processes, two torch threads run a distillation step several times slower than one thread, and `profile`
+reports a speedup near 1x where one thread measures the real one. The default is therefore the cores that are
+free now: the cores this process may run on, less the 1-minute load average, at least one. It is decided once,
+when a command starts, because later the load includes the command's own work. Every command with `--threads`
+goes through `resolve`.
 """
 
 from __future__ import annotations
