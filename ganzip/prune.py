@@ -202,21 +202,43 @@ def save_student(result: PruneResult, teacher: nn.Module, teacher_path: str | os
     return provenance
 
 
+DISC_MIN_WIDTH = 8  # channels; a narrower PatchGAN layer tells real from fake too poorly to teach a student
+
+
 def prune_discriminator(spec_or_module: dict | nn.Module, ratio: float) -> nn.Module:
     """A PatchGAN `ratio` times smaller by parameters (uniform widths), in train mode, ready to be trained.
 
     With a module its most important channels are inherited; with a spec the weights are freshly initialised.
+    No layer goes below DISC_MIN_WIDTH channels (or its own width): a ratio that needs narrower layers is refused
+    rather than met with a discriminator that cannot judge anything.
     """
     module = spec_or_module if isinstance(spec_or_module, nn.Module) else None
     spec = module.spec if module is not None else spec_or_module
     if spec.get("arch") != "patchgan":
-        raise UserError(f"--disc-ratio prunes a PatchGAN discriminator, not a {spec.get('arch')}")
+        raise UserError(f"only a PatchGAN discriminator can be pruned, not a {archs.describe(spec)}")
     if module is None:
         with torch.device("meta"):
-            module = archs.build(spec)
-        problem = Problem(module, costs.Params(channels.layout_of(module)), 1)
+            problem = _disc_problem(archs.build(spec))
         problem.check_ratio(ratio)
-        return archs.build(channels.with_widths(spec, problem.uniform(ratio))).train()
-    problem = Problem(module, costs.Params(channels.layout_of(module)), 1)
+        return archs.build(channels.with_widths(spec, _disc_widths(problem, ratio))).train()
+    problem = _disc_problem(module)
     problem.check_ratio(ratio)
-    return problem.student(problem.uniform(ratio)).train()
+    return problem.student(_disc_widths(problem, ratio)).train()
+
+
+class _DiscProblem(Problem):
+    def check_ratio(self, ratio: float) -> None:
+        try:
+            super().check_ratio(ratio)
+        except UserError as e:
+            raise UserError(f"{e} (a discriminator keeps at least {DISC_MIN_WIDTH} channels in each layer)") from None
+
+
+def _disc_problem(module: nn.Module) -> Problem:
+    problem = _DiscProblem(module, costs.Params(channels.layout_of(module)), 1)
+    problem.floor = {p: min(DISC_MIN_WIDTH, w) for p, w in problem.full.items()}
+    return problem
+
+
+def _disc_widths(problem: Problem, ratio: float) -> dict:
+    return {p: max(problem.floor[p], w) for p, w in problem.uniform(ratio).items()}

@@ -67,8 +67,8 @@ class Problem:
         best = self.ratio(self.floor)
         if ratio > best * (1 + TOLERANCE):
             raise UserError(f"a ratio of {ratio:g}x is out of reach for this {archs.describe(self.layout.spec)}: "
-                            f"even with every width at {self.multiple_of} channel(s) it is {best:.2f}x by {self.by}; "
-                            f"ask for {best:.2f}x or less")
+                            f"even with every width at {max(self.floor.values())} channel(s) it is {best:.2f}x by "
+                            f"{self.by}; ask for {best:.2f}x or less")
 
     def student(self, widths: dict[WidthKey, int]) -> nn.Module:
         if self._ranks is None:

@@ -381,3 +381,25 @@ def test_a_size_that_cannot_fit_in_memory_is_refused_before_allocating(good, tmp
                                            "--size", "100000"]))
     assert line.startswith("error: --size 100000 needs about ") and line.endswith("lower --size or --batch-size")
     assert not (tmp_path / "out" / "a.png").exists()
+
+
+def test_a_discriminator_ratio_that_leaves_layers_too_narrow_to_judge_is_refused(good, tmp_path):
+    for side in ("trainA", "trainB", "testA"):
+        (tmp_path / "data" / side).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (10, 200, 30)).save(tmp_path / "data" / side / "a.png")
+    out = tmp_path / "run"
+    line = _error_line(runner.invoke(app, ["distill", str(good), "--ratio", "2", "--steps", "1", "--size", "32",
+                                           "--data", str(tmp_path / "data"), "--batch-size", "1",
+                                           "--disc-ratio", "1000", "--out-dir", str(out)]))
+    # ndf 64 by default: all four layers at 8 channels is the narrowest discriminator, computed here by hand
+    widths, in_nc = [64, 128, 256, 512], 3
+
+    def params(w: list[int]) -> int:
+        convs = [(in_nc, w[0], True), (w[0], w[1], True), (w[1], w[2], True), (w[2], w[3], True), (w[3], 1, True)]
+        return sum(i * o * 16 + o for i, o, _ in convs)  # 4x4 kernels; InstanceNorm has no weights
+
+    best = params(widths) / params([8, 8, 8, 8])
+    assert line == (f"error: a ratio of 1000x is out of reach for this patchgan_3layers (ndf 64, instance norm): "
+                    f"even with every width at 8 channel(s) it is {best:.2f}x by params; ask for {best:.2f}x or less "
+                    f"(a discriminator keeps at least 8 channels in each layer)")
+    assert not out.exists()
