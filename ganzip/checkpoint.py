@@ -229,7 +229,11 @@ def _check_tensors(sd: Mapping[str, torch.Tensor], path: Path) -> None:
     if sparse:
         raise UserError(f"{path} holds sparse tensors ({_preview(sparse, 3)}); ganzip reads dense weights: save them "
                         f"dense, e.g. {{k: v.to_dense() for k, v in state_dict.items()}}")
-    bad = [k for k, v in sd.items() if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())]
+    complex_ = [k for k, v in sd.items() if v.is_complex()]
+    if complex_:  # loading would keep the real part and drop the rest, with only torch's warning to say so
+        raise UserError(f"{path} holds complex-valued tensors ({_preview(complex_, 3)}); generator weights are real "
+                        f"numbers: save the weights as real tensors")
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise UserError(f"{path} holds non-finite weights (NaN or Inf) in {len(bad)} tensor(s), first {bad[0]}; "
                         f"the run that wrote it diverged, use an earlier checkpoint")

@@ -79,13 +79,29 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     viewers apply it, so ganzip does too, or phone photos would be translated lying on their side.
     """
     try:
-        with Image.open(path) as img:
+        with _open(path) as img:
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
     except Image.DecompressionBombError as e:
         raise UserError(f"cannot read image {path}: {e}; shrink the image first") from None
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"cannot read image {path}: {e}; remove or replace the file") from None
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    """Image.open, with PIL's decompression-bomb warning (a source-line dump naming no file) as one line of ganzip's
+    that names the image: it is large enough to cost real memory, not so large that PIL refuses it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    for w in caught:
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            warnings.warn(f"{path} is {img.width}x{img.height}, more pixels than PIL's safety limit "
+                          f"({Image.MAX_IMAGE_PIXELS:,}); decoding it takes a lot of memory, shrink it if it is "
+                          f"larger than it should be", stacklevel=3)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -170,7 +186,7 @@ def load_batch(paths: Iterable[str | os.PathLike], size: int | None = None) -> t
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) from the file's header, upright as `load_rgb` turns it, without decoding the pixels."""
     try:
-        with Image.open(path) as img:
+        with _open(path) as img:
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)  # EXIF orientation 5-8 swap the sides
     except Image.DecompressionBombError as e:

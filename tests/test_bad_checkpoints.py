@@ -103,6 +103,15 @@ def test_sparse_tensors_are_one_line(tmp_path):
                     f"weights: save them dense, e.g. {{k: v.to_dense() for k, v in state_dict.items()}}")
 
 
+def test_complex_weights_are_refused_not_cut_to_their_real_part(tmp_path):
+    sd = resnet_state_dict(ngf=4, n_blocks=2, norm="instance")
+    sd["model.1.weight"] = sd["model.1.weight"].to(torch.complex64) + 1j
+    torch.save(sd, tmp_path / "complex.pth")
+    line = _error(["profile", str(tmp_path / "complex.pth")])
+    assert line == (f"error: {tmp_path / 'complex.pth'} holds complex-valued tensors (model.1.weight); generator "
+                    f"weights are real numbers: save the weights as real tensors")
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
 def test_torchscript_file_is_named_with_how_to_get_a_state_dict(tmp_path):
     model = archs.build(archs.default_spec("resnet", ngf=4, n_blocks=2)).eval()

@@ -254,6 +254,22 @@ def test_an_image_too_large_to_decode_is_one_line(tmp_path, good, monkeypatch):
     assert line.endswith("; shrink the image first")
 
 
+def test_an_image_past_pils_safety_limit_is_one_warning_line_naming_it(tmp_path, good, monkeypatch):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (40, 40)).save(src / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 px: over the limit, under twice it (PIL warns)
+    result = runner.invoke(app, ["translate", str(good), str(src), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.strip()]
+    assert warned == [f"warning: {src / 'big.png'} is 40x40, more pixels than PIL's safety limit (1,000); decoding "
+                      f"it takes a lot of memory, shrink it if it is larger than it should be"]
+    assert "DecompressionBombWarning" not in result.output
+    assert (tmp_path / "out" / "big.png").is_file()
+
+
 def test_output_folder_that_is_a_file(tmp_path, good):
     from PIL import Image
 
