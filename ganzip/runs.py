@@ -151,13 +151,18 @@ class RunFolder:
         return list(_complete_lines(self.log))
 
     def start_log(self, resumed_at: int | None) -> None:
-        """A fresh run starts an empty log; a resumed one keeps the lines up to its saved step."""
+        """A fresh run starts an empty log; a resumed one keeps the lines up to its saved step.
+
+        Events at the saved step itself (resume, gradient shares) were written by an earlier start from that step
+        that got no further; this start writes its own, so a failed resume leaves no line behind.
+        """
         if not self.writer:
             return
         if resumed_at is None:
             write_text("", self.log)
             return
-        kept = [r for r in self.read_log() if r.get("step", 0) <= resumed_at]
+        kept = [r for r in self.read_log()
+                if r.get("step", 0) < resumed_at or (r.get("step", 0) == resumed_at and "event" not in r)]
         write_text("".join(json.dumps(r) + "\n" for r in kept), self.log)
 
     def append(self, record: dict) -> None:

@@ -85,6 +85,30 @@ def test_resume_accepts_more_steps_and_logs_changed_runtime_flags(setup):
     assert checkpoint.load(tmp_path / "run" / "student.pth").provenance["steps"] == 6
 
 
+def test_a_resume_that_fails_leaves_no_event_line_behind(setup, monkeypatch):
+    tmp_path, root = setup
+    assert runner.invoke(app, _args(tmp_path, root)).exit_code == 0
+    from ganzip import distill as distill_module
+    from ganzip.errors import UserError
+
+    real_step = distill_module.train_step
+
+    def failing(*args, **kwargs):
+        raise UserError("the disk went away")
+
+    monkeypatch.setattr(distill_module, "train_step", failing)
+    for _ in range(2):
+        assert _line(runner.invoke(app, _args(tmp_path, root, "run", "--resume", "--steps", "6"))) == (
+            "error: the disk went away")
+    monkeypatch.setattr(distill_module, "train_step", real_step)
+    assert runner.invoke(app, _args(tmp_path, root, "run", "--resume", "--steps", "6")).exit_code == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r for r in log if r.get("event") == "resume"] == [{"step": 4, "event": "resume",
+                                                             "changed": {"steps": [4, 6]}}]
+    assert [r["step"] for r in log if r.get("event") == "gradient_shares"] == [0, 4]
+    assert _steps(tmp_path / "run") == [1, 2, 3, 4, 5, 6]
+
+
 def test_resume_with_fewer_steps_than_trained_is_refused(setup):
     tmp_path, root = setup
     assert runner.invoke(app, _args(tmp_path, root)).exit_code == 0
