@@ -139,3 +139,21 @@ def test_translate_refuses_to_split_a_photo_that_is_not_a_pair(teacher, tmp_path
     line = error_line(runner.invoke(app, ["translate", str(teacher), str(PHOTOS / "test"), "--direction", "AtoB",
                                           "-o", str(tmp_path / "out")]))
     assert "is 128x128, not an A|B pair" in line
+
+
+@pytest.mark.parametrize("width,height", [(1, 1), (1, 5), (3, 1)])
+def test_an_image_a_pixel_wide_is_never_split_as_a_pair(teacher, tmp_path, width, height):
+    # a pair split at width // 2 would leave an empty half for one side
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (width, height), (200, 40, 40)).save(src / "a.png")
+    line = error_line(runner.invoke(app, ["translate", str(teacher), str(src), "--direction", "AtoB",
+                                          "-o", str(tmp_path / "out")]))
+    assert line == (f"error: {src / 'a.png'} is {width}x{height}, not an A|B pair (those are twice as wide as "
+                    f"high); read it as a single image, without a direction")
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (width, height)).save(tmp_path / "data" / "train" / f"{i}.png")
+    line = error_line(runner.invoke(app, ["distill", str(teacher), "--data", str(tmp_path / "data"), "--ratio", "2",
+                                          "--steps", "1", "--size", "32", "--out-dir", str(tmp_path / "run")]))
+    assert "holds single images of one domain (not A|B pairs)" in line
