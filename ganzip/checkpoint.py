@@ -10,9 +10,11 @@ what loads is checked before use (finite, dense tensors; a spec that builds), so
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
+import pickletools
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -96,6 +98,7 @@ def _read(p: Path) -> tuple[Any, str]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Validating sparse tensor")  # sparse files are refused below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # refused below when unreadable
             with open(p, "rb") as f:  # a file object: torch.load picks a reader from a path's name, not its bytes
                 return torch.load(f, map_location="cpu", weights_only=True), fmt
     except pickle.UnpicklingError as e:
@@ -107,6 +110,10 @@ def _read(p: Path) -> tuple[Any, str]:
                 f"{p} is not a plain weights file: it asks to run Python code when loaded, which ganzip refuses; "
                 f"if you trust it, convert it with python -c \"import torch; m = torch.load('{p}', "
                 f"weights_only=False); torch.save(getattr(m, 'state_dict', lambda: m)(), 'plain.pth')\"") from None
+        if "unsupported operand" in str(e).lower() and (protocol := _pickle_protocol(p)) not in (None, 2):
+            raise UserError(f"{p} was written with pickle protocol {protocol}, which torch's safe loader "
+                            f"(weights_only=True) cannot read; save it again with torch.save's default protocol "
+                            f"(pickle_protocol=2) where it was made") from None
         raise UserError(f"{p} is not a PyTorch checkpoint (not a torch.save, safetensors or pickle file) or is "
                         f"corrupted; check the path, or download or save it again") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
@@ -114,6 +121,24 @@ def _read(p: Path) -> tuple[Any, str]:
         detail = "not a pickle" if isinstance(e, KeyError) else _first_line(e)
         raise UserError(f"{p} is truncated or not a PyTorch checkpoint ({detail}); "
                         f"download or save it again") from None
+
+
+def _pickle_protocol(p: Path) -> int | None:
+    """The pickle protocol of a torch.save file (zip: its data.pkl) or of a bare pickle, read from its opcodes
+    without running any; None when the bytes are no pickle."""
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(name) if name else b""
+        else:
+            with open(p, "rb") as f:
+                data = f.read(1 << 20)
+        ops = list(pickletools.genops(io.BytesIO(data)))
+    except Exception:  # any parse failure means: not a pickle
+        return None
+    declared = [arg for op, arg, _ in ops if op.name == "PROTO"]
+    return declared[0] if declared else max(op.proto for op, _, _ in ops)
 
 
 def _looks_like_onnx(p: Path) -> bool:

@@ -103,6 +103,17 @@ def test_sparse_tensors_are_one_line(tmp_path):
                     f"weights: save them dense, e.g. {{k: v.to_dense() for k, v in state_dict.items()}}")
 
 
+@pytest.mark.parametrize("protocol", [1, 4, 5])
+def test_a_pickle_protocol_the_safe_loader_cannot_read_is_named_without_torchs_warning(tmp_path, protocol):
+    path = tmp_path / f"p{protocol}.pth"
+    torch.save(resnet_state_dict(ngf=4, n_blocks=2, norm="instance"), path, pickle_protocol=protocol)
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 2 and "UserWarning" not in result.output and "Detected pickle" not in result.output
+    assert _error(["inspect", str(path)]) == (
+        f"error: {path} was written with pickle protocol {protocol}, which torch's safe loader (weights_only=True) "
+        f"cannot read; save it again with torch.save's default protocol (pickle_protocol=2) where it was made")
+
+
 def test_complex_weights_are_refused_not_cut_to_their_real_part(tmp_path):
     sd = resnet_state_dict(ngf=4, n_blocks=2, norm="instance")
     sd["model.1.weight"] = sd["model.1.weight"].to(torch.complex64) + 1j
