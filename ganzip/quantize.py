@@ -259,12 +259,33 @@ def _chunk(n: int) -> int:
     return max(k for k in range(1, min(CALIB_CHUNK, n) + 1) if n % k == 0)
 
 
+def _pre_process(fp32_path: Path, prepared: Path) -> None:
+    """Shape inference and constant folding first, as onnxruntime recommends: the quantizer needs shapes.
+
+    onnxruntime's symbolic shape inference gives up on graphs it cannot follow symbolically (a U-Net's skip
+    concatenations over dynamic sizes); ONNX's own shape inference, which that step only adds to, still types
+    every tensor the quantizer reads. When it gives up it dumps its partial model into the working directory, so
+    it runs from the (temporary) folder `prepared` is written in.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    here = os.getcwd()
+    try:
+        os.chdir(prepared.parent)
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+    except Exception as e:  # onnxruntime raises a bare Exception here
+        if "symbolic shape inference" not in str(e):
+            raise
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    finally:
+        os.chdir(here)
+
+
 def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib: np.ndarray,
                   recipe: Recipe = Recipe()) -> Path:
     """Write the int8 model of `fp32_path` to `out_path` (atomically), calibrated on `calib` (N x C x H x W)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from ganzip.export import PRECISION_KEY, set_metadata
 
@@ -286,8 +307,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
         extra["OpTypesToExcludeOutputQuantization"] = ["Conv", "ConvTranspose"]
     with tempfile.TemporaryDirectory(prefix="ganzip-int8-") as work:
         prepared = Path(work) / "prepared.onnx"
-        # shape inference and constant folding first, as onnxruntime recommends: the quantizer needs shapes
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        _pre_process(fp32_path, prepared)
         model = onnx.load(str(prepared))
         name = model.graph.input[0].name
         if recipe.subpixel:
