@@ -232,7 +232,12 @@ def load(path: str | os.PathLike) -> Loaded:
         if not matches(sd, dict(spec)):
             raise UserError(f"{path}: its weights do not fit its own spec ({archs.describe(dict(spec))}); "
                             f"the file was edited or damaged, re-create it")
-        return Loaded(dict(spec), dict(sd), "ganzip", dict(obj.get("provenance") or {}), notes, file_format=fmt)
+        provenance = obj.get("provenance") or {}
+        if not isinstance(provenance, Mapping):
+            raise UserError(f"{path} is a damaged ganzip checkpoint (its provenance is a "
+                            f"{type(provenance).__name__}, not a dict); the file was edited or corrupted, re-create "
+                            f"it")
+        return Loaded(dict(spec), dict(sd), "ganzip", dict(provenance), notes, file_format=fmt)
     sd = _unwrap(obj, path, notes)
     _check_tensors(sd, path)
     recognised = recognise(sd, notes)

@@ -94,6 +94,16 @@ def test_width_groups_of_the_wrong_length_name_the_group(tmp_path, arch, widths,
                                          f"was edited or corrupted, re-create it")
 
 
+def test_a_provenance_that_is_not_a_dict_is_one_line(tmp_path):
+    spec = archs.default_spec("resnet", ngf=4, n_blocks=2)
+    raw = {"format": "ganzip", "version": 1, "spec": spec, "state_dict": archs.build(spec).state_dict(),
+           "provenance": [1, 2]}
+    torch.save(raw, tmp_path / "s.pth")
+    assert _error(["inspect", str(tmp_path / "s.pth")]) == (
+        f"error: {tmp_path / 's.pth'} is a damaged ganzip checkpoint (its provenance is a list, not a dict); the file "
+        f"was edited or corrupted, re-create it")
+
+
 def test_sparse_tensors_are_one_line(tmp_path):
     sd = resnet_state_dict(ngf=4, n_blocks=2, norm="instance")
     sd["model.1.weight"] = sd["model.1.weight"].to_sparse()
