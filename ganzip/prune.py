@@ -12,6 +12,7 @@ teacher.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -216,29 +217,14 @@ def prune_discriminator(spec_or_module: dict | nn.Module, ratio: float) -> nn.Mo
     spec = module.spec if module is not None else spec_or_module
     if spec.get("arch") != "patchgan":
         raise UserError(f"only a PatchGAN discriminator can be pruned, not a {archs.describe(spec)}")
-    if module is None:
-        with torch.device("meta"):
-            problem = _disc_problem(archs.build(spec))
+    with torch.device("meta") if module is None else contextlib.nullcontext():
+        layers = module if module is not None else archs.build(spec)
+        problem = Problem(layers, costs.Params(channels.layout_of(layers)), 1, min_width=DISC_MIN_WIDTH)
+    try:
         problem.check_ratio(ratio)
-        return archs.build(channels.with_widths(spec, _disc_widths(problem, ratio))).train()
-    problem = _disc_problem(module)
-    problem.check_ratio(ratio)
-    return problem.student(_disc_widths(problem, ratio)).train()
-
-
-class _DiscProblem(Problem):
-    def check_ratio(self, ratio: float) -> None:
-        try:
-            super().check_ratio(ratio)
-        except UserError as e:
-            raise UserError(f"{e} (a discriminator keeps at least {DISC_MIN_WIDTH} channels in each layer)") from None
-
-
-def _disc_problem(module: nn.Module) -> Problem:
-    problem = _DiscProblem(module, costs.Params(channels.layout_of(module)), 1)
-    problem.floor = {p: min(DISC_MIN_WIDTH, w) for p, w in problem.full.items()}
-    return problem
-
-
-def _disc_widths(problem: Problem, ratio: float) -> dict:
-    return {p: max(problem.floor[p], w) for p, w in problem.uniform(ratio).items()}
+    except UserError as e:
+        raise UserError(f"{e} (a discriminator keeps at least {DISC_MIN_WIDTH} channels in each layer)") from None
+    widths = problem.uniform(ratio)
+    if module is None:
+        return archs.build(channels.with_widths(spec, widths)).train()
+    return problem.student(widths).train()

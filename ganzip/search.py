@@ -33,7 +33,8 @@ class Problem:
     """The teacher, its channel layout and ranking, and what any widths cost (`cost`, the --by measure) and
     save (`price`, what a search step is charged; the cost itself unless the caller knows better)."""
 
-    def __init__(self, teacher: nn.Module, cost: CostModel, multiple_of: int, price: CostModel | None = None):
+    def __init__(self, teacher: nn.Module, cost: CostModel, multiple_of: int, price: CostModel | None = None,
+                 min_width: int = 0):
         if multiple_of < 1:
             raise UserError(f"widths can only be rounded to a positive multiple, not {multiple_of}")
         self.teacher = teacher
@@ -44,7 +45,7 @@ class Problem:
         self.full = self.layout.widths()
         self.refine(self.full)
         self.base = self.cost(self.full)
-        self.floor = {p: min(multiple_of, w) for p, w in self.full.items()}
+        self.floor = {p: min(max(multiple_of, min_width), w) for p, w in self.full.items()}
         self._sd = teacher.state_dict()
         self._ranks: dict[str, torch.Tensor] | None = None
 
@@ -90,7 +91,7 @@ class Problem:
         ms = sorted(candidates)
 
         def widths(m: float) -> dict[WidthKey, int]:
-            return {p: min(w, round_width(w * m, mo)) for p, w in self.full.items()}
+            return {p: min(w, max(self.floor[p], round_width(w * m, mo))) for p, w in self.full.items()}
 
         lo, hi = 0, len(ms) - 1  # ratio(ms[hi]) <= ratio always (the teacher is 1x)
         while lo < hi:
