@@ -17,6 +17,7 @@ Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint 
   wkd_refit_feat         + feature KD at GAN Compression's taps
   wkd_refit_dteacher     + D shown the teacher's outputs as real
   wkd_refit_lr1e-3       wkd_refit at the demo's lr 1e-3 (upstream's 2e-4 is set for runs of 100k+ steps)
+  wkd_refit_feat_nogan   wkd_refit_feat without the adversarial term (lambda_gan 0: pure distillation, as OMGD)
   final_default          ganzip's defaults today (nothing set), from the refitted student, as `distill --ratio`
   highbands, low, pixel_anchor, cycle   the earlier anchor study (cycle needs a reverse teacher, fitted here once)
 
@@ -71,6 +72,7 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "wkd_refit_feat": ("refit", {**_WKD, "lambda_feat": 1.0}),
     "wkd_refit_dteacher": ("refit", {**_WKD, "disc_real": "teacher"}),
     "wkd_refit_lr1e-3": ("refit", {**_WKD, "lr": 1e-3}),
+    "wkd_refit_feat_nogan": ("refit", {**_WKD, "lambda_feat": 1.0, "lambda_gan": 0.0}),
     "final_default": ("refit", {}),
     "highbands": ("pruned", {**_AUTHORS, "anchor": "none"}),
     "low": ("pruned", {**_AUTHORS, "anchor": "low"}),
