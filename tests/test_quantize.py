@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ganzip import archs, calibration, checkpoint, export, quantize
+from ganzip import archs, calibration, checkpoint, export, int8_graph, quantize
 from ganzip.cli import app
 from ganzip.export import _session
 from ganzip.images import save_png
@@ -48,7 +48,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def test_subpixel_rewrite_of_transposed_convolutions_is_exact(tmp_path):
     module = student()
     export.export_onnx(module, tmp_path / "m.onnx", size=32)
-    model, n = quantize.subpixel_transposed(onnx.load(str(tmp_path / "m.onnx")))
+    model, n = int8_graph.subpixel_transposed(onnx.load(str(tmp_path / "m.onnx")))
     assert n == 2 and not any(node.op_type == "ConvTranspose" for node in model.graph.node)
     onnx.save_model(model, str(tmp_path / "r.onnx"))
     x = calibration.synthetic_batch(2, 3, 32, seed=7)
@@ -60,9 +60,9 @@ def test_subpixel_rewrite_of_transposed_convolutions_is_exact(tmp_path):
 def test_balancing_channels_before_instance_norm_keeps_the_function(tmp_path):
     module = student()
     export.export_onnx(module, tmp_path / "m.onnx", size=32)
-    model, _ = quantize.subpixel_transposed(onnx.load(str(tmp_path / "m.onnx")))
+    model, _ = int8_graph.subpixel_transposed(onnx.load(str(tmp_path / "m.onnx")))
     calib = calibration.synthetic_batch(4, 3, 32, seed=3).numpy()
-    model, n = quantize.balance_before_norms(model, calib)
+    model, n = int8_graph.balance_before_norms(model, calib)
     assert n == 9  # all 10 convolutions but the output layer feed an InstanceNorm (2 through DepthToSpace)
     onnx.save_model(model, str(tmp_path / "b.onnx"))
     x = calibration.synthetic_batch(2, 3, 32, seed=8)
