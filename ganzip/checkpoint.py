@@ -95,6 +95,8 @@ def _read(p: Path) -> tuple[Any, str]:
                         f"'plain.pth')\" and pass plain.pth")
     if fmt == "safetensors":
         return _read_safetensors(p), fmt
+    if (damage := _damaged_safetensors(p)) is not None:
+        raise UserError(f"{p} is a damaged safetensors file ({damage}); download or save it again")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Validating sparse tensor")  # sparse files are refused below
@@ -121,6 +123,20 @@ def _read(p: Path) -> tuple[Any, str]:
         detail = "not a pickle" if isinstance(e, KeyError) else _first_line(e)
         raise UserError(f"{p} is truncated or not a PyTorch checkpoint ({detail}); "
                         f"download or save it again") from None
+
+
+def _damaged_safetensors(p: Path) -> str | None:
+    """Why a file that begins as a safetensors file does (a length, then JSON), or is named like one, cannot be
+    read as one; None when it is neither (it may be a torch.save file under any name: the bytes decide)."""
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(9)
+    if head[8:9] == b"{":
+        return (f"its header length says {int.from_bytes(head[:8], 'little')} bytes, but {size - 8} follow; "
+                f"the file is truncated or its first 8 bytes are overwritten")
+    if p.suffix.lower() == ".safetensors" and size < 9:
+        return f"{size} bytes, too few to hold a safetensors header"
+    return None
 
 
 def _pickle_protocol(p: Path) -> int | None:

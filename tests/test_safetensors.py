@@ -85,3 +85,24 @@ def test_damaged_safetensors_is_one_line(tmp_path):
     result = runner.invoke(app, ["inspect", str(tmp_path / "cut.safetensors")])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert result.output.startswith(f"error: {tmp_path / 'cut.safetensors'} is a damaged safetensors file (")
+
+
+@pytest.mark.parametrize("name, data, says", [
+    ("eight.safetensors", (100).to_bytes(8, "little"), "(8 bytes, too few to hold a safetensors header)"),
+    ("huge.safetensors", (2 ** 62).to_bytes(8, "little") + b'{"a":1}', f"says {2 ** 62} bytes, but 7 follow"),
+    ("huge.pth", (2 ** 62).to_bytes(8, "little") + b'{"a":1}', f"says {2 ** 62} bytes, but 7 follow"),
+])
+def test_safetensors_with_a_broken_header_is_named_as_such(tmp_path, name, data, says):
+    (tmp_path / name).write_bytes(data)
+    result = runner.invoke(app, ["inspect", str(tmp_path / name)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"{tmp_path / name} is a damaged safetensors file" in result.output and says in result.output
+
+
+def test_a_torch_save_file_named_safetensors_is_read_by_its_bytes(tmp_path):
+    sd = resnet_state_dict(ngf=4, n_blocks=3, norm="instance")
+    torch.save(sd, tmp_path / "mislabelled.safetensors")
+    assert checkpoint.file_format(tmp_path / "mislabelled.safetensors") == "pytorch"
+    info = _json(["inspect", str(tmp_path / "mislabelled.safetensors"), "--json"])
+    assert info["params"] == sum(t.numel() for k, t in sd.items() if not k.endswith("running_mean")
+                                 and not k.endswith("running_var") and not k.endswith("num_batches_tracked"))
