@@ -25,8 +25,10 @@ import torch
 from torch import nn
 
 from ganzip import archs
+from ganzip.archs.layers import set_teacher_mode
 from ganzip.atomic import torch_save, write_bytes
-from ganzip.errors import UserError, unreadable_file
+from ganzip.choices import TEACHER_MODES
+from ganzip.errors import GanzipWarning, UserError, check_choice, setting, unreadable_file
 from ganzip.recognise import map_by_order, matches, recognise
 
 FORMAT = "ganzip"
@@ -297,13 +299,7 @@ def load_generator(path: str | os.PathLike, teacher_mode: str = "eval") -> nn.Mo
     `teacher_mode` says how BatchNorm layers normalise (archs.layers.set_teacher_mode): with the saved running
     statistics (`eval`) or with each image's own (`batch-stats`, upstream's test script without --eval).
     """
-    import warnings
-
-    from ganzip.archs.layers import set_teacher_mode
-    from ganzip.choices import TEACHER_MODES
-
-    if teacher_mode not in TEACHER_MODES:
-        raise UserError(f"--teacher-mode must be one of {', '.join(TEACHER_MODES)}, not {teacher_mode!r}")
+    check_choice("teacher_mode", teacher_mode, TEACHER_MODES)
     loaded = load(path)
     if not archs.get(loaded.spec["arch"]).generator:
         raise UserError(f"{path} is a {archs.describe(loaded.spec)} discriminator, not a generator; "
@@ -311,7 +307,8 @@ def load_generator(path: str | os.PathLike, teacher_mode: str = "eval") -> nn.Mo
     module = instantiate(loaded)
     module.provenance = loaded.provenance  # how it was made (a ganzip student's ratio, a teacher's direction)
     if set_teacher_mode(module, teacher_mode) == 0 and teacher_mode != "eval":
-        warnings.warn(f"{Path(path).name} has no BatchNorm layers: --teacher-mode {teacher_mode} changes nothing",
+        warnings.warn(GanzipWarning(f"{Path(path).name} has no BatchNorm layers: "
+                                    f"{setting('teacher_mode', teacher_mode)} changes nothing"),
                       stacklevel=2)
     return module
 

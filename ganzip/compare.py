@@ -24,7 +24,7 @@ from ganzip import data as data_sets
 from ganzip import profile as prof
 from ganzip import threads as thread_policy
 from ganzip.atomic import check_writable, refuse_input_as_output
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 from ganzip.spectrum import unique_names
 from ganzip.translate import translate_folder
 
@@ -39,7 +39,7 @@ def latency_size(first_input: Path, aligned: str | None, size: int | None, multi
     side = min(_input_image(first_input, aligned).size) // multiple * multiple
     if side <= 0:
         raise UserError(f"{first_input} is smaller than {multiple} px, the smallest input these models take; "
-                        f"pass --size")
+                        f"pass {setting('size')}")
     return side
 
 
@@ -148,7 +148,8 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *
     if len(checkpoints) < 2:
         raise UserError("compare needs at least two checkpoints (the first, usually the teacher, is the reference)")
     if min(runs, batch_size, grid_rows, 1 if size is None else size, 1 if limit is None else limit) <= 0 or warmup < 0:
-        raise UserError("--runs, --batch-size, --grid-rows, --size and --limit must be positive integers")
+        raise UserError(f"{setting('runs')}, {setting('batch_size')}, {setting('grid_rows')}, {setting('size')} and "
+                        f"{setting('limit')} must be positive integers")
     if grid is not None:
         refuse_input_as_output(grid, *checkpoints, data, real)
         check_writable(grid)

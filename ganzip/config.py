@@ -31,7 +31,7 @@ from ganzip.choices import (
     TEACHER_MODES,
 )
 from ganzip.devices import fast_precision, resolve_device
-from ganzip.errors import UserError
+from ganzip.errors import UserError, check_choice, setting
 from ganzip.wavelet import check_levels, check_wavelet, max_levels
 
 DEFAULT_ANCHOR = "pixel"           # unpaired data without a reverse teacher; README "Choosing the recipe" measures it
@@ -123,52 +123,55 @@ def validate(cfg: DistillConfig) -> None:
     choices = {"kd": KD_MODES, "kd_distance": KD_DISTANCES, "init": INITS,
                "teacher_mode": TEACHER_MODES, "precision": PRECISIONS, "by": MEASURES, "method": METHODS}
     for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise UserError(f"--{_flag(name)} must be one of {', '.join(allowed)}, not {getattr(cfg, name)!r}")
-    if cfg.anchor is not None and cfg.anchor not in ANCHORS:
-        raise UserError(f"--anchor must be one of {', '.join(ANCHORS)}, not {cfg.anchor!r}")
+        check_choice(name, getattr(cfg, name), allowed)
+    if cfg.anchor is not None:
+        check_choice("anchor", cfg.anchor, ANCHORS)
     if cfg.direction is not None and cfg.direction not in ("AtoB", "BtoA"):
-        raise UserError(f"--direction must be AtoB or BtoA, not {cfg.direction!r}")
+        raise UserError(f"{setting('direction')} must be AtoB or BtoA, not {cfg.direction!r}")
     check_wavelet(cfg.wavelet)
     if (cfg.ratio is None) == (cfg.student is None):
-        raise UserError("give exactly one of --ratio R (prune the teacher now) or --student CKPT (a pruned student)")
+        raise UserError(f"give exactly one of {setting('ratio', metavar='R')} (prune the teacher now) or "
+                        f"{setting('student', metavar='CKPT')} (a pruned student)")
     if cfg.ratio is not None and not cfg.ratio > 1:
-        raise UserError(f"--ratio must be greater than 1 (the teacher itself is 1x), not {cfg.ratio}")
-    if cfg.disc_real is not None and cfg.disc_real not in DISC_REALS:
-        raise UserError(f"--disc-real must be one of {', '.join(DISC_REALS)}, not {cfg.disc_real!r}")
+        raise UserError(f"{setting('ratio')} must be greater than 1 (the teacher itself is 1x), not {cfg.ratio}")
+    if cfg.disc_real is not None:
+        check_choice("disc_real", cfg.disc_real, DISC_REALS)
     band_weights(cfg.band_weights, levels_for(cfg))
     for name in ("steps", "batch_size", "size", "save_every", "sample_every", "eval_every", "ndf"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value <= 0:
-            raise UserError(f"--{_flag(name)} must be a positive integer, not {value}")
+            raise UserError(f"{setting(name)} must be a positive integer, not {value}")
     if cfg.val_images < 0:
-        raise UserError(f"--val-images must be 0 (no validation) or more, not {cfg.val_images}")
+        raise UserError(f"{setting('val_images')} must be 0 (no validation) or more, not {cfg.val_images}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise UserError(f"--lr must be a positive number, not {cfg.lr}")
+        raise UserError(f"{setting('lr')} must be a positive number, not {cfg.lr}")
     for name in ("lambda_kd", "lambda_gan", "lambda_rec", "lambda_anchor", "lambda_feat"):
         value = getattr(cfg, name)
         if value is not None and not (value >= 0 and math.isfinite(value)):
-            raise UserError(f"--{_flag(name)} must be a finite number >= 0 (a negative weight rewards the student "
+            raise UserError(f"{setting(name)} must be a finite number >= 0 (a negative weight rewards the student "
                             f"for moving away), not {value}")
     if not 0 <= cfg.decay_from <= 1:
-        raise UserError(f"--decay-from is the fraction of --steps before the lr decays: 0 to 1 (1 keeps it "
-                        f"constant), not {cfg.decay_from}")
+        raise UserError(f"{setting('decay_from')} is the fraction of {setting('steps')} before the lr decays: 0 to 1 "
+                        f"(1 keeps it constant), not {cfg.decay_from}")
     if cfg.disc_ratio is not None and not cfg.disc_ratio > 1:
-        raise UserError(f"--disc-ratio must be greater than 1, not {cfg.disc_ratio}")
+        raise UserError(f"{setting('disc_ratio')} must be greater than 1, not {cfg.disc_ratio}")
     if cfg.load_size is not None and cfg.load_size < cfg.size:
-        raise UserError(f"--load-size {cfg.load_size} is smaller than the crop --size {cfg.size}; use a load size "
+        raise UserError(f"{setting('load_size', cfg.load_size)} is smaller than the crop "
+                        f"{setting('size', cfg.size)}; use a load size "
                         f">= the crop size (equal: no random crop)")
     if cfg.cache_mb is not None and not (math.isfinite(cfg.cache_mb) and cfg.cache_mb >= 0):
-        raise UserError(f"--cache-mb must be 0 (no caching) or a finite number of MB, not {cfg.cache_mb}")
+        raise UserError(f"{setting('cache_mb')} must be 0 (no caching) or a finite number of MB, not {cfg.cache_mb}")
     if cfg.anchor == "cycle" and cfg.teacher_reverse is None:
-        raise UserError("--anchor cycle needs the teacher's reverse generator: --teacher-reverse latest_net_G_B.pth")
+        raise UserError(f"{setting('anchor', 'cycle')} needs the teacher's reverse generator: "
+                        f"{setting('teacher_reverse', 'latest_net_G_B.pth')}")
     if cfg.teacher_reverse is not None and cfg.anchor not in (None, "cycle"):
-        raise UserError(f"--teacher-reverse is only used by --anchor cycle, not --anchor {cfg.anchor}; drop one")
+        raise UserError(f"{setting('teacher_reverse')} is only used by {setting('anchor', 'cycle')}, not "
+                        f"{setting('anchor', cfg.anchor)}; drop one")
     if cfg.lambda_feat > 0 and cfg.cache_teacher:
-        raise UserError("--lambda-feat needs the teacher's inner activations on every crop, and --cache-teacher keeps "
-                        "only its outputs; drop one of them")
+        raise UserError(f"{setting('lambda_feat')} needs the teacher's inner activations on every crop, and "
+                        f"{setting('cache_teacher', True)} keeps only its outputs; drop one of them")
     if cfg.levels is not None and (not isinstance(cfg.levels, int) or cfg.levels <= 0):
-        raise UserError(f"--levels must be a positive integer, not {cfg.levels}")
+        raise UserError(f"{setting('levels')} must be a positive integer, not {cfg.levels}")
     if cfg.levels is not None:
         check_levels(cfg.levels, cfg.size, cfg.wavelet)
 
@@ -194,11 +197,11 @@ def band_weights(text: str, levels: int) -> str | list[float]:
     except ValueError:
         weights = []
     if not weights or not all(w >= 0 and math.isfinite(w) for w in weights):
-        raise UserError(f"--band-weights takes 'equal', 'mean' or one number >= 0 per level, finest first "
+        raise UserError(f"{setting('band_weights')} takes 'equal', 'mean' or one number >= 0 per level, finest first "
                         f"(e.g. 1,1,1), not {text!r}")
     if len(weights) != levels:
-        raise UserError(f"--band-weights gives {len(weights)} weight(s) for {levels} DWT level(s); give one per "
-                        f"level, finest first, or set --levels {len(weights)}")
+        raise UserError(f"{setting('band_weights')} gives {len(weights)} weight(s) for {levels} DWT level(s); give "
+                        f"one per level, finest first, or set {setting('levels', len(weights))}")
     return weights
 
 
@@ -218,14 +221,16 @@ def check_outputs(cfg: DistillConfig, output: Path) -> None:
     for name in ("teacher", "student", "teacher_reverse", "teacher_disc"):
         given = getattr(cfg, name)
         if given is not None and (_same_file(output, given) or same_path(output, given)):
-            raise UserError(f"the student would be written to {output}, which is this run's --{_flag(name)} "
-                            f"checkpoint; choose another -o (or --out-dir) so the input is not overwritten")
+            raise UserError(f"the student would be written to {output}, which is this run's {setting(name)} "
+                            f"checkpoint; choose another {setting('output')} (or {setting('out_dir')}) so the input is "
+                            f"not overwritten")
     for name in ("data", "inputs", "targets", "val"):
         folder = getattr(cfg, name)
         for what, path in (("the run's folder", cfg.out_dir), ("the student", output)):
             if folder is not None and Path(folder).is_dir() and inside(Path(path), Path(folder)):
-                raise UserError(f"{what} would be written to {path}, inside this run's --{_flag(name)} folder "
-                                f"{folder}; choose another -o (or --out-dir) outside the data")
+                raise UserError(f"{what} would be written to {path}, inside this run's {setting(name)} folder "
+                                f"{folder}; choose another {setting('output')} (or {setting('out_dir')}) outside the "
+                                f"data")
 
 
 def resolve(cfg: DistillConfig, teacher_provenance: dict, paired: bool) -> DistillConfig:
@@ -267,7 +272,7 @@ def recipe_changes(saved: dict, new: DistillConfig) -> list[str]:
             if _same_file(before, after):
                 continue
         if before != after:
-            what = "torchrun processes" if name == "world" else f"--{_flag(name)}"
+            what = "torchrun processes" if name == "world" else setting(name)
             changed.append(f"{what} {_show(before)} -> {_show(after)}")
     return changed
 
@@ -290,10 +295,6 @@ def runtime_changes(saved: dict, new: DistillConfig) -> dict[str, list]:
 
 def field_names() -> set[str]:
     return {f.name for f in fields(DistillConfig)}
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 def _show(value: Any) -> str:

@@ -22,7 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ganzip import images
-from ganzip.errors import LayoutError, UserError
+from ganzip.errors import LayoutError, UserError, setting
 from ganzip.memory import MemoryBudget
 
 _UNPAIRED = ("trainA", "trainB", "valA", "valB", "testA", "testB")
@@ -132,8 +132,9 @@ def resolve(data: str | os.PathLike | None = None, inputs: str | os.PathLike | N
                       f"{inputs} (inputs only)")
     if inputs is not None or targets is not None:
         if inputs is None or targets is None:
-            raise UserError("--inputs and --targets go together: the inputs to translate and real target-domain "
-                            "images (with --disc-real teacher, --inputs alone is enough)")
+            raise UserError(f"{setting('inputs')} and {setting('targets')} go together: the inputs to translate and "
+                            f"real target-domain images (with {setting('disc_real', 'teacher')}, {setting('inputs')} "
+                            f"alone is enough)")
         return Source(images.list_images(inputs, "input folder"), images.list_images(targets, "target folder"),
                       False, False, direction, f"{inputs} -> {targets}")
     if data is None:
@@ -220,7 +221,7 @@ def eval_split(data: str | os.PathLike, direction: str = "AtoB", need_reals: boo
 
 def _check_direction(direction: str) -> None:
     if direction not in ("AtoB", "BtoA"):
-        raise UserError(f"--direction must be AtoB or BtoA, not {direction!r}")
+        raise UserError(f"{setting('direction')} must be AtoB or BtoA, not {direction!r}")
 
 
 def seeded(seed: int, *parts: int) -> torch.Generator:
@@ -266,8 +267,8 @@ def hold_out(source: Source, fraction: float = 0.05, minimum: int = 2, count: in
     n = len(source.inputs)
     k = count if count is not None else max(minimum, round(n * fraction))
     if n - k < 1:
-        raise UserError(f"only {n} input image(s): too few to hold {k} out for validation; add images, give --val "
-                        f"DIR, or turn validation off with --val-images 0")
+        raise UserError(f"only {n} input image(s): too few to hold {k} out for validation; add images, give "
+                        f"{setting('val', metavar='DIR')}, or turn validation off with {setting('val_images', 0)}")
     held = sorted({i * n // k + (n // k) // 2 for i in range(k)})
     held_set = set(held)
     keep = [i for i in range(n) if i not in held_set]
@@ -289,7 +290,8 @@ class TrainSet:
     def __init__(self, source: Source, load_size: int, crop_size: int, flip: bool = True, seed: int = 0,
                  budget: MemoryBudget | None = None, offset_multiple: int = 1):
         if load_size < crop_size:
-            raise UserError(f"--load-size {load_size} is smaller than the crop --size {crop_size}; use a load size "
+            raise UserError(f"{setting('load_size', load_size)} is smaller than the crop {setting('size', crop_size)}; "
+                            f"use a load size "
                             f">= the crop size")
         self.source, self.load_size, self.crop_size, self.flip, self.seed = source, load_size, crop_size, flip, seed
         self.offset_multiple = offset_multiple  # crop offsets on this grid (see ganzip.targets for why)
@@ -377,7 +379,7 @@ class Schedule:
         per_rank = n // world
         if per_rank < batch_size:
             raise UserError(f"only {n} training image(s) for batch size {batch_size} on {world} process(es); "
-                            f"lower --batch-size or add images")
+                            f"lower {setting('batch_size')} or add images")
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.batches_per_epoch = per_rank // batch_size
         self._epoch, self._order = -1, []

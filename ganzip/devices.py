@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 
 
 def resolve_device(name: str) -> str:
@@ -15,7 +15,8 @@ def resolve_device(name: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but this machine has no usable CUDA GPU; use --device cpu")
+            raise UserError(f"{setting('device', 'cuda')} was asked for but this machine has no usable CUDA GPU; use "
+                            f"{setting('device', 'cpu')}")
         return name
     if name != "cpu":
         raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
@@ -44,9 +45,10 @@ def check_threads(threads: int | None) -> int | None:
     """None (the runtime's choice) or a positive count up to a few per core; torch and onnxruntime fail obscurely
     (or crash) on anything else."""
     if threads is not None and threads < 1:
-        raise UserError(f"--threads {threads} is not a thread count; give a positive integer, or leave it out")
+        raise UserError(f"{setting('threads', threads)} is not a thread count; give a positive integer, or leave it "
+                        f"out")
     cores = os.cpu_count() or 1
     if threads is not None and threads > THREADS_PER_CORE * cores:
-        raise UserError(f"--threads {threads} is more than this machine's {cores} core(s) can run (at most "
+        raise UserError(f"{setting('threads', threads)} is more than this machine's {cores} core(s) can run (at most "
                         f"{THREADS_PER_CORE * cores}); give a smaller count, or leave it out for the free cores")
     return threads

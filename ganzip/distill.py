@@ -33,7 +33,7 @@ from torch import nn
 from ganzip import archs, checkpoint, config, data, images, students
 from ganzip.config import DistillConfig
 from ganzip.devices import resolve_device
-from ganzip.errors import UserError
+from ganzip.errors import GanzipWarning, UserError, setting
 from ganzip.memory import MemoryBudget, default_budget
 from ganzip.objective import Objective, autocast
 from ganzip.progress import Progress
@@ -166,7 +166,7 @@ def _distill(cfg: DistillConfig, run: RunFolder, stop: StopSignals, progress: Pr
         if stop.signum is not None:
             save(done)
             raise Stopped(f"stopped by {signal.Signals(stop.signum).name} at step {done}; saved to {run.path}, "
-                          f"continue with --resume", stop.signum)
+                          f"continue with {setting('resume', True)}", stop.signum)
     if start == cfg.steps:  # a finished run resumed (perhaps with another -o): the student is written where asked
         save(cfg.steps)
     if rt.world > 1:
@@ -193,8 +193,8 @@ def _fetch(prep: _Prepared, targets: TeacherTargets, step: int, device: str, sav
         return x, targets(batch, x), real
     except UserError as e:
         save(step)
-        raise UserError(f"{e} (found at step {step + 1}; the run was saved, fix the file and continue with "
-                        f"--resume)") from None
+        raise UserError(f"{e.text} (found at step {step + 1}; the run was saved, fix the file and continue with "
+                        f"{setting('resume', True)})") from None
 
 
 def train_step(players: Players, objective: Objective, x: torch.Tensor, t: torch.Tensor, real: torch.Tensor | None,
@@ -242,12 +242,13 @@ def _prepare(cfg: DistillConfig, run: RunFolder, rt: _Dist) -> _Prepared:
     state = None
     if run.state.exists():
         if not cfg.resume:
-            raise UserError(f"{run.path} already holds a run ({run.state.name}); pass --resume to continue it or "
-                            f"choose another --out-dir")
+            raise UserError(f"{run.path} already holds a run ({run.state.name}); pass "
+                            f"{setting('resume', True)} to continue it or choose another {setting('out_dir')}")
         state = run.load_state()
         _check_contract(cfg, state, teacher_sha, run)
     elif cfg.resume and rt.main:
-        warnings.warn(f"--resume: {run.path} holds no saved state yet; starting from step 0", stacklevel=2)
+        warnings.warn(GanzipWarning(f"{setting('resume', True)}: {run.path} holds no saved state yet; starting from "
+                                   f"step 0"), stacklevel=2)
 
     source, val_paths, val_description = split_validation(cfg, source)
     data.check_images(source.inputs, "input image")
@@ -273,7 +274,8 @@ def _players(prep: _Prepared, rt: _Dist, device: str, stop: StopSignals, progres
         for name, module in (("student", student), ("discriminator", disc)):
             if not students.finite(module):
                 raise UserError(f"the saved {name} in {cfg.out_dir / 'train_state.pth'} has NaN/Inf weights (step "
-                                f"{state['step']}): it cannot be resumed; start a new run in another --out-dir")
+                                f"{state['step']}): it cannot be resumed; start a new run in another "
+                                f"{setting('out_dir')}")
     else:
         student, info = students.make_student(cfg, prep.teacher, prep.train, stop, progress)
         disc = students.make_discriminator(cfg, prep.teacher, prep.source.paired)
@@ -383,11 +385,12 @@ def _init_distributed(device: str) -> tuple[_Dist, str]:
 def _check_contract(cfg: DistillConfig, state: dict, teacher_sha: str, run: RunFolder) -> None:
     """A resumed run must be the same run: same teacher, same recipe, and only more steps."""
     if state["meta"].get("teacher_sha256") != teacher_sha:
-        raise UserError(f"{run.state} was trained from a different teacher; use that teacher or another --out-dir")
+        raise UserError(f"{run.state} was trained from a different teacher; use that teacher or another "
+                        f"{setting('out_dir')}")
     changes = config.recipe_changes(state["config"], cfg)
     if changes:
         raise UserError(f"{run.path} was trained with another recipe ({'; '.join(changes)}); resume with the "
-                        f"run's own flags (recorded in {run.config}) or choose another --out-dir")
+                        f"run's own flags (recorded in {run.config}) or choose another {setting('out_dir')}")
     if cfg.steps < int(state["step"]):
-        raise UserError(f"--steps {cfg.steps} is below the {state['step']} steps {run.path} has already trained; "
-                        f"--steps can only grow (give {state['step']} or more)")
+        raise UserError(f"{setting('steps', cfg.steps)} is below the {state['step']} steps {run.path} has already "
+                        f"trained; {setting('steps')} can only grow (give {state['step']} or more)")

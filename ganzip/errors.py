@@ -3,19 +3,79 @@
 Library code raises `UserError` for anything the user can fix (a bad path, a wrong option, a file that is not
 a generator), and its `LayoutError` for a data folder that lacks what a command needs. The CLI prints its message as
 a single line and exits non-zero; any other exception is a bug and keeps its traceback (shown with `--debug`).
+
+A message names a setting through `setting("ratio", 0.5)`, never as a flag: a Python caller of
+`prune.prune(teacher, 0.5)` reads `ratio=0.5`, the command line reads `--ratio 0.5`, from the same message.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
 
+_START, _SEP = "\x1f", "\x1e"  # ASCII unit and record separators: never in a path or a number
+_SETTING = re.compile(f"{_START}([^{_SEP}{_START}]*){_SEP}([^{_SEP}{_START}]*){_SEP}([^{_SEP}{_START}]*){_START}")
+_NO_VALUE = object()
 
-class UserError(Exception):
+
+def setting(name: str, value: Any = _NO_VALUE, metavar: str = "") -> str:
+    """A setting (a keyword argument, a config field, a command's option) named inside a message.
+
+    `name` is the Python spelling (`batch_size`); the command line shows it as its flag (`--batch-size`). A value
+    reads as `batch_size=4` / `--batch-size 4`; `True` as a flag alone (`--dynamic`). Without a value, `metavar`
+    stands for one on the command line only (`--val DIR`; Python reads `val`).
+    """
+    if value is _NO_VALUE:
+        cli, py = metavar, ""
+    elif value is True:
+        cli, py = "", "True"
+    else:
+        text = str(value)
+        cli, py = text, repr(text) if isinstance(value, (str, os.PathLike)) else text
+    return f"{_START}{name}{_SEP}{cli}{_SEP}{py}{_START}"
+
+
+def for_python(text: str) -> str:
+    """A message with its settings as a Python caller spells them: `ratio=0.5`, `student`."""
+    return _SETTING.sub(lambda m: m[1] + (f"={m[3]}" if m[3] else ""), text)
+
+
+def for_command_line(text: str) -> str:
+    """A message with its settings as flags: `--ratio 0.5`, `--student`."""
+    return _SETTING.sub(lambda m: "--" + m[1].replace("_", "-") + (f" {m[2]}" if m[2] else ""), text)
+
+
+def check_choice(name: str, value: Any, allowed: tuple) -> None:
+    """Refuse a multiple-choice setting (ganzip.choices) outside its values, naming them."""
+    if value not in allowed:
+        raise UserError(f"{setting(name)} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+class _NamesSettings:
+    """A message that may name settings (ganzip.errors.setting): `str()` spells them as a Python caller passes them;
+    `text` keeps them marked, so that the command line can show its flags, and so that a message built on this
+    one keeps them marked too."""
+
+    args: tuple
+
+    @property
+    def text(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        return for_python(self.text)
+
+
+class UserError(_NamesSettings, Exception):
     """A problem with the user's input. The message says what is wrong and how to fix it, in one line."""
+
+
+class GanzipWarning(_NamesSettings, UserWarning):
+    """A warning that names a setting."""
 
 
 class LayoutError(UserError):

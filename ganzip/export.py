@@ -21,7 +21,7 @@ from torch import nn
 
 from ganzip import archs
 from ganzip.atomic import atomic_path, check_writable
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 from ganzip.profile import time_alternating
 
 TOLERANCE = 1e-4
@@ -45,7 +45,7 @@ def check_size(module: nn.Module, size: int) -> None:
     if spec:
         archs.check_size(spec, size)
     elif size <= 0:
-        raise UserError(f"--size must be a positive number of pixels, not {size}")
+        raise UserError(f"{setting('size')} must be a positive number of pixels, not {size}")
 
 
 def _program(module: nn.Module, size: int, batch: int, opset: int | None, dynamic: bool) -> Any:
@@ -98,14 +98,14 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, opset: int | None = 
 
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and not MIN_OPSET <= opset <= newest:
-        raise UserError(f"--opset {opset} is outside what can be written here ({MIN_OPSET} to {newest}: PyTorch's "
-                        f"exporter and onnx {onnx.__version__}); pick one in that range, or leave it out")
+        raise UserError(f"{setting('opset', opset)} is outside what can be written here ({MIN_OPSET} to {newest}: "
+                        f"PyTorch's exporter and onnx {onnx.__version__}); pick one in that range, or leave it out")
     path = check_writable(path)
     proto = _name_dynamic_dims(_program(module, size, batch, opset, dynamic).model_proto)
     if opset is not None and _opset(proto) != opset:
         # the exporter falls back to its default opset when it cannot convert, and says so only in a warning
-        raise UserError(f"PyTorch's exporter wrote opset {_opset(proto)} instead of the --opset {opset} asked for; "
-                        f"pick another --opset, or leave it out")
+        raise UserError(f"PyTorch's exporter wrote opset {_opset(proto)} instead of the {setting('opset', opset)} "
+                        f"asked for; pick another {setting('opset')}, or leave it out")
     set_metadata(proto, {SPEC_KEY: json.dumps(getattr(module, "spec", None)), PRECISION_KEY: "fp32"})
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
@@ -131,7 +131,7 @@ def _session(source: str | os.PathLike | bytes, threads: int | None = None) -> A
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         where = "the exported model" if isinstance(source, bytes) else str(source)
         raise UserError(f"onnxruntime {ort.__version__} cannot load {where}: {str(e).splitlines()[0][:160]}; "
-                        f"try a lower --opset") from None
+                        f"try a lower {setting('opset')}") from None
 
 
 def verify(module: nn.Module, onnx_path: str | os.PathLike, sizes: Sequence[int] = (256, 128), batch: int = 1,
@@ -150,7 +150,8 @@ def verify(module: nn.Module, onnx_path: str | os.PathLike, sizes: Sequence[int]
         got = session.run(None, {name: x.numpy()})[0]
         if got.shape != expected.shape:
             raise UserError(f"onnxruntime output shape {got.shape} differs from PyTorch's {expected.shape} at "
-                            f"size {size}; export with --dynamic or verify at the exported --size")
+                            f"size {size}; export with {setting('dynamic', True)} or verify at the exported "
+                            f"{setting('size')}")
         diffs[size] = float(np.abs(got - expected).max())
     return {"max_abs_diff": diffs, "tolerance": tolerance, "ok": all(d <= tolerance for d in diffs.values())}
 

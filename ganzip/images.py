@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from ganzip.atomic import write_bytes
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 
@@ -205,7 +205,7 @@ def split_aligned(img: Image.Image, direction: str = "AtoB", name: str = "image"
     """Split a pix2pix A|B side-by-side image into (input, target) for the given direction; an image that is not
     twice as wide as high is not a pair, and is refused rather than cut into two unequal, stretched halves."""
     if direction not in ("AtoB", "BtoA"):
-        raise UserError(f"--direction must be AtoB or BtoA, not {direction!r}")
+        raise UserError(f"{setting('direction')} must be AtoB or BtoA, not {direction!r}")
     w, h = img.size
     if not is_pair_size(w, h):
         raise UserError(f"{name} is {w}x{h}, not an A|B pair (those are twice as wide as high); read it as a single "

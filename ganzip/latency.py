@@ -30,7 +30,7 @@ from torch import nn
 from ganzip import archs, channels
 from ganzip.channels import Layout, WidthKey
 from ganzip.choices import RUNTIMES
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 from ganzip.inception import cache_dir
 from ganzip.onnx_units import unit_onnx
 from ganzip.profile import input_channels
@@ -88,8 +88,8 @@ def units(layout: Layout, size: int) -> list[Unit]:
 
     spec = layout.spec
     if spec["arch"] != "resnet":
-        raise UserError(f"--by latency times ResNet (CycleGAN) generators layer by layer; this {archs.describe(spec)} "
-                        f"is not one yet: use --by macs")
+        raise UserError(f"{setting('by', 'latency')} times ResNet (CycleGAN) generators layer by layer; this "
+                        f"{archs.describe(spec)} is not one yet: use {setting('by', 'macs')}")
     with torch.device("meta"):
         net = archs.build(spec)
     children = list(net.model.children())

@@ -23,7 +23,7 @@ from torch import nn
 
 from ganzip import archs, checkpoint, config, features
 from ganzip.config import DistillConfig
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 from ganzip.losses import CycleL1, LowBandL1, WaveletKD, gradient_shares, lsgan_d_loss, lsgan_g_loss, pixel_kd
 
 Autocast = Callable[[], contextlib.AbstractContextManager]
@@ -126,8 +126,9 @@ def _anchor_term(cfg: DistillConfig, device: str, cast: Autocast) -> Callable | 
         reverse = checkpoint.load_generator(cfg.teacher_reverse, cfg.teacher_mode)
         spec = reverse.spec
         if (spec["input_nc"], spec["output_nc"]) != (3, 3) and spec["input_nc"] != spec["output_nc"]:
-            raise UserError(f"--teacher-reverse {cfg.teacher_reverse} maps {spec['input_nc']}->{spec['output_nc']} "
-                            f"channels; it must map the teacher's outputs back to its inputs")
+            raise UserError(f"{setting('teacher_reverse', cfg.teacher_reverse)} maps "
+                            f"{spec['input_nc']}->{spec['output_nc']} channels; it must map the teacher's outputs back "
+                            f"to its inputs")
         archs.check_size(spec, cfg.size)
         cycle = CycleL1(reverse).to(device)
 

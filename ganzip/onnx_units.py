@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ganzip.archs.resnet import ResnetBlock
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 
 ONNX_OPSET = 20  # what torch's exporter writes, so units are timed on the graph an export would run
 
@@ -72,7 +72,8 @@ def unit_onnx(module: nn.Module, shape: tuple[int, ...]) -> Any:
             return node("Tanh", [x])
         if isinstance(m, (nn.Dropout, nn.Identity)):
             return x
-        raise UserError(f"--runtime onnxruntime cannot time a {type(m).__name__} layer; use --runtime torch")
+        raise UserError(f"{setting('runtime', 'onnxruntime')} cannot time a {type(m).__name__} layer; use "
+                        f"{setting('runtime', 'torch')}")
 
     out = emit(module, "input")
     graph = helper.make_graph(nodes, "unit", [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],

@@ -25,7 +25,7 @@ from ganzip import archs, calibration, channels, checkpoint, costs, refit
 from ganzip.channels import Layout, WidthKey
 from ganzip.choices import METHODS
 from ganzip.costs import CostModel
-from ganzip.errors import UserError
+from ganzip.errors import GanzipWarning, UserError, setting
 from ganzip.profile import count_macs, count_params
 from ganzip.search import TOLERANCE, Problem, distance, greedy, round_width
 
@@ -165,8 +165,8 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
     if abs(achieved / ratio - 1) > TOLERANCE and hasattr(problem.cost, "refine") and achieved > ratio:
         # timings moved under the search (each look at the whole network rescales the table): a little faster
         # than asked is still what was asked for, and the measured speedup is reported next to it
-        warnings.warn(f"the latency search overshot: {achieved:.2f}x predicted for --ratio {ratio:g} (timings are "
-                      f"noisy at this size)", stacklevel=2)
+        warnings.warn(GanzipWarning(f"the latency search overshot: {achieved:.2f}x predicted for "
+                                   f"{setting('ratio', ratio)} (timings are noisy at this size)"), stacklevel=2)
     elif abs(achieved / ratio - 1) > TOLERANCE:
         hint = "searched widths or " if method == "uniform" else ""
         raise UserError(f"{method} widths reach {achieved:.2f}x, not within {TOLERANCE:.0%} of the {ratio:g}x asked "
@@ -223,7 +223,7 @@ def prune_discriminator(spec_or_module: dict | nn.Module, ratio: float) -> nn.Mo
     try:
         problem.check_ratio(ratio)
     except UserError as e:
-        raise UserError(f"{e} (a discriminator keeps at least {DISC_MIN_WIDTH} channels in each layer)") from None
+        raise UserError(f"{e.text} (a discriminator keeps at least {DISC_MIN_WIDTH} channels in each layer)") from None
     widths = problem.uniform(ratio)
     if module is None:
         return archs.build(channels.with_widths(spec, widths)).train()

@@ -33,7 +33,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ganzip.atomic import atomic_path, check_writable
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 from ganzip.fidelity import psnr
 from ganzip.int8_graph import balance_before_norms, subpixel_transposed
 
@@ -69,8 +69,8 @@ NAIVE = Recipe(op_types=(), keep_float=(), per_channel=True, calibration="minmax
 def split_calibration(paths: Sequence[Path], held_out: int) -> tuple[list[Path], list[Path]]:
     """Every k-th image is held out for the check (spread over the folder, never calibrated on)."""
     if len(paths) < 2:
-        raise UserError(f"--calib needs at least 2 images (some to calibrate on, some held out to check), found "
-                        f"{len(paths)}")
+        raise UserError(f"{setting('calib')} needs at least 2 images (some to calibrate on, some held out to check), "
+                        f"found {len(paths)}")
     held_out = max(1, min(held_out, len(paths) // 4))
     step = len(paths) / held_out
     held = {int(i * step + step / 2) for i in range(held_out)}
@@ -226,7 +226,7 @@ def load_images(folder: str | os.PathLike, size: int, held_out: int = 8, limit: 
     """Calibration and held-out images from `folder` at `size` x `size` (at most `limit` in all, spread out)."""
     from ganzip.images import list_images, load_batch, spaced
 
-    paths = spaced(list_images(folder, "--calib folder"), limit)
+    paths = spaced(list_images(folder, f"{setting('calib')} folder"), limit)
     calib, held = split_calibration(paths, held_out)
     return (load_batch(calib, size).numpy(), load_batch(held, size).numpy(),
             {"folder": str(folder), "calibration_images": len(calib), "held_out_images": len(held)})
@@ -259,7 +259,7 @@ def export_int8(source: Any, out_path: str | os.PathLike, calib_dir: str | os.Pa
                 raise UserError(f"the fp32 export differs from PyTorch by {worst:.2e} (limit "
                                 f"{info['fp32_check']['tolerance']:.0e}); nothing to quantize from")
         if calib.shape[1] != _input_channels(fp32):
-            raise UserError(f"the model takes {_input_channels(fp32)}-channel input; --calib images load as "
+            raise UserError(f"the model takes {_input_channels(fp32)}-channel input; {setting('calib')} images load as "
                             f"{calib.shape[1]} channels")
         quantize_onnx(fp32, out_path, calib, recipe)
         info.update(compare(fp32, out_path, held, threads))

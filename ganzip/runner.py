@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 
 
 def is_onnx(path: str | os.PathLike) -> bool:
@@ -63,10 +63,10 @@ class OnnxGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
-            raise UserError(f"{self.path} runs in onnxruntime on the CPU; use --device cpu")
+            raise UserError(f"{self.path} runs in onnxruntime on the CPU; use {setting('device', 'cpu')}")
         if self.fixed_hw is not None and tuple(x.shape[-2:]) != self.fixed_hw:
             raise UserError(f"{self.path} was exported for {self.fixed_hw[0]}x{self.fixed_hw[1]} inputs only; pass "
-                            f"--size {self.fixed_hw[0]}, or export it again with --dynamic")
+                            f"{setting('size', self.fixed_hw[0])}, or export it again with {setting('dynamic', True)}")
         data = x.detach().float().numpy()
         chunks = [data[i:i + 1] for i in range(len(data))] if self.fixed_batch == 1 and len(data) > 1 else [data]
         outs = [self.session.run(None, {self.input_name: np.ascontiguousarray(c)})[0] for c in chunks]
@@ -108,10 +108,12 @@ def load_generator(path: str | os.PathLike, device: str = "cpu", threads: int | 
     """A generator from a checkpoint (PyTorch) or an .onnx file (onnxruntime, CPU only)."""
     if is_onnx(path):
         if device != "cpu":
-            raise UserError(f"{path} runs in onnxruntime on the CPU; use --device cpu (or a .pth checkpoint for "
+            raise UserError(f"{path} runs in onnxruntime on the CPU; use {setting('device', 'cpu')} (or a .pth "
+                            f"checkpoint for "
                             f"{device})")
         if teacher_mode != "eval":
-            raise UserError(f"--teacher-mode {teacher_mode} changes a checkpoint's BatchNorm layers; {path} is an ONNX "
+            raise UserError(f"{setting('teacher_mode', teacher_mode)} changes a checkpoint's BatchNorm layers; {path} "
+                            f"is an ONNX "
                             f"file whose normalisation was fixed when it was exported: "
                             f"export it with that mode instead")
         return OnnxGenerator(path, threads)

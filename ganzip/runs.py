@@ -23,7 +23,7 @@ from torch import nn
 
 from ganzip import checkpoint
 from ganzip.atomic import check_writable_folder, torch_save, write_text
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 
 STATE_FILE = "train_state.pth"
 LOG_FILE = "log.jsonl"
@@ -96,7 +96,7 @@ class RunFolder:
         if not self.writer:
             return self
         self._created = not self.path.exists()
-        check_writable_folder(self.path, "--out-dir")
+        check_writable_folder(self.path, setting("out_dir"))
         self._lock_fd = _lock(self.path / LOCK_FILE)
         self._remove_stale_temporaries()
         return self
@@ -130,15 +130,17 @@ class RunFolder:
     def load_state(self) -> dict:
         state = checkpoint.read(self.state)
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise UserError(f"{self.state} is not a ganzip training state; remove it or choose another --out-dir")
+            raise UserError(f"{self.state} is not a ganzip training state; remove it or choose "
+                            f"another {setting('out_dir')}")
         if state.get("version") != STATE_VERSION:
             raise UserError(f"{self.state} was written by an older ganzip (training state version "
                             f"{state.get('version')}, this one reads {STATE_VERSION}) whose recipe differs; its "
-                            f"student.pth is usable, but start a new run in another --out-dir to train further")
+                            f"student.pth is usable, but start a new run in another {setting('out_dir')} to "
+                            f"train further")
         missing = [k for k in ("step", "student", "disc", "opt_g", "opt_d", "rng", "config", "meta") if k not in state]
         if missing:
             raise UserError(f"{self.state} is incomplete (no {', '.join(missing)}); it was edited or damaged: remove "
-                            f"it to start over, or choose another --out-dir")
+                            f"it to start over, or choose another {setting('out_dir')}")
         return state
 
     def write_config(self, record: dict) -> None:
@@ -227,13 +229,13 @@ def _lock(path: Path) -> int:
         except OSError:
             os.close(fd)
             raise UserError(f"another ganzip distill is writing to {path.parent}; wait for it to finish or choose "
-                            f"another --out-dir") from None
+                            f"another {setting('out_dir')}") from None
     except OSError:
         os.lseek(fd, 0, os.SEEK_SET)
         holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise UserError(f"another ganzip distill (pid {holder}) is writing to {path.parent}; wait for it to finish, "
-                        f"stop it, or choose another --out-dir") from None
+                        f"stop it, or choose another {setting('out_dir')}") from None
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, str(os.getpid()).encode())

@@ -21,7 +21,7 @@ from ganzip import checkpoint as ckpt
 from ganzip import data as data_sets
 from ganzip import fidelity, images
 from ganzip.atomic import write_bytes
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 from ganzip.fidelity import NOISE_FLOOR, high_frequency_power, luminance, radial_power_spectrum, ratio  # noqa: F401 (luminance: public here too)
 from ganzip.translate import translate_tensor
 from ganzip.wavelet import band_energies, check_levels
@@ -69,7 +69,8 @@ def analyse(batches: dict[str, torch.Tensor], reference: str, wave: str = "haar"
     for name, x in batches.items():
         f, spec = radial_power_spectrum(x)
         if freqs is not None and len(f) != len(freqs):
-            raise UserError(f"{name} images are {tuple(x.shape[-2:])}, unlike the others; use --size to resize all")
+            raise UserError(f"{name} images are {tuple(x.shape[-2:])}, unlike the others; use "
+                            f"{setting('size')} to resize all")
         freqs = f
         bands = wavelet_bands(x, wave, levels)
         total = sum(bands.values())
@@ -105,7 +106,7 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
 def load_inputs(data: str | os.PathLike, size: int | None, limit: int | None, direction: str | None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Input images (and, for A|B pairs with a direction, their target halves) as [-1, 1] batches."""
-    paths = images.list_images(data, "--data folder")
+    paths = images.list_images(data, f"{setting('data')} folder")
     if limit:
         paths = paths[:limit]
     inputs, targets = [], []
@@ -120,7 +121,8 @@ def load_inputs(data: str | os.PathLike, size: int | None, limit: int | None, di
             bucket.append(images.to_tensor(part))
     shapes = {tuple(t.shape) for t in inputs}
     if len(shapes) > 1:
-        raise UserError(f"images in {data} have different sizes {sorted(shapes)[:3]}; pass --size to resize them")
+        raise UserError(f"images in {data} have different sizes {sorted(shapes)[:3]}; pass "
+                        f"{setting('size')} to resize them")
     return torch.stack(inputs), (torch.stack(targets) if targets else None)
 
 
@@ -154,7 +156,7 @@ def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, 
     batches: dict[str, torch.Tensor] = {}
     sources: dict[str, str] = {}
     if real is not None:
-        real_paths = images.list_images(real, "--real folder")
+        real_paths = images.list_images(real, f"{setting('real')} folder")
         if limit:
             real_paths = real_paths[:limit]
         batches["real"] = images.load_batch(real_paths, size or x.shape[-1])

@@ -13,7 +13,7 @@ from torch import nn
 
 from ganzip import archs, checkpoint, data, prune
 from ganzip.config import DistillConfig
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 from ganzip.progress import Progress
 from ganzip.runs import Stopped, StopSignals
 
@@ -53,10 +53,10 @@ def make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet, s
         student = checkpoint.instantiate(loaded)
         ts, ss = teacher.spec, student.spec
         if ss["arch"] != ts["arch"]:
-            raise UserError(f"--student {cfg.student} is a {archs.describe(ss)} but the teacher is a "
+            raise UserError(f"{setting('student', cfg.student)} is a {archs.describe(ss)} but the teacher is a "
                             f"{archs.describe(ts)}; prune a student from this teacher (ganzip prune)")
         if (ss["input_nc"], ss["output_nc"]) != (ts["input_nc"], ts["output_nc"]):
-            raise UserError(f"--student {cfg.student} maps {ss['input_nc']}->{ss['output_nc']} channels "
+            raise UserError(f"{setting('student', cfg.student)} maps {ss['input_nc']}->{ss['output_nc']} channels "
                             f"but the teacher maps {ts['input_nc']}->{ts['output_nc']}; "
                             f"prune it from this teacher (ganzip prune)")
         # A student from `ganzip prune` carries its ratio; the distilled checkpoint keeps saying what it is.
@@ -97,10 +97,12 @@ def make_discriminator(cfg: DistillConfig, teacher: nn.Module, paired: bool) -> 
     if cfg.teacher_disc is not None:
         loaded = checkpoint.load(cfg.teacher_disc)
         if loaded.spec["arch"] != "patchgan":
-            raise UserError(f"--teacher-disc {cfg.teacher_disc} is a {archs.describe(loaded.spec)}, not a PatchGAN "
+            raise UserError(f"{setting('teacher_disc', cfg.teacher_disc)} is a {archs.describe(loaded.spec)}, not a "
+                            f"PatchGAN "
                             f"discriminator; pass latest_net_D*.pth")
         if loaded.spec["input_nc"] != in_nc:
-            raise UserError(f"--teacher-disc {cfg.teacher_disc} reads {loaded.spec['input_nc']} channels but this "
+            raise UserError(f"{setting('teacher_disc', cfg.teacher_disc)} reads {loaded.spec['input_nc']} channels but "
+                            f"this "
                             f"{'paired' if paired else 'unpaired'} data needs {in_nc}")
         disc = checkpoint.instantiate(loaded)
     else:

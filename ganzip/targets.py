@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ganzip.data import TrainSet
+from ganzip.errors import UserError, setting
 from ganzip.memory import MemoryBudget
 from ganzip.translate import translate_tensor
 
@@ -29,15 +30,14 @@ from ganzip.translate import translate_tensor
 def offset_multiple(teacher: nn.Module, load_size: int, crop_size: int) -> int:
     """The crop-offset grid a cached teacher needs; refuses when that grid leaves a single crop position."""
     from ganzip import archs
-    from ganzip.errors import UserError
 
     m = archs.size_multiple(teacher.spec)
     span = load_size - crop_size
     if span and span < m:
-        raise UserError(f"--cache-teacher with random crops needs crop offsets in steps of {m} px for "
-                        f"{archs.describe(teacher.spec)}, and --load-size {load_size} leaves only one; use "
-                        f"--load-size {crop_size} (no crop), a load size of at least {crop_size + m}, or "
-                        f"drop --cache-teacher")
+        raise UserError(f"{setting('cache_teacher', True)} with random crops needs crop offsets in steps of {m} px "
+                        f"for {archs.describe(teacher.spec)}, and {setting('load_size', load_size)} leaves only one; "
+                        f"use {setting('load_size', crop_size)} (no crop), a load size of at least {crop_size + m}, "
+                        f"or drop {setting('cache_teacher', True)}")
     return m
 
 

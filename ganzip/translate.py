@@ -21,7 +21,7 @@ from torch import nn
 
 from ganzip import archs, images, memory
 from ganzip.atomic import check_writable_folder, refuse_input_as_output
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 
 
 def check_memory(module: nn.Module, size: int, batch_size: int) -> None:
@@ -33,8 +33,9 @@ def check_memory(module: nn.Module, size: int, batch_size: int) -> None:
     need = batch_size * size * size * 4 * (3 + 4 * int(stem))
     free = memory.available_bytes()
     if free is not None and need > free:
-        raise UserError(f"--size {size} needs about {need / 2 ** 30:.1f} GiB for a batch of {batch_size}, and this "
-                        f"machine has {free / 2 ** 30:.1f} GiB free; lower --size or --batch-size")
+        raise UserError(f"{setting('size', size)} needs about {need / 2 ** 30:.1f} GiB for a batch of {batch_size}, "
+                        f"and this machine has {free / 2 ** 30:.1f} GiB free; lower {setting('size')} or "
+                        f"{setting('batch_size')}")
 
 
 def _padded(module: nn.Module, side: int) -> int:
@@ -51,7 +52,7 @@ def translate_tensor(module: nn.Module, x: torch.Tensor, batch_size: int = 4) ->
     if x.dim() != 4:
         raise ValueError(f"expected (N, C, H, W), got shape {tuple(x.shape)}")
     if batch_size < 1:
-        raise UserError("--batch-size must be a positive integer")
+        raise UserError(f"{setting('batch_size')} must be a positive integer")
     h, w = x.shape[-2:]
     ph, pw = _padded(module, h) - h, _padded(module, w) - w
     device = next(module.parameters(), torch.empty(0)).device  # an .onnx generator has none: CPU
@@ -94,9 +95,9 @@ def translate_folder(module: nn.Module, input_dir: str | os.PathLike, out_dir: s
     With `direction` ("AtoB"/"BtoA") the folder holds pix2pix A|B pairs and the input half is translated.
     """
     if size is not None and size <= 0:
-        raise UserError("--size must be a positive integer")
+        raise UserError(f"{setting('size')} must be a positive integer")
     if batch_size < 1:
-        raise UserError("--batch-size must be a positive integer")
+        raise UserError(f"{setting('batch_size')} must be a positive integer")
     files = images.list_images(input_dir, "input folder")
     stems: dict[str, Path] = {}
     for p in files:

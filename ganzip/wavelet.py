@@ -15,7 +15,7 @@ import pywt
 import torch
 from torch import nn
 
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 
 BANDS = ("LH", "HL", "HH")  # order of pytorch_wavelets' third axis (pywt's cH, cV, cD)
 MODES = ("zero", "symmetric", "reflect", "periodization")
@@ -48,9 +48,9 @@ def check_levels(levels: int, size: int, wave: str) -> int:
     """Refuse more levels than the image has (a report of 99 levels on a 64 px image would be made up)."""
     most = max_levels(size, wave)
     if levels > most:
-        raise UserError(f"--levels {levels} is more than a {size} px image has for {wave} (at most {most}: each "
-                        f"level halves the image and the filter needs {pywt.Wavelet(wave).dec_len} px); use "
-                        f"--levels {most} or less")
+        raise UserError(f"{setting('levels', levels)} is more than a {size} px image has for {wave} (at most {most}: "
+                        f"each level halves the image and the filter needs {pywt.Wavelet(wave).dec_len} px); use "
+                        f"{setting('levels', most)} or less")
     return levels
 
 
@@ -61,7 +61,7 @@ class DWT(nn.Module):
         super().__init__()
         check_wavelet(wave)
         if levels < 1:
-            raise UserError(f"--levels must be at least 1, not {levels}")
+            raise UserError(f"{setting('levels')} must be at least 1, not {levels}")
         if mode not in MODES:
             raise UserError(f"unknown DWT padding mode {mode!r}; use one of {', '.join(MODES)}")
         self.wave, self.levels, self.mode = wave, levels, mode

@@ -123,9 +123,9 @@ def test_ranks_split_each_epoch_without_overlap():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"inputs": "x"}, "--inputs and --targets go together"),
+    ({"inputs": "x"}, "inputs and targets go together"),
     ({}, "no training images given"),
-    ({"direction": "up"}, "--direction must be AtoB or BtoA"),
+    ({"direction": "up"}, "direction must be AtoB or BtoA"),
 ])
 def test_bad_sources(kwargs, message):
     with pytest.raises(UserError, match=message):
@@ -136,7 +136,7 @@ def test_bad_sizes(tmp_path):
     (tmp_path / "train").mkdir()
     Image.fromarray(_rgb(0, 8, 16)).save(tmp_path / "train" / "p.png")
     src = data.resolve(tmp_path)
-    with pytest.raises(UserError, match="--load-size 8 is smaller than the crop --size 16"):
+    with pytest.raises(UserError, match="load_size=8 is smaller than the crop size=16"):
         data.TrainSet(src, 8, 16)
     with pytest.raises(UserError, match="only 1 training image"):
         data.Schedule(1, batch_size=2, seed=0)

@@ -63,7 +63,7 @@ def test_resume_is_exact(setup):
 def test_existing_run_is_not_overwritten(setup):
     tmp_path, data = setup
     distill(_cfg(tmp_path, data, "run", steps=3))
-    with pytest.raises(UserError, match=r"already holds a run \(train_state.pth\); pass --resume"):
+    with pytest.raises(UserError, match=r"already holds a run \(train_state.pth\); pass resume=True"):
         distill(_cfg(tmp_path, data, "run", steps=3))
 
 

@@ -108,7 +108,7 @@ def test_refusals(resnet, tmp_path):
     (src / "x.jpg").unlink()
     with pytest.raises(UserError, match="would overwrite the input"):
         translate_folder(resnet, src, src)
-    with pytest.raises(UserError, match="batch-size"):
+    with pytest.raises(UserError, match="batch_size"):
         translate_folder(resnet, src, tmp_path / "o", batch_size=0)
 
 

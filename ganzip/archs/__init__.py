@@ -11,6 +11,7 @@ from torch import nn
 
 from ganzip.archs import mobile_resnet, patchgan, resnet, unet
 from ganzip.archs.layers import NORMS
+from ganzip.errors import UserError, setting
 
 
 @dataclass(frozen=True)
@@ -95,15 +96,14 @@ def min_size(spec: dict) -> int:
 
 def check_size(spec: dict, size: int) -> None:
     """Refuse a size the network cannot take back at its own resolution, naming the nearest one that works."""
-    from ganzip.errors import UserError
-
     multiple, smallest = size_multiple(spec), min_size(spec)
     if size <= 0 or size % multiple:
-        raise UserError(f"--size {size} is not a positive multiple of {multiple}, which {describe(spec)} needs; "
-                        f"use e.g. --size {max(smallest, size // multiple * multiple)}")
+        nearest = max(smallest, size // multiple * multiple)
+        raise UserError(f"{setting('size', size)} is not a positive multiple of {multiple}, which "
+                        f"{describe(spec)} needs; use e.g. {setting('size', nearest)}")
     if size < smallest:
-        raise UserError(f"--size {size} is too small for {describe(spec)}, which needs at least {smallest} px; "
-                        f"use --size {smallest} or more")
+        raise UserError(f"{setting('size', size)} is too small for {describe(spec)}, which needs at least "
+                        f"{smallest} px; use {setting('size', smallest)} or more")
 
 
 def _uniform_widths(spec: dict) -> dict:

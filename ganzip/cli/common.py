@@ -19,7 +19,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ganzip.choices import TEACHER_MODES, metavar
-from ganzip.errors import LayoutError, UserError, out_of_memory
+from ganzip.errors import GanzipWarning, LayoutError, UserError, for_command_line, out_of_memory
 from ganzip.progress import Progress
 
 
@@ -149,11 +149,12 @@ def command(*args: Any, **kwargs: Any) -> Callable:
             except UserError as e:
                 if _state["debug"]:
                     raise
+                message = for_command_line(e.text)
                 if isinstance(e, LayoutError):
-                    e = UserError(f"{e}; {layout_hint(name, e, kw)}")
-                error_line(str(e))
+                    message = f"{message}; {layout_hint(name, e, kw)}"
+                error_line(message)
                 if kw.get("as_json") and not _state["json_sent"]:  # stdout stays one JSON document
-                    emit_json({"error": str(e)})
+                    emit_json({"error": message})
                 raise typer.Exit(getattr(e, "exit_code", 2)) from None  # 128 + signal for a stopped run
             except KeyboardInterrupt:
                 err_console.print("[yellow]interrupted[/]")
@@ -227,7 +228,8 @@ def _warnings_as_lines() -> Any:
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
         if issubclass(category, UserWarning) and str(Path(filename).resolve()).startswith(package):
-            err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+            text = for_command_line(message.text if isinstance(message, GanzipWarning) else str(message))
+            err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
         else:
             original(message, category, filename, lineno, file, line)
 
@@ -309,12 +311,6 @@ def device_option(default: str = "cpu", **panel: Any) -> Any:
     """--device, with the same values and help in every command (ganzip.devices.resolve_device reads it)."""
     return typer.Option(default, "--device", help="Where to run: cpu, cuda, cuda:N or auto (cuda when available).",
                         **panel)
-
-
-def check_choice(flag: str, value: Any, allowed: tuple) -> None:
-    """The one-line refusal of a value a multiple-choice option does not take, naming the option as typed."""
-    if value not in allowed:
-        raise UserError(f"{flag} must be one of {', '.join(allowed)}, not {value!r}")
 
 
 def json_option(**panel: Any) -> Any:

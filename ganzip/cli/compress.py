@@ -13,7 +13,6 @@ from rich.text import Text
 
 from ganzip import choices
 from ganzip.cli.common import (
-    check_choice,
     command,
     console,
     default_output,
@@ -28,7 +27,6 @@ from ganzip.cli.common import (
     threads_text,
     widths_text,
 )
-from ganzip.errors import UserError
 
 # --- prune -------------------------------------------------------------------------------------------------
 
@@ -65,41 +63,14 @@ def prune_cmd(
     as_json: bool = json_option(),
 ) -> None:
     """Find a student RATIO times smaller than the teacher and give it the teacher's most important channels."""
-    from ganzip import archs, calibration, latency, prune
-    from ganzip import checkpoint as ckpt
-    from ganzip import threads as thread_policy
-    from ganzip.atomic import check_writable, refuse_input_as_output
+    from ganzip import api
 
     output = default_output(output, Path("pruned.pth"), force)
-    refuse_input_as_output(output, teacher, calib)
-    if runs < 0:
-        raise UserError("--runs must be 0 (no timing) or a positive number of runs")
-    check_choice("--by", by, choices.MEASURES)
-    check_choice("--method", method, choices.METHODS)
-    check_choice("--runtime", runtime, choices.RUNTIMES)
-    if not ratio > 1:
-        raise UserError(f"--ratio must be greater than 1 (the teacher itself is 1x), not {ratio}")
-    if multiple_of is not None and multiple_of < 1:
-        raise UserError(f"--multiple-of must be a positive integer, not {multiple_of}")
-    check_writable(output)
-    module = ckpt.load_generator(teacher)
-    if refit and calib is None:
-        raise UserError("--refit fits the student to the teacher on real images: give them with --calib DIR")
-    batch = (calibration.calibration_batch(calib, size, multiple=archs.size_multiple(module.spec), seed=seed)
-             if calib is not None else None)
-    fit_images = (calibration.refit_batch(calib, refit_images, min(size, 128), archs.size_multiple(module.spec))
-                  if calib is not None and refit is not False else None)
-    with thread_policy.using(threads) as n_threads, progress_bar() as update:
-        task = f"{method} for {ratio:g}x by {by}"
-        result = prune.prune(module, ratio, by=by, method=method, size=size, calib=batch, multiple_of=multiple_of,
-                             seed=seed, runtime=runtime, threads=n_threads, price="auto", refit_images=fit_images,
-                             progress=lambda done: update(task, done, 1.0))
-        if runs:
-            update(f"timing teacher and student in {runtime}", 0, None)
-            result.info["speedup"] = latency.measure_speedup(module, result.module, size, runtime, n_threads, runs)
-    provenance = prune.save_student(result, module, teacher, output)
-    info = {**result.info, "output": str(output), "spec": result.spec,
-            "architecture": archs.describe(result.spec, provenance), "threads": n_threads}
+    with progress_bar() as update:
+        report = api.prune(teacher, ratio, output=output, by=by, method=method, size=size, calib=calib,
+                           multiple_of=multiple_of, runtime=runtime, threads=threads, runs=runs, refit=refit,
+                           refit_images=refit_images, seed=seed, progress=update)
+    info = report.info
     if as_json:
         emit_json(info)
         return
@@ -120,10 +91,10 @@ def prune_cmd(
         table.add_row(f"measured latency ({runtime}, {sp['threads']} thr.)", f"{sp['teacher']['median_ms']:.1f} ms",
                       f"{sp['student']['median_ms']:.1f} ms", f"{sp['speedup']:.2f}x")
     console.print(table)
-    for key, text in widths_text(result.spec):
+    for key, text in widths_text(report.spec):
         console.print(f"  widths.{key}: {text}")
     console.print(f"student: {escape(info['architecture'])}")
-    console.print(f"ratio by {unit}: [bold]{result.achieved:.2f}x[/] (asked {ratio:g}x); method {escape(method)}"
+    console.print(f"ratio by {unit}: [bold]{report.achieved:.2f}x[/] (asked {ratio:g}x); method {escape(method)}"
                   + (f", picked {escape(str(info['picked']))}" if info.get("picked", method) != method else "")
                   + f"; distance to teacher on {escape(str(info['calibration']['source']))} calibration: "
                   f"{info['score']:.4g}"
@@ -265,19 +236,10 @@ def distill_cmd(
 ) -> None:
     """Prune the teacher (--ratio) or take a pruned --student, and train it to match the teacher: wavelet KD on the
     high bands, an anchor for colour and layout, a discriminator. Ctrl-C saves; --resume continues."""
-    from ganzip.distill import DistillConfig, distill
+    from ganzip import api
 
-    cfg = DistillConfig(teacher=teacher, data=data, inputs=inputs, targets=targets, direction=direction, size=size,
-                        load_size=load_size, flip=flip, ratio=ratio, student=student, by=by, method=method, init=init,
-                        kd=kd, wavelet=wavelet, levels=levels, band_weights=band_weights, kd_distance=kd_distance,
-                        lambda_gan=lambda_gan, disc_real=disc_real, lambda_kd=lambda_kd, lambda_feat=lambda_feat,
-                        anchor=anchor, lambda_anchor=lambda_anchor, teacher_reverse=teacher_reverse,
-                        lambda_rec=lambda_rec, disc_ratio=disc_ratio, teacher_disc=teacher_disc,
-                        teacher_mode=teacher_mode, steps=steps, batch_size=batch_size, lr=lr, decay_from=decay_from,
-                        precision=precision, seed=seed, device=device, cache_teacher=cache_teacher, cache_mb=cache_mb,
-                        val=val, val_images=val_images, eval_every=eval_every, out_dir=out_dir, output=output,
-                        resume=resume, save_every=save_every, sample_every=sample_every)
-    summary = distill(cfg)
+    settings = {name: value for name, value in locals().items() if name not in ("teacher", "as_json", "api")}
+    summary = api.distill(teacher, **settings).info
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun one process speaks for the run
         return
     if as_json:

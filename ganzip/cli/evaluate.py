@@ -86,42 +86,16 @@ def fid_cmd(
     out: Optional[Path] = old_out_option(),
 ) -> None:
     """FID (and KID) with the standard TF Inception weights, computed offline through torch-fidelity."""
-    from ganzip import fid as fidlib
-    from ganzip.devices import resolve_device
+    from ganzip import api
 
     out = pick_output(output, out)
-    device = resolve_device(device)
-    if fake is not None:
-        if real is None or checkpoint is not None or data is not None or teacher is not None or out is not None:
-            raise UserError("--fake compares two folders: give exactly --fake DIR --real DIR (no checkpoint, "
-                            "--data, --teacher or -o)")
-        weights = fidlib.resolve_weights(inception_weights)
-        with progress_bar() as update:
-            result = fidlib.fid_folders(fake, real, kid=kid, weights=weights, device=device, progress=update)
-        results = {"fake": result}
-    else:
-        from ganzip import runner
-
-        if checkpoint is None or data is None:
-            raise UserError("give a generator checkpoint and --data DIR (or --fake DIR --real DIR for two folders)")
-        from ganzip.atomic import refuse_input_as_output
-
-        refuse_input_as_output(out, data, real)  # the dataset's own folders are checked once resolved, in ganzip.fid
-        models = {"student": runner.load_generator(checkpoint, device, teacher_mode=teacher_mode)}
-        if teacher is not None:
-            models["teacher"] = runner.load_generator(teacher, device, teacher_mode=teacher_mode)
-        weights = fidlib.resolve_weights(inception_weights)  # before any translation starts
-        results = {}
-        with progress_bar() as update:
-            for name, module in models.items():
-                results[name] = fidlib.fid_for_generator(
-                    module, data, real_dir=real, kid=kid, weights=weights, size=size, batch_size=batch_size,
-                    device=device, direction=direction, out_dir=out if name == "student" else None,
-                    progress=(lambda task, d, t, n=name: update(f"{n}: {task}", d, t)) if update else None)
-    main_result = dict(next(iter(results.values())))
-    if "teacher" in results:
-        main_result["teacher"] = results["teacher"]
-        main_result["fid_delta"] = main_result["fid"] - results["teacher"]["fid"]
+    with progress_bar() as update:
+        report = api.fid(checkpoint, data=data, real=real, fake=fake, teacher=teacher, kid=kid, direction=direction,
+                         size=size, batch_size=batch_size, output=out, inception_weights=inception_weights,
+                         device=device, teacher_mode=teacher_mode, progress=update)
+    main_result, weights = report.info, report.weights
+    results = {"fake" if fake is not None else "student": main_result,
+               **({"teacher": main_result["teacher"]} if "teacher" in main_result else {})}
     if as_json:
         emit_json(main_result)
         return
@@ -161,9 +135,7 @@ def export_cmd(
     out: Optional[Path] = old_out_option(),
 ) -> None:
     """Export to ONNX, then check onnxruntime against PyTorch at two sizes (fails above 1e-4) and time it."""
-    from ganzip import export
     from ganzip import threads as thread_policy
-    from ganzip.atomic import refuse_input_as_output
 
     if runs <= 0:
         raise UserError("--runs must be a positive integer")
@@ -174,13 +146,11 @@ def export_cmd(
         return
     if calib is not None:
         raise UserError("--calib calibrates an int8 model; add --int8, or leave --calib out for fp32")
-    from ganzip import checkpoint as ckpt
+    from ganzip import api
 
-    out = out or checkpoint.with_suffix(".onnx")
-    refuse_input_as_output(out, checkpoint)
-    module = ckpt.load_generator(checkpoint)
     with status("exporting"):
-        info = export.export_checked(module, out, opset=opset, dynamic=dynamic, size=size, runs=runs, threads=threads)
+        report = api.export_onnx(checkpoint, out, opset=opset, dynamic=dynamic, size=size, runs=runs, threads=threads)
+    info = report.info
     if as_json:
         emit_json(info)
     else:
@@ -194,8 +164,8 @@ def export_cmd(
         table.add_row(f"onnxruntime latency @{size}px, {threads} thr.", f"{lat['median_ms']:.1f} ms "
                                                                        f"({lat['p10_ms']:.1f}-{lat['p90_ms']:.1f})")
         console.print(table)
-    if (problem := export.mismatch(info)) is not None:
-        raise UserError(problem)
+    if report.problem is not None:
+        raise UserError(report.problem)
 
 
 def _export_int8(checkpoint: Path, out: Optional[Path], calib: Optional[Path], opset: Optional[int], dynamic: bool,

@@ -28,7 +28,6 @@ from ganzip.cli.common import (
     threads_text,
     widths_text,
 )
-from ganzip.errors import UserError
 
 # --- inspect -----------------------------------------------------------------------------------------------
 
@@ -100,40 +99,19 @@ def profile_cmd(
 ) -> None:
     """Parameters, MACs (paper convention and exact) and latency; with --teacher, compression, speedup and
     efficiency (speedup / MACs ratio)."""
-    from ganzip import archs, runner
-    from ganzip import profile as prof
-    from ganzip import threads as thread_policy
-    from ganzip.devices import resolve_device
+    from ganzip import api
 
-    if size <= 0 or batch <= 0 or runs <= 0:
-        raise UserError("--size, --batch and --runs must be positive integers")
-    threads = thread_policy.resolve(threads)
-    device = resolve_device(device)
-    student = runner.load_generator(checkpoint, device, threads, teacher_mode)
-    teacher_module = runner.load_generator(teacher, device, threads, teacher_mode) if teacher else None
-    for module in (student, teacher_module):
-        if module is not None and module.spec is not None:
-            archs.check_size(module.spec, size)
-    extra = None
-    if onnx:
-        from ganzip import export
-
-        models = {"student": student, **({"teacher": teacher_module} if teacher_module is not None else {})}
-        if any(isinstance(m, runner.OnnxGenerator) for m in models.values()):
-            raise UserError("--onnx times a PyTorch checkpoint in onnxruntime; an .onnx file is already timed "
-                            "there, leave --onnx out")
-        with status("exporting to onnxruntime"):
-            extra = {name: {"onnx": export.onnx_runner(m, size, batch, threads=threads)} for name, m in models.items()}
     with status("timing"):
-        result = prof.profile(student, teacher_module, size=size, batch=batch, runs=runs, threads=threads,
-                              device=device, extra_runners=extra)
+        result = api.profile(checkpoint, teacher=teacher, size=size, batch=batch, runs=runs, threads=threads,
+                             onnx=onnx, device=device, teacher_mode=teacher_mode).info
+    device = result["device"]  # "auto" resolved
     if as_json:
         emit_json(result)
         return
     table = Table(title=f"profile @ {batch}x{size}x{size}, {threads_text(result['threads'])}, {device}")
     table.add_column("")
     table.add_column("student", justify="right")
-    if teacher_module is not None:
+    if teacher is not None:
         table.add_column("teacher", justify="right")
         table.add_column("ratio", justify="right")
     t = result.get("teacher")
