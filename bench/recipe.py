@@ -18,6 +18,7 @@ Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint 
   wkd_refit_dteacher     + D shown the teacher's outputs as real
   wkd_refit_lr1e-3       wkd_refit at the demo's lr 1e-3 (upstream's 2e-4 is set for runs of 100k+ steps)
   wkd_refit_feat_nogan   wkd_refit_feat without the adversarial term (lambda_gan 0: pure distillation, as OMGD)
+  wkd_refit_feat_nogan_lr1e-3  the same at lr 1e-3
   final_default          ganzip's defaults today (nothing set), from the refitted student, as `distill --ratio`
   highbands, low, pixel_anchor, cycle   the earlier anchor study (cycle needs a reverse teacher, fitted here once)
 
@@ -73,6 +74,7 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "wkd_refit_dteacher": ("refit", {**_WKD, "disc_real": "teacher"}),
     "wkd_refit_lr1e-3": ("refit", {**_WKD, "lr": 1e-3}),
     "wkd_refit_feat_nogan": ("refit", {**_WKD, "lambda_feat": 1.0, "lambda_gan": 0.0}),
+    "wkd_refit_feat_nogan_lr1e-3": ("refit", {**_WKD, "lambda_feat": 1.0, "lambda_gan": 0.0, "lr": 1e-3}),
     "final_default": ("refit", {}),
     "highbands": ("pruned", {**_AUTHORS, "anchor": "none"}),
     "low": ("pruned", {**_AUTHORS, "anchor": "low"}),
