@@ -12,6 +12,7 @@ the headline numbers as typed fields beside it:
     print(api.profile(run.output, teacher="latest_net_G_A.pth").speedup)
     print(api.fid(run.output, data="datasets/horse2zebra").fid)
     api.export_onnx(run.output, "student.onnx")
+    api.export_int8(run.output, calib="datasets/horse2zebra/trainA")
 
 Bad input raises `ganzip.errors.UserError`, whose message says what is wrong in the caller's terms (`ratio=0.5`).
 The module is apart from the submodules it drives, so `ganzip.prune` stays the pruning module.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ganzip import archs, calibration, export, latency, runner
+from ganzip import archs, calibration, export, latency, quantize, runner
 from ganzip import checkpoint as ckpt
 from ganzip import distill as training
 from ganzip import fid as fidlib
@@ -84,6 +85,15 @@ class ExportReport:
     ok: bool
     problem: str | None
     latency_ms: float
+    info: dict = field(repr=False)
+
+
+@dataclass
+class Int8Report:
+    """An int8 ONNX file calibrated on real images: its PSNR to the fp32 model on held-out ones, and its speedup."""
+    path: Path
+    psnr_db: float
+    speedup: float
     info: dict = field(repr=False)
 
 
@@ -229,6 +239,28 @@ def export_onnx(student: str | os.PathLike, output: str | os.PathLike | None = N
                                  runs=runs, threads=threads)
     return ExportReport(Path(info["path"]), info["ok"], export.mismatch(info),
                         info["onnxruntime_latency"]["median_ms"], info)
+
+
+def export_int8(source: str | os.PathLike, output: str | os.PathLike | None = None, *,
+                calib: str | os.PathLike | None = None, opset: int | None = None, dynamic: bool = True,
+                size: int = 256, runs: int = 20, threads: int | None = None) -> Int8Report:
+    """An int8 .onnx (default: beside the source, NAME.int8.onnx) of a checkpoint or an fp32 .onnx, calibrated on
+    the real images in `calib`, some of them held out to score it against the fp32 model; both are timed."""
+    if calib is None:
+        raise UserError(f"an int8 model needs {setting('calib', metavar='DIR')}: a folder of real input images to "
+                        f"calibrate on (for CycleGAN horse2zebra, datasets/horse2zebra/trainA)")
+    if runs <= 0:
+        raise UserError(f"{setting('runs')} must be a positive integer")
+    source = Path(source)
+    if runner.is_onnx(source) and not source.is_file():
+        raise UserError(f"{source} not found")
+    model = source if runner.is_onnx(source) else ckpt.load_generator(source)
+    out = Path(output) if output is not None else source.with_name(source.stem + ".int8.onnx")
+    refuse_input_as_output(out, source, calib)
+    threads = thread_policy.resolve(threads)
+    info = quantize.export_int8(model, out, calib, size=size, threads=threads, runs=runs, dynamic=dynamic, opset=opset)
+    info["threads"] = threads
+    return Int8Report(Path(info["path"]), info["psnr_db"], info["speedup"], info)
 
 
 def distill(teacher: str | os.PathLike, **settings: Any) -> DistillReport:

@@ -90,3 +90,16 @@ def test_a_warning_names_the_setting_as_each_caller_spells_it(teacher):
                                  "batch-stats"])
     assert result.exit_code == 0, result.output
     assert "has no BatchNorm layers: --teacher-mode batch-stats changes nothing" in result.output
+
+
+def test_int8_from_a_script_scores_itself_against_fp32(teacher, tmp_path):
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i in range(6):
+        save_png(torch.rand(3, 32, 32) * 2 - 1, folder / f"{i}.png")
+    with pytest.raises(UserError) as err:
+        api.export_int8(teacher)
+    assert str(err.value).startswith("an int8 model needs calib: a folder of real input images")
+    report = api.export_int8(teacher, tmp_path / "t.int8.onnx", calib=folder, size=32, runs=2)
+    assert report.path == tmp_path / "t.int8.onnx" and report.path.is_file()
+    assert report.info["calibration"]["held_out_images"] >= 1 and 10 < report.psnr_db < 100

@@ -170,26 +170,14 @@ def export_cmd(
 
 def _export_int8(checkpoint: Path, out: Optional[Path], calib: Optional[Path], opset: Optional[int], dynamic: bool,
                  size: int, runs: int, threads: int, as_json: bool) -> None:
-    from ganzip import quantize, runner
-    from ganzip.atomic import refuse_input_as_output
+    from ganzip import api
 
     if calib is None:
         raise UserError("--int8 needs --calib DIR: a folder of real input images to calibrate on (for CycleGAN "
                         "horse2zebra, datasets/horse2zebra/trainA)")
-    if runner.is_onnx(checkpoint):
-        source = checkpoint
-        if not checkpoint.is_file():
-            raise UserError(f"{checkpoint} not found")
-    else:
-        from ganzip import checkpoint as ckpt
-
-        source = ckpt.load_generator(checkpoint)
-    out = out or checkpoint.with_name(checkpoint.stem + ".int8.onnx")
-    refuse_input_as_output(out, checkpoint, calib)
     with status("exporting, calibrating, checking"):
-        info = quantize.export_int8(source, out, calib, size=size, threads=threads, runs=runs, dynamic=dynamic,
-                                    opset=opset)
-    info["threads"] = threads
+        info = api.export_int8(checkpoint, out, calib=calib, opset=opset, dynamic=dynamic, size=size, runs=runs,
+                               threads=threads).info
     if as_json:
         emit_json(info)
         return
