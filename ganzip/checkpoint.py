@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ganzip import archs
+from ganzip import __version__, archs
 from ganzip.archs.layers import set_teacher_mode
 from ganzip.atomic import torch_save, write_bytes
 from ganzip.choices import TEACHER_MODES
@@ -315,8 +315,6 @@ def load_generator(path: str | os.PathLike, teacher_mode: str = "eval") -> nn.Mo
 
 def save(path: str | os.PathLike, spec: dict, state_dict: Mapping[str, torch.Tensor], **provenance: Any) -> Path:
     """Write a self-describing ganzip checkpoint atomically; a path ending in .safetensors gets that format."""
-    from ganzip import __version__
-
     payload = {"format": FORMAT, "version": VERSION, "spec": spec,
                "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
                "provenance": {"ganzip": __version__, **provenance}}

@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from ganzip import channels
+from ganzip import threads as thread_policy
 from ganzip.channels import Layout, WidthKey
 from ganzip.choices import MEASURES
 from ganzip.errors import UserError
+from ganzip.latency import LatencyCost, LatencyTable
 
 
 class CostModel(Protocol):
@@ -54,8 +56,5 @@ def model(by: str, layout: Layout, size: int, *, runtime: str = "torch", threads
     if by == "macs":
         return Macs(layout, size)
     if by == "latency":
-        from ganzip import threads as thread_policy
-        from ganzip.latency import LatencyCost, LatencyTable
-
         return LatencyCost(layout, size, LatencyTable(layout.spec, size, runtime, thread_policy.resolve(threads)))
     raise UserError(f"a ratio counts one of {', '.join(MEASURES)}, not {by!r}")

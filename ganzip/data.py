@@ -290,9 +290,8 @@ class TrainSet:
     def __init__(self, source: Source, load_size: int, crop_size: int, flip: bool = True, seed: int = 0,
                  budget: MemoryBudget | None = None, offset_multiple: int = 1):
         if load_size < crop_size:
-            raise UserError(f"{setting('load_size', load_size)} is smaller than the crop {setting('size', crop_size)}; "
-                            f"use a load size "
-                            f">= the crop size")
+            raise UserError(f"{setting('load_size', load_size)} is smaller than the crop "
+                            f"{setting('size', crop_size)}; use a load size >= the crop size")
         self.source, self.load_size, self.crop_size, self.flip, self.seed = source, load_size, crop_size, flip, seed
         self.offset_multiple = offset_multiple  # crop offsets on this grid (see ganzip.targets for why)
         self.budget = budget if budget is not None else MemoryBudget(2**62)

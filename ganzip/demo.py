@@ -27,10 +27,27 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from ganzip import archs, calibration, images
+from ganzip import (
+    archs,
+    calibration,
+    checkpoint,
+    config,
+    distill,
+    export,
+    fid,
+    fit,
+    images,
+    profile,
+    prune,
+    report,
+    spectrum,
+)
+from ganzip.atomic import check_writable_folder, write_text
 from ganzip.devices import fast_precision
 from ganzip.errors import UserError
 from ganzip.fidelity import paired
+from ganzip.progress import Progress
+from ganzip.translate import translate_tensor
 
 BUNDLED = {"maps": ("train", "val"), "photos": ("train", "other", "test")}
 MAPS_DIRECTION = "BtoA"  # map -> aerial photo; see ganzip.fit for why not the other way in a few minutes
@@ -117,8 +134,6 @@ def run(out: str | os.PathLike = "ganzip-demo", paired: bool = False, quick: boo
     With a stderr `console` (the `--json` mode) anything a stage prints to stdout (the ONNX exporter's chatter) goes
     to stderr too, so stdout carries the JSON alone.
     """
-    from ganzip.atomic import check_writable_folder
-
     console = console or Console(stderr=True)
     out = check_writable_folder(out, "-o")
     pipeline = _run_maps if paired else _run_photos
@@ -137,9 +152,6 @@ def run(out: str | os.PathLike = "ganzip-demo", paired: bool = False, quick: boo
 # --- the photo demo: a real pretrained CycleGAN ------------------------------------------------------------
 
 def _run_photos(out: Path, s: Settings, seed: int, device: str, stages: _Stages, teacher_path: Path) -> dict:
-    from ganzip import checkpoint
-    from ganzip.translate import translate_tensor
-
     data = bundled_data("photos")
     teacher = checkpoint.load_generator(teacher_path)
     inputs = images.list_images(data / "train")
@@ -183,9 +195,6 @@ def _run_photos(out: Path, s: Settings, seed: int, device: str, stages: _Stages,
 # --- the paired demo: pix2pix maps with a teacher fitted here ----------------------------------------------
 
 def _run_maps(out: Path, s: Settings, seed: int, device: str, stages: _Stages, _: None) -> dict:
-    from ganzip import checkpoint, fit
-    from ganzip.translate import translate_tensor
-
     data = bundled_data("maps")
     teacher, teacher_info = stages.run(f"fitting a pix2pix teacher ({s.teacher_steps} L1 steps)", _fit_teacher, s,
                                        data / "train", out, seed, stages.console)
@@ -219,9 +228,6 @@ def teacher_spec(s: Settings) -> dict:
 
 
 def _fit_teacher(s: Settings, train: Path, out: Path, seed: int, console: Console) -> tuple[torch.nn.Module, dict]:
-    from ganzip import checkpoint, fit
-    from ganzip.progress import Progress
-
     pairs = fit.load_pairs(train, s.size, MAPS_DIRECTION)
     spec = teacher_spec(s)
     losses: list[float] = []
@@ -245,8 +251,6 @@ def _fit_teacher(s: Settings, train: Path, out: Path, seed: int, console: Consol
 
 def _prune(s: Settings, teacher: torch.nn.Module, calib: torch.Tensor, out: Path, seed: int, teacher_path: Path,
            refit_images: torch.Tensor | None = None) -> dict:
-    from ganzip import prune
-
     start = time.perf_counter()
     # Search steps charged in MACs, not measured latency: timings differ between runs and machines, and the demo's
     # student must be the same every time it is run with the same seed.
@@ -259,8 +263,6 @@ def _prune(s: Settings, teacher: torch.nn.Module, calib: torch.Tensor, out: Path
 
 
 def _distill(s: Settings, out: Path, seed: int, device: str, **data: Any) -> dict:
-    from ganzip import checkpoint, config, distill
-
     cfg = distill.DistillConfig(
         student=out / "student_init.pth", steps=s.distill_steps, batch_size=s.batch_size, size=s.train_size or s.size,
         load_size=s.size if s.train_size else None,
@@ -276,8 +278,6 @@ def _distill(s: Settings, out: Path, seed: int, device: str, **data: Any) -> dic
 
 def _quality(outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict:
     """The student's distance to its teacher first; then both against the target set, with how many images."""
-    from ganzip import fid
-
     result: dict[str, Any] = {"student_vs_teacher": paired(outputs["student"], outputs["teacher"]),
                               "held_out": int(outputs["student"].shape[0]), "targets": int(targets.shape[0])}
     result["bands_vs_teacher"] = _band_ratios(outputs["student"], outputs["teacher"])
@@ -301,23 +301,17 @@ def _quality(outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict:
 
 def _band_ratios(student: torch.Tensor, teacher: torch.Tensor) -> dict:
     """Low-band and detail energy of the student's outputs relative to the teacher's (ganzip.spectrum's ratios)."""
-    from ganzip import spectrum
-
     series = spectrum.analyse({"teacher": teacher, "student": student}, "teacher", levels=3)["series"]["student"]
     return {"low_band": series["band_ratios"]["LL"], "detail": series["hf_ratio"]}
 
 
 def _profile(s: Settings, student: torch.nn.Module, teacher: torch.nn.Module) -> dict:
-    from ganzip import export, profile
-
     extra = {name: {"onnx": export.onnx_runner(m, s.profile_size)} for name, m in (("student", student),
                                                                                     ("teacher", teacher))}
     return profile.profile(student, teacher, size=s.profile_size, runs=s.profile_runs, warmup=2, extra_runners=extra)
 
 
 def _export(student: torch.nn.Module, size: int, out: Path) -> dict:
-    from ganzip import export
-
     info = export.export_onnx(student, out / "student.onnx", size=size)
     info["verify"] = export.verify(student, out / "student.onnx", sizes=(size,))
     return info
@@ -331,9 +325,6 @@ def _save_folder(batch: torch.Tensor, names: list[str], folder: Path) -> Path:
 
 
 def _write(summary: dict, out: Path) -> dict:
-    from ganzip import report
-    from ganzip.atomic import write_text
-
     summary["files"].update({"report": str(out / "report.md"), "summary": str(out / "summary.json")})
     write_text(json.dumps(summary, indent=2, default=str) + "\n", out / "summary.json")
     write_text(report.markdown(summary), out / "report.md")

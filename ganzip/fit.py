@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ganzip import archs
+from ganzip import archs, images
 from ganzip.errors import UserError
 
 
@@ -30,8 +30,6 @@ def load_pairs(folder: str | os.PathLike, size: int | None = None, direction: st
                limit: int | None = None) -> Pairs:
     """All A|B pairs of a folder in memory, each half resized to `size`: small sets only (the demo's 100 pairs)."""
     from PIL import Image
-
-    from ganzip import images
 
     paths = images.list_images(folder, "paired-image folder")[:limit]
     inputs, targets = [], []

@@ -27,13 +27,17 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ganzip import archs, channels
+from ganzip import archs, channels, export, profile
+from ganzip import threads as thread_policy
+from ganzip.archs.resnet import ResnetBlock
+from ganzip.atomic import write_text
 from ganzip.channels import Layout, WidthKey
 from ganzip.choices import RUNTIMES
 from ganzip.errors import UserError, setting
 from ganzip.inception import cache_dir
 from ganzip.onnx_units import unit_onnx
 from ganzip.profile import input_channels
+from ganzip.threads import keep_freed_memory
 
 FORMAT = 1
 
@@ -84,8 +88,6 @@ class Unit:
 
 def units(layout: Layout, size: int) -> list[Unit]:
     """The ResNet generator cut at each padding, convolution and residual block of its top-level Sequential."""
-    from ganzip.archs.resnet import ResnetBlock
-
     spec = layout.spec
     if spec["arch"] != "resnet":
         raise UserError(f"{setting('by', 'latency')} times ResNet (CycleGAN) generators layer by layer; this "
@@ -187,8 +189,6 @@ def _measure_torch(module: nn.Module, shape: tuple[int, ...], threads: int) -> f
 
 
 def _measure_onnxruntime(module: nn.Module, shape: tuple[int, ...], threads: int) -> float:
-    from ganzip import export
-
     session = export._session(unit_onnx(_materialise(module), shape).SerializeToString(), threads)
     return time_call(export._runner(session, shape), clock=_clock(threads))
 
@@ -234,8 +234,6 @@ class LatencyTable:
                  progress: Callable[[int], None] | None = None):
         if runtime not in RUNTIMES:
             raise UserError(f"latency is measured in one of {', '.join(RUNTIMES)}, not {runtime!r}")
-        from ganzip.threads import keep_freed_memory
-
         keep_freed_memory()  # time units in the memory state whole networks are timed in
         self.size, self.runtime, self.threads = size, runtime, threads
         self.key = table_key(spec, size, runtime, threads)
@@ -289,8 +287,6 @@ class LatencyTable:
     def save(self) -> Path | None:
         """Merge into the cached file (another process may have added entries); an unwritable cache only costs
         the next run its measurements, so it is not an error."""
-        from ganzip.atomic import write_text
-
         entries, contexts = self._read()
         data = {"key": self.key, "entries": {**entries, **self.entries}, "contexts": {**contexts, **self.contexts}}
         try:
@@ -366,9 +362,6 @@ def measure_speedup(teacher: nn.Module, student: nn.Module, size: int, runtime: 
 
     onnxruntime times the graphs torch's exporter writes, i.e. what `ganzip export` would ship.
     """
-    from ganzip import export, profile
-    from ganzip import threads as thread_policy
-
     thread_policy.keep_freed_memory()
     with thread_policy.using(threads) as n:
         if runtime == "torch":

@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ganzip import threads as thread_policy
+
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
@@ -157,8 +159,6 @@ def profile(student: nn.Module, teacher: nn.Module | None = None, size: int = 25
     `extra_runners` maps a model name ("student"/"teacher") to further named runners (e.g. onnxruntime) that
     join the alternation, so every latency in one report was taken under the same conditions.
     """
-    from ganzip import threads as thread_policy
-
     thread_policy.keep_freed_memory()
     models = {"student": student} if teacher is None else {"student": student, "teacher": teacher}
     profiles = {name: static_profile(m, size, batch) for name, m in models.items()}

@@ -32,9 +32,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ganzip import export, profile
 from ganzip.atomic import atomic_path, check_writable
 from ganzip.errors import UserError, setting
+from ganzip.export import PRECISION_KEY, _session, file_runner, set_metadata
 from ganzip.fidelity import psnr
+from ganzip.images import list_images, load_batch, spaced
 from ganzip.int8_graph import balance_before_norms, subpixel_transposed
 
 CALIBRATIONS = ("minmax", "percentile", "entropy")
@@ -146,8 +149,6 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from ganzip.export import PRECISION_KEY, set_metadata
-
     if recipe.calibration not in CALIBRATIONS:
         raise UserError(f"calibration must be one of {', '.join(CALIBRATIONS)}, not {recipe.calibration!r}")
     if recipe.fmt not in FORMATS:
@@ -200,8 +201,6 @@ def _outputs(session: Any, batch: np.ndarray) -> Iterator[np.ndarray]:
 def compare(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, held_out: np.ndarray,
             threads: int | None = None) -> dict:
     """PSNR of the int8 outputs to the fp32 outputs on `held_out` (all images pooled, and the worst one)."""
-    from ganzip.export import _session
-
     ref = list(_outputs(_session(fp32_path, threads), held_out))
     got = list(_outputs(_session(int8_path, threads), held_out))
     per_image = [psnr(g, r) for g, r in zip(got, ref)]
@@ -212,9 +211,6 @@ def compare(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, held_out
 def time_pair(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, shape: tuple[int, ...],
               threads: int | None = None, runs: int = 20) -> dict:
     """fp32 and int8 onnxruntime latency, timed in alternation on the same input."""
-    from ganzip import profile
-    from ganzip.export import file_runner
-
     timings = profile.time_alternating({"fp32": file_runner(fp32_path, shape, threads),
                                         "int8": file_runner(int8_path, shape, threads)}, runs=runs)
     return {"fp32": timings["fp32"].as_dict(), "int8": timings["int8"].as_dict(),
@@ -224,8 +220,6 @@ def time_pair(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, shape:
 def load_images(folder: str | os.PathLike, size: int, held_out: int = 8, limit: int = 64
                 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Calibration and held-out images from `folder` at `size` x `size` (at most `limit` in all, spread out)."""
-    from ganzip.images import list_images, load_batch, spaced
-
     paths = spaced(list_images(folder, f"{setting('calib')} folder"), limit)
     calib, held = split_calibration(paths, held_out)
     return (load_batch(calib, size).numpy(), load_batch(held, size).numpy(),
@@ -241,8 +235,6 @@ def export_int8(source: Any, out_path: str | os.PathLike, calib_dir: str | os.Pa
     A module is first exported to fp32 ONNX and checked against PyTorch, as `ganzip export` does; that fp32 file
     is the reference every int8 number is measured against, then deleted.
     """
-    from ganzip import export
-
     out_path = check_writable(out_path)
     calib, held, data = load_images(calib_dir, size, held_out=held_out, limit=limit)
     info: dict[str, Any] = {"calibration": data, "recipe": recipe.as_dict()}

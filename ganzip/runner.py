@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ganzip import archs, checkpoint
 from ganzip.errors import UserError, setting
+from ganzip.export import PRECISION_KEY, SPEC_KEY, _session
 
 
 def is_onnx(path: str | os.PathLike) -> bool:
@@ -29,8 +31,6 @@ class OnnxGenerator(nn.Module):
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         super().__init__()
         import onnx
-
-        from ganzip.export import PRECISION_KEY, SPEC_KEY, _session
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -76,8 +76,6 @@ class OnnxGenerator(nn.Module):
         """The PyTorch network of the recorded spec (random weights): what parameters and MACs are counted on."""
         if self.spec is None:
             return None
-        from ganzip import archs
-
         return archs.build(self.spec).eval()
 
     def parameter_count(self) -> int:
@@ -93,8 +91,6 @@ def _spec_from(text: str | None) -> dict | None:
         spec = json.loads(text)
     except ValueError:
         return None
-    from ganzip import archs
-
     try:
         with torch.device("meta"):
             archs.build(spec)
@@ -109,22 +105,16 @@ def load_generator(path: str | os.PathLike, device: str = "cpu", threads: int | 
     if is_onnx(path):
         if device != "cpu":
             raise UserError(f"{path} runs in onnxruntime on the CPU; use {setting('device', 'cpu')} (or a .pth "
-                            f"checkpoint for "
-                            f"{device})")
+                            f"checkpoint for {device})")
         if teacher_mode != "eval":
-            raise UserError(f"{setting('teacher_mode', teacher_mode)} changes a checkpoint's BatchNorm layers; {path} "
-                            f"is an ONNX "
-                            f"file whose normalisation was fixed when it was exported: "
-                            f"export it with that mode instead")
+            raise UserError(f"{setting('teacher_mode', teacher_mode)} changes a checkpoint's BatchNorm layers; "
+                            f"{path} is an ONNX file whose normalisation was fixed when it was exported: export it "
+                            f"with that mode instead")
         return OnnxGenerator(path, threads)
-    from ganzip import checkpoint
-
     return checkpoint.load_generator(path, teacher_mode)
 
 
 def describe(module: nn.Module) -> str:
-    from ganzip import archs
-
     if isinstance(module, OnnxGenerator):
         base = archs.describe(module.spec) if module.spec else f"{module.input_nc}-channel ONNX generator"
         return f"{base}, {module.runtime()}"

@@ -98,12 +98,10 @@ def make_discriminator(cfg: DistillConfig, teacher: nn.Module, paired: bool) -> 
         loaded = checkpoint.load(cfg.teacher_disc)
         if loaded.spec["arch"] != "patchgan":
             raise UserError(f"{setting('teacher_disc', cfg.teacher_disc)} is a {archs.describe(loaded.spec)}, not a "
-                            f"PatchGAN "
-                            f"discriminator; pass latest_net_D*.pth")
+                            f"PatchGAN discriminator; pass latest_net_D*.pth")
         if loaded.spec["input_nc"] != in_nc:
             raise UserError(f"{setting('teacher_disc', cfg.teacher_disc)} reads {loaded.spec['input_nc']} channels but "
-                            f"this "
-                            f"{'paired' if paired else 'unpaired'} data needs {in_nc}")
+                            f"this {'paired' if paired else 'unpaired'} data needs {in_nc}")
         disc = checkpoint.instantiate(loaded)
     else:
         norm = "batch" if paired else "instance"  # pix2pix / CycleGAN defaults

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ganzip import archs
 from ganzip.data import TrainSet
 from ganzip.errors import UserError, setting
 from ganzip.memory import MemoryBudget
@@ -29,8 +30,6 @@ from ganzip.translate import translate_tensor
 
 def offset_multiple(teacher: nn.Module, load_size: int, crop_size: int) -> int:
     """The crop-offset grid a cached teacher needs; refuses when that grid leaves a single crop position."""
-    from ganzip import archs
-
     m = archs.size_multiple(teacher.spec)
     span = load_size - crop_size
     if span and span < m:

@@ -15,6 +15,8 @@ import contextlib
 import os
 from typing import Any, Iterator
 
+from ganzip.devices import check_threads
+
 SPREAD_LIMIT = 0.25  # (p90 - p10) / median above this: the runs disagree too much to quote one number
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 _kept = False
@@ -72,8 +74,6 @@ def free_cores(n_cores: int | None = None, current_load: float | None = None) ->
 
 def resolve(threads: int | None) -> int:
     """The thread count to use: the one asked for, else the free cores; a non-positive count is refused."""
-    from ganzip.devices import check_threads
-
     return free_cores() if check_threads(threads) is None else threads
 
 
