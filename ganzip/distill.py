@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from rich.text import Text
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ganzip import archs, checkpoint, config, data, images, students
 from ganzip.config import DistillConfig
@@ -295,8 +296,6 @@ def _players(prep: _Prepared, rt: _Dist, device: str, stop: StopSignals, progres
         torch.manual_seed(cfg.seed + rt.rank)
     g, d = student, disc
     if rt.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         ids = [torch.device(device).index] if device.startswith("cuda") else None
         g, d = DDP(student, device_ids=ids), DDP(disc, device_ids=ids)
     return Players(student, disc, opt_g, opt_d, g, d, info), objective

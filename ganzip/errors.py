@@ -99,8 +99,6 @@ def out_of_memory(error: BaseException) -> str | None:
     tensor happens to be made; recognising it in one place lets every command answer with one line saying which
     setting to lower, instead of a traceback from deep inside a forward pass.
     """
-    import re
-
     text = str(error)
     if not isinstance(error, (RuntimeError, MemoryError)):
         return None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from PIL import Image
 from torch import nn
 
 from ganzip import archs, images
@@ -29,8 +30,6 @@ class Pairs:
 def load_pairs(folder: str | os.PathLike, size: int | None = None, direction: str = "AtoB",
                limit: int | None = None) -> Pairs:
     """All A|B pairs of a folder in memory, each half resized to `size`: small sets only (the demo's 100 pairs)."""
-    from PIL import Image
-
     paths = images.list_images(folder, "paired-image folder")[:limit]
     inputs, targets = [], []
     for p in paths:

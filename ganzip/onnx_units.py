@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,7 +20,6 @@ ONNX_OPSET = 20  # what torch's exporter writes, so units are timed on the graph
 def unit_onnx(module: nn.Module, shape: tuple[int, ...]) -> Any:
     """The unit as the ONNX graph torch's exporter writes for these layers (Pad, Conv, InstanceNormalization,
     Relu, Add ...), built directly: exporting each of the hundreds of units a search times would take minutes."""
-    import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     nodes: list[Any] = []
