@@ -167,6 +167,9 @@ def validate(cfg: DistillConfig) -> None:
     if cfg.teacher_reverse is not None and cfg.anchor not in (None, "cycle"):
         raise UserError(f"{setting('teacher_reverse')} is only used by {setting('anchor', 'cycle')}, not "
                         f"{setting('anchor', cfg.anchor)}; drop one")
+    if cfg.disc_real is not None and cfg.lambda_gan == 0:
+        raise UserError(f"{setting('disc_real', cfg.disc_real)} says what the discriminator learns as real, and "
+                        f"{setting('lambda_gan', 0)} trains none; drop one")
     if cfg.lambda_feat > 0 and cfg.cache_teacher:
         raise UserError(f"{setting('lambda_feat')} needs the teacher's inner activations on every crop, and "
                         f"{setting('cache_teacher', True)} keeps only its outputs; drop one of them")
@@ -251,7 +254,15 @@ def resolve(cfg: DistillConfig, teacher_provenance: dict, paired: bool) -> Disti
     if lambda_kd is None:
         lambda_kd = AUTHORS_KD_WEIGHT if cfg.kd == "wavelet" and bands == MEAN_BANDS else KD_WEIGHTS[cfg.kd]
     return replace(cfg, direction=direction, anchor=anchor, precision=precision, levels=levels, band_weights=bands,
-                   disc_real=cfg.disc_real or "targets", lambda_kd=lambda_kd, load_size=cfg.load_size or cfg.size)
+                   disc_real=adversary(cfg), lambda_kd=lambda_kd, load_size=cfg.load_size or cfg.size)
+
+
+def adversary(cfg: DistillConfig) -> str | None:
+    """What the discriminator learns as real ("targets", "teacher"), or None: with no adversarial term there is no
+    discriminator to train, and the run needs no target images."""
+    if cfg.lambda_gan == 0:
+        return None
+    return cfg.disc_real or "targets"
 
 
 def record(cfg: DistillConfig) -> dict[str, Any]:

@@ -122,7 +122,8 @@ def resolve(data: str | os.PathLike | None = None, inputs: str | os.PathLike | N
             need_targets: bool = True) -> Source:
     """The training images: a data folder in a layout `recognise` knows, or explicit input and target folders.
 
-    Without `need_targets` (the discriminator learns the teacher's outputs as real) inputs alone are enough."""
+    Without `need_targets` (the discriminator learns the teacher's outputs as real, or there is no discriminator)
+    inputs alone are enough."""
     _check_direction(direction)
     if data is not None and (inputs is not None or targets is not None):
         raise UserError(f"both a data folder ({data}) and input/target folders were given, and one would be ignored; "
@@ -132,9 +133,9 @@ def resolve(data: str | os.PathLike | None = None, inputs: str | os.PathLike | N
                       f"{inputs} (inputs only)")
     if inputs is not None or targets is not None:
         if inputs is None or targets is None:
+            alone = f"{setting('disc_real', 'teacher')} or {setting('lambda_gan', 0)}"
             raise UserError(f"{setting('inputs')} and {setting('targets')} go together: the inputs to translate and "
-                            f"real target-domain images (with {setting('disc_real', 'teacher')}, {setting('inputs')} "
-                            f"alone is enough)")
+                            f"real target-domain images (with {alone}, {setting('inputs')} alone is enough)")
         return Source(images.list_images(inputs, "input folder"), images.list_images(targets, "target folder"),
                       False, False, direction, f"{inputs} -> {targets}")
     if data is None:

@@ -201,11 +201,12 @@ def _fetch(prep: _Prepared, targets: TeacherTargets, step: int, device: str, sav
 def train_step(players: Players, objective: Objective, x: torch.Tensor, t: torch.Tensor, real: torch.Tensor | None,
                *, disc_real: str = "targets", world: int = 1, step: int = 0, kept: Callable[[], str] = lambda: "",
                on_terms: Callable[[dict, torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, float]:
-    """One generator update, then one discriminator update; returns the step's losses (`loss_<term>`)."""
+    """One generator update, then one discriminator update (none without an adversarial term: `disc_real` None);
+    returns the step's losses (`loss_<term>`)."""
     with objective.cast():
         s = players.g(x).float()
         fake_in = torch.cat([x, s], 1) if objective.paired else s
-        d_fake = players.disc(fake_in).float()  # D's weights are not updated here: no DDP
+        d_fake = players.disc(fake_in).float() if disc_real is not None else None  # D not updated here: no DDP
     terms = objective.generator_terms(x, s, t, real, d_fake)
     loss_g = objective.total(terms)
     if on_terms is not None:
@@ -214,6 +215,10 @@ def train_step(players: Players, objective: Objective, x: torch.Tensor, t: torch
     players.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     objective.average_gradients(world)
+    losses = {"loss_g": loss_g.item(), **{f"loss_{k}": v.item() for k, v in terms.items()}}
+    if disc_real is None:
+        players.opt_g.step()
+        return losses
     players.opt_d.zero_grad(set_to_none=True)  # drop what the G step left on D's weights
 
     shown = t.clone() if disc_real == "teacher" else real  # what D learns as real (t: an inference tensor)
@@ -224,7 +229,7 @@ def train_step(players: Players, objective: Objective, x: torch.Tensor, t: torch
     players.opt_g.step()
     loss_d.backward()
     players.opt_d.step()
-    return {"loss_g": loss_g.item(), **{f"loss_{k}": v.item() for k, v in terms.items()}, "loss_d": loss_d.item()}
+    return {**losses, "loss_d": loss_d.item()}
 
 
 # --- setting up ----------------------------------------------------------------------------------------------
@@ -233,7 +238,7 @@ def _prepare(cfg: DistillConfig, run: RunFolder, rt: _Dist) -> _Prepared:
     """The teacher, the data and the recipe resolved against them; the saved state when resuming."""
     teacher = checkpoint.load_generator(cfg.teacher, cfg.teacher_mode)
     teacher_sha = checkpoint.sha256(cfg.teacher)
-    need_targets = cfg.disc_real != "teacher"
+    need_targets = config.adversary(cfg) == "targets"
     source = data.resolve(cfg.data, cfg.inputs, cfg.targets, config.direction_of(cfg, teacher.provenance),
                           need_targets=need_targets)
     cfg = config.resolve(replace(cfg, world=rt.world), teacher.provenance, source.paired)
@@ -358,7 +363,8 @@ def _write_samples(path: Path, student: nn.Module, teacher: nn.Module, x: torch.
 
 
 def _status(losses: dict, score: dict, rate: float) -> str:
-    text = f"G {losses['loss_g']:.3f}  D {losses['loss_d']:.3f}  {rate:.1f} img/s"
+    text = f"G {losses['loss_g']:.3f}" + (f"  D {losses['loss_d']:.3f}" if "loss_d" in losses else "")
+    text += f"  {rate:.1f} img/s"
     if "val_psnr" in score:
         text += f"  val @{score['val_size']}px {score['val_psnr']:.1f} dB, drift {score['val_colour_drift_8bit']:.1f}"
         if score.get("val_band_error_L1") is not None:

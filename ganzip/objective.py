@@ -69,9 +69,10 @@ class Objective:
             self.feat.load_state_dict(state["feat"])
 
     def generator_terms(self, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, real: torch.Tensor | None,
-                        d_fake: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each term's unweighted value for one batch: input x, student s, teacher t, D's verdict on s."""
-        terms = {"gan": lsgan_g_loss(d_fake)}
+                        d_fake: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Each term's unweighted value for one batch: input x, student s, teacher t, D's verdict on s (None: no
+        discriminator, no adversarial term)."""
+        terms = {"gan": lsgan_g_loss(d_fake)} if d_fake is not None else {}
         if self.kd is not None:
             terms["kd"] = self.kd(s, t)
         if self.anchor is not None:

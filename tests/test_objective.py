@@ -106,3 +106,45 @@ def test_one_step_of_feature_kd_equals_the_mse_of_the_kept_channels_at_the_start
     assert losses["loss_feat"] == pytest.approx(float(sum(expected) / len(expected)), rel=1e-5)
     assert losses["loss_g"] == pytest.approx(sum(objective.weights[k[5:]] * v for k, v in losses.items()
                                                  if k.startswith("loss_") and k not in ("loss_g", "loss_d")), rel=1e-6)
+
+
+def test_inputs_alone_train_without_an_adversarial_term_and_no_discriminator_is_trained(setup):
+    tmp_path, data = setup
+    out = tmp_path / "no_gan"
+    result = _distill(tmp_path, "--inputs", str(data / "trainA"), "--lambda-gan", "0", "--out-dir", str(out))
+    assert result.exit_code == 0, result.output
+    prov = checkpoint.load(out / "student.pth").provenance
+    assert prov["lambda_gan"] == 0 and prov["disc_real"] is None and prov["data"].endswith("(inputs only)")
+    steps = [r for r in _lines(out) if "loss_g" in r]
+    assert len(steps) == 2 and not any("loss_d" in r or "loss_gan" in r for r in steps)
+    refused = _distill(tmp_path, "--inputs", str(data / "trainA"), "--lambda-gan", "0", "--disc-real", "teacher",
+                       "--out-dir", str(tmp_path / "both"))
+    assert refused.exit_code == 2 and "--disc-real teacher says what the discriminator learns" in refused.output
+
+
+def test_without_an_adversarial_term_the_student_steps_as_with_a_zero_weight_one(setup):
+    """Skipping D (disc_real None) changes nothing for the student: its update equals the one of a step whose
+    adversarial term has weight 0 and whose D is trained; D itself is left untouched."""
+    tmp_path, _ = setup
+    teacher = checkpoint.load_generator(tmp_path / "teacher.pth")
+    cfg = config.resolve(config.DistillConfig(teacher=tmp_path / "teacher.pth", ratio=2.0, size=32, levels=2,
+                                              lambda_gan=0.0, precision="fp32"), {}, paired=False)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        t = teacher(x)
+    after = {}
+    for disc_real in (None, "teacher"):
+        torch.manual_seed(0)
+        student = prune.inherit(teacher, prune.uniform_spec(teacher.spec, 0.5))
+        disc = archs.build(archs.default_spec("patchgan", ndf=8, input_nc=3, norm="instance"))
+        d_before = [p.detach().clone() for p in disc.parameters()]
+        objective = Objective(cfg, teacher, student, False, "cpu", autocast("fp32", "cpu"))
+        players = Players(student, disc, torch.optim.Adam(student.parameters(), lr=1e-3),
+                          torch.optim.Adam(disc.parameters(), lr=1e-3), student, disc, {})
+        losses = train_step(players, objective, x, t, None, disc_real=disc_real)
+        after[disc_real] = [p.detach().clone() for p in student.parameters()]
+        d_moved = any(not torch.equal(a, p) for a, p in zip(d_before, disc.parameters()))
+        assert d_moved == (disc_real is not None) and ("loss_d" in losses) == (disc_real is not None)
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(after[None], after["teacher"]))
+    start = list(prune.inherit(teacher, prune.uniform_spec(teacher.spec, 0.5)).parameters())
+    assert any(not torch.allclose(a, b) for a, b in zip(after[None], start))  # the student did take a step

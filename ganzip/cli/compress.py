@@ -183,7 +183,8 @@ def distill_cmd(
                                                    rich_help_panel=_OBJECTIVE),
     lambda_rec: float = typer.Option(100.0, "--lambda-rec", help="Paired data: weight of L1 to the real target "
                                      "(100, as pix2pix and GAN Compression).", rich_help_panel=_OBJECTIVE),
-    lambda_gan: float = typer.Option(1.0, "--lambda-gan", help="Weight of the adversarial term.",
+    lambda_gan: float = typer.Option(1.0, "--lambda-gan", help="Weight of the adversarial term (0: no "
+                                     "discriminator is trained, and --inputs alone is enough).",
                                      rich_help_panel=_OBJECTIVE),
     disc_real: Optional[str] = typer.Option(None, "--disc-real", metavar=choices.metavar(choices.DISC_REALS),
                                             help="What the discriminator learns as real: targets (the real target "
