@@ -154,13 +154,13 @@ def prune(teacher: str | os.PathLike, ratio: float, *, output: str | os.PathLike
 
 
 def profile(student: str | os.PathLike, *, teacher: str | os.PathLike | None = None, size: int = 256,
-            batch: int = 1, runs: int = 20, threads: int | None = None, onnx: bool = False, device: str = "cpu",
+            batch_size: int = 1, runs: int = 20, threads: int | None = None, onnx: bool = False, device: str = "cpu",
             teacher_mode: str = "eval") -> ProfileReport:
     """Parameters, MACs and latency of `student` (a checkpoint, or an .onnx file timed in onnxruntime); with a
     teacher, the compression and the speedup timed in alternation in one run. `onnx` also times checkpoints in
     onnxruntime."""
-    if size <= 0 or batch <= 0 or runs <= 0:
-        raise UserError(f"{setting('size')}, {setting('batch')} and {setting('runs')} must be positive integers")
+    if size <= 0 or batch_size <= 0 or runs <= 0:
+        raise UserError(f"{setting('size')}, {setting('batch_size')} and {setting('runs')} must be positive integers")
     threads = thread_policy.resolve(threads)
     device = resolve_device(device)
     models = {"student": runner.load_generator(student, device, threads, teacher_mode)}
@@ -174,8 +174,8 @@ def profile(student: str | os.PathLike, *, teacher: str | os.PathLike | None = N
         if any(isinstance(m, runner.OnnxGenerator) for m in models.values()):
             raise UserError(f"{setting('onnx', True)} times a PyTorch checkpoint in onnxruntime; an .onnx file is "
                             f"already timed there, leave it out")
-        extra = {name: {"onnx": export.onnx_runner(m, size, batch, threads=threads)} for name, m in models.items()}
-    info = prof.profile(models["student"], models.get("teacher"), size=size, batch=batch, runs=runs,
+        extra = {name: {"onnx": export.onnx_runner(m, size, batch_size, threads=threads)} for name, m in models.items()}
+    info = prof.profile(models["student"], models.get("teacher"), size=size, batch=batch_size, runs=runs,
                         threads=threads, device=device, extra_runners=extra)
     return ProfileReport(info["params"], info["macs"], info["latency"]["median_ms"], info.get("compression"),
                          info.get("speedup"), info)

@@ -222,9 +222,9 @@ def test_more_threads_than_the_cores_can_run_are_refused(good, command, tmp_path
 
 def test_an_allocation_that_fails_is_one_line_naming_what_to_lower(good):
     # 10^9 x 3 x 256 x 256 float32 is 786,432,000,000,000 bytes: no machine has it, so the allocator refuses at once
-    line = _error_line(runner.invoke(app, ["profile", str(good), "--batch", "1000000000", "--runs", "1"]))
-    assert line == ("error: out of memory on this machine (one tensor needed 715.26 TiB); lower --batch or --size, "
-                    "or use smaller images")
+    line = _error_line(runner.invoke(app, ["profile", str(good), "--batch-size", "1000000000", "--runs", "1"]))
+    assert line == ("error: out of memory on this machine (one tensor needed 715.26 TiB); lower --batch-size or "
+                    "--size, or use smaller images")
     assert 786_432_000_000_000 / 2**40 == pytest.approx(715.26, abs=0.005)
 
 
@@ -237,9 +237,9 @@ def test_a_gpu_out_of_memory_is_one_line_too(good, monkeypatch):
                                      "of 79.11 GiB of which 1.50 GiB is free.")
 
     monkeypatch.setattr(profile, "profile", cuda_oom)
-    line = _error_line(runner.invoke(app, ["profile", str(good), "--batch", "4096", "--runs", "1"]))
-    assert line == ("error: out of memory on the GPU (one tensor needed 20.00 GiB); lower --batch or --size, or use "
-                    "smaller images")
+    line = _error_line(runner.invoke(app, ["profile", str(good), "--batch", "4096", "--runs", "1"]))  # old name
+    assert line == ("error: out of memory on the GPU (one tensor needed 20.00 GiB); lower --batch-size or --size, or "
+                    "use smaller images")
 
 
 def test_an_image_too_large_to_decode_is_one_line(tmp_path, good, monkeypatch):

@@ -213,7 +213,7 @@ def error_line(message: str) -> None:
 
 
 def _what_to_lower(kw: dict) -> str:
-    options = [name for key, name in (("batch", "--batch"), ("batch_size", "--batch-size"), ("size", "--size"))
+    options = [name for key, name in (("batch_size", "--batch-size"), ("size", "--size"))
                if key in kw]
     if not options:
         return "use smaller images, or a machine with more memory"

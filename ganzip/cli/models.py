@@ -89,7 +89,8 @@ def profile_cmd(
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher checkpoint or .onnx: adds compression, "
                                                                    "speedup and efficiency."),
     size: int = typer.Option(256, help="Input size in pixels (square)."),
-    batch: int = typer.Option(1, help="Batch size for the latency measurement."),
+    batch_size: int = typer.Option(1, "--batch-size", "--batch", help="Images per timed forward pass (--batch "
+                                   "is the old spelling)."),
     runs: int = typer.Option(20, help="Timed runs per model (after warm-up)."),
     threads: Optional[int] = threads_option("the timings (intra-op)"),
     onnx: bool = typer.Option(False, "--onnx", help="Also time the model(s) in onnxruntime."),
@@ -102,13 +103,13 @@ def profile_cmd(
     from ganzip import api
 
     with status("timing"):
-        result = api.profile(checkpoint, teacher=teacher, size=size, batch=batch, runs=runs, threads=threads,
+        result = api.profile(checkpoint, teacher=teacher, size=size, batch_size=batch_size, runs=runs, threads=threads,
                              onnx=onnx, device=device, teacher_mode=teacher_mode).info
     device = result["device"]  # "auto" resolved
     if as_json:
         emit_json(result)
         return
-    table = Table(title=f"profile @ {batch}x{size}x{size}, {threads_text(result['threads'])}, {device}")
+    table = Table(title=f"profile @ {batch_size}x{size}x{size}, {threads_text(result['threads'])}, {device}")
     table.add_column("")
     table.add_column("student", justify="right")
     if teacher is not None:
