@@ -116,7 +116,7 @@ def prune(teacher: str | os.PathLike, ratio: float, *, output: str | os.PathLike
     them by least squares on `calib` images (the default when they are given), and save the student.
 
     `runs` alternating teacher/student runs measure the speedup in `runtime` (0: none). `output` is replaced if
-    it exists (the command line's default name is kept unless told otherwise); it is never the teacher.
+    it exists, as a path a script names is a choice; it is never one of the inputs.
     """
     output, teacher = Path(output), Path(teacher)
     refuse_input_as_output(output, teacher, calib)
