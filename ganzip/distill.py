@@ -38,7 +38,7 @@ from ganzip.errors import GanzipWarning, UserError, setting
 from ganzip.memory import MemoryBudget, default_budget
 from ganzip.objective import Objective, autocast
 from ganzip.progress import Progress
-from ganzip.runs import Checkpointer, NonFiniteLoss, RunFolder, Stopped, StopSignals
+from ganzip.runs import Checkpointer, NonFiniteLoss, PeerLost, RunFolder, Stopped, StopSignals, peer_lost
 from ganzip.schedule import lr_factor
 from ganzip.targets import TeacherTargets, offset_multiple
 from ganzip.validate import Validator, load_inputs, split_validation
@@ -99,6 +99,12 @@ def distill(cfg: DistillConfig, on_step: Callable[[int, dict], None] | None = No
         with RunFolder(cfg.out_dir, writer=rt.main) as run, StopSignals(rt.main or rt.world == 1) as stop, \
                 Progress(enabled=rt.main and cfg.progress) as progress:
             return _distill(cfg, run, stop, progress, rt, device, on_step)
+    except RuntimeError as e:
+        if rt.world > 1 and peer_lost(e):
+            raise PeerLost(f"another of this run's {rt.world} processes stopped, so this one (rank {rt.rank}) "
+                           f"stops too; run the same command with {setting('resume', True)} to continue from the "
+                           f"last save (every {cfg.save_every} steps)") from None
+        raise
     finally:
         if rt.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ganzip import checkpoint
@@ -43,6 +44,22 @@ class Stopped(UserError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class PeerLost(UserError):
+    """Another process of a torchrun run died (killed, out of memory): this one cannot go on alone. Not bad input,
+    so the exit code is 1; the run resumes from its last save."""
+
+    exit_code = 1
+
+
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def peer_lost(error: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (gloo and NCCL say so in these words)."""
+    backend_error = getattr(dist, "DistBackendError", ())
+    return isinstance(error, backend_error) or any(text in str(error) for text in _PEER_GONE)
 
 
 class StopSignals:

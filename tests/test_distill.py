@@ -416,3 +416,46 @@ def test_the_console_says_at_which_size_validation_scored(setup):
     text = " ".join(result.output.split())
     assert "step 2: " in text and "val @32px " in text
     assert "final (step 2): val @32px: PSNR to teacher " in text and "finest-band error" in text
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    """The pid of torchrun's worker with RANK=rank, read from /proc (its children and their environments)."""
+    try:
+        children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+        for pid in children:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if f"RANK={rank}".encode() in env:
+                return int(pid)
+    except OSError:
+        return None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads torchrun's workers from /proc")
+def test_a_killed_rank_stops_the_others_with_one_line_and_the_run_resumes(setup):
+    tmp_path, data = setup
+    out = tmp_path / "lost"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "ganzip", "distill", str(tmp_path / "teacher.pth"),
+           "--data", str(data), "--ratio", "2", "--method", "uniform", "--steps", "2000", "--batch-size", "2",
+           "--size", "32", "--levels", "2", "--save-every", "5", "--val-images", "0", "--out-dir", str(out)]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "train_state.pth").exists():
+            time.sleep(0.5)
+        pid = _rank_pid(launcher.pid, 1)
+        assert pid is not None and (out / "train_state.pth").exists()
+        os.kill(pid, signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    ours = [line for line in stderr.splitlines() if line.startswith(("error:", "[rank0]"))]
+    assert ours == ["error: another of this run's 2 processes stopped, so this one (rank 0) stops too; run the same "
+                    "command with --resume to continue from the last save (every 5 steps)"], stderr[-3000:]
+    saved = torch.load(out / "train_state.pth", weights_only=True)["step"]
+    cmd[cmd.index("--master_port") + 1] = str(_free_port())
+    cmd[cmd.index("--steps") + 1] = str(saved + 2)
+    result = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=180, env=_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(out / "train_state.pth", weights_only=True)["step"] == saved + 2
