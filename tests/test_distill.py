@@ -201,15 +201,20 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+def _torchrun(tmp_path: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """A 2-rank torchrun distill of the tiny teacher on a free port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(_free_port()), "-m", "ganzip", "distill", str(tmp_path / "teacher.pth"),
+            "--data", str(data), "--ratio", "2", "--method", "uniform", "--batch-size", "2", "--size", "32",
+            "--levels", "2", "--out-dir", str(out), *extra]
+
+
 def test_ddp_two_processes_gloo(setup):
     tmp_path, data = setup
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "ganzip", "distill", str(tmp_path / "teacher.pth"),
-           "--data", str(data), "--ratio", "2", "--method", "uniform", "--steps", "4", "--batch-size", "2",
-           "--size", "32", "--levels", "2", "--save-every", "2", "--out-dir", str(out), "--json",
-           "--val", str(data / "trainB"), "--val-images", "2",  # rank 0 validates while rank 1 waits
-           "--lambda-feat", "1"]  # the adapters, outside DDP, average their gradients by hand
+    cmd = _torchrun(tmp_path, data, out, "--steps", "4", "--save-every", "2", "--json",
+                    "--val", str(data / "trainB"), "--val-images", "2",  # rank 0 validates while rank 1 waits
+                    "--lambda-feat", "1")  # the adapters, outside DDP, average their gradients by hand
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["steps"] == 4  # one JSON object: rank 0's alone
@@ -435,10 +440,7 @@ def _rank_pid(launcher: int, rank: int) -> int | None:
 def test_a_killed_rank_stops_the_others_with_one_line_and_the_run_resumes(setup):
     tmp_path, data = setup
     out = tmp_path / "lost"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "ganzip", "distill", str(tmp_path / "teacher.pth"),
-           "--data", str(data), "--ratio", "2", "--method", "uniform", "--steps", "2000", "--batch-size", "2",
-           "--size", "32", "--levels", "2", "--save-every", "5", "--val-images", "0", "--out-dir", str(out)]
+    cmd = _torchrun(tmp_path, data, out, "--steps", "2000", "--save-every", "5", "--val-images", "0")
     launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     try:
         deadline = time.time() + 120
