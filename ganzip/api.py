@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from ganzip import archs, calibration, export, latency, quantize, runner
 from ganzip import checkpoint as ckpt
+from ganzip import data as data_sets
 from ganzip import distill as training
 from ganzip import fid as fidlib
 from ganzip import profile as prof
@@ -183,13 +184,14 @@ def profile(student: str | os.PathLike, *, teacher: str | os.PathLike | None = N
 
 def fid(student: str | os.PathLike | None = None, *, data: str | os.PathLike | None = None,
         real: str | os.PathLike | None = None, fake: str | os.PathLike | None = None,
-        teacher: str | os.PathLike | None = None, kid: bool = False, direction: str = "AtoB",
+        teacher: str | os.PathLike | None = None, kid: bool = False, direction: str | None = None,
         size: int | None = None, batch_size: int = 4, output: str | os.PathLike | None = None,
         inception_weights: str | os.PathLike | None = None, device: str = "cpu", teacher_mode: str = "eval",
         progress: Progress | None = None) -> FIDReport:
     """FID (KID with `kid`) with the standard TF Inception weights, offline: of `student`'s translations of the
     dataset `data` against its real target images (or `real`), or of a folder `fake` against `real` directly.
-    With `teacher`, its FID on the same data and the difference; `output` keeps the student's images."""
+    With `teacher`, its FID on the same data and the difference; `output` keeps the student's images. Paired data
+    is read in `direction`, by default the one the student's provenance records."""
     device = resolve_device(device)
     if fake is not None:
         if real is None or student is not None or data is not None or teacher is not None or output is not None:
@@ -209,6 +211,7 @@ def fid(student: str | os.PathLike | None = None, *, data: str | os.PathLike | N
         if teacher is not None:
             models["teacher"] = runner.load_generator(teacher, device, teacher_mode=teacher_mode)
         weights = fidlib.resolve_weights(inception_weights)  # before any translation starts
+        direction = data_sets.direction_for(direction, *(getattr(m, "provenance", None) for m in models.values()))
         results = {}
         for name, module in models.items():
             results[name] = fidlib.fid_for_generator(

@@ -134,7 +134,7 @@ def _outputs(fakes: dict[str, Path]) -> dict[str, torch.Tensor]:
 
 
 def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *, real: str | os.PathLike | None = None,
-            size: int | None = None, direction: str = "AtoB", limit: int | None = None, onnx: bool = False,
+            size: int | None = None, direction: str | None = None, limit: int | None = None, onnx: bool = False,
             runs: int = 20, warmup: int = 3, threads: int | None = None, device: str = "cpu",
             weights: str | os.PathLike | None = None, batch_size: int = 4, grid: str | os.PathLike | None = None,
             grid_rows: int = 4, progress: Progress | None = None, teacher_mode: str = "eval") -> dict:
@@ -142,7 +142,8 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *
 
     `real` replaces the data set's real target images; a data set without any (photos of one domain) is scored
     against the first model's outputs only. `limit` keeps the first N inputs (and real targets). Returns one
-    dict per model under "models" (in the order given) plus the settings used. With `grid`, a PNG with one row
+    dict per model under "models" (in the order given) plus the settings used. `direction` (of paired data)
+    defaults to the one a model's provenance records. With `grid`, a PNG with one row
     per input (the first `grid_rows`) and one labelled column per model is written there.
     """
     if len(checkpoints) < 2:
@@ -154,9 +155,10 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *
         refuse_input_as_output(grid, *checkpoints, data, real)
         check_writable(grid)
     path = fid.resolve_weights(weights)  # before any model runs
-    test = _test_images(data, real, direction, limit)
     names = unique_names([Path(c) for c in checkpoints])
     models = {name: checkpoint.load_generator(c, teacher_mode) for name, c in zip(names, checkpoints)}
+    direction = data_sets.direction_for(direction, *(m.provenance for m in models.values()))
+    test = _test_images(data, real, direction, limit)
     multiple = max(archs.size_multiple(m.spec) for m in models.values())
     side = latency_size(test.inputs[0], test.aligned, size, multiple)
     for m in models.values():

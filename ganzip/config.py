@@ -30,6 +30,7 @@ from ganzip.choices import (
     PRECISIONS,
     TEACHER_MODES,
 )
+from ganzip.data import direction_for
 from ganzip.devices import fast_precision, resolve_device
 from ganzip.errors import UserError, check_choice, setting
 from ganzip.wavelet import check_levels, check_wavelet, max_levels
@@ -210,8 +211,7 @@ def band_weights(text: str, levels: int) -> str | list[float]:
 
 def direction_of(cfg: DistillConfig, teacher_provenance: dict) -> str:
     """--direction, else the direction the teacher's provenance records (a ganzip teacher trained BtoA), else AtoB."""
-    recorded = teacher_provenance.get("direction")
-    return cfg.direction or (recorded if recorded in ("AtoB", "BtoA") else "AtoB")
+    return direction_for(cfg.direction, teacher_provenance)
 
 
 def output_path(cfg: DistillConfig) -> Path:

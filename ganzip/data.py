@@ -220,6 +220,16 @@ def eval_split(data: str | os.PathLike, direction: str = "AtoB", need_reals: boo
     return split
 
 
+def direction_for(given: str | None, *provenances: dict | None) -> str:
+    """The direction to read paired data in: the one given, else the first one the models' provenances record (a
+    ganzip student of a BtoA teacher is BtoA), else AtoB. One rule for every command, so a student and the run that
+    made it read the same side as input."""
+    if given is not None:
+        return given
+    recorded = [p.get("direction") for p in provenances if isinstance(p, dict)]
+    return next((d for d in recorded if d in ("AtoB", "BtoA")), "AtoB")
+
+
 def _check_direction(direction: str) -> None:
     if direction not in ("AtoB", "BtoA"):
         raise UserError(f"{setting('direction')} must be AtoB or BtoA, not {direction!r}")

@@ -14,7 +14,7 @@ from mobile_reference import hand_macs, mobile_state_dict
 from PIL import Image
 from typer.testing import CliRunner
 
-from ganzip import archs, checkpoint, fid, images, prune
+from ganzip import archs, checkpoint, data, fid, images, prune
 from ganzip.cli import app
 from ganzip.demo import bundled_data
 from ganzip.profile import count_macs, count_params
@@ -123,3 +123,19 @@ def test_limit_zero_is_refused_in_one_line(models):
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.strip() == ("error: --runs, --batch-size, --grid-rows, --size and --limit must be positive "
                                      "integers")
+
+
+def test_paired_data_is_read_in_the_direction_a_model_records(models, weights, tmp_path):
+    root, paths = models
+    student = checkpoint.load_generator(paths[1])
+    checkpoint.save_generator(student, tmp_path / "btoa.pth", direction="BtoA")
+    common = [str(paths[0]), str(tmp_path / "btoa.pth"), "--data", str(bundled_data()), "--size", "64", "--runs", "1",
+              "--grid-rows", "1", "--limit", "2", "-o", str(tmp_path / "g.png"), "--json", "--inception-weights",
+              str(weights)]
+    recorded = runner.invoke(app, ["compare", *common])
+    assert recorded.exit_code == 0, recorded.output
+    given = runner.invoke(app, ["compare", *common, "--direction", "AtoB"])
+    assert given.exit_code == 0, given.output
+    assert (json.loads(recorded.stdout)["aligned"], json.loads(given.stdout)["aligned"]) == ("BtoA", "AtoB")
+    assert data.direction_for(None, {}, None, {"direction": "BtoA"}) == "BtoA"
+    assert data.direction_for(None, {"direction": "sideways"}) == "AtoB" and data.direction_for("AtoB") == "AtoB"

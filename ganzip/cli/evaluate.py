@@ -74,7 +74,8 @@ def fid_cmd(
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher checkpoint: its FID on the same data, "
                                                                    "and the difference."),
     kid: bool = typer.Option(False, "--kid", help="Also compute KID (mean and std over subsets)."),
-    direction: str = typer.Option("AtoB", help="AtoB or BtoA."),
+    direction: Optional[str] = typer.Option(None, help="AtoB or BtoA: which side of paired data is the input "
+                                            "(default: the one the student records, else AtoB)."),
     size: Optional[int] = typer.Option(None, help="Resize inputs to this square size before translating."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per generator forward pass."),
     output: Optional[Path] = output_option(None, "Keep the generator's images in this folder (not an input "

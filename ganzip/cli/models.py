@@ -171,7 +171,8 @@ def compare_cmd(
                                                   "A|B pairs (aligned) or with single photos, or a folder of inputs."),
     real: Optional[Path] = typer.Option(None, "--real", help="Real target images for FID (default: from --data; "
                                                              "without any, FID is against the first model only)."),
-    direction: str = typer.Option("AtoB", help="AtoB or BtoA."),
+    direction: Optional[str] = typer.Option(None, help="AtoB or BtoA: which side of paired data is the input "
+                                            "(default: the one a model records, else AtoB)."),
     size: Optional[int] = typer.Option(None, help="Resize inputs to this square size (default: keep sizes; latency "
                                                   "and MACs at the first input's size)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N test images (and real targets)."),
