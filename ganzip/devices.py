@@ -1,8 +1,6 @@
-"""Pick the compute device and thread count, refusing clearly when the asked-for one cannot be had."""
+"""Pick the compute device and precision, refusing clearly when the asked-for one cannot be had."""
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -35,20 +33,3 @@ def fast_precision(device: str, cpuinfo: str = "/proc/cpuinfo") -> str:
     except OSError:  # not Linux: nothing says the instructions are there
         return "fp32"
     return "bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "fp32"
-
-
-# More threads than cores times this only oversubscribe; far more crash the runtimes (torch segfaulted at 100000)
-THREADS_PER_CORE = 4
-
-
-def check_threads(threads: int | None) -> int | None:
-    """None (the runtime's choice) or a positive count up to a few per core; torch and onnxruntime fail obscurely
-    (or crash) on anything else."""
-    if threads is not None and threads < 1:
-        raise UserError(f"{setting('threads', threads)} is not a thread count; give a positive integer, or leave it "
-                        f"out")
-    cores = os.cpu_count() or 1
-    if threads is not None and threads > THREADS_PER_CORE * cores:
-        raise UserError(f"{setting('threads', threads)} is more than this machine's {cores} core(s) can run (at most "
-                        f"{THREADS_PER_CORE * cores}); give a smaller count, or leave it out for the free cores")
-    return threads

@@ -15,7 +15,24 @@ import contextlib
 import os
 from typing import Any, Iterator
 
-from ganzip.devices import check_threads
+from ganzip.errors import UserError, setting
+
+# More threads than cores times this only oversubscribe; far more crash the runtimes (torch segfaulted at 100000)
+THREADS_PER_CORE = 4
+
+
+def check_threads(threads: int | None) -> int | None:
+    """None (the runtime's choice) or a positive count up to a few per core; torch and onnxruntime fail obscurely
+    (or crash) on anything else."""
+    if threads is not None and threads < 1:
+        raise UserError(f"{setting('threads', threads)} is not a thread count; give a positive integer, or leave it "
+                        f"out")
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > THREADS_PER_CORE * cores:
+        raise UserError(f"{setting('threads', threads)} is more than this machine's {cores} core(s) can run (at most "
+                        f"{THREADS_PER_CORE * cores}); give a smaller count, or leave it out for the free cores")
+    return threads
+
 
 SPREAD_LIMIT = 0.25  # (p90 - p10) / median above this: the runs disagree too much to quote one number
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
@@ -80,7 +97,7 @@ def resolve(threads: int | None) -> int:
 @contextlib.contextmanager
 def using(threads: int | None) -> Iterator[int]:
     """`resolve`, and make torch use that many intra-op threads inside the block (restored after)."""
-    import torch
+    import torch  # here, not at the top: the CLI imports this module for every command, `--help` included
 
     n = resolve(threads)
     before = torch.get_num_threads()

@@ -32,7 +32,8 @@ def demo_cmd(
     import torch
 
     from ganzip import demo
-    from ganzip.devices import check_threads, resolve_device
+    from ganzip.devices import resolve_device
+    from ganzip.threads import check_threads
 
     if check_threads(threads) is not None:
         torch.set_num_threads(threads)
