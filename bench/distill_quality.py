@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         teacher=Path(args.teacher), inputs=Path(args.inputs), targets=Path(args.targets), student=out / "pruned.pth",
         kd=args.kd, steps=args.steps, batch_size=args.batch_size, size=args.size, save_every=args.steps,
         sample_every=max(1, args.steps // 3), out_dir=out / "run", cache_teacher=args.cache_teacher,
+        **({"lambda_feat": 0.0} if args.cache_teacher else {}),  # a cached teacher keeps no inner features
         progress=sys.stderr.isatty()))
     after = distances(checkpoint.load_generator(summary["output"]), teacher, held)
     report = {"ratio": args.ratio, "achieved": result.achieved, "method": args.method, "size": args.size,

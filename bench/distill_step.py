@@ -126,7 +126,8 @@ def cache_comparison(size: int, batch: int, images: int, epochs: int, data: Path
                 cfg = DistillConfig(teacher=work / "teacher.pth", data=work / "data", student=work / "student.pth",
                                     steps=steps, batch_size=batch, size=size, save_every=10 ** 9,
                                     sample_every=10 ** 9, val_images=0, out_dir=work / f"run_{name}",
-                                    cache_teacher=cached, precision=precision, progress=False)
+                                    cache_teacher=cached, precision=precision, progress=False,
+                                    lambda_gan=1.0, lambda_feat=0.0)  # the step with D that this bench splits
                 stamps: list[float] = []
                 start = time.perf_counter()
                 distill(cfg, on_step=lambda step, losses, stamps=stamps: stamps.append(time.perf_counter()))

@@ -61,25 +61,26 @@ RESULTS = ROOT / "bench" / "results" / "recipe_seeds.jsonl"
 _AUTHORS = {"kd": "wavelet", "band_weights": "mean", "kd_distance": "l2", "lambda_kd": 0.4}  # the old default
 _PIXEL = {"kd": "pixel", "anchor": "none", "lambda_kd": 10.0}
 _WKD = {"kd": "wavelet", "anchor": "pixel", "band_weights": "1,1,1", "kd_distance": "l1", "lambda_kd": 10.0}
+_GAN = {"lambda_gan": 1.0, "lambda_feat": 0.0}  # the defaults every variant before `_nogan` ran with
 # name -> (student: "pruned" | "refit", distill settings; None: score the student untrained)
 VARIANTS: dict[str, tuple[str, dict | None]] = {
     "pruned": ("pruned", None),
     "pruned_refit": ("refit", None),
-    "default": ("pruned", {**_AUTHORS, "anchor": "pixel"}),
-    "pixel_kd": ("pruned", _PIXEL),
-    "wkd_rebalanced": ("pruned", _WKD),
-    "pixel_refit": ("refit", _PIXEL),
-    "wkd_refit": ("refit", _WKD),
-    "wkd_refit_feat": ("refit", {**_WKD, "lambda_feat": 1.0}),
-    "wkd_refit_dteacher": ("refit", {**_WKD, "disc_real": "teacher"}),
-    "wkd_refit_lr1e-3": ("refit", {**_WKD, "lr": 1e-3}),
+    "default": ("pruned", {**_GAN, **_AUTHORS, "anchor": "pixel"}),
+    "pixel_kd": ("pruned", {**_GAN, **_PIXEL}),
+    "wkd_rebalanced": ("pruned", {**_GAN, **_WKD}),
+    "pixel_refit": ("refit", {**_GAN, **_PIXEL}),
+    "wkd_refit": ("refit", {**_GAN, **_WKD}),
+    "wkd_refit_feat": ("refit", {**_GAN, **_WKD, "lambda_feat": 1.0}),
+    "wkd_refit_dteacher": ("refit", {**_GAN, **_WKD, "disc_real": "teacher"}),
+    "wkd_refit_lr1e-3": ("refit", {**_GAN, **_WKD, "lr": 1e-3}),
     "wkd_refit_feat_nogan": ("refit", {**_WKD, "lambda_feat": 1.0, "lambda_gan": 0.0}),
     "wkd_refit_feat_nogan_lr1e-3": ("refit", {**_WKD, "lambda_feat": 1.0, "lambda_gan": 0.0, "lr": 1e-3}),
     "final_default": ("refit", {}),
-    "highbands": ("pruned", {**_AUTHORS, "anchor": "none"}),
-    "low": ("pruned", {**_AUTHORS, "anchor": "low"}),
-    "pixel_anchor": ("pruned", {**_AUTHORS, "anchor": "pixel"}),
-    "cycle": ("pruned", {**_AUTHORS, "anchor": "cycle"}),
+    "highbands": ("pruned", {**_GAN, **_AUTHORS, "anchor": "none"}),
+    "low": ("pruned", {**_GAN, **_AUTHORS, "anchor": "low"}),
+    "pixel_anchor": ("pruned", {**_GAN, **_AUTHORS, "anchor": "pixel"}),
+    "cycle": ("pruned", {**_GAN, **_AUTHORS, "anchor": "cycle"}),
 }
 COLUMNS = ("psnr_db", "colour_drift_8bit", "band_error_L1", "band_error_L2", "spectral_hf_ratio", "hf_psnr_db",
            "fid_to_teacher", "kid_to_teacher")

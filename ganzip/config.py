@@ -77,12 +77,12 @@ class DistillConfig:
     band_weights: str = EQUAL_BANDS  # "equal", "mean" (the authors' per-level mean) or one weight per level
     kd_distance: str = "l1"
     lambda_kd: float | None = None   # None: KD_WEIGHTS[kd]
-    lambda_gan: float = 1.0
+    lambda_gan: float = 0.0          # 0: no discriminator, the teacher's outputs the only target (README recipe table)
     disc_real: str | None = None     # what D learns as real: "targets" or "teacher" (its outputs on the inputs)
     lambda_rec: float = 100.0        # L1 to the real target, paired data only (pix2pix, GAN Compression: 100)
     anchor: str | None = None        # None: cycle with --teacher-reverse, else DEFAULT_ANCHOR (none for pairs)
     lambda_anchor: float = 10.0
-    lambda_feat: float = 0.0         # inner-feature KD at GAN Compression's taps (ganzip.features); 0: off
+    lambda_feat: float = 1.0         # inner-feature KD at GAN Compression's taps (ganzip.features); 0: off
     teacher_reverse: Path | None = None
     disc_ratio: float | None = None
     teacher_disc: Path | None = None
@@ -168,12 +168,12 @@ def validate(cfg: DistillConfig) -> None:
     if cfg.teacher_reverse is not None and cfg.anchor not in (None, "cycle"):
         raise UserError(f"{setting('teacher_reverse')} is only used by {setting('anchor', 'cycle')}, not "
                         f"{setting('anchor', cfg.anchor)}; drop one")
-    if cfg.disc_real is not None and cfg.lambda_gan == 0:
-        raise UserError(f"{setting('disc_real', cfg.disc_real)} says what the discriminator learns as real, and "
-                        f"{setting('lambda_gan', 0)} trains none; drop one")
+    if cfg.lambda_gan == 0:
+        _refuse_discriminator_settings(cfg)
     if cfg.lambda_feat > 0 and cfg.cache_teacher:
-        raise UserError(f"{setting('lambda_feat')} needs the teacher's inner activations on every crop, and "
-                        f"{setting('cache_teacher', True)} keeps only its outputs; drop one of them")
+        raise UserError(f"{setting('lambda_feat', cfg.lambda_feat)} (feature KD) needs the teacher's inner "
+                        f"activations on every crop, and {setting('cache_teacher', True)} keeps only its outputs; "
+                        f"give {setting('lambda_feat', 0)} to cache, or drop {setting('cache_teacher', True)}")
     if cfg.levels is not None and (not isinstance(cfg.levels, int) or cfg.levels <= 0):
         raise UserError(f"{setting('levels')} must be a positive integer, not {cfg.levels}")
     if cfg.levels is not None:
@@ -255,6 +255,16 @@ def resolve(cfg: DistillConfig, teacher_provenance: dict, paired: bool) -> Disti
         lambda_kd = AUTHORS_KD_WEIGHT if cfg.kd == "wavelet" and bands == MEAN_BANDS else KD_WEIGHTS[cfg.kd]
     return replace(cfg, direction=direction, anchor=anchor, precision=precision, levels=levels, band_weights=bands,
                    disc_real=adversary(cfg), lambda_kd=lambda_kd, load_size=cfg.load_size or cfg.size)
+
+
+def _refuse_discriminator_settings(cfg: DistillConfig) -> None:
+    """A discriminator setting given to a run that trains no discriminator would be recorded but never used."""
+    given = [setting(name, getattr(cfg, name)) for name in ("disc_real", "disc_ratio", "teacher_disc")
+             if getattr(cfg, name) is not None]
+    if given:
+        raise UserError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} up the discriminator, and "
+                        f"{setting('lambda_gan', 0)} (the default) trains none; add {setting('lambda_gan', 1)} to "
+                        f"train one, or drop {'it' if len(given) == 1 else 'them'}")
 
 
 def adversary(cfg: DistillConfig) -> str | None:

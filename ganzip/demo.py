@@ -70,24 +70,28 @@ class Settings:
     teacher_lr: float = 5e-4
     train_size: int = 0        # distillation crops, cut from images at `size` (not downscaled); 0: `size`
     lr: float = 2e-4           # distillation lr (upstream's 2e-4 is for runs of 100k+ steps)
+    lambda_gan: float = 0.0    # the adversarial term (0: no discriminator), as `distill`'s default
+    lambda_feat: float = 1.0   # feature KD, as `distill`'s default
 
 
 # Photos: a few minutes of a 2-core CPU is a short run, so the demo spends it where it buys most: bf16 where the CPU
 # computes in it (precision auto; a CPU without AVX512-BF16 emulates bf16, far slower than fp32), 64 px crops
 # cut from the photos at their full 128 px (four times the steps of 128 px crops for the same time, at the scale the
 # student is scored and used at; crops of photos downscaled first teach the teacher at the wrong scale), and lr 1e-3
-# with the usual decay over the second half (upstream's 2e-4 is set for runs of 100k+ steps). What this buys on the
+# with the usual decay over the second half (upstream's 2e-4 is set for runs of 100k+ steps); no discriminator and
+# feature KD, as `distill`'s defaults (each step is cheaper without one, so twice the steps fit). What this buys on the
 # vintagify teacher is in each demo's summary.json (one quiet run is kept as bench/results/demo_summary.json).
 # Latency is measured at 256 px, the teacher's own resolution, where a CPU shows what the MACs ratio buys.
-PHOTOS = Settings(size=128, train_size=64, profile_size=256, distill_steps=1000, lr=1e-3, method="search",
+PHOTOS = Settings(size=128, train_size=64, profile_size=256, distill_steps=2000, lr=1e-3, method="search",
                   precision="auto", profile_runs=10, grid_images=6)
 PHOTOS_QUICK = Settings(size=64, profile_size=64, distill_steps=60, lr=1e-3, method="uniform", precision="auto",
                         profile_runs=3, grid_images=4)
-# Maps: 1500 fit steps make the teacher's street grid plain to see (at 600 it is a faint blur).
+# Maps: 1500 fit steps make the teacher's street grid plain to see (at 600 it is a faint blur). Its distillation keeps
+# the discriminator and no feature KD, the recipe it was measured with; no run without them has been measured on it.
 MAPS = Settings(size=128, profile_size=128, distill_steps=1000, method="search", precision="fp32", profile_runs=10,
-                grid_images=6, ngf=32, teacher_steps=1500)
+                grid_images=6, ngf=32, teacher_steps=1500, lambda_gan=1.0, lambda_feat=0.0)
 MAPS_QUICK = Settings(size=64, profile_size=64, distill_steps=30, method="search", precision="fp32", profile_runs=5,
-                      grid_images=4, ngf=16, teacher_steps=60)
+                      grid_images=4, ngf=16, teacher_steps=60, lambda_gan=1.0, lambda_feat=0.0)
 
 
 def bundled_data(name: str = "maps") -> Path:
@@ -266,7 +270,8 @@ def _distill(s: Settings, out: Path, seed: int, device: str, **data: Any) -> dic
     cfg = distill.DistillConfig(
         student=out / "student_init.pth", steps=s.distill_steps, batch_size=s.batch_size, size=s.train_size or s.size,
         load_size=s.size if s.train_size else None,
-        seed=seed, lr=s.lr, device=device, precision=s.precision, ndf=s.ngf or 64, val_images=20,
+        seed=seed, lr=s.lr, lambda_gan=s.lambda_gan, lambda_feat=s.lambda_feat, device=device,
+        precision=s.precision, ndf=s.ngf or 64, val_images=20,
         eval_every=max(s.distill_steps // 2, 1), sample_every=max(s.distill_steps // 4, 1),
         save_every=s.distill_steps, output=out / "student.pth", out_dir=out / "distill", **data)
     start = time.perf_counter()

@@ -75,8 +75,8 @@ def test_distill_takes_every_setting_by_name_and_refuses_others(teacher, tmp_pat
     folder.mkdir()
     for i in range(4):
         save_png(torch.rand(3, 32, 32) * 2 - 1, folder / f"{i}.png")
-    report = api.distill(teacher, inputs=folder, disc_real="teacher", ratio=2, size=32, steps=2, batch_size=2,
-                         val_images=0, out_dir=tmp_path / "run", progress=False)
+    report = api.distill(teacher, inputs=folder, lambda_gan=1.0, disc_real="teacher", ratio=2, size=32, steps=2,
+                         batch_size=2, val_images=0, out_dir=tmp_path / "run", progress=False)
     assert report.steps == 2 and report.output == tmp_path / "run" / "student.pth" and report.output.is_file()
     recorded = checkpoint.load(report.output).provenance
     assert recorded["steps"] == 2 and recorded["disc_real"] == "teacher"

@@ -406,7 +406,7 @@ def test_a_discriminator_ratio_that_leaves_layers_too_narrow_to_judge_is_refused
     out = tmp_path / "run"
     line = _error_line(runner.invoke(app, ["distill", str(good), "--ratio", "2", "--steps", "1", "--size", "32",
                                            "--data", str(tmp_path / "data"), "--batch-size", "1",
-                                           "--disc-ratio", "1000", "--out-dir", str(out)]))
+                                           "--lambda-gan", "1", "--disc-ratio", "1000", "--out-dir", str(out)]))
     # ndf 64 by default: all four layers at 8 channels is the narrowest discriminator, computed here by hand
     widths, in_nc = [64, 128, 256, 512], 3
 

@@ -33,7 +33,8 @@ def setup(tmp_path):
 
 def _cfg(tmp_path, data, out, **kw):
     base = dict(teacher=tmp_path / "teacher.pth", data=data, ratio=2.0, method="uniform", steps=6, batch_size=2,
-                size=32, save_every=3, sample_every=3, out_dir=tmp_path / out, progress=False, levels=2, val_images=0)
+                size=32, save_every=3, sample_every=3, out_dir=tmp_path / out, progress=False, levels=2, val_images=0,
+                lambda_gan=1.0)  # with a discriminator: its state must resume too
     base.update(kw)
     return DistillConfig(**base)
 
@@ -121,7 +122,7 @@ def test_teacher_cache_computes_each_image_and_flip_once(setup, monkeypatch):
     # 12 steps x 2 images = 24 teacher inputs over 8 images x 2 flips: at most 16 distinct ones; the final
     # sample grid adds 4 more.
     distill(_cfg(tmp_path, data, "cached", ratio=None, student=student, steps=12, sample_every=1000,
-                 cache_teacher=True, kd="pixel"))
+                 cache_teacher=True, kd="pixel", lambda_feat=0.0))
     cached = seen["images"]
     seen["images"] = 0
     distill(_cfg(tmp_path, data, "plain", ratio=None, student=student, steps=12, sample_every=1000, kd="pixel"))
@@ -130,7 +131,7 @@ def test_teacher_cache_computes_each_image_and_flip_once(setup, monkeypatch):
     # With random crops (load 40, crop 32) the cache still runs the teacher once per image and flip.
     seen["images"] = 0
     distill(_cfg(tmp_path, data, "cropped", ratio=None, student=student, steps=12, sample_every=1000,
-                 cache_teacher=True, kd="pixel", load_size=40))
+                 cache_teacher=True, kd="pixel", load_size=40, lambda_feat=0.0))
     assert seen["images"] <= 16 + 4
 
 
@@ -181,7 +182,7 @@ def test_paired_data_and_pruned_discriminator(tmp_path):
     torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
     summary = distill(DistillConfig(teacher=tmp_path / "teacher.pth", data=tmp_path / "maps", ratio=2.0,
                                     method="uniform", steps=2, batch_size=2, size=32, disc_ratio=4.0, ndf=16,
-                                    kd="none", out_dir=tmp_path / "run", progress=False))
+                                    lambda_gan=1.0, kd="none", out_dir=tmp_path / "run", progress=False))
     state = torch.load(tmp_path / "run" / "train_state.pth", weights_only=True)
     assert state["disc"]["spec"]["input_nc"] == 6  # conditional: input and output
     d_full = archs.build(archs.default_spec("patchgan", ndf=16, input_nc=6))
@@ -331,7 +332,7 @@ def test_data_folder_problems(setup):
     odd = runner.invoke(app, base + ["--data", str(tmp_path / "odd")])
     assert odd.output == (f"error: data folder {tmp_path / 'odd'} has no data set layout (it holds no images and no "
                           f"subfolders): expected trainA/trainB (testA/testB), train/ val/ test/, or images; point "
-                          f"--data at a data set folder, or give --inputs DIR --targets DIR\n")
+                          f"--data at a data set folder, or give --inputs DIR\n")
     for r in (missing, empty, odd):
         assert r.exit_code == 2
 
@@ -394,7 +395,7 @@ def test_disc_real_teacher_band_weights_and_lambda_gan_are_used_and_recorded(set
     assert prov["levels"] == 2
     shares = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())
               if r.get("event") == "gradient_shares"]
-    assert len(shares) == 1 and set(shares[0]["shares"]) == {"gan", "kd", "anchor"}
+    assert len(shares) == 1 and set(shares[0]["shares"]) == {"gan", "kd", "anchor", "feat"}
     assert (sum(shares[0]["shares"].values()) == pytest.approx(1)
             and sum(shares[0]["kd_levels"].values()) == pytest.approx(1))
     # each step D sees the student (G step), then the real images, then the student again: real = teacher's outputs

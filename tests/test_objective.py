@@ -36,7 +36,8 @@ def _lines(out):
 def test_inputs_alone_train_when_d_learns_the_teachers_outputs(setup):
     tmp_path, data = setup
     out = tmp_path / "inputs_only"
-    result = _distill(tmp_path, "--inputs", str(data / "trainA"), "--disc-real", "teacher", "--out-dir", str(out))
+    result = _distill(tmp_path, "--inputs", str(data / "trainA"), "--lambda-gan", "1", "--disc-real", "teacher",
+                      "--out-dir", str(out))
     assert result.exit_code == 0, result.output
     prov = checkpoint.load(out / "student.pth").provenance
     assert prov["disc_real"] == "teacher" and prov["data"].endswith("(inputs only)") and prov["steps"] == 2
@@ -44,14 +45,14 @@ def test_inputs_alone_train_when_d_learns_the_teachers_outputs(setup):
 
 def test_inputs_alone_are_refused_when_d_needs_real_targets(setup):
     tmp_path, data = setup
-    result = _distill(tmp_path, "--inputs", str(data / "trainA"), "--out-dir", str(tmp_path / "r"))
+    result = _distill(tmp_path, "--inputs", str(data / "trainA"), "--lambda-gan", "1", "--out-dir", str(tmp_path / "r"))
     assert result.exit_code == 2
     assert "--inputs and --targets go together" in result.output and "--disc-real teacher" in result.output
 
 
 def test_feature_kd_trains_logs_its_share_and_resumes_exactly(setup):
     tmp_path, data = setup
-    common = ("--data", str(data), "--lambda-feat", "2", "--save-every", "2")
+    common = ("--data", str(data), "--lambda-feat", "2", "--lambda-gan", "1", "--save-every", "2")
     assert _distill(tmp_path, *common, "--steps", "4", "--out-dir", str(tmp_path / "a")).exit_code == 0
     assert _distill(tmp_path, *common, "--out-dir", str(tmp_path / "b")).exit_code == 0
     result = _distill(tmp_path, *common, "--steps", "4", "--resume", "--out-dir", str(tmp_path / "b"))
@@ -111,7 +112,7 @@ def test_one_step_of_feature_kd_equals_the_mse_of_the_kept_channels_at_the_start
 def test_inputs_alone_train_without_an_adversarial_term_and_no_discriminator_is_trained(setup):
     tmp_path, data = setup
     out = tmp_path / "no_gan"
-    result = _distill(tmp_path, "--inputs", str(data / "trainA"), "--lambda-gan", "0", "--out-dir", str(out))
+    result = _distill(tmp_path, "--inputs", str(data / "trainA"), "--out-dir", str(out))  # --lambda-gan 0: default
     assert result.exit_code == 0, result.output
     prov = checkpoint.load(out / "student.pth").provenance
     assert prov["lambda_gan"] == 0 and prov["disc_real"] is None and prov["data"].endswith("(inputs only)")
@@ -119,7 +120,14 @@ def test_inputs_alone_train_without_an_adversarial_term_and_no_discriminator_is_
     assert len(steps) == 2 and not any("loss_d" in r or "loss_gan" in r for r in steps)
     refused = _distill(tmp_path, "--inputs", str(data / "trainA"), "--lambda-gan", "0", "--disc-real", "teacher",
                        "--out-dir", str(tmp_path / "both"))
-    assert refused.exit_code == 2 and "--disc-real teacher says what the discriminator learns" in refused.output
+    assert refused.exit_code == 2 and refused.output.strip().splitlines()[-1] == (
+        "error: --disc-real teacher sets up the discriminator, and --lambda-gan 0 (the default) trains none; add "
+        "--lambda-gan 1 to train one, or drop it")
+    refused = _distill(tmp_path, "--inputs", str(data / "trainA"), "--disc-ratio", "2", "--teacher-disc", "D.pth",
+                       "--out-dir", str(tmp_path / "both"))
+    assert refused.exit_code == 2 and refused.output.strip().splitlines()[-1] == (
+        "error: --disc-ratio 2.0 and --teacher-disc D.pth set up the discriminator, and --lambda-gan 0 (the default) "
+        "trains none; add --lambda-gan 1 to train one, or drop them")
 
 
 def test_without_an_adversarial_term_the_student_steps_as_with_a_zero_weight_one(setup):
@@ -128,7 +136,8 @@ def test_without_an_adversarial_term_the_student_steps_as_with_a_zero_weight_one
     tmp_path, _ = setup
     teacher = checkpoint.load_generator(tmp_path / "teacher.pth")
     cfg = config.resolve(config.DistillConfig(teacher=tmp_path / "teacher.pth", ratio=2.0, size=32, levels=2,
-                                              lambda_gan=0.0, precision="fp32"), {}, paired=False)
+                                              lambda_gan=0.0, lambda_feat=0.0, precision="fp32"), {},
+                                    paired=False)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         t = teacher(x)

@@ -89,9 +89,9 @@ _INTO_INPUTS = {
     "compare --real": (["compare", "{t}", "{t2}", "--data", "{d}", "--real", "{r}"], "r"),
     "prune --calib": (["prune", "{t}", "--ratio", "2", "--calib", "{c}"], "c"),
     "export --int8 --calib": (["export", "{t}", "--int8", "--calib", "{c}"], "c"),
-    "distill --val": (["distill", "{t}", "--inputs", "{d}", "--disc-real", "teacher", "--ratio", "2", "--val", "{c}"],
+    "distill --val": (["distill", "{t}", "--inputs", "{d}", "--ratio", "2", "--val", "{c}"],
                       "c"),
-    "distill --inputs": (["distill", "{t}", "--inputs", "{d}", "--disc-real", "teacher", "--ratio", "2"], "d"),
+    "distill --inputs": (["distill", "{t}", "--inputs", "{d}", "--ratio", "2"], "d"),
 }
 
 
@@ -111,7 +111,7 @@ def test_no_output_lands_on_an_image_a_command_reads(teacher, tmp_path, case):
 
 def test_distill_writes_no_run_folder_into_its_data(teacher, tmp_path):
     data = _image_folder(tmp_path / "photos")
-    line = _error_line(runner.invoke(app, ["distill", str(teacher), "--inputs", str(data), "--disc-real", "teacher",
+    line = _error_line(runner.invoke(app, ["distill", str(teacher), "--inputs", str(data),
                                            "--ratio", "2", "--out-dir", str(data / "run")]))
     assert f"the run's folder would be written to {data / 'run'}, inside this run's --inputs folder" in line
     assert sorted(p.name for p in data.iterdir()) == ["a.png", "b.png"]
@@ -121,7 +121,7 @@ def test_distill_refuses_a_hard_link_to_its_teacher_as_output(teacher, tmp_path)
     link = tmp_path / "link.pth"
     os.link(teacher, link)
     data = _image_folder(tmp_path / "photos")
-    line = _error_line(runner.invoke(app, ["distill", str(teacher), "--inputs", str(data), "--disc-real", "teacher",
+    line = _error_line(runner.invoke(app, ["distill", str(teacher), "--inputs", str(data),
                                            "--ratio", "2", "-o", str(link)]))
     assert f"the student would be written to {link}, which is this run's --teacher checkpoint" in line
 
@@ -140,7 +140,7 @@ def test_translate_never_writes_over_a_checkpoint_in_its_output_folder(teacher, 
 
 def test_distill_resumed_when_finished_writes_the_student_where_asked(teacher, tmp_path):
     data = _image_folder(tmp_path / "photos", tuple(f"{i}.png" for i in range(4)))
-    base = ["distill", str(teacher), "--inputs", str(data), "--disc-real", "teacher", "--ratio", "2", "--steps", "2",
+    base = ["distill", str(teacher), "--inputs", str(data), "--ratio", "2", "--steps", "2",
             "--size", "32", "--batch-size", "2", "--val-images", "0", "--out-dir", str(tmp_path / "run"), "--json"]
     first = runner.invoke(app, base)
     assert first.exit_code == 0, first.output
@@ -245,10 +245,10 @@ _WALK = [  # (command line with T = a checkpoint, T2 = another, IMG = an image f
     ("spectrum T --data IMG --size 32", "-o", "IMG/0.png"),
     ("compare T T2 --data IMG --size 32", "-o", "T2"),
     ("compare T T2 --data IMG --size 32", "-o", "IMG/0.png"),
-    ("distill T --ratio 2 --inputs IMG --disc-real teacher --size 32", "-o", "T"),
-    ("distill T --ratio 2 --inputs IMG --disc-real teacher --size 32", "-o", "IMG/0.png"),
-    ("distill T --ratio 2 --inputs IMG --disc-real teacher --size 32", "--out-dir", "IMG/run"),
-    ("distill T --student T2 --inputs IMG --disc-real teacher --size 32", "-o", "T2"),
+    ("distill T --ratio 2 --inputs IMG --size 32", "-o", "T"),
+    ("distill T --ratio 2 --inputs IMG --size 32", "-o", "IMG/0.png"),
+    ("distill T --ratio 2 --inputs IMG --size 32", "--out-dir", "IMG/run"),
+    ("distill T --student T2 --inputs IMG --size 32", "-o", "T2"),
 ]
 
 

@@ -98,6 +98,8 @@ def test_resolved_defaults_are_what_the_run_records(setup):
     # "equal" band weights are recorded as the weights used: one per level
     assert (prov["band_weights"], prov["levels"], prov["kd_distance"]) == ("1,1", 2, "l1")
     assert prov["decay_from"] == 0.5 and prov["direction"] == "AtoB"
+    # no discriminator, feature KD: the recipe bench's wkd_refit_feat_nogan, the README's "today's defaults"
+    assert (prov["lambda_gan"], prov["disc_real"], prov["lambda_feat"]) == (0.0, None, 1.0)
     recorded = json.loads((tmp_path / "defaults" / "config.json").read_text())
     assert recorded["anchor"] == "pixel" and recorded["load_size"] == 32 and recorded["lambda_kd"] == 10.0
     assert recorded["band_weights"] == "1,1"
@@ -114,7 +116,7 @@ def test_paired_data_defaults_to_l1_weight_100_and_no_anchor(tmp_path):
     torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
     cfg = DistillConfig(teacher=tmp_path / "teacher.pth", data=tmp_path / "maps", ratio=2.0, method="uniform",
                         steps=2, batch_size=2, size=32, kd="none", out_dir=tmp_path / "run", progress=False,
-                        val_images=0)
+                        val_images=0, lambda_gan=1.0, lambda_feat=0.0)
     assert cfg.lambda_rec == 100.0
     distill(cfg)
     rows = [r for r in _lines(tmp_path / "run") if "loss_g" in r]

@@ -179,12 +179,14 @@ def layout_hint(command_name: str, e: LayoutError, kw: dict) -> str:
     layout = e.layout
     if command_name == "distill":
         if e.needs == "layout":
-            return "point --data at a data set folder, or give --inputs DIR --targets DIR"
+            return "point --data at a data set folder, or give --inputs DIR"
         root = layout.root if layout is not None and layout.kind == "photos" else None
-        recipe = photos_recipe(str(kw.get("teacher") or "TEACHER"), root)
+        teacher = str(kw.get("teacher") or "TEACHER")
         if e.needs == "data":
-            return f"give --data DIR (trainA/trainB, or train/ with A|B pairs) or --inputs DIR --targets DIR; {recipe}"
-        return f"give the inputs with --inputs DIR and target-domain images with --targets DIR; {recipe}"
+            return (f"give --data DIR (trainA/, or train/ with A|B pairs) or --inputs DIR; "
+                    f"{photos_recipe(teacher, root)}")
+        return (f"give target-domain images with --targets DIR for the discriminator, or --disc-real teacher, or "
+                f"train none (--lambda-gan 0, the default); {photos_recipe(teacher, root, kw.get('lambda_gan'))}")
     if e.needs == "reals":
         hint = "give the real target images with --real DIR"
         if command_name == "fid" and layout is not None:
@@ -194,17 +196,21 @@ def layout_hint(command_name: str, e: LayoutError, kw: dict) -> str:
     return "point --data at a data set folder"
 
 
-def photos_recipe(teacher: str, root: Path | None = None) -> str:
-    """Two commands that train on photos of one domain (the bundled ones unless `root`): the teacher's outputs on
-    the photos in other/ are the target domain, train/ the inputs, test/ held out."""
+def photos_recipe(teacher: str, root: Path | None = None, lambda_gan: float | None = None) -> str:
+    """The command that trains on photos of one domain (the bundled ones unless `root`): train/ the inputs, test/
+    held out. With a discriminator (`lambda_gan`), the teacher's outputs on the photos in other/ are its real
+    target-domain images, made first."""
     from ganzip.demo import bundled_data
 
     base = root or bundled_data("photos")
     p, t = (lambda part: shlex.quote(str(base / part))), shlex.quote(teacher)
     which = "these photos" if root is not None else "the bundled photos"
+    distill = f"ganzip distill {t} --inputs {p('train')} --val {p('test')} --ratio 7 --size 128"
+    if not lambda_gan:
+        return f"with {which}: {distill}"
     other = "other" if (base / "other").is_dir() else "train"
-    return (f"with {which}: ganzip translate {t} {p(other)} -o targets && ganzip distill {t} --inputs "
-            f"{p('train')} --targets targets --val {p('test')} --ratio 7 --size 128")
+    return (f"with {which}: ganzip translate {t} {p(other)} -o targets && {distill} --targets targets "
+            f"--lambda-gan {lambda_gan:g}")
 
 
 def error_line(message: str) -> None:

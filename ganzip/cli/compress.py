@@ -183,20 +183,24 @@ def distill_cmd(
                                                    rich_help_panel=_OBJECTIVE),
     lambda_rec: float = typer.Option(100.0, "--lambda-rec", help="Paired data: weight of L1 to the real target "
                                      "(100, as pix2pix and GAN Compression).", rich_help_panel=_OBJECTIVE),
-    lambda_gan: float = typer.Option(1.0, "--lambda-gan", help="Weight of the adversarial term (0: no "
-                                     "discriminator is trained, and --inputs alone is enough).",
+    lambda_gan: float = typer.Option(0.0, "--lambda-gan", help="Weight of the adversarial term (default 0: no "
+                                     "discriminator is trained, the teacher's outputs are the only target, and "
+                                     "--inputs alone is enough; 1 trains one, as the paper).",
                                      rich_help_panel=_OBJECTIVE),
     disc_real: Optional[str] = typer.Option(None, "--disc-real", metavar=choices.metavar(choices.DISC_REALS),
                                             help="What the discriminator learns as real: targets (the real target "
                                                  "images, default) or teacher (the teacher's outputs on the same "
-                                                 "inputs: then --inputs alone is enough).", rich_help_panel=_OBJECTIVE),
-    lambda_feat: float = typer.Option(0.0, "--lambda-feat", help="Weight of feature KD: the student's inner "
+                                                 "inputs: then --inputs alone is enough); needs --lambda-gan > 0.",
+                                            rich_help_panel=_OBJECTIVE),
+    lambda_feat: float = typer.Option(1.0, "--lambda-feat", help="Weight of feature KD: the student's inner "
                                       "activations (GAN Compression's taps) pulled to the teacher's through 1x1 "
                                       "adapters (0: off).", rich_help_panel=_OBJECTIVE),
     disc_ratio: Optional[float] = typer.Option(None, "--disc-ratio", help="Prune the discriminator this many times "
-                                               "(paper: about 4x, ndf 64 -> 32).", rich_help_panel=_OBJECTIVE),
+                                               "(paper: about 4x, ndf 64 -> 32; needs --lambda-gan > 0).",
+                                               rich_help_panel=_OBJECTIVE),
     teacher_disc: Optional[Path] = typer.Option(None, "--teacher-disc", help="Start D from the teacher's "
-                                                "discriminator (latest_net_D*.pth).", rich_help_panel=_OBJECTIVE),
+                                                "discriminator (latest_net_D*.pth; needs --lambda-gan > 0).",
+                                                rich_help_panel=_OBJECTIVE),
     teacher_mode: str = teacher_mode_option(rich_help_panel=_OBJECTIVE),
     steps: int = typer.Option(1000, "--steps", help="Training steps.", rich_help_panel=_TRAINING),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per step (per process under torchrun).",
