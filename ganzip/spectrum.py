@@ -148,8 +148,8 @@ def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, 
     otherwise the first checkpoint's outputs (usually the teacher), so a student is judged against it.
     """
     if not checkpoints:
-        raise UserError("give at least one generator checkpoint, "
-                        "e.g. ganzip spectrum teacher.pth student.pth --data DIR")
+        raise UserError("give at least one generator checkpoint (the first is the reference when there are no "
+                        "real images; a student is judged against its teacher)")
     data, real, direction = resolve_folders(data, real, direction)
     x, targets = load_inputs(data, size, limit, direction)
     check_levels(levels, min(x.shape[-2:]), wave)
@@ -186,8 +186,8 @@ def require_matplotlib() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("the plot needs matplotlib: pip install 'ganzip[plot]' (or leave out -o and use --json)"
-                        ) from None
+        raise UserError(f"the plot needs matplotlib: pip install 'ganzip[plot]' (or leave out {setting('output')}: "
+                        f"the numbers need no plot)") from None
     return plt
 
 

@@ -330,7 +330,8 @@ def test_missing_matplotlib_is_named_whole_and_before_any_work(tmp_path, good, m
 
     monkeypatch.setattr(spectrum, "spectrum", analysis_started)
     line = _error_line(runner.invoke(app, ["spectrum", str(good), "--data", str(src), "-o", str(tmp_path / "p.png")]))
-    assert line == "error: the plot needs matplotlib: pip install 'ganzip[plot]' (or leave out -o and use --json)"
+    assert line == ("error: the plot needs matplotlib: pip install 'ganzip[plot]' (or leave out --output: the "
+                    "numbers need no plot)")
 
 
 # --- export --opset ----------------------------------------------------------------------------------------
