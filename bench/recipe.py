@@ -245,6 +245,13 @@ def _spread(values: list[float]) -> dict:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
+def _label(row: dict) -> str:
+    """A row's line in the table: its variant, marked with the shared student's pruning method unless `search` (a
+    student pruned otherwise is another experiment, never averaged with the searched one)."""
+    method = row.get("prepared", {}).get("method", "search")
+    return row["variant"] if method == "search" else f"{row['variant']}@{method}"
+
+
 def table(results: Path, steps: int) -> dict:
     """Mean and spread over seeds per variant; the latest row of each (variant, seed) at this many steps."""
     rows: dict[tuple[str, int], dict] = {}
@@ -252,13 +259,13 @@ def table(results: Path, steps: int) -> dict:
         if line.strip():
             row = json.loads(line)
             if row["steps"] in (0, steps):
-                rows[(row["variant"], row["seed"])] = row
+                rows[(_label(row), row["seed"])] = row
     out: dict[str, dict] = {}
-    for v in VARIANTS:
-        mine = [r for (name, _), r in sorted(rows.items()) if name == v]
+    for label in [lab for v in VARIANTS for lab in (v, f"{v}@uniform")]:
+        mine = [r for (name, _), r in sorted(rows.items()) if name == label]
         if mine:
-            out[v] = {"seeds": [r["seed"] for r in mine], "steps": mine[0]["steps"],
-                      **{c: _spread([r["scores"][c] for r in mine]) for c in COLUMNS}}
+            out[label] = {"seeds": [r["seed"] for r in mine], "steps": mine[0]["steps"],
+                          **{c: _spread([r["scores"][c] for r in mine]) for c in COLUMNS}}
     md = [("| variant | seeds | PSNR (dB) | colour drift | band error L1 | band error L2 | spectral HF ratio | "
            "HF-PSNR (dB) | FID to teacher | KID x1000 |"), "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for v, r in out.items():
