@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ganzip import archs, checkpoint, data
+from ganzip import archs, checkpoint, data, trainset
 from ganzip.config import LOAD_RATIO
 from ganzip.fidelity import psnr
 from ganzip.memory import MemoryBudget
@@ -37,7 +37,7 @@ def vintagify() -> str | None:
     return str(Path(spec.origin).parent / "resources" / "G_A2B_epoch33.pth") if spec and spec.origin else None
 
 
-def compare(teacher: torch.nn.Module, train: data.TrainSet, m: int) -> dict:
+def compare(teacher: torch.nn.Module, train: trainset.TrainSet, m: int) -> dict:
     cached = TeacherTargets(teacher, train, "cpu", cache=True, budget=MemoryBudget(2**34))
     plain = TeacherTargets(teacher, train, "cpu", cache=False, budget=MemoryBudget(0))
     a, b = [], []
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     source.inputs = source.inputs[:: max(1, len(source.inputs) // args.images)][: args.images]
     result = {"teacher": args.teacher, "size": args.size, "load_size": load, "margin": args.margin}
     for name, multiple in (("grid_offsets", archs.size_multiple(teacher.spec)), ("any_offset", 1)):
-        train = data.TrainSet(source, load, args.size, flip=True, seed=0, offset_multiple=multiple)
+        train = trainset.TrainSet(source, load, args.size, flip=True, seed=0, offset_multiple=multiple)
         result[name] = {"offset_multiple": multiple, **compare(teacher, train, args.margin)}
     print(json.dumps(result, indent=2))
     return 0

@@ -31,7 +31,7 @@ from rich.text import Text
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ganzip import archs, checkpoint, config, data, images, students
+from ganzip import archs, checkpoint, config, data, images, students, trainset
 from ganzip.config import DistillConfig
 from ganzip.devices import resolve_device
 from ganzip.errors import GanzipWarning, UserError, setting
@@ -64,8 +64,8 @@ class _Prepared:
     teacher: nn.Module
     teacher_sha: str
     source: data.Source
-    train: data.TrainSet
-    schedule: data.Schedule
+    train: trainset.TrainSet
+    schedule: trainset.Schedule
     budget: MemoryBudget
     val_paths: list[Path]
     val_description: str
@@ -263,14 +263,14 @@ def _prepare(cfg: DistillConfig, run: RunFolder, rt: _Dist) -> _Prepared:
                                    f"step 0"), stacklevel=2)
 
     source, val_paths, val_description = split_validation(cfg, source)
-    data.check_images(source.inputs, "input image")
-    data.check_images(source.targets, "target image")
-    data.check_images(val_paths, "validation image")
+    trainset.check_images(source.inputs, "input image")
+    trainset.check_images(source.targets, "target image")
+    trainset.check_images(val_paths, "validation image")
     local = int(os.environ.get("LOCAL_WORLD_SIZE", rt.world))
     budget = MemoryBudget(cfg.cache_mb * 2**20 if cfg.cache_mb is not None else default_budget(local))
-    train = data.TrainSet(source, cfg.load_size, cfg.size, cfg.flip, cfg.seed, budget,
+    train = trainset.TrainSet(source, cfg.load_size, cfg.size, cfg.flip, cfg.seed, budget,
                           offset_multiple(teacher, cfg.load_size, cfg.size) if cfg.cache_teacher else 1)
-    schedule = data.Schedule(len(train), cfg.batch_size, cfg.seed, rt.rank, rt.world)
+    schedule = trainset.Schedule(len(train), cfg.batch_size, cfg.seed, rt.rank, rt.world)
     return _Prepared(cfg, teacher, teacher_sha, source, train, schedule, budget, val_paths, val_description, output,
                      state)
 

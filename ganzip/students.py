@@ -11,7 +11,7 @@ import signal
 import torch
 from torch import nn
 
-from ganzip import archs, checkpoint, data, prune
+from ganzip import archs, checkpoint, prune, trainset
 from ganzip.config import DistillConfig
 from ganzip.errors import UserError, setting
 from ganzip.progress import Progress
@@ -46,7 +46,7 @@ def scratch_init(module: nn.Module, seed: int) -> None:
             m.bias.data.zero_()
 
 
-def make_student(cfg: DistillConfig, teacher: nn.Module, train: data.TrainSet, stop: StopSignals,
+def make_student(cfg: DistillConfig, teacher: nn.Module, train: trainset.TrainSet, stop: StopSignals,
                   progress: Progress) -> tuple[nn.Module, dict]:
     if cfg.student is not None:
         loaded = checkpoint.load(cfg.student)

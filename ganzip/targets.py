@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from ganzip import archs
-from ganzip.data import TrainSet
 from ganzip.errors import UserError, setting
 from ganzip.memory import MemoryBudget
+from ganzip.trainset import TrainSet
 from ganzip.translate import translate_tensor
 
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ganzip import data, fid, fidelity, images
+from ganzip import data, fid, fidelity, images, trainset
 from ganzip.config import DistillConfig
 from ganzip.errors import UserError
 from ganzip.translate import translate_tensor
@@ -67,7 +67,7 @@ def split_validation(cfg: DistillConfig, source: data.Source) -> tuple[data.Sour
             warnings.warn(f"only {n} input images and no held-out folder: validation is off (give a folder of "
                           f"held-out images to score the student on)", stacklevel=2)
             return source, [], None
-        source, held = data.hold_out(source, count=k)
+        source, held = trainset.hold_out(source, count=k)
         paths = images.spaced(held, cfg.val_images)
         where = f"{len(paths)} of the {n} inputs held out"
     if len(paths) < FID_FLOOR:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ganzip import data
+from ganzip import data, trainset
 from ganzip.errors import UserError
 
 
@@ -42,7 +42,7 @@ def test_aligned_pairs_split_and_flip_together(tmp_path):
     for direction, (a, b) in (("AtoB", (0, 1)), ("BtoA", (1, 0))):
         src = data.resolve(tmp_path, direction=direction)
         assert src.paired and src.aligned
-        train = data.TrainSet(src, 16, 16, flip=True, seed=3)
+        train = trainset.TrainSet(src, 16, 16, flip=True, seed=3)
         flips = set()
         for epoch in range(4):
             for i in range(4):
@@ -62,7 +62,7 @@ def test_resize_then_random_crop_is_a_window_of_the_resized_image(tmp_path):
     arr = _rgb(7, 30, 50)  # not square: resized to load_size x load_size as in the CycleGAN code base
     Image.fromarray(arr).save(tmp_path / "trainA" / "a.png")
     Image.fromarray(_rgb(8, 30, 30)).save(tmp_path / "trainB" / "b.png")
-    train = data.TrainSet(data.resolve(tmp_path), load_size=24, crop_size=16, flip=False, seed=0)
+    train = trainset.TrainSet(data.resolve(tmp_path), load_size=24, crop_size=16, flip=False, seed=0)
     full = _expected(arr, 24)
     offsets = set()
     for epoch in range(12):
@@ -91,7 +91,7 @@ def test_gray_rgba_and_palette_images_become_rgb(tmp_path):
     Image.fromarray(base).quantize(16).save(tmp_path / "trainA" / "pal.png")
     Image.fromarray(base).save(tmp_path / "trainB" / "b.png")
     src = data.resolve(tmp_path)
-    train = data.TrainSet(src, 8, 8, flip=False)
+    train = trainset.TrainSet(src, 8, 8, flip=False)
     for i, path in enumerate(src.inputs):
         want = torch.from_numpy(expected[path.name].astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)
         assert torch.allclose(train.item(i, 0)["input"], want, atol=1.01 / 127.5), path.name
@@ -102,7 +102,7 @@ def test_small_images_are_resized_up_with_one_warning(tmp_path):
         (tmp_path / side).mkdir()
         for i in range(3):
             Image.fromarray(_rgb(i, 10, 10)).save(tmp_path / side / f"{i}.png")
-    train = data.TrainSet(data.resolve(tmp_path), 16, 16)
+    train = trainset.TrainSet(data.resolve(tmp_path), 16, 16)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         items = [train.item(i, 0) for i in range(3)]
@@ -111,15 +111,15 @@ def test_small_images_are_resized_up_with_one_warning(tmp_path):
 
 
 def test_ranks_split_each_epoch_without_overlap():
-    orders = [data.epoch_order(10, seed=4, epoch=2, rank=r, world=3) for r in range(3)]
+    orders = [trainset.epoch_order(10, seed=4, epoch=2, rank=r, world=3) for r in range(3)]
     assert [len(o) for o in orders] == [3, 3, 3]
     flat = [i for o in orders for i in o]
     assert len(set(flat)) == 9 and set(flat) <= set(range(10))
-    assert data.epoch_order(10, 4, 2) == data.epoch_order(10, 4, 2)
-    assert data.epoch_order(10, 4, 2) != data.epoch_order(10, 4, 3)
-    sched = data.Schedule(10, batch_size=3, seed=4)
+    assert trainset.epoch_order(10, 4, 2) == trainset.epoch_order(10, 4, 2)
+    assert trainset.epoch_order(10, 4, 2) != trainset.epoch_order(10, 4, 3)
+    sched = trainset.Schedule(10, batch_size=3, seed=4)
     assert sched.batches_per_epoch == 3
-    assert sched.indices(4) == (1, data.epoch_order(10, 4, 1)[3:6])
+    assert sched.indices(4) == (1, trainset.epoch_order(10, 4, 1)[3:6])
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -137,9 +137,9 @@ def test_bad_sizes(tmp_path):
     Image.fromarray(_rgb(0, 8, 16)).save(tmp_path / "train" / "p.png")
     src = data.resolve(tmp_path)
     with pytest.raises(UserError, match="load_size=8 is smaller than the crop size=16"):
-        data.TrainSet(src, 8, 16)
+        trainset.TrainSet(src, 8, 16)
     with pytest.raises(UserError, match="only 1 training image"):
-        data.Schedule(1, batch_size=2, seed=0)
+        trainset.Schedule(1, batch_size=2, seed=0)
 
 
 def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path):
@@ -153,7 +153,7 @@ def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path):
     Image.fromarray(_rgb(1, 8, 8)).save(tmp_path / "trainB" / "b.png")
     assert Image.open(tmp_path / "trainA" / "dark.png").mode == "I;16"
     src = data.resolve(tmp_path)
-    train = data.TrainSet(src, 8, 8, flip=False)
+    train = trainset.TrainSet(src, 8, 8, flip=False)
     for i, path in enumerate(src.inputs):
         raw = deep if path.name == "deep.png" else dark
         gray = np.floor(raw.astype(np.float64) / 65535.0 * 255.0 + 0.5)

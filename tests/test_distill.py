@@ -137,12 +137,13 @@ def test_teacher_cache_computes_each_image_and_flip_once(setup, monkeypatch):
 
 def test_cached_target_is_the_teacher_output_on_the_whole_image_cropped_with_the_inputs_window(setup):
     from ganzip import data as datalib
+    from ganzip import trainset
     from ganzip.memory import MemoryBudget
     from ganzip.targets import TeacherTargets
 
     tmp_path, root = setup
     teacher = checkpoint.load_generator(tmp_path / "teacher.pth")
-    train = datalib.TrainSet(datalib.resolve(root), load_size=42, crop_size=32, flip=True, seed=5)
+    train = trainset.TrainSet(datalib.resolve(root), load_size=42, crop_size=32, flip=True, seed=5)
     targets = TeacherTargets(teacher, train, "cpu", cache=True, budget=MemoryBudget(2**30))
     plain = TeacherTargets(teacher, train, "cpu", cache=False, budget=MemoryBudget(0))
     windows, flips = set(), set()

@@ -13,7 +13,7 @@ import pywt
 import torch
 from run_data import bn_unet_with_running_stats, unpaired_setup, write_images
 
-from ganzip import archs, checkpoint, data, fid
+from ganzip import archs, checkpoint, data, fid, trainset
 from ganzip.archs.layers import set_teacher_mode
 from ganzip.distill import DistillConfig, distill
 from ganzip.losses import CycleL1, LowBandL1
@@ -179,10 +179,10 @@ def test_validation_lines_best_checkpoint_and_independent_scores(setup):
 def test_without_a_held_out_folder_five_percent_of_the_inputs_are_held_out(setup):
     tmp_path, root = setup
     source = data.resolve(root)
-    train, held = data.hold_out(source)
+    train, held = trainset.hold_out(source)
     assert len(held) == 2 and len(train.inputs) == 6 and not set(held) & set(train.inputs)
     many = data.Source([Path(f"{i:03d}.png") for i in range(200)], [], False, False, "AtoB", "")
-    train, held = data.hold_out(many)
+    train, held = trainset.hold_out(many)
     assert len(held) == 10 and len(train.inputs) == 190
 
 
@@ -209,19 +209,19 @@ def test_image_cache_stays_within_its_budget(setup):
     source = data.resolve(root)
     per_image = 3 * 36 * 36  # uint8 at load size 36
     budget = MemoryBudget(3 * per_image + 10)
-    train = data.TrainSet(source, 36, 32, seed=0, budget=budget)
+    train = trainset.TrainSet(source, 36, 32, seed=0, budget=budget)
     for epoch in range(2):
         train.batch(list(range(8)), epoch)
     assert budget.used <= budget.limit and len(train._cache) == 3 + 0 and budget.refused > 0
     # every item is still served right, cached or not
-    fresh = data.TrainSet(source, 36, 32, seed=0)
+    fresh = trainset.TrainSet(source, 36, 32, seed=0)
     assert torch.equal(train.batch(list(range(8)), 1)["input"], fresh.batch(list(range(8)), 1)["input"])
 
 
 def test_ranks_keep_their_own_share_of_the_images():
     seen = {rank: set() for rank in range(3)}
     for epoch in range(5):
-        orders = [data.epoch_order(10, 0, epoch, rank, 3) for rank in range(3)]
+        orders = [trainset.epoch_order(10, 0, epoch, rank, 3) for rank in range(3)]
         assert all(len(o) == 3 for o in orders)
         for rank, order in enumerate(orders):
             seen[rank] |= set(order)
