@@ -2,9 +2,10 @@
 
 Prunes the teacher 7x by MACs with uniform widths (no search: the refit alone is measured), refits it on 24
 horse2zebra trainA photos at 128 px and scores it against the teacher on 20 testA photos it never saw.
-Writes bench/results/refit.json.
+Writes bench/results/refit.json; with --results X.jsonl, appends one line there instead (a sweep of --rows and
+--ridge, one setting per invocation).
 
-    python bench/refit.py [--threads 2]
+    python bench/refit.py [--threads 2] [--rows 16384] [--ridge 1e-4] [--results bench/results/refit_sweep.jsonl]
 """
 
 import argparse
@@ -24,6 +25,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ratio", type=float, default=7.0)
     ap.add_argument("--fit-images", type=int, default=24)
+    ap.add_argument("--rows", type=int, default=16384, help="output pixels sampled per layer's regression")
+    ap.add_argument("--ridge", type=float, default=1e-4, help="ridge term, relative to each input's energy")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "refit.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     teacher = checkpoint.load_generator(demo.vintagify_teacher())
@@ -34,14 +38,17 @@ def main() -> None:
     with torch.inference_mode():
         t_out = teacher(held)
         before = fidelity.paired(student(held), t_out)
-    record = refit.refit(teacher, student, fit)
+    record = refit.refit(teacher, student, fit, rows=args.rows, ridge=args.ridge)
     with torch.inference_mode():
         after = fidelity.paired(student(held), t_out)
     result = {"teacher": "vintagify G_A2B_epoch33", "ratio_macs": args.ratio, "widths": "uniform",
               "fit": f"{args.fit_images} trainA photos at 128 px", "scored_on": "20 testA photos at 128 px",
               "threads": args.threads, "refit": record, "before": before, "after": after}
-    out = Path(__file__).parent / "results" / "refit.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.results.suffix == ".jsonl":
+        with open(args.results, "a") as f:
+            f.write(json.dumps(result) + "\n")
+    else:
+        args.results.write_text(json.dumps(result, indent=2) + "\n")
     json.dump(result, sys.stdout, indent=2)
 
 

@@ -98,7 +98,12 @@ class _Normal:
         return torch.linalg.solve(a, self.xty.double()).float()  # (G, D, O)
 
 
-def refit(teacher: nn.Module, student: nn.Module, images: torch.Tensor, *, rows: int = 16384,
+# Output pixels per layer's regression: past this many the zero-shot PSNR of a uniform 7x vintagify student stops
+# rising, while the time keeps growing (bench/results/refit_sweep.jsonl; README, "Refit").
+ROWS = 49152
+
+
+def refit(teacher: nn.Module, student: nn.Module, images: torch.Tensor, *, rows: int = ROWS,
           ridge: float = 1e-4, chunk: int = 8, seed: int = 0,
           progress: Callable[[float], None] | None = None) -> dict:
     """Refit every convolution of `student` (a student pruned from `teacher`) in place; returns what was done.
