@@ -123,13 +123,14 @@ _TRAINING, _VALIDATION, _RUN = "Training", "Validation", "Run folder"
 @command("distill")
 def distill_cmd(
     teacher: Path = typer.Argument(..., help="Teacher generator checkpoint (frozen during training)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset: DIR/trainA+trainB (unpaired) or DIR/train "
-                                        "(A|B pairs).", rich_help_panel=_DATA),
-    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder of input images (with --targets, or alone "
-                                          "with --disc-real teacher).",
-                                          rich_help_panel=_DATA),
-    targets: Optional[Path] = typer.Option(None, "--targets", help="Folder of real target-domain images.",
-                                           rich_help_panel=_DATA),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset: DIR/trainA (+trainB, read only with "
+                                        "--lambda-gan), DIR/train with A|B pairs, or train/ of single photos.",
+                                        rich_help_panel=_DATA),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder of input images: alone is enough (the "
+                                          "teacher's outputs are the target); with --lambda-gan, give --targets or "
+                                          "--disc-real teacher too.", rich_help_panel=_DATA),
+    targets: Optional[Path] = typer.Option(None, "--targets", help="Folder of real target-domain images, the "
+                                           "discriminator's real images (with --lambda-gan).", rich_help_panel=_DATA),
     direction: Optional[str] = typer.Option(None, "--direction", help="AtoB or BtoA: which side is the input "
                                             "(default: the teacher's recorded direction, else AtoB).",
                                             rich_help_panel=_DATA),
