@@ -61,7 +61,7 @@ RESULTS = ROOT / "bench" / "results" / "recipe_seeds.jsonl"
 _AUTHORS = {"kd": "wavelet", "band_weights": "mean", "kd_distance": "l2", "lambda_kd": 0.4}  # the old default
 _PIXEL = {"kd": "pixel", "anchor": "none", "lambda_kd": 10.0}
 _WKD = {"kd": "wavelet", "anchor": "pixel", "band_weights": "1,1,1", "kd_distance": "l1", "lambda_kd": 10.0}
-_GAN = {"lambda_gan": 1.0, "lambda_feat": 0.0}  # the defaults every variant before `_nogan` ran with
+_GAN = {"lambda_gan": 1.0, "lambda_feat": 0.0, "lr": 2e-4}  # the defaults every variant before `_nogan` ran with
 # name -> (student: "pruned" | "refit", distill settings; None: score the student untrained)
 VARIANTS: dict[str, tuple[str, dict | None]] = {
     "pruned": ("pruned", None),
@@ -74,7 +74,7 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "wkd_refit_feat": ("refit", {**_GAN, **_WKD, "lambda_feat": 1.0}),
     "wkd_refit_dteacher": ("refit", {**_GAN, **_WKD, "disc_real": "teacher"}),
     "wkd_refit_lr1e-3": ("refit", {**_GAN, **_WKD, "lr": 1e-3}),
-    "wkd_refit_feat_nogan": ("refit", {**_WKD, "lambda_feat": 1.0, "lambda_gan": 0.0}),
+    "wkd_refit_feat_nogan": ("refit", {**_WKD, "lambda_feat": 1.0, "lambda_gan": 0.0, "lr": 2e-4}),
     "wkd_refit_feat_nogan_lr1e-3": ("refit", {**_WKD, "lambda_feat": 1.0, "lambda_gan": 0.0, "lr": 1e-3}),
     "final_default": ("refit", {}),
     "highbands": ("pruned", {**_GAN, **_AUTHORS, "anchor": "none"}),

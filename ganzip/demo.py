@@ -69,7 +69,7 @@ class Settings:
     teacher_steps: int = 0     # --paired: its L1 fit
     teacher_lr: float = 5e-4
     train_size: int = 0        # distillation crops, cut from images at `size` (not downscaled); 0: `size`
-    lr: float = 2e-4           # distillation lr (upstream's 2e-4 is for runs of 100k+ steps)
+    lr: float = 1e-3           # distillation lr, as `distill`'s default
     lambda_gan: float = 0.0    # the adversarial term (0: no discriminator), as `distill`'s default
     lambda_feat: float = 1.0   # feature KD, as `distill`'s default
 
@@ -89,9 +89,9 @@ PHOTOS_QUICK = Settings(size=64, profile_size=64, distill_steps=60, lr=1e-3, met
 # Maps: 1500 fit steps make the teacher's street grid plain to see (at 600 it is a faint blur). Its distillation keeps
 # the discriminator and no feature KD, the recipe it was measured with; no run without them has been measured on it.
 MAPS = Settings(size=128, profile_size=128, distill_steps=1000, method="search", precision="fp32", profile_runs=10,
-                grid_images=6, ngf=32, teacher_steps=1500, lambda_gan=1.0, lambda_feat=0.0)
+                grid_images=6, ngf=32, teacher_steps=1500, lambda_gan=1.0, lambda_feat=0.0, lr=2e-4)
 MAPS_QUICK = Settings(size=64, profile_size=64, distill_steps=30, method="search", precision="fp32", profile_runs=5,
-                      grid_images=4, ngf=16, teacher_steps=60, lambda_gan=1.0, lambda_feat=0.0)
+                      grid_images=4, ngf=16, teacher_steps=60, lambda_gan=1.0, lambda_feat=0.0, lr=2e-4)
 
 
 def bundled_data(name: str = "maps") -> Path:
