@@ -5,7 +5,7 @@ horse2zebra trainA photos at 128 px and scores it against the teacher on 20 test
 Writes bench/results/refit.json; with --results X.jsonl, appends one line there instead (a sweep of --rows and
 --ridge, one setting per invocation).
 
-    python bench/refit.py [--threads 2] [--rows 16384] [--ridge 1e-4] [--results bench/results/refit_sweep.jsonl]
+    python bench/refit.py [--threads 2] [--rows N] [--ridge 1e-4] [--results bench/results/refit_sweep.jsonl]
 """
 
 import argparse
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ratio", type=float, default=7.0)
     ap.add_argument("--fit-images", type=int, default=24)
-    ap.add_argument("--rows", type=int, default=16384, help="output pixels sampled per layer's regression")
+    ap.add_argument("--rows", type=int, default=refit.ROWS, help="output pixels sampled per layer's regression")
     ap.add_argument("--ridge", type=float, default=1e-4, help="ridge term, relative to each input's energy")
     ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "refit.json")
     args = ap.parse_args()
