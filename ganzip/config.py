@@ -82,7 +82,7 @@ class DistillConfig:
     lambda_rec: float = 100.0        # L1 to the real target, paired data only (pix2pix, GAN Compression: 100)
     anchor: str | None = None        # None: cycle with --teacher-reverse, else DEFAULT_ANCHOR (none for pairs)
     lambda_anchor: float = 10.0
-    lambda_feat: float = 1.0         # inner-feature KD at GAN Compression's taps (ganzip.features); 0: off
+    lambda_feat: float = 10.0        # inner-feature KD at GAN Compression's taps (ganzip.features); 0: off
     teacher_reverse: Path | None = None
     disc_ratio: float | None = None
     teacher_disc: Path | None = None

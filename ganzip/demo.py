@@ -71,7 +71,7 @@ class Settings:
     train_size: int = 0        # distillation crops, cut from images at `size` (not downscaled); 0: `size`
     lr: float = 1e-3           # distillation lr, as `distill`'s default
     lambda_gan: float = 0.0    # the adversarial term (0: no discriminator), as `distill`'s default
-    lambda_feat: float = 1.0   # feature KD, as `distill`'s default
+    lambda_feat: float = 10.0  # feature KD, as `distill`'s default
 
 
 # Photos: a few minutes of a 2-core CPU is a short run, so the demo spends it where it buys most: bf16 where the CPU

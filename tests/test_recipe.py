@@ -98,8 +98,8 @@ def test_resolved_defaults_are_what_the_run_records(setup):
     # "equal" band weights are recorded as the weights used: one per level
     assert (prov["band_weights"], prov["levels"], prov["kd_distance"]) == ("1,1", 2, "l1")
     assert prov["decay_from"] == 0.5 and prov["direction"] == "AtoB"
-    # no discriminator, feature KD, lr 1e-3: the recipe bench's wkd_refit_feat_nogan_lr1e-3, "today's defaults"
-    assert (prov["lambda_gan"], prov["disc_real"], prov["lambda_feat"], prov["lr"]) == (0.0, None, 1.0, 1e-3)
+    # no discriminator, feature KD at 10, lr 1e-3: the recipe bench's wkd_refit_feat10_nogan_lr1e-3
+    assert (prov["lambda_gan"], prov["disc_real"], prov["lambda_feat"], prov["lr"]) == (0.0, None, 10.0, 1e-3)
     recorded = json.loads((tmp_path / "defaults" / "config.json").read_text())
     assert recorded["anchor"] == "pixel" and recorded["load_size"] == 32 and recorded["lambda_kd"] == 10.0
     assert recorded["band_weights"] == "1,1"

@@ -193,7 +193,7 @@ def distill_cmd(
                                                  "images, default) or teacher (the teacher's outputs on the same "
                                                  "inputs: then --inputs alone is enough); needs --lambda-gan > 0.",
                                             rich_help_panel=_OBJECTIVE),
-    lambda_feat: float = typer.Option(1.0, "--lambda-feat", help="Weight of feature KD: the student's inner "
+    lambda_feat: float = typer.Option(10.0, "--lambda-feat", help="Weight of feature KD: the student's inner "
                                       "activations (GAN Compression's taps) pulled to the teacher's through 1x1 "
                                       "adapters (0: off).", rich_help_panel=_OBJECTIVE),
     disc_ratio: Optional[float] = typer.Option(None, "--disc-ratio", help="Prune the discriminator this many times "
