@@ -133,14 +133,16 @@ def resolve(data: str | os.PathLike | None = None, inputs: str | os.PathLike | N
                           "images", "data")
     layout = recognise(data)
     root = layout.root
-    if not need_targets and layout.kind in ("unpaired", "photos"):
-        return _inputs_only(layout, direction, phase)
-    if layout.kind == "unpaired":
-        src, dst = (root / f"{phase}A", root / f"{phase}B") if direction == "AtoB" else (root / f"{phase}B",
-                                                                                           root / f"{phase}A")
+    if layout.kind == "unpaired" or (layout.kind == "photos" and not need_targets):
+        a, b = (f"{phase}A", f"{phase}B") if direction == "AtoB" else (f"{phase}B", f"{phase}A")
+        src = root / phase if layout.kind == "photos" else root / a  # photos: one domain, inputs only
         if not src.is_dir():
             raise LayoutError(f"data folder {root} has no {src.name}/ of inputs ({layout.describe()})", "layout",
                               layout)
+        if not need_targets:
+            return Source(images.list_images(src, "input folder"), [], False, False, direction,
+                          f"{src} (inputs only)")
+        dst = root / b
         if not dst.is_dir():
             raise LayoutError(f"data folder {root} has {src.name}/ but no {dst.name}/ with target-domain images to "
                               f"train against", "targets", layout)
@@ -154,18 +156,6 @@ def resolve(data: str | os.PathLike | None = None, inputs: str | os.PathLike | N
         return Source(pairs, pairs, True, True, direction, f"{folder} (A|B pairs, {direction})")
     raise LayoutError(f"data folder {root} holds {layout.describe()}: no target-domain images to train against",
                       "targets", layout)
-
-
-def _inputs_only(layout: Layout, direction: str, phase: str) -> Source:
-    """The inputs of an unpaired or photos data set, for a run that needs no target-domain images."""
-    root = layout.root
-    if layout.kind == "photos":
-        src = root / phase
-    else:
-        src = root / (f"{phase}A" if direction == "AtoB" else f"{phase}B")
-    if not src.is_dir():
-        raise LayoutError(f"data folder {root} has no {src.name}/ of inputs ({layout.describe()})", "layout", layout)
-    return Source(images.list_images(src, "input folder"), [], False, False, direction, f"{src} (inputs only)")
 
 
 def held_out_folder(data: str | os.PathLike | None, direction: str, paired: bool) -> Path | None:
