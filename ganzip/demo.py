@@ -43,6 +43,7 @@ from ganzip import (
     spectrum,
 )
 from ganzip.atomic import check_writable_folder, write_text
+from ganzip.config import DistillConfig
 from ganzip.devices import fast_precision
 from ganzip.errors import UserError
 from ganzip.fidelity import paired
@@ -69,29 +70,29 @@ class Settings:
     teacher_steps: int = 0     # --paired: its L1 fit
     teacher_lr: float = 5e-4
     train_size: int = 0        # distillation crops, cut from images at `size` (not downscaled); 0: `size`
-    lr: float = 1e-3           # distillation lr, as `distill`'s default
-    lambda_gan: float = 0.0    # the adversarial term (0: no discriminator), as `distill`'s default
-    lambda_feat: float = 10.0  # feature KD, as `distill`'s default
+    lr: float = DistillConfig.lr                    # distillation lr, adversarial term (0: no discriminator) and
+    lambda_gan: float = DistillConfig.lambda_gan    # feature KD: `distill`'s defaults unless a set says otherwise
+    lambda_feat: float = DistillConfig.lambda_feat
 
 
 # Photos: a few minutes of a 2-core CPU is a short run, so the demo spends it where it buys most: bf16 where the CPU
 # computes in it (precision auto; a CPU without AVX512-BF16 emulates bf16, far slower than fp32), 64 px crops
 # cut from the photos at their full 128 px (four times the steps of 128 px crops for the same time, at the scale the
-# student is scored and used at; crops of photos downscaled first teach the teacher at the wrong scale), and lr 1e-3
-# with the usual decay over the second half (upstream's 2e-4 is set for runs of 100k+ steps); no discriminator and
-# feature KD, as `distill`'s defaults (each step is cheaper without one, so twice the steps fit). What this buys on the
+# student is scored and used at; crops of photos downscaled first teach the teacher at the wrong scale), and
+# `distill`'s objective and lr (no discriminator makes each step cheaper, so twice the steps fit). What this buys on the
 # vintagify teacher is in each demo's summary.json (one quiet run is kept as bench/results/demo_summary.json).
 # Latency is measured at 256 px, the teacher's own resolution, where a CPU shows what the MACs ratio buys.
-PHOTOS = Settings(size=128, train_size=64, profile_size=256, distill_steps=2000, lr=1e-3, method="search",
+PHOTOS = Settings(size=128, train_size=64, profile_size=256, distill_steps=2000, method="search",
                   precision="auto", profile_runs=10, grid_images=6)
-PHOTOS_QUICK = Settings(size=64, profile_size=64, distill_steps=60, lr=1e-3, method="uniform", precision="auto",
+PHOTOS_QUICK = Settings(size=64, profile_size=64, distill_steps=60, method="uniform", precision="auto",
                         profile_runs=3, grid_images=4)
 # Maps: 1500 fit steps make the teacher's street grid plain to see (at 600 it is a faint blur). Its distillation keeps
 # the discriminator and no feature KD, the recipe it was measured with; no run without them has been measured on it.
+_MAPS_RECIPE = {"lambda_gan": 1.0, "lambda_feat": 0.0, "lr": 2e-4}
 MAPS = Settings(size=128, profile_size=128, distill_steps=1000, method="search", precision="fp32", profile_runs=10,
-                grid_images=6, ngf=32, teacher_steps=1500, lambda_gan=1.0, lambda_feat=0.0, lr=2e-4)
+                grid_images=6, ngf=32, teacher_steps=1500, **_MAPS_RECIPE)
 MAPS_QUICK = Settings(size=64, profile_size=64, distill_steps=30, method="search", precision="fp32", profile_runs=5,
-                      grid_images=4, ngf=16, teacher_steps=60, lambda_gan=1.0, lambda_feat=0.0, lr=2e-4)
+                      grid_images=4, ngf=16, teacher_steps=60, **_MAPS_RECIPE)
 
 
 def bundled_data(name: str = "maps") -> Path:
