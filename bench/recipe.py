@@ -18,8 +18,8 @@ Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint 
   wkd_refit_dteacher     + D shown the teacher's outputs as real
   wkd_refit_lr1e-3       wkd_refit at the demo's lr 1e-3 (upstream's 2e-4 is set for runs of 100k+ steps)
   wkd_refit_feat_nogan   wkd_refit_feat without the adversarial term (lambda_gan 0: pure distillation, as OMGD)
-  wkd_refit_feat_nogan_lr1e-3  the same at lr 1e-3 (today's defaults)
-  wkd_refit_feat10_nogan_lr1e-3  that with feature KD weighted 10 instead of 1
+  wkd_refit_feat_nogan_lr1e-3  the same at lr 1e-3
+  wkd_refit_feat10_nogan_lr1e-3  that with feature KD weighted 10 instead of 1 (today's defaults)
   final_default          ganzip's defaults today (nothing set), from the refitted student, as `distill --ratio`
   highbands, low, pixel_anchor, cycle   the earlier anchor study (cycle needs a reverse teacher, fitted here once)
 
@@ -63,6 +63,7 @@ _AUTHORS = {"kd": "wavelet", "band_weights": "mean", "kd_distance": "l2", "lambd
 _PIXEL = {"kd": "pixel", "anchor": "none", "lambda_kd": 10.0}
 _WKD = {"kd": "wavelet", "anchor": "pixel", "band_weights": "1,1,1", "kd_distance": "l1", "lambda_kd": 10.0}
 _GAN = {"lambda_gan": 1.0, "lambda_feat": 0.0, "lr": 2e-4}  # the defaults every variant before `_nogan` ran with
+_NOGAN = {**_WKD, "lambda_gan": 0.0}
 # name -> (student: "pruned" | "refit", distill settings; None: score the student untrained)
 VARIANTS: dict[str, tuple[str, dict | None]] = {
     "pruned": ("pruned", None),
@@ -75,9 +76,9 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "wkd_refit_feat": ("refit", {**_GAN, **_WKD, "lambda_feat": 1.0}),
     "wkd_refit_dteacher": ("refit", {**_GAN, **_WKD, "disc_real": "teacher"}),
     "wkd_refit_lr1e-3": ("refit", {**_GAN, **_WKD, "lr": 1e-3}),
-    "wkd_refit_feat_nogan": ("refit", {**_WKD, "lambda_feat": 1.0, "lambda_gan": 0.0, "lr": 2e-4}),
-    "wkd_refit_feat_nogan_lr1e-3": ("refit", {**_WKD, "lambda_feat": 1.0, "lambda_gan": 0.0, "lr": 1e-3}),
-    "wkd_refit_feat10_nogan_lr1e-3": ("refit", {**_WKD, "lambda_feat": 10.0, "lambda_gan": 0.0, "lr": 1e-3}),
+    "wkd_refit_feat_nogan": ("refit", {**_NOGAN, "lambda_feat": 1.0, "lr": 2e-4}),
+    "wkd_refit_feat_nogan_lr1e-3": ("refit", {**_NOGAN, "lambda_feat": 1.0, "lr": 1e-3}),
+    "wkd_refit_feat10_nogan_lr1e-3": ("refit", {**_NOGAN, "lambda_feat": 10.0, "lr": 1e-3}),
     "final_default": ("refit", {}),
     "highbands": ("pruned", {**_GAN, **_AUTHORS, "anchor": "none"}),
     "low": ("pruned", {**_GAN, **_AUTHORS, "anchor": "low"}),

@@ -269,7 +269,7 @@ def _prepare(cfg: DistillConfig, run: RunFolder, rt: _Dist) -> _Prepared:
     local = int(os.environ.get("LOCAL_WORLD_SIZE", rt.world))
     budget = MemoryBudget(cfg.cache_mb * 2**20 if cfg.cache_mb is not None else default_budget(local))
     train = trainset.TrainSet(source, cfg.load_size, cfg.size, cfg.flip, cfg.seed, budget,
-                          offset_multiple(teacher, cfg.load_size, cfg.size) if cfg.cache_teacher else 1)
+                              offset_multiple(teacher, cfg.load_size, cfg.size) if cfg.cache_teacher else 1)
     schedule = trainset.Schedule(len(train), cfg.batch_size, cfg.seed, rt.rank, rt.world)
     return _Prepared(cfg, teacher, teacher_sha, source, train, schedule, budget, val_paths, val_description, output,
                      state)

@@ -53,9 +53,6 @@ def test_the_readme_photos_path_on_the_real_teacher(tmp_path, monkeypatch):
     compared = _run("compare", teacher, "pruned.pth", "student.pth", "--data", str(photos), "--size", str(SIZE),
                     "--runs", "2", "-o", "compare.png")
     started, trained = (row["paired_vs_first"] for row in compared["models"][1:])
-    print(f"doing nothing {do_nothing:.2f} dB; refitted start {started['psnr_db']:.2f} dB, drift "
-          f"{started['colour_drift_8bit']:.1f}; trained {trained['psnr_db']:.2f} dB, drift "
-          f"{trained['colour_drift_8bit']:.1f}")
     assert trained["psnr_db"] > started["psnr_db"] + 1 and trained["psnr_db"] > do_nothing + 0.5
     assert trained["colour_drift_8bit"] < started["colour_drift_8bit"]
 
