@@ -70,6 +70,20 @@ def test_device_is_one_shared_option(name):
     assert all(word in option.help for word in ("cpu", "cuda", "cuda:N", "auto"))
 
 
+def test_distill_options_default_to_the_configs_defaults():
+    """The CLI cannot import DistillConfig (it loads torch, which --help must not), so it restates the defaults;
+    this is where a changed default in one place and not the other shows."""
+    import dataclasses
+
+    from ganzip.config import DistillConfig
+
+    config = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.default is not dataclasses.MISSING}
+    options = {p.name: p.default for p in COMMANDS["distill"].params if p.name in config}
+    assert len(options) > 40, sorted(options)  # the check covers the whole recipe, not a handful of options
+    differ = {name: (value, config[name]) for name, value in options.items() if value != config[name]}
+    assert differ == {}
+
+
 WRITERS = ["prune", "distill", "translate", "fid", "export", "spectrum", "demo"]
 
 
