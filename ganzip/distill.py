@@ -257,7 +257,7 @@ def _prepare(cfg: DistillConfig, run: RunFolder, rt: _Dist) -> _Prepared:
             raise UserError(f"{run.path} already holds a run ({run.state.name}); pass "
                             f"{setting('resume', True)} to continue it or choose another {setting('out_dir')}")
         state = run.load_state()
-        _check_contract(cfg, state, teacher_sha, run)
+        run.check_contract(cfg, state, teacher_sha)
     elif cfg.resume and rt.main:
         warnings.warn(GanzipWarning(f"{setting('resume', True)}: {run.path} holds no saved state yet; starting from "
                                    f"step 0"), stacklevel=2)
@@ -391,17 +391,3 @@ def _init_distributed(device: str) -> tuple[_Dist, str]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return _Dist(rank, world), device
-
-
-def _check_contract(cfg: DistillConfig, state: dict, teacher_sha: str, run: RunFolder) -> None:
-    """A resumed run must be the same run: same teacher, same recipe, and only more steps."""
-    if state["meta"].get("teacher_sha256") != teacher_sha:
-        raise UserError(f"{run.state} was trained from a different teacher; use that teacher or another "
-                        f"{setting('out_dir')}")
-    changes = config.recipe_changes(state["config"], cfg)
-    if changes:
-        raise UserError(f"{run.path} was trained with another recipe ({'; '.join(changes)}); resume with the "
-                        f"run's own flags (recorded in {run.config}) or choose another {setting('out_dir')}")
-    if cfg.steps < int(state["step"]):
-        raise UserError(f"{setting('steps', cfg.steps)} is below the {state['step']} steps {run.path} has already "
-                        f"trained; {setting('steps')} can only grow (give {state['step']} or more)")

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ganzip import checkpoint
+from ganzip import checkpoint, config
 from ganzip.atomic import check_writable_folder, torch_save, write_text
 from ganzip.errors import UserError, setting
 
@@ -159,6 +159,19 @@ class RunFolder:
             raise UserError(f"{self.state} is incomplete (no {', '.join(missing)}); it was edited or damaged: remove "
                             f"it to start over, or choose another {setting('out_dir')}")
         return state
+
+    def check_contract(self, cfg: config.DistillConfig, state: dict, teacher_sha: str) -> None:
+        """A resumed run must be the same run: same teacher, same recipe, and only more steps."""
+        if state["meta"].get("teacher_sha256") != teacher_sha:
+            raise UserError(f"{self.state} was trained from a different teacher; use that teacher or another "
+                            f"{setting('out_dir')}")
+        changes = config.recipe_changes(state["config"], cfg)
+        if changes:
+            raise UserError(f"{self.path} was trained with another recipe ({'; '.join(changes)}); resume with the "
+                            f"run's own flags (recorded in {self.config}) or choose another {setting('out_dir')}")
+        if cfg.steps < int(state["step"]):
+            raise UserError(f"{setting('steps', cfg.steps)} is below the {state['step']} steps {self.path} has "
+                            f"already trained; {setting('steps')} can only grow (give {state['step']} or more)")
 
     def write_config(self, record: dict) -> None:
         write_text(json.dumps(record, indent=2) + "\n", self.config)
