@@ -116,7 +116,8 @@ def prune(teacher: str | os.PathLike, ratio: float, *, output: str | os.PathLike
     """Search channel widths `ratio` times smaller than the teacher's, inherit its most important channels, refit
     them by least squares on `calib` images (the default when they are given), and save the student.
 
-    `runs` alternating teacher/student runs measure the speedup in `runtime` (0: none). `output` is replaced if
+    `runs` alternating teacher/student runs measure the speedup in `runtime` (0: none); with `by="latency"` a
+    student that measures short of `ratio` is searched again at a corrected target. `output` is replaced if
     it exists, as a path a script names is a choice; it is never one of the inputs.
     """
     output, teacher = Path(output), Path(teacher)
@@ -140,10 +141,11 @@ def prune(teacher: str | os.PathLike, ratio: float, *, output: str | os.PathLike
                   if calib is not None and refit is not False else None)
     with thread_policy.using(threads) as n_threads:
         task = f"{method} for {ratio:g}x by {by}"
+        on_search = (lambda done: progress(task, done, 1.0)) if progress else None
         result = pruning.prune(module, ratio, by=by, method=method, size=size, calib=batch, multiple_of=multiple_of,
                                seed=seed, runtime=runtime, threads=n_threads, price="auto", refit_images=fit_images,
-                               progress=(lambda done: progress(task, done, 1.0)) if progress else None)
-        if runs:
+                               verify_runs=runs, progress=on_search)
+        if runs and "speedup" not in result.info:  # a latency search has timed its student against the teacher
             if progress:
                 progress(f"timing teacher and student in {runtime}", 0, None)
             result.info["speedup"] = latency.measure_speedup(module, result.module, size, runtime, n_threads, runs)

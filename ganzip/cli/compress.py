@@ -51,7 +51,8 @@ def prune_cmd(
                                      "latency, and the reported speedup)."),
     threads: Optional[int] = threads_option("the search and the timings"),
     runs: int = typer.Option(10, "--runs", help="Alternating teacher/student runs for the measured speedup "
-                                                "(0: do not measure)."),
+                                                "(0: do not measure). With --by latency a student measured short "
+                                                "of --ratio is searched again at a corrected target."),
     refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="Refit every pruned layer by least squares "
                                          "to reproduce the teacher on --calib images (default: on with --calib)."),
     refit_images: int = typer.Option(32, "--refit-images", min=1, help="Calibration images for the refit, loaded "
@@ -99,6 +100,10 @@ def prune_cmd(
                   + f"; distance to teacher on {escape(str(info['calibration']['source']))} calibration: "
                   f"{info['score']:.4g}"
                   + (f"; steps charged in measured {runtime} latency" if info.get("price") == "latency" else ""))
+    if "rounds" in info:
+        console.print("latency search until measured: " + "; ".join(
+            f"target {r['target']:.2f}x -> predicted {r['predicted']:.2f}x, measured {r['measured']:.2f}x"
+            for r in info["rounds"]))
     if "refit" in info:
         rf = info["refit"]
         console.print(f"refit: {rf['layers']} layers on {rf['images']} images in {rf['seconds']:.0f} s; on "
