@@ -12,6 +12,11 @@ load on the machine hits them alike. Prints one JSON object.
 
 The goals (issue 11): a latency student at >= 6.3x in the runtime it was searched for, the macs student no
 slower than uniform, int8 >= 1.3x faster than fp32 onnxruntime at >= 30 dB PSNR.
+
+`--check-ratios 3,5,7` (issue 19) then makes a `--by latency --ratio R` student for each R in each runtime of
+`--check-runtimes`, as `ganzip prune` does (the search timed against the teacher until it measures R), saves it,
+and measures it as `ganzip profile STUDENT --teacher TEACHER` does (in onnxruntime: both exported, as `profile`
+times .onnx files): the goal is at least 0.97 R there.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ganzip import archs, calibration, checkpoint, export, profile, prune, quantize, threads
+from ganzip import api, archs, calibration, checkpoint, export, profile, prune, quantize, threads
 
 SHARED_CALIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "horse2zebra" / "trainA"
 VINTAGIFY = "vintagify/resources/G_A2B_epoch33.pth"
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--students", default="uniform,macs,latency_torch,latency_onnxruntime",
                    help="which students to make (comma-separated)")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 exports")
+    p.add_argument("--check-ratios", default="", help="comma-separated R: --by latency students checked in profile")
+    p.add_argument("--check-runtimes", default="torch,onnxruntime", help="runtimes the ratio check searches in")
     args = p.parse_args(argv)
     if not args.teacher or not args.calib:
         p.error("--teacher and --calib are needed (the vintagify wheel and ../shared/data were not found)")
@@ -71,14 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.students.split(","):
         start = time.perf_counter()
         kw = {"by": "macs", **recipes[name]}
-        result = prune.prune(teacher, args.ratio, size=args.size, calib=calib, threads=args.threads, **kw)
+        verify = args.runs if kw["by"] == "latency" else 0  # as `ganzip prune --by latency` does
+        result = prune.prune(teacher, args.ratio, size=args.size, calib=calib, threads=args.threads,
+                             verify_runs=verify, **kw)
         models[name] = result.module.eval()
         out["models"][name] = {"prune": {
             **{k: v for k, v in kw.items()}, "seconds": time.perf_counter() - start, "achieved": result.achieved,
             "picked": result.info.get("picked"), "score": result.info["score"],
             "multiple_of": result.info["multiple_of"],
             "widths": result.spec["widths"], "latency_table": result.info.get("latency_table"),
-            "predicted_ms": result.info["student"].get("predicted_ms")}}
+            "predicted_ms": result.info["student"].get("predicted_ms"), "rounds": result.info.get("rounds")}}
     runners = {}
     with tempfile.TemporaryDirectory(prefix="ganzip-bench-") as work:
         for name, module in models.items():
@@ -124,9 +133,50 @@ def main(argv: list[str] | None = None) -> int:
         if "int8" in m[name] and "over_fp32_onnxruntime" in m[name]["int8"]:
             goals[f"{name}_int8_1.3x_at_30db"] = (m[name]["int8"]["over_fp32_onnxruntime"] >= 1.3
                                                   and m[name]["int8"]["psnr_db"] >= 30)
+    ratios = [float(r) for r in args.check_ratios.split(",") if r.strip()]
+    if ratios:
+        out["ratio_check"] = check_ratios(args, teacher, calib, ratios, args.check_runtimes.split(","))
+        for row in out["ratio_check"]:
+            goals[f"latency_{row['runtime']}@{row['ratio']:g}_profile_at_least_0.97R"] = row["profile_at_least_0.97R"]
     out["goals"] = goals
     print(json.dumps(out, indent=2))
     return 0
+
+
+def check_ratios(args: argparse.Namespace, teacher: torch.nn.Module, calib: torch.Tensor, ratios: list[float],
+                 runtimes: list[str]) -> list[dict]:
+    """`prune --by latency --ratio R`, then `profile STUDENT --teacher TEACHER` in the runtime searched for."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ganzip-ratios-") as work:
+        teacher_path = Path(work) / "teacher.pth"
+        checkpoint.save_generator(teacher, teacher_path)
+        teacher_onnx = Path(work) / "teacher.onnx"
+        if "onnxruntime" in runtimes:
+            export.export_onnx(teacher, teacher_onnx, size=args.size)
+        for runtime in runtimes:
+            for ratio in ratios:
+                start = time.perf_counter()
+                result = prune.prune(teacher, ratio, by="latency", runtime=runtime, size=args.size, calib=calib,
+                                     threads=args.threads, verify_runs=args.runs)
+                seconds = time.perf_counter() - start
+                path = Path(work) / f"latency_{runtime}_{ratio:g}.pth"
+                checkpoint.save_generator(result.module, path)
+                if runtime == "onnxruntime":  # profile times .onnx files in onnxruntime
+                    onnx_path = path.with_suffix(".onnx")
+                    export.export_onnx(result.module, onnx_path, size=args.size)
+                    report = api.profile(onnx_path, teacher=teacher_onnx, size=args.size, runs=args.runs,
+                                         threads=args.threads)
+                else:
+                    report = api.profile(path, teacher=path.parent / "teacher.pth", size=args.size, runs=args.runs,
+                                         threads=args.threads)
+                rows.append({"runtime": runtime, "ratio": ratio, "search_seconds": seconds,
+                             "predicted": result.achieved, "rounds": result.info.get("rounds"),
+                             "measured_in_prune": result.info["speedup"]["speedup"], "profile_speedup": report.speedup,
+                             "profile_at_least_0.97R": report.speedup >= 0.97 * ratio, "widths": result.spec["widths"],
+                             "macs_ratio": report.info.get("macs_ratio"),
+                             "unstable": report.info.get("unstable")})
+                print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
 
 
 if __name__ == "__main__":
