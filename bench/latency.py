@@ -1,8 +1,8 @@
 """Teacher vs 7x students in PyTorch, onnxruntime fp32 and onnxruntime int8, all timed in one alternating loop.
 
 MACs promise a speedup; this measures how much of it a CPU delivers, for the students ganzip makes:
-- uniform: every width times one multiplier (the paper's students), 7x MACs;
-- macs: searched for 7x MACs, steps charged in measured latency (what `ganzip prune --ratio 7` does);
+- uniform: every width times one multiplier (the paper's students), 7x MACs (what `ganzip prune --ratio 7` does);
+- macs: searched for 7x MACs, steps charged in measured latency (`ganzip prune --ratio 7 --method search`);
 - latency_torch / latency_onnxruntime: searched for 7x measured latency in that runtime (`--by latency`).
 Every model runs in PyTorch, in onnxruntime from its fp32 export, and in onnxruntime from its int8 export
 (calibrated on real images, PSNR to fp32 on held-out ones). All runners are timed round-robin in one loop, so
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     teacher = checkpoint.load_generator(args.teacher)
     calib = calibration.calibration_batch(args.calib, args.size, n=4, multiple=archs.size_multiple(teacher.spec))
-    recipes = {"uniform": dict(method="uniform"), "macs": dict(price="auto"),
+    recipes = {"uniform": dict(method="uniform"), "macs": dict(method="search", price="auto"),
                "latency_torch": dict(by="latency", runtime="torch"),
                "latency_onnxruntime": dict(by="latency", runtime="onnxruntime")}
     models = {"teacher": teacher}

@@ -35,7 +35,7 @@ from ganzip import profile as prof
 from ganzip import prune as pruning
 from ganzip import threads as thread_policy
 from ganzip.atomic import check_writable, refuse_input_as_output
-from ganzip.choices import MEASURES, METHODS, RUNTIMES
+from ganzip.choices import DEFAULT_METHOD, MEASURES, METHODS, RUNTIMES
 from ganzip.config import DistillConfig
 from ganzip.devices import resolve_device
 from ganzip.errors import UserError, check_choice, setting
@@ -109,7 +109,7 @@ class DistillReport:
 
 
 def prune(teacher: str | os.PathLike, ratio: float, *, output: str | os.PathLike = "pruned.pth", by: str = "macs",
-          method: str = "search", size: int = 256, calib: str | os.PathLike | None = None,
+          method: str | None = None, size: int = 256, calib: str | os.PathLike | None = None,
           multiple_of: int | None = None, runtime: str = "torch", threads: int | None = None, runs: int = 10,
           refit: bool | None = None, refit_images: int = 32, seed: int = 0,
           progress: Progress | None = None) -> PruneReport:
@@ -124,6 +124,7 @@ def prune(teacher: str | os.PathLike, ratio: float, *, output: str | os.PathLike
     refuse_input_as_output(output, teacher, calib)
     if runs < 0:
         raise UserError(f"{setting('runs')} must be 0 (no timing) or a positive number of runs")
+    method = method or DEFAULT_METHOD.get(by, "search")  # an unknown `by` is refused first
     for name, value, allowed in (("by", by, MEASURES), ("method", method, METHODS), ("runtime", runtime, RUNTIMES)):
         check_choice(name, value, allowed)
     if not ratio > 1:

@@ -21,6 +21,7 @@ from typing import Any
 from ganzip.atomic import inside, same_path
 from ganzip.choices import (
     ANCHORS,
+    DEFAULT_METHOD,
     DISC_REALS,
     INITS,
     KD_DISTANCES,
@@ -69,7 +70,7 @@ class DistillConfig:
     ratio: float | None = None
     student: Path | None = None
     by: str = "macs"
-    method: str = "search"
+    method: str | None = None        # None: choices.DEFAULT_METHOD[by] when pruning (--ratio)
     init: str = "inherit"            # or "scratch": the paper's students were trained from scratch
     kd: str = "wavelet"
     wavelet: str = "haar"
@@ -122,11 +123,12 @@ def validate(cfg: DistillConfig) -> None:
     """Refuse settings that cannot work or would distort the run, before anything is loaded or written."""
     check_outputs(cfg, output_path(cfg))
     choices = {"kd": KD_MODES, "kd_distance": KD_DISTANCES, "init": INITS,
-               "teacher_mode": TEACHER_MODES, "precision": PRECISIONS, "by": MEASURES, "method": METHODS}
+               "teacher_mode": TEACHER_MODES, "precision": PRECISIONS, "by": MEASURES}
     for name, allowed in choices.items():
         check_choice(name, getattr(cfg, name), allowed)
-    if cfg.anchor is not None:
-        check_choice("anchor", cfg.anchor, ANCHORS)
+    for name, allowed in (("anchor", ANCHORS), ("method", METHODS)):
+        if getattr(cfg, name) is not None:
+            check_choice(name, getattr(cfg, name), allowed)
     if cfg.direction is not None and cfg.direction not in ("AtoB", "BtoA"):
         raise UserError(f"{setting('direction')} must be AtoB or BtoA, not {cfg.direction!r}")
     check_wavelet(cfg.wavelet)
@@ -253,8 +255,9 @@ def resolve(cfg: DistillConfig, teacher_provenance: dict, paired: bool) -> Disti
     lambda_kd = cfg.lambda_kd
     if lambda_kd is None:
         lambda_kd = AUTHORS_KD_WEIGHT if cfg.kd == "wavelet" and bands == MEAN_BANDS else KD_WEIGHTS[cfg.kd]
+    method = cfg.method or (DEFAULT_METHOD[cfg.by] if cfg.ratio is not None else None)  # no pruning, no method
     return replace(cfg, direction=direction, anchor=anchor, precision=precision, levels=levels, band_weights=bands,
-                   disc_real=adversary(cfg), lambda_kd=lambda_kd, load_size=cfg.load_size or cfg.size)
+                   disc_real=adversary(cfg), lambda_kd=lambda_kd, load_size=cfg.load_size or cfg.size, method=method)
 
 
 def _refuse_discriminator_settings(cfg: DistillConfig) -> None:
@@ -288,6 +291,8 @@ def recipe_changes(saved: dict, new: DistillConfig) -> list[str]:
     defaults = {f.name: f.default for f in fields(DistillConfig)}
     changed = []
     for name in RECIPE:
+        if name == "method" and new.ratio is None:
+            continue  # a run from a pruned --student uses no widths method (older runs recorded the default)
         before, after = saved.get(name, defaults[name]), now.get(name)
         if name in _PATHS and before is not None and after is not None:
             if _same_file(before, after):

@@ -43,6 +43,7 @@ from ganzip import (
     spectrum,
 )
 from ganzip.atomic import check_writable_folder, write_text
+from ganzip.choices import DEFAULT_METHOD
 from ganzip.config import DistillConfig
 from ganzip.devices import fast_precision
 from ganzip.errors import UserError
@@ -79,10 +80,11 @@ class Settings:
 # computes in it (precision auto; a CPU without AVX512-BF16 emulates bf16, far slower than fp32), 64 px crops
 # cut from the photos at their full 128 px (four times the steps of 128 px crops for the same time, at the scale the
 # student is scored and used at; crops of photos downscaled first teach the teacher at the wrong scale), and
-# `distill`'s objective and lr (no discriminator makes each step cheaper, so twice the steps fit). What this buys on the
-# vintagify teacher is in each demo's summary.json (one quiet run is kept as bench/results/demo_summary.json).
+# `distill`'s widths method, objective and lr (no discriminator makes each step cheaper, so twice the steps fit).
+# What this buys on the vintagify teacher is in each demo's summary.json (one quiet run is kept as
+# bench/results/demo_summary.json).
 # Latency is measured at 256 px, the teacher's own resolution, where a CPU shows what the MACs ratio buys.
-PHOTOS = Settings(size=128, train_size=64, profile_size=256, distill_steps=2000, method="search",
+PHOTOS = Settings(size=128, train_size=64, profile_size=256, distill_steps=2000, method=DEFAULT_METHOD["macs"],
                   precision="auto", profile_runs=10, grid_images=6)
 PHOTOS_QUICK = Settings(size=64, profile_size=64, distill_steps=60, method="uniform", precision="auto",
                         profile_runs=3, grid_images=4)

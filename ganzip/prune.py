@@ -7,7 +7,9 @@ close to the teacher instead of from noise.
 `search` (ganzip.search) descends from the teacher's widths one narrowing step at a time, keeping the step that
 loses least of the teacher's function per unit of cost saved. The uniform widths are one more candidate: search
 returns them if they score better (`info["picked"]`). bench/prune_compare.py compares the two on a trained
-teacher.
+teacher. The search's score is how close a student starts, not how close it trains: after distillation uniform
+widths come out closer (README, "Choosing the recipe"), so they are the default by MACs and parameters; by latency
+only a search finds where the time goes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import nn
 
 from ganzip import archs, calibration, channels, checkpoint, costs, latency, refit
 from ganzip.channels import Layout, WidthKey
-from ganzip.choices import METHODS
+from ganzip.choices import DEFAULT_METHOD, METHODS
 from ganzip.costs import CostModel
 from ganzip.errors import GanzipWarning, UserError, setting
 from ganzip.profile import count_macs, count_params
@@ -71,7 +73,7 @@ def inherit(teacher: nn.Module, student_spec: dict) -> nn.Module:
     return channels.materialise(student_spec, channels.slice_state(layout, sd, keep)).eval()
 
 
-def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str = "search", size: int = 256,
+def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str | None = None, size: int = 256,
           calib: torch.Tensor | None = None, multiple_of: int | None = None, seed: int = 0,
           progress: Callable[[float], None] | None = None, runtime: str = "torch", threads: int | None = None,
           cost: CostModel | None = None, price: CostModel | str | None = None,
@@ -79,6 +81,7 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str = "
     """A student `ratio` times cheaper than `teacher` by `by` (MACs at `size` px, parameters, or latency measured
     here in `runtime` with `threads`), with inherited weights.
 
+    `method` None is uniform widths by MACs or parameters and a search by latency (choices.DEFAULT_METHOD).
     `cost` replaces the model `by` names (the search only asks it what widths cost); `price` is what search steps
     are charged in: the cost itself by default, a cost model, or "auto": measured latency (in `runtime`) for a
     ResNet searched by MACs or parameters: charged in milliseconds and kept at uniform's pace, a search for fewer
@@ -95,6 +98,7 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str = "
     least 32 (oneDNN and onnxruntime kernels work in blocks of 8 or 16 channels, so an odd width can be slower
     than a wider even one, and the latency table has 8x fewer widths to time), else 1.
     """
+    method = method or DEFAULT_METHOD.get(by, "search")
     if method not in METHODS:
         raise UserError(f"the widths method must be one of {', '.join(METHODS)}, not {method!r}")
     spec = getattr(teacher, "spec", None)

@@ -1,6 +1,6 @@
 """The players of a distillation run: the student (loaded, or pruned from the teacher now) and its discriminator.
 
-`make_student` gives the same student `ganzip prune` would (searched widths, inherited weights, least-squares
+`make_student` gives the same student `ganzip prune` would (the same widths method, inherited weights, least-squares
 refit on training crops) so that `distill --ratio` and `prune` then `distill --student` start from one place.
 """
 

@@ -134,6 +134,7 @@ def test_search_by_a_stand_in_latency_meets_its_ratio(cache, macs_as_ms):
     """With MACs standing in for time, a latency search is a MACs search: the ratio lands within 3%."""
     teacher = resnet(ngf=8)
     result = prune.prune(teacher, 2, by="latency", size=32, threads=1)
+    assert result.info["method"] == "search"  # the default by latency: only a search finds where time goes
     assert abs(result.achieved / 2 - 1) <= 0.03
     assert result.achieved == pytest.approx(count_macs(teacher, 32)["paper"] / count_macs(result.module, 32)["paper"])
     assert result.info["multiple_of"] == 1  # a stem of 8 leaves no room for multiples of 8
@@ -157,8 +158,8 @@ def test_price_changes_which_steps_the_search_takes_not_the_target(cache, macs_a
         def __call__(self, widths):
             return costs.Macs(layout, 32)(widths) + 1e9 * widths[("stem",)]
 
-    plain = prune.prune(teacher, 2, size=32)
-    steered = prune.prune(teacher, 2, size=32, price=StemHeavy())
+    plain = prune.prune(teacher, 2, method="search", size=32)
+    steered = prune.prune(teacher, 2, method="search", size=32, price=StemHeavy())
     assert abs(steered.achieved / 2 - 1) <= 0.03 and steered.info["price"] == "stem-heavy"
     assert steered.spec["widths"]["stem"] < plain.spec["widths"]["stem"]
 
@@ -177,10 +178,10 @@ def test_a_price_that_stops_telling_steps_apart_still_reaches_the_ratio(cache, m
         def __call__(self, widths):
             return max(macs(widths), full / 1.5)
 
-    result = prune.prune(teacher, 2, size=32, price=FlatBelow())
+    result = prune.prune(teacher, 2, method="search", size=32, price=FlatBelow())
     assert abs(result.achieved / 2 - 1) <= 0.03
     assert result.info["last_steps_charged_in"] == "macs"
-    assert "last_steps_charged_in" not in prune.prune(teacher, 2, size=32).info
+    assert "last_steps_charged_in" not in prune.prune(teacher, 2, method="search", size=32).info
 
 
 def _whole_network_timer(monkeypatch, overhead: float) -> list[float]:

@@ -142,7 +142,8 @@ def test_analytic_cost_equals_measured_params_and_macs(arch):
 
 def test_paper_uniform_student_by_params_is_ngf24():
     teacher = archs.build(archs.default_spec("resnet"))
-    result = prune.prune(teacher, 7.08, by="params", method="uniform")
+    result = prune.prune(teacher, 7.08, by="params")  # uniform: the default by parameters (and MACs)
+    assert result.info["method"] == "uniform" and "picked" not in result.info
     assert result.spec["widths"] == archs.default_spec("resnet", ngf=24)["widths"]
     n = 24
     conv = lambda cout, cin, k: cout * cin * k * k + cout  # noqa: E731 - instance norm: every conv has a bias
@@ -154,7 +155,8 @@ def test_paper_uniform_student_by_params_is_ngf24():
 
 def test_upstream_resnet_ratio_7_by_macs_is_within_3_percent():
     teacher = archs.build(archs.default_spec("resnet"))
-    result = prune.prune(teacher, 7, method="uniform")
+    result = prune.prune(teacher, 7)
+    assert result.info["method"] == "uniform"
     measured = count_macs(teacher, 256)["paper"] / count_macs(result.module, 256)["paper"]
     assert result.achieved == pytest.approx(measured)
     assert abs(measured / 7 - 1) <= 0.03
@@ -237,8 +239,8 @@ def test_cli_prune_writes_a_loadable_student_with_provenance(tmp_path):
         save_png(calibration.synthetic_batch(1, 3, 32, seed=k)[0], calib / f"{k}.png")
     out = tmp_path / "student.pth"
     runner = CliRunner()
-    res = runner.invoke(app, ["prune", str(tpath), "--ratio", "2", "--size", "32", "--calib", str(calib),
-                              "-o", str(out), "--json"])
+    res = runner.invoke(app, ["prune", str(tpath), "--ratio", "2", "--method", "search", "--size", "32", "--calib",
+                              str(calib), "-o", str(out), "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
     assert abs(info["achieved"] / 2 - 1) <= 0.03

@@ -92,8 +92,9 @@ def test_cycle_anchor_trains_with_a_reverse_teacher_file(setup):
 
 def test_resolved_defaults_are_what_the_run_records(setup):
     tmp_path, root = setup
-    summary = distill(_cfg(tmp_path, root, "defaults"))
+    summary = distill(_cfg(tmp_path, root, "defaults", method=None))
     prov = checkpoint.load(summary["output"]).provenance
+    assert prov["method"] == "uniform"  # widths by MACs: uniform (the recipe bench's final_default@uniform)
     assert (prov["anchor"], prov["lambda_anchor"], prov["lambda_kd"], prov["load_size"]) == ("pixel", 10.0, 10.0, 32)
     # "equal" band weights are recorded as the weights used: one per level
     assert (prov["band_weights"], prov["levels"], prov["kd_distance"]) == ("1,1", 2, "l1")
@@ -101,7 +102,7 @@ def test_resolved_defaults_are_what_the_run_records(setup):
     # no discriminator, feature KD at 10, lr 1e-3: the recipe bench's wkd_refit_feat10_nogan_lr1e-3
     assert (prov["lambda_gan"], prov["disc_real"], prov["lambda_feat"], prov["lr"]) == (0.0, None, 10.0, 1e-3)
     recorded = json.loads((tmp_path / "defaults" / "config.json").read_text())
-    assert recorded["anchor"] == "pixel" and recorded["load_size"] == 32 and recorded["lambda_kd"] == 10.0
+    assert recorded["method"] == "uniform" and recorded["anchor"] == "pixel" and recorded["load_size"] == 32 and recorded["lambda_kd"] == 10.0
     assert recorded["band_weights"] == "1,1"
     authors = distill(_cfg(tmp_path, root, "authors", band_weights="mean", kd_distance="l2"))
     assert checkpoint.load(authors["output"]).provenance["lambda_kd"] == 0.4  # the authors' weight for their mean

@@ -30,6 +30,9 @@ from ganzip.cli.common import (
 
 # --- prune -------------------------------------------------------------------------------------------------
 
+_METHOD_HELP = ("uniform (one multiplier; the default by macs or params: it trains closer to the teacher, README "
+                "\"Choosing the recipe\") or search (per-layer widths; the default by latency).")
+
 @command("prune")
 def prune_cmd(
     teacher: Path = typer.Argument(..., help="Teacher generator checkpoint (upstream or ganzip)."),
@@ -37,8 +40,8 @@ def prune_cmd(
     by: str = typer.Option("macs", "--by", metavar=choices.metavar(choices.MEASURES),
                            help="What the ratio counts: macs (paper/thop convention), params, or "
                                 "latency (measured on this machine, see --runtime)."),
-    method: str = typer.Option("search", "--method", metavar=choices.metavar(choices.METHODS),
-                               help="search (per-layer widths) or uniform (one multiplier)."),
+    method: Optional[str] = typer.Option(None, "--method", metavar=choices.metavar(choices.METHODS),
+                                         help=_METHOD_HELP),
     size: int = typer.Option(256, help="Input size (pixels) at which MACs and latency are counted."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of real input images scoring the search "
                                          "(default: a fixed synthetic batch)."),
@@ -95,6 +98,7 @@ def prune_cmd(
     for key, text in widths_text(report.spec):
         console.print(f"  widths.{key}: {text}")
     console.print(f"student: {escape(info['architecture'])}")
+    method = info["method"]
     console.print(f"ratio by {unit}: [bold]{report.achieved:.2f}x[/] (asked {ratio:g}x); method {escape(method)}"
                   + (f", picked {escape(str(info['picked']))}" if info.get("picked", method) != method else "")
                   + f"; distance to teacher on {escape(str(info['calibration']['source']))} calibration: "
@@ -151,9 +155,8 @@ def distill_cmd(
     by: str = typer.Option("macs", "--by", metavar=choices.metavar(choices.MEASURES),
                            help="With --ratio: macs (paper convention), params or latency "
                                 "(measured here, as ganzip prune).", rich_help_panel=_STUDENT),
-    method: str = typer.Option("search", "--method", metavar=choices.metavar(choices.METHODS),
-                               help="With --ratio: search or uniform widths.",
-                               rich_help_panel=_STUDENT),
+    method: Optional[str] = typer.Option(None, "--method", metavar=choices.metavar(choices.METHODS),
+                                         help="With --ratio: " + _METHOD_HELP, rich_help_panel=_STUDENT),
     init: str = typer.Option("inherit", "--init", metavar=choices.metavar(choices.INITS),
                              help="inherit (the teacher's channels) or scratch (the paper's "
                                   "setting).", rich_help_panel=_STUDENT),
