@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from provenance import commit
 
 from ganzip import api, archs, calibration, checkpoint, export, profile, prune, quantize, threads
 
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                "latency_torch": dict(by="latency", runtime="torch"),
                "latency_onnxruntime": dict(by="latency", runtime="onnxruntime")}
     models = {"teacher": teacher}
-    out: dict = {"teacher": args.teacher, "size": args.size, "runs": args.runs, "threads": args.threads,
-                 "ratio": args.ratio, "calibration": args.calib,
+    out: dict = {"commit": commit(), "teacher": args.teacher, "size": args.size, "runs": args.runs,
+                 "threads": args.threads, "ratio": args.ratio, "calibration": args.calib,
                  "malloc_keeps_freed_memory": threads.keep_freed_memory(),
                  "load_average_before": threads.load(), "models": {}}
     for name in args.students.split(","):

@@ -21,6 +21,7 @@ Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint 
   wkd_refit_feat_nogan_lr1e-3  the same at lr 1e-3
   wkd_refit_feat10_nogan_lr1e-3  that with feature KD weighted 10 instead of 1 (today's defaults)
   final_default          ganzip's defaults today (nothing set), from the refitted student, as `distill --ratio`
+  final_default_kd50, final_default_feat30   the defaults with the wavelet term at 50 (not 10), feature KD at 30
   highbands, low, pixel_anchor, cycle   the earlier anchor study (cycle needs a reverse teacher, fitted here once)
 
 Scores of each final checkpoint (no best-of), student vs teacher on the same 120 testA photos: PSNR, colour drift
@@ -39,22 +40,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from provenance import commit
 
 from ganzip import archs, checkpoint, fid, fit, images, prune, refit
 from ganzip.distill import DistillConfig, distill
 from ganzip.fidelity import paired, psnr
 from ganzip.translate import translate_tensor
+
+COMMIT = commit()  # the code this process imported
 
 ROOT = Path(__file__).resolve().parents[1]
 H2Z = ROOT.parent / "shared" / "data" / "horse2zebra"
@@ -80,6 +82,8 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "wkd_refit_feat_nogan_lr1e-3": ("refit", {**_NOGAN, "lambda_feat": 1.0, "lr": 1e-3}),
     "wkd_refit_feat10_nogan_lr1e-3": ("refit", {**_NOGAN, "lambda_feat": 10.0, "lr": 1e-3}),
     "final_default": ("refit", {}),
+    "final_default_kd50": ("refit", {"lambda_kd": 50.0}),
+    "final_default_feat30": ("refit", {"lambda_feat": 30.0}),
     "highbands": ("pruned", {**_GAN, **_AUTHORS, "anchor": "none"}),
     "low": ("pruned", {**_GAN, **_AUTHORS, "anchor": "low"}),
     "pixel_anchor": ("pruned", {**_GAN, **_AUTHORS, "anchor": "pixel"}),
@@ -202,21 +206,11 @@ def score(student_path: Path, work: Path, args: argparse.Namespace, weights: str
             "do_nothing": {k: baseline[k] for k in ("psnr_db", "colour_drift_8bit", "spectral_hf_ratio")}}
 
 
-@functools.lru_cache(maxsize=1)
-def _commit() -> str:
-    """The code this process imported (asked once, at start: later edits to the tree do not change it)."""
-    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         check=False)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "ganzip"], capture_output=True, text=True,
-                           check=False)
-    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
 def run_variant(name: str, seed: int, work: Path, args: argparse.Namespace, weights: str, prepared: dict) -> dict:
     init, settings = VARIANTS[name]
     student = work / ("student_refit.pth" if init == "refit" else "student_init.pth")
     row: dict = {"variant": name, "seed": seed, "student": init, "steps": args.steps if settings is not None else 0,
-                 "size": args.size, "batch_size": 4, "threads": torch.get_num_threads(), "commit": _commit(),
+                 "size": args.size, "batch_size": 4, "threads": torch.get_num_threads(), "commit": COMMIT,
                  "prepared": prepared}
     if settings is not None:
         run_dir = work / f"run_{name}_s{seed}"
@@ -308,7 +302,6 @@ def main(argv: list[str] | None = None) -> int:
     if not names or unknown:
         raise SystemExit(f"--variant takes names from: {', '.join(VARIANTS)} (got {args.variant!r})")
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    _commit()
     weights = str(fid.resolve_weights())
     prepared = prepare(args.work, args)
     args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -18,13 +18,13 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from ganzip.errors import UserError
+from ganzip.errors import UserError, setting
 
 # A write that fails for lack of room: the disk is full, the user's quota is spent, or the file-size limit is hit.
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
-def check_writable(path: str | os.PathLike, option: str = "-o") -> Path:
+def check_writable(path: str | os.PathLike, option: str | None = None) -> Path:
     """Fail early, before hours of work, when the output cannot be written."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -34,16 +34,18 @@ def check_writable(path: str | os.PathLike, option: str = "-o") -> Path:
     return path
 
 
-def check_writable_folder(path: str | os.PathLike, option: str = "-o") -> Path:
+def check_writable_folder(path: str | os.PathLike, option: str | None = None) -> Path:
     """Create an output folder up front, refusing a path that is a file (or lies under one) in one line."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UserError(f"output {path} is a file, but a folder is needed here; give a folder with {option}")
+        raise UserError(f"output {path} is a file, but a folder is needed here; give a folder with "
+                        f"{option or setting('output')}")
     _make_folder(path, option)
     return path
 
 
-def _make_folder(folder: Path, option: str) -> None:
+def _make_folder(folder: Path, option: str | None) -> None:
+    option = option or setting("output")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -68,7 +70,7 @@ def inside(path: Path, folder: Path) -> bool:
 
 
 def refuse_input_as_output(output: str | os.PathLike | None, *inputs: str | os.PathLike | None,
-                           option: str = "-o", names: Iterable[str] = ()) -> None:
+                           option: str | None = None, names: Iterable[str] = ()) -> None:
     """Refuse an output (file or folder) that is one of the command's own inputs or lies in an input folder, before
     anything is written; `names` are the files a folder output will hold, each checked against the inputs too.
 
@@ -77,6 +79,7 @@ def refuse_input_as_output(output: str | os.PathLike | None, *inputs: str | os.P
     """
     if output is None:
         return
+    option = option or setting("output")  # the name of the output setting, as errors.setting makes it
     out = Path(output)
     targets = [out, *(out / n for n in names)]
     for item in inputs:

@@ -142,7 +142,7 @@ def run(out: str | os.PathLike = "ganzip-demo", paired: bool = False, quick: boo
     to stderr too, so stdout carries the JSON alone.
     """
     console = console or Console(stderr=True)
-    out = check_writable_folder(out, "-o")
+    out = check_writable_folder(out)
     pipeline = _run_maps if paired else _run_photos
     teacher = None if paired else vintagify_teacher()  # before any work: say at once when the extra is missing
     redirect = contextlib.redirect_stdout(sys.stderr) if console.stderr else contextlib.nullcontext()

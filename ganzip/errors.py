@@ -18,16 +18,18 @@ from pathlib import Path
 from typing import Any
 
 _START, _SEP = "\x1f", "\x1e"  # ASCII unit and record separators: never in a path or a number
+_FLAG = ":"  # name:flag, for a setting whose flag is not its Python name (never in a Python identifier)
 _SETTING = re.compile(f"{_START}([^{_SEP}{_START}]*){_SEP}([^{_SEP}{_START}]*){_SEP}([^{_SEP}{_START}]*){_START}")
 _NO_VALUE = object()
 
 
-def setting(name: str, value: Any = _NO_VALUE, metavar: str = "") -> str:
+def setting(name: str, value: Any = _NO_VALUE, metavar: str = "", flag: str = "") -> str:
     """A setting (a keyword argument, a config field, a command's option) named inside a message.
 
-    `name` is the Python spelling (`batch_size`); the command line shows it as its flag (`--batch-size`). A value
-    reads as `batch_size=4` / `--batch-size 4`; `True` as a flag alone (`--dynamic`). Without a value, `metavar`
-    stands for one on the command line only (`--val DIR`; Python reads `val`).
+    `name` is the Python spelling (`batch_size`); the command line shows it as its flag (`--batch-size`), or as
+    `flag` where the option is named otherwise (`out_dir` given as `--output`). A value reads as `batch_size=4` /
+    `--batch-size 4`; `True` as a flag alone (`--dynamic`). Without a value, `metavar` stands for one on the
+    command line only (`--val DIR`; Python reads `val`).
     """
     if value is _NO_VALUE:
         cli, py = metavar, ""
@@ -36,17 +38,18 @@ def setting(name: str, value: Any = _NO_VALUE, metavar: str = "") -> str:
     else:
         text = str(value)
         cli, py = text, repr(text) if isinstance(value, (str, os.PathLike)) else text
-    return f"{_START}{name}{_SEP}{cli}{_SEP}{py}{_START}"
+    return f"{_START}{name}{_FLAG + flag if flag else ''}{_SEP}{cli}{_SEP}{py}{_START}"
 
 
 def for_python(text: str) -> str:
     """A message with its settings as a Python caller spells them: `ratio=0.5`, `student`."""
-    return _SETTING.sub(lambda m: m[1] + (f"={m[3]}" if m[3] else ""), text)
+    return _SETTING.sub(lambda m: m[1].split(_FLAG)[0] + (f"={m[3]}" if m[3] else ""), text)
 
 
 def for_command_line(text: str) -> str:
     """A message with its settings as flags: `--ratio 0.5`, `--student`."""
-    return _SETTING.sub(lambda m: "--" + m[1].replace("_", "-") + (f" {m[2]}" if m[2] else ""), text)
+    return _SETTING.sub(lambda m: "--" + m[1].split(_FLAG)[-1].replace("_", "-") + (f" {m[2]}" if m[2] else ""),
+                        text)
 
 
 def check_choice(name: str, value: Any, allowed: tuple) -> None:

@@ -105,10 +105,11 @@ def translate_folder(module: nn.Module, input_dir: str | os.PathLike, out_dir: s
             raise UserError(f"{stems[p.stem].name} and {p.name} in {input_dir} would both be written as "
                             f"{p.stem}.png; rename one")
         stems[p.stem] = p
-    refuse_input_as_output(out_dir, input_dir, *keep, names=[f"{stem}.png" for stem in stems])
+    option = setting("out_dir", flag="output")
+    refuse_input_as_output(out_dir, input_dir, *keep, names=[f"{stem}.png" for stem in stems], option=option)
     if size is not None:
         check_memory(module, size, batch_size)
-    out_dir = check_writable_folder(out_dir)
+    out_dir = check_writable_folder(out_dir, option)
     module = module.eval().to(device)
     channels = module.spec["input_nc"] if getattr(module, "spec", None) else getattr(module, "input_nc", 3)
     written: list[Path] = []

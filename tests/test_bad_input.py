@@ -137,7 +137,7 @@ def test_output_under_a_file_is_refused_before_work(tmp_path, good):
     blocker = tmp_path / "report.txt"
     blocker.write_text("a file, not a folder")
     line = _error_line(runner.invoke(app, ["prune", str(good), "--ratio", "2", "-o", str(blocker / "s.pth")]))
-    assert line == (f"error: cannot create output folder {blocker}: File exists; choose another -o path")
+    assert line == (f"error: cannot create output folder {blocker}: File exists; choose another --output path")
 
 
 def test_output_that_is_a_directory(tmp_path, good):
@@ -279,9 +279,10 @@ def test_output_folder_that_is_a_file(tmp_path, good):
     blocker = tmp_path / "fakes"
     blocker.write_text("a file")
     line = _error_line(runner.invoke(app, ["translate", str(good), str(src), "-o", str(blocker)]))
-    assert line == f"error: output {blocker} is a file, but a folder is needed here; give a folder with -o"
+    assert line == f"error: output {blocker} is a file, but a folder is needed here; give a folder with --output"
     line = _error_line(runner.invoke(app, ["translate", str(good), str(src), "-o", str(blocker / "sub")]))
-    assert line == f"error: cannot create output folder {blocker / 'sub'}: Not a directory; choose another -o path"
+    assert line == (f"error: cannot create output folder {blocker / 'sub'}: Not a directory; choose another "
+                    f"--output path")
 
 
 # --- messages: brackets are text, not markup ---------------------------------------------------------------

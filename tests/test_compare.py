@@ -112,8 +112,8 @@ def test_the_grid_never_overwrites_a_checkpoint(models):
     before = paths[1].read_bytes()
     result = runner.invoke(app, ["compare", *map(str, paths), "--data", str(bundled_data()), "-o", str(paths[1])])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
-    assert result.output.strip() == (f"error: -o {paths[1]} would overwrite the input {paths[1]}; write the output "
-                                     f"elsewhere")
+    assert result.output.strip() == (f"error: --output {paths[1]} would overwrite the input {paths[1]}; write the "
+                                     f"output elsewhere")
     assert paths[1].read_bytes() == before
 
 

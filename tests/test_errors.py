@@ -28,6 +28,7 @@ runner = CliRunner()
     (f"{setting('load_size', 8)} is smaller than the crop {setting('size', 16)}; lower {setting('size')}",
      "load_size=8 is smaller than the crop size=16; lower size", "--load-size 8 is smaller than the crop --size 16; "
                                                                  "lower --size"),
+    (f"give {setting('out_dir', 'a b', flag='output')}", "give out_dir='a b'", "give --output a b"),
     ("a message that names no setting", "a message that names no setting", "a message that names no setting"),
 ])
 def test_a_setting_reads_as_python_spells_it_or_as_its_flag(message, python, command_line):

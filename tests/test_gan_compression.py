@@ -184,8 +184,8 @@ def test_dead_trunk_and_inner_channels_are_cut_from_depthwise_and_pointwise_conv
 
 def test_prune_and_distill_take_a_mobile_teacher(tmp_path):
     path = _save(mobile_state_dict(**MOBILE, seed=7), tmp_path / "latest_net_G.pth")
-    out = runner.invoke(app, ["prune", path, "--ratio", "2", "--size", "32", "-o", str(tmp_path / "s.pth"),
-                              "--json"])
+    out = runner.invoke(app, ["prune", path, "--ratio", "2", "--method", "search", "--size", "32",
+                              "-o", str(tmp_path / "s.pth"), "--json"])
     assert out.exit_code == 0, out.output
     info = json.loads(out.stdout)
     student = checkpoint.load_generator(tmp_path / "s.pth")

@@ -214,6 +214,24 @@ def test_a_latency_search_measured_short_searches_again_until_the_ratio_is_met(c
     assert result.achieved > 2  # predicted past the ratio, so that it measures at it
 
 
+def test_a_latency_search_measured_far_past_its_ratio_searches_again_for_a_slower_student(cache, macs_as_ms,
+                                                                                           monkeypatch):
+    """Faster than asked is quality given up for nothing: past SLACK the loop corrects downwards too."""
+    seen = []
+
+    def fake(teacher, student, size, runtime="torch", threads=None, runs=10, warmup=2):
+        seen.append(1.2 * count_macs(teacher, size)["paper"] / count_macs(student, size)["paper"])
+        return {"runtime": runtime, "threads": threads, "size": size, "runs": runs, "speedup": seen[-1]}
+
+    monkeypatch.setattr(latency, "measure_speedup", fake)
+    result = prune.prune(resnet(ngf=8), 2, by="latency", size=32, threads=1, verify_runs=3)
+    rounds = result.info["rounds"]
+    assert rounds[0]["measured"] > 2 * prune.SLACK and len(rounds) >= 2
+    assert rounds[1]["target"] == pytest.approx(2 * prune.AIM * 2 / rounds[0]["measured"])
+    assert result.info["speedup"]["speedup"] == min(m for m in seen if m >= 2)  # the slowest that reached 2x
+    assert result.achieved < 2  # predicted short of the ratio, so that it measures at it
+
+
 def test_a_latency_search_that_cannot_measure_its_ratio_returns_the_closest_with_a_warning(cache, macs_as_ms,
                                                                                            monkeypatch):
     teacher = resnet(ngf=8)

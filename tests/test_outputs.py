@@ -51,7 +51,7 @@ def test_no_command_writes_over_its_checkpoint(teacher, tmp_path, command):
     args = [command[0], str(teacher), *command[1:], *([str(src)] if command[0] == "spectrum" else [])]
     before = teacher.read_bytes()
     line = _error_line(runner.invoke(app, [*args, "-o", str(teacher)]))
-    assert line == f"error: -o {teacher} would overwrite the input {teacher}; write the output elsewhere"
+    assert line == f"error: --output {teacher} would overwrite the input {teacher}; write the output elsewhere"
     assert teacher.read_bytes() == before
 
 
@@ -60,7 +60,7 @@ def test_a_link_to_the_input_is_the_input(teacher, tmp_path):
     link.symlink_to(teacher)
     before = teacher.read_bytes()
     line = _error_line(runner.invoke(app, ["prune", str(teacher), "--ratio", "2", "-o", str(link)]))
-    assert line == f"error: -o {link} would overwrite the input {teacher}; write the output elsewhere"
+    assert line == f"error: --output {link} would overwrite the input {teacher}; write the output elsewhere"
     assert teacher.read_bytes() == before and link.is_symlink()
 
 
@@ -70,7 +70,7 @@ def test_fid_refuses_to_keep_images_in_the_real_folder(teacher, tmp_path):
     Image.new("RGB", (32, 32)).save(real / "r.png")
     line = _error_line(runner.invoke(app, ["fid", str(teacher), "--data", str(real), "--real", str(real),
                                            "-o", str(real)]))
-    assert line == f"error: -o {real} would overwrite the input {real}; write the output elsewhere"
+    assert line == f"error: --output {real} would overwrite the input {real}; write the output elsewhere"
     assert [p.name for p in real.iterdir()] == ["r.png"]
 
 
@@ -134,13 +134,13 @@ def test_translate_never_writes_over_a_checkpoint_in_its_output_folder(teacher, 
     ckpt.write_bytes(teacher.read_bytes())
     data = _image_folder(tmp_path / "photos", ("x.jpg",))
     line = _error_line(runner.invoke(app, ["translate", str(ckpt), str(data), "-o", str(out)]))
-    assert line == f"error: -o {out} would overwrite the input {ckpt}; write the output elsewhere"
+    assert line == f"error: --output {out} would overwrite the input {ckpt}; write the output elsewhere"
     assert ckpt.read_bytes() == teacher.read_bytes()
 
 
 def test_distill_resumed_when_finished_writes_the_student_where_asked(teacher, tmp_path):
     data = _image_folder(tmp_path / "photos", tuple(f"{i}.png" for i in range(4)))
-    base = ["distill", str(teacher), "--inputs", str(data), "--ratio", "2", "--steps", "2",
+    base = ["distill", str(teacher), "--inputs", str(data), "--ratio", "2", "--method", "search", "--steps", "2",
             "--size", "32", "--batch-size", "2", "--val-images", "0", "--out-dir", str(tmp_path / "run"), "--json"]
     first = runner.invoke(app, base)
     assert first.exit_code == 0, first.output

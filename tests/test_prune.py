@@ -213,6 +213,20 @@ def test_ratios_that_cannot_be_met_are_user_errors():
         prune.prune(teacher, 2, size=30)
 
 
+def test_default_uniform_widths_too_coarse_for_the_ratio_name_the_search(tmp_path):
+    """Uniform widths are the default by MACs; a narrow network cannot reach every ratio with one multiplier."""
+    path = tmp_path / "teacher.pth"
+    checkpoint.save_generator(tiny_resnet(), path)
+    result = CliRunner().invoke(app, ["prune", str(path), "--ratio", "2", "--size", "32", "--runs", "0",
+                                      "-o", str(tmp_path / "s.pth")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    reached = float(result.output.split("uniform widths reach ")[1].split("x")[0])
+    assert result.output.strip().endswith(f"try --method search (widths per layer) or a ratio of {reached:.2f}")
+    retry = CliRunner().invoke(app, ["prune", str(path), "--ratio", "2", "--size", "32", "--runs", "0", "--method",
+                                     "search", "-o", str(tmp_path / "s.pth")])
+    assert retry.exit_code == 0, retry.output
+
+
 def test_discriminator_pruned_by_params_inherits_or_starts_fresh():
     torch.manual_seed(0)
     disc = archs.build(archs.default_spec("patchgan", ndf=16))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.markup import escape
@@ -28,10 +28,14 @@ from ganzip.cli.common import (
     widths_text,
 )
 
+if TYPE_CHECKING:  # the CLI imports the library (and torch) only inside a command
+    from ganzip.api import PruneReport
+
 # --- prune -------------------------------------------------------------------------------------------------
 
 _METHOD_HELP = ("uniform (one multiplier; the default by macs or params: it trains closer to the teacher, README "
                 "\"Choosing the recipe\") or search (per-layer widths; the default by latency).")
+
 
 @command("prune")
 def prune_cmd(
@@ -78,8 +82,14 @@ def prune_cmd(
     if as_json:
         emit_json(info)
         return
+    _render_prune(report, f"{teacher} -> {output}", ratio, by, runtime, size)
+
+
+def _render_prune(report: PruneReport, title: str, ratio: float, by: str, runtime: str, size: int) -> None:
+    """The teacher/student table, the widths, and what the search, the refit and the timings found."""
+    info = report.info
     unit = {"macs": "MACs", "params": "parameters", "latency": f"predicted {runtime} latency"}[by]
-    table = Table(title=Text(f"{teacher} -> {output}"))
+    table = Table(title=Text(title))
     table.add_column("")
     table.add_column("teacher", justify="right")
     table.add_column("student", justify="right")
