@@ -102,7 +102,8 @@ def test_resolved_defaults_are_what_the_run_records(setup):
     # no discriminator, feature KD at 10, lr 1e-3: the recipe bench's wkd_refit_feat10_nogan_lr1e-3
     assert (prov["lambda_gan"], prov["disc_real"], prov["lambda_feat"], prov["lr"]) == (0.0, None, 10.0, 1e-3)
     recorded = json.loads((tmp_path / "defaults" / "config.json").read_text())
-    assert recorded["method"] == "uniform" and recorded["anchor"] == "pixel" and recorded["load_size"] == 32 and recorded["lambda_kd"] == 10.0
+    assert recorded["method"] == "uniform" and recorded["anchor"] == "pixel" and recorded["load_size"] == 32
+    assert recorded["lambda_kd"] == 10.0
     assert recorded["band_weights"] == "1,1"
     authors = distill(_cfg(tmp_path, root, "authors", band_weights="mean", kd_distance="l2"))
     assert checkpoint.load(authors["output"]).provenance["lambda_kd"] == 0.4  # the authors' weight for their mean
