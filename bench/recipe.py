@@ -21,7 +21,7 @@ Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint 
   wkd_refit_feat_nogan_lr1e-3  the same at lr 1e-3
   wkd_refit_feat10_nogan_lr1e-3  that with feature KD weighted 10 instead of 1 (today's defaults)
   final_default          ganzip's defaults today (nothing set), from the refitted student, as `distill --ratio`
-  final_default_kd50, final_default_feat30   the defaults with the wavelet term at 50 (not 10), feature KD at 30
+  final_default_energy10, _energy30   the defaults plus detail energy (--lambda-energy) at 10 or 30
   highbands, low, pixel_anchor, cycle   the earlier anchor study (cycle needs a reverse teacher, fitted here once)
 
 Scores of each final checkpoint (no best-of), student vs teacher on the same 120 testA photos: PSNR, colour drift
@@ -82,8 +82,8 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "wkd_refit_feat_nogan_lr1e-3": ("refit", {**_NOGAN, "lambda_feat": 1.0, "lr": 1e-3}),
     "wkd_refit_feat10_nogan_lr1e-3": ("refit", {**_NOGAN, "lambda_feat": 10.0, "lr": 1e-3}),
     "final_default": ("refit", {}),
-    "final_default_kd50": ("refit", {"lambda_kd": 50.0}),
-    "final_default_feat30": ("refit", {"lambda_feat": 30.0}),
+    "final_default_energy10": ("refit", {"lambda_energy": 10.0}),
+    "final_default_energy30": ("refit", {"lambda_energy": 30.0}),
     "highbands": ("pruned", {**_GAN, **_AUTHORS, "anchor": "none"}),
     "low": ("pruned", {**_GAN, **_AUTHORS, "anchor": "low"}),
     "pixel_anchor": ("pruned", {**_GAN, **_AUTHORS, "anchor": "pixel"}),

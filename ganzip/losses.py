@@ -73,6 +73,33 @@ class WaveletKD(nn.Module):
         return sum(self.levels(student, teacher))
 
 
+class DetailEnergy(nn.Module):
+    """L1 between the local magnitudes of student and teacher detail: |DWT high band| averaged over 2x2
+    coefficients (a 2^(j+1) px neighbourhood at level j), per level, weighted like WaveletKD's explicit weights.
+
+    A regression to the teacher (KD, anchor) smooths what the student cannot place to the pixel, such as film
+    grain: its best guess under L1 is the conditional median, with less detail than the teacher. This term asks for
+    the teacher's amount of detail in each neighbourhood whatever its phase (a detail with its sign flipped costs
+    nothing), so a student that cannot copy the grain is still asked to have it.
+    """
+
+    def __init__(self, wave: str = "haar", levels: int = 3, mode: str = "zero"):
+        super().__init__()
+        self.dwt = DWT(wave, levels, mode)
+
+    @staticmethod
+    def local(high: torch.Tensor) -> torch.Tensor:
+        n, c, b, h, w = high.shape
+        return F.avg_pool2d(high.abs().reshape(n, c * b, h, w), 2)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        _, s_high = self.dwt(student)
+        with torch.no_grad():
+            _, t_high = self.dwt(teacher.detach())
+        pixels = student.numel()
+        return sum((self.local(s) - self.local(t)).abs().sum() * 4 / pixels for s, t in zip(s_high, t_high))
+
+
 class LowBandL1(nn.Module):
     """L1 between the coarsest low bands (LL) of student and teacher, in image units.
 

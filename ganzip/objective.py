@@ -8,6 +8,7 @@ all speak of the same terms (their losses live in ganzip.losses):
 - `anchor` (unpaired data): keeps colour and layout on the teacher's, which the high bands leave free: the low DWT
   band (low), the whole image (pixel) or a cycle through the teacher's reverse generator (cycle);
 - `feat`: inner activations towards the teacher's, through 1x1 adapters (ganzip.features);
+- `energy`: the teacher's amount of local detail, whatever its phase (losses.DetailEnergy);
 - `rec` (paired data): L1 to the real target, weight 100 as upstream.
 """
 
@@ -24,7 +25,16 @@ from torch import nn
 from ganzip import archs, checkpoint, config, features
 from ganzip.config import DistillConfig
 from ganzip.errors import UserError, setting
-from ganzip.losses import CycleL1, LowBandL1, WaveletKD, gradient_shares, lsgan_d_loss, lsgan_g_loss, pixel_kd
+from ganzip.losses import (
+    CycleL1,
+    DetailEnergy,
+    LowBandL1,
+    WaveletKD,
+    gradient_shares,
+    lsgan_d_loss,
+    lsgan_g_loss,
+    pixel_kd,
+)
 
 Autocast = Callable[[], contextlib.AbstractContextManager]
 
@@ -49,8 +59,9 @@ class Objective:
                  cast: Autocast):
         self.paired, self.cast = paired, cast
         self.weights = {"gan": cfg.lambda_gan, "kd": cfg.lambda_kd, "anchor": cfg.lambda_anchor,
-                        "feat": cfg.lambda_feat, "rec": cfg.lambda_rec}
+                        "feat": cfg.lambda_feat, "energy": cfg.lambda_energy, "rec": cfg.lambda_rec}
         self.kd = _kd_term(cfg, device)
+        self.energy = DetailEnergy(cfg.wavelet, cfg.levels).to(device) if cfg.lambda_energy > 0 else None
         self.anchor = _anchor_term(cfg, device, cast)
         self.feat: features.FeatureKD | None = None
         if cfg.lambda_feat > 0:
@@ -77,6 +88,8 @@ class Objective:
             terms["kd"] = self.kd(s, t)
         if self.anchor is not None:
             terms["anchor"] = self.anchor(s, t, x)
+        if self.energy is not None:
+            terms["energy"] = self.energy(s, t)
         if self.feat is not None:
             teacher_feats, student_feats = (w.take() for w in self._watch)
             terms["feat"] = self.feat(student_feats, teacher_feats)

@@ -8,7 +8,7 @@ import pywt
 import torch
 
 from ganzip.errors import UserError
-from ganzip.losses import WaveletKD
+from ganzip.losses import DetailEnergy, WaveletKD
 from ganzip.wavelet import band_energies, check_wavelet
 
 
@@ -57,6 +57,37 @@ def test_gradients_reach_the_student_only():
     loss.backward()
     assert student.weight.grad is not None and student.weight.grad.abs().sum() > 0
     assert teacher.weight.grad is None
+
+
+def reference_energy(s: np.ndarray, t: np.ndarray, wave: str, levels: int) -> float:
+    """Each level's |detail| averaged over 2x2 coefficients (odd edges dropped), L1 between the two, in image
+    units (a pooled value stands for 4 coefficients), summed over levels."""
+    def local(h: np.ndarray) -> np.ndarray:
+        h = np.abs(h)[..., : h.shape[-2] // 2 * 2, : h.shape[-1] // 2 * 2]
+        return h.reshape(*h.shape[:-2], h.shape[-2] // 2, 2, h.shape[-1] // 2, 2).mean(axis=(-3, -1))
+
+    total = 0.0
+    for hs, ht in zip(pywt_high_bands(s, wave, levels), pywt_high_bands(t, wave, levels)):
+        total += float(np.abs(local(hs) - local(ht)).sum() * 4 / s.size)
+    return total
+
+
+@pytest.mark.parametrize("wave", ["haar", "db2"])
+@pytest.mark.parametrize("levels", [1, 2])
+def test_detail_energy_matches_pywt(wave, levels):
+    g = torch.Generator().manual_seed(levels)
+    s = torch.rand(2, 3, 20, 24, generator=g) * 2 - 1
+    t = torch.rand(2, 3, 20, 24, generator=g) * 2 - 1
+    ours = DetailEnergy(wave, levels)(s, t).item()
+    assert ours == pytest.approx(reference_energy(s.double().numpy(), t.double().numpy(), wave, levels), rel=1e-5)
+
+
+def test_detail_energy_asks_for_the_amount_of_detail_not_its_phase():
+    t = torch.rand(1, 3, 16, 16)
+    flipped = 2 * t.mean() - t  # every detail coefficient negated (haar detail filters sum to zero)
+    assert DetailEnergy("haar", 2)(flipped, t).item() == pytest.approx(0.0, abs=1e-6)
+    assert WaveletKD("haar", 2, "l1", [1, 1])(flipped, t).item() > 0.1  # KD sees the flip
+    assert DetailEnergy("haar", 2)(torch.full_like(t, t.mean()), t).item() > 0.1  # no detail at all costs
 
 
 def test_band_energies_match_pywt():
