@@ -21,7 +21,7 @@ Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint 
   wkd_refit_feat_nogan_lr1e-3  the same at lr 1e-3
   wkd_refit_feat10_nogan_lr1e-3  that with feature KD weighted 10 instead of 1 (today's defaults)
   final_default          ganzip's defaults today (nothing set), from the refitted student, as `distill --ratio`
-  final_default_energy10, _energy30   the defaults plus detail energy (--lambda-energy) at 10 or 30
+  final_default_energy10, _energy30, _energy100   the defaults plus detail energy (--lambda-energy) at 10, 30, 100
   highbands, low, pixel_anchor, cycle   the earlier anchor study (cycle needs a reverse teacher, fitted here once)
 
 Scores of each final checkpoint (no best-of), student vs teacher on the same 120 testA photos: PSNR, colour drift
@@ -84,6 +84,7 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "final_default": ("refit", {}),
     "final_default_energy10": ("refit", {"lambda_energy": 10.0}),
     "final_default_energy30": ("refit", {"lambda_energy": 30.0}),
+    "final_default_energy100": ("refit", {"lambda_energy": 100.0}),
     "highbands": ("pruned", {**_GAN, **_AUTHORS, "anchor": "none"}),
     "low": ("pruned", {**_GAN, **_AUTHORS, "anchor": "low"}),
     "pixel_anchor": ("pruned", {**_GAN, **_AUTHORS, "anchor": "pixel"}),
