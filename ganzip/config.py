@@ -84,7 +84,8 @@ class DistillConfig:
     anchor: str | None = None        # None: cycle with --teacher-reverse, else DEFAULT_ANCHOR (none for pairs)
     lambda_anchor: float = 10.0
     lambda_feat: float = 10.0        # inner-feature KD at GAN Compression's taps (ganzip.features); 0: off
-    lambda_energy: float = 0.0       # local detail magnitude towards the teacher's (losses.DetailEnergy); 0: off
+    lambda_energy: float = 100.0     # local detail magnitude towards the teacher's (losses.DetailEnergy; README
+                                     # recipe table: final_default_energy100); 0: off
     teacher_reverse: Path | None = None
     disc_ratio: float | None = None
     teacher_disc: Path | None = None
@@ -285,11 +286,15 @@ def record(cfg: DistillConfig) -> dict[str, Any]:
     return {k: (os.path.abspath(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
 
 
+# What a run recorded before a term existed trained without it, whatever the default is now.
+_BEFORE_IT_EXISTED = {"lambda_feat": 0.0, "lambda_energy": 0.0}
+
+
 def recipe_changes(saved: dict, new: DistillConfig) -> list[str]:
     """Each recipe flag whose value differs from the saved run's, as '--flag saved -> new'. A setting an older run
-    did not record had its default then (a run from before feature KD trained without it)."""
+    did not record had its value from before the setting existed (a run from before feature KD trained without it)."""
     now = record(new)
-    defaults = {f.name: f.default for f in fields(DistillConfig)}
+    defaults = {**{f.name: f.default for f in fields(DistillConfig)}, **_BEFORE_IT_EXISTED}
     changed = []
     for name in RECIPE:
         if name == "method" and new.ratio is None:

@@ -61,7 +61,7 @@ def test_feature_kd_trains_logs_its_share_and_resumes_exactly(setup):
     assert [r["step"] for r in a] == [1, 2, 3, 4] and all(r["loss_feat"] > 0 for r in a)
     assert [r["loss_feat"] for r in a] == [r["loss_feat"] for r in b]  # the adapters resumed with the student
     shares = next(r for r in _lines(tmp_path / "a") if r.get("event") == "gradient_shares")
-    assert set(shares["shares"]) == {"gan", "kd", "anchor", "feat"}
+    assert set(shares["shares"]) == {"gan", "kd", "anchor", "feat", "energy"}
     assert sum(shares["shares"].values()) == pytest.approx(1)
     assert checkpoint.load(tmp_path / "a" / "student.pth").provenance["lambda_feat"] == 2
 

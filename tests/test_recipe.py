@@ -101,6 +101,7 @@ def test_resolved_defaults_are_what_the_run_records(setup):
     assert prov["decay_from"] == 0.5 and prov["direction"] == "AtoB"
     # no discriminator, feature KD at 10, lr 1e-3: the recipe bench's wkd_refit_feat10_nogan_lr1e-3
     assert (prov["lambda_gan"], prov["disc_real"], prov["lambda_feat"], prov["lr"]) == (0.0, None, 10.0, 1e-3)
+    assert prov["lambda_energy"] == 100.0  # detail energy: the recipe bench's final_default_energy100
     recorded = json.loads((tmp_path / "defaults" / "config.json").read_text())
     assert recorded["method"] == "uniform" and recorded["anchor"] == "pixel" and recorded["load_size"] == 32
     assert recorded["lambda_kd"] == 10.0
@@ -118,7 +119,7 @@ def test_paired_data_defaults_to_l1_weight_100_and_no_anchor(tmp_path):
     torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
     cfg = DistillConfig(teacher=tmp_path / "teacher.pth", data=tmp_path / "maps", ratio=2.0, method="uniform",
                         steps=2, batch_size=2, size=32, kd="none", out_dir=tmp_path / "run", progress=False,
-                        val_images=0, lambda_gan=1.0, lambda_feat=0.0)
+                        val_images=0, lambda_gan=1.0, lambda_feat=0.0, lambda_energy=0.0)
     assert cfg.lambda_rec == 100.0
     distill(cfg)
     rows = [r for r in _lines(tmp_path / "run") if "loss_g" in r]

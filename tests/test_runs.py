@@ -53,6 +53,20 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+def test_a_run_from_before_detail_energy_is_not_resumed_with_it(setup):
+    """An older run's state has no `lambda_energy`: it trained without the term, whatever today's default."""
+    tmp_path, root = setup
+    assert runner.invoke(app, _args(tmp_path, root, "old", "--lambda-energy", "0")).exit_code == 0
+    state_path = tmp_path / "old" / "train_state.pth"
+    state = torch.load(state_path, weights_only=True)
+    del state["config"]["lambda_energy"]  # as an older ganzip wrote it
+    torch.save(state, state_path)
+    line = _line(runner.invoke(app, _args(tmp_path, root, "old", "--resume", "--steps", "6")))
+    assert "--lambda-energy 0.0 -> 100.0" in line
+    again = runner.invoke(app, _args(tmp_path, root, "old", "--resume", "--steps", "6", "--lambda-energy", "0"))
+    assert again.exit_code == 0, again.output
+
+
 def test_resume_refuses_a_changed_recipe_and_names_each_flag(setup):
     tmp_path, root = setup
     assert runner.invoke(app, _args(tmp_path, root)).exit_code == 0

@@ -214,8 +214,8 @@ def distill_cmd(
     lambda_feat: float = typer.Option(10.0, "--lambda-feat", help="Weight of feature KD: the student's inner "
                                       "activations (GAN Compression's taps) pulled to the teacher's through 1x1 "
                                       "adapters (0: off).", rich_help_panel=_OBJECTIVE),
-    lambda_energy: float = typer.Option(0.0, "--lambda-energy", help="Weight of detail energy: the teacher's amount "
-                                        "of local wavelet detail, whatever its phase, asked of the student "
+    lambda_energy: float = typer.Option(100.0, "--lambda-energy", help="Weight of detail energy: the teacher's "
+                                        "amount of local wavelet detail, whatever its phase, asked of the student "
                                         "(0: off).", rich_help_panel=_OBJECTIVE),
     disc_ratio: Optional[float] = typer.Option(None, "--disc-ratio", help="Prune the discriminator this many times "
                                                "(paper: about 4x, ndf 64 -> 32; needs --lambda-gan > 0).",
