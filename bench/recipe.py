@@ -21,7 +21,8 @@ Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint 
   wkd_refit_feat_nogan_lr1e-3  the same at lr 1e-3
   wkd_refit_feat10_nogan_lr1e-3  that with feature KD weighted 10 instead of 1 (today's defaults)
   final_default          ganzip's defaults today (nothing set), from the refitted student, as `distill --ratio`
-  final_default_energy10, _energy30, _energy100   the defaults plus detail energy (--lambda-energy) at 10, 30, 100
+  final_default_energy10, _energy30, _energy100, _energy300, _energy1000   the defaults plus detail energy
+                         (--lambda-energy) at that weight
   highbands, low, pixel_anchor, cycle   the earlier anchor study (cycle needs a reverse teacher, fitted here once)
 
 Scores of each final checkpoint (no best-of), student vs teacher on the same 120 testA photos: PSNR, colour drift
@@ -85,6 +86,8 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "final_default_energy10": ("refit", {"lambda_energy": 10.0}),
     "final_default_energy30": ("refit", {"lambda_energy": 30.0}),
     "final_default_energy100": ("refit", {"lambda_energy": 100.0}),
+    "final_default_energy300": ("refit", {"lambda_energy": 300.0}),
+    "final_default_energy1000": ("refit", {"lambda_energy": 1000.0}),
     "highbands": ("pruned", {**_GAN, **_AUTHORS, "anchor": "none"}),
     "low": ("pruned", {**_GAN, **_AUTHORS, "anchor": "low"}),
     "pixel_anchor": ("pruned", {**_GAN, **_AUTHORS, "anchor": "pixel"}),
@@ -155,7 +158,8 @@ def prepare(work: Path, args: argparse.Namespace) -> dict:
         # the refit `distill --ratio` does: 32 training photos spread over trainA (a quarter held out to score it)
         module = checkpoint.instantiate(student)
         fit_paths = [train_paths[i * len(train_paths) // 32] for i in range(32)]
-        refit_record = refit.refit_student(teacher, module, images.load_batch(fit_paths, args.size))
+        refit_record = refit.refit_student(teacher, module, images.load_batch(fit_paths, args.size),
+                                           rows=args.refit_rows)
         checkpoint.save_generator(module, work / "student_refit.pth", **student.provenance, refit=refit_record)
         log(f"refit: {json.dumps(refit_record['after'])} (before {json.dumps(refit_record['before'])})")
     info = {"teacher": str(teacher_path), "size": args.size, "ratio": args.ratio,
@@ -291,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 on a CPU with AVX512-BF16 (recorded in each row's recipe)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
+    p.add_argument("--refit-rows", type=int, default=refit.ROWS,
+                   help="pixels per layer the refit samples (16384 before 790d20c: to extend rows prepared then)")
     p.add_argument("--reverse-steps", type=int, default=1500, help="L1 fit steps of the reverse teacher (cycle)")
     p.add_argument("--work", type=Path, default=Path("/tmp/ganzip-recipe"))
     p.add_argument("--results", type=Path, default=RESULTS)

@@ -253,7 +253,8 @@ def _fit_layer(stages: _Stages, name: str, conv: nn.Module, target: torch.Tensor
             conv.bias.copy_(bias.to(conv.bias.dtype))
 
 
-def refit_student(teacher: nn.Module, student: nn.Module, images: torch.Tensor, seed: int = 0) -> dict:
+def refit_student(teacher: nn.Module, student: nn.Module, images: torch.Tensor, seed: int = 0,
+                  rows: int = ROWS) -> dict:
     """Refit `student` in place; returns the refit's record with zero-shot fidelity to the teacher before and after,
     on held-out images when there are enough (else on the fit images, and the record says so)."""
     n = images.shape[0]
@@ -262,7 +263,7 @@ def refit_student(teacher: nn.Module, student: nn.Module, images: torch.Tensor, 
     with torch.inference_mode():
         t_out = teacher(eval_x)
         before = fidelity.similarity(student(eval_x), t_out)
-    record = refit(teacher, student, fit_x, seed=seed)
+    record = refit(teacher, student, fit_x, rows=rows, seed=seed)
     with torch.inference_mode():
         after = fidelity.similarity(student(eval_x), t_out)
     keys = ("psnr_db", "colour_drift_8bit")
