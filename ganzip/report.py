@@ -177,7 +177,8 @@ def markdown(summary: dict) -> str:
         f"({'ok' if summary['onnx']['verify']['ok'] else 'ABOVE TOLERANCE'}).",
         "",
         f"Total time {summary['seconds']:.0f} s. Reproduce: `ganzip demo{' --paired' if kind == 'maps' else ''}"
-        f"{' --quick' if summary['quick'] else ''} --seed {summary['seed']}` gives the same widths (searched in MACs) "
+        f"{' --quick' if summary['quick'] else ''} --seed {summary['seed']}` gives the same widths "
+        f"({'uniform' if pr['method'] == 'uniform' else 'searched in MACs'}, which no timing changes) "
         f"and, with the same CPU and torch, the same student; the timings vary with the machine and its load.",
         "",
     ]
