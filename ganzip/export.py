@@ -16,8 +16,11 @@ import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
+from torch.export import Dim
 
 from ganzip import archs
 from ganzip.atomic import atomic_path, check_writable
@@ -49,8 +52,6 @@ def check_size(module: nn.Module, size: int) -> None:
 
 
 def _program(module: nn.Module, size: int, batch: int, opset: int | None, dynamic: bool) -> Any:
-    from torch.export import Dim
-
     model = copy.deepcopy(module).cpu().eval()
     x = torch.zeros(batch, _channels(module), size, size)
     shapes = ({0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC},) if dynamic else None
@@ -94,8 +95,6 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, opset: int | None = 
                 size: int = 256, batch: int = 1) -> dict:
     """Export to one self-contained .onnx file (written atomically); returns path, bytes, opset and shapes."""
     check_size(module, size)
-    import onnx
-
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and not MIN_OPSET <= opset <= newest:
         raise UserError(f"{setting('opset', opset)} is outside what can be written here ({MIN_OPSET} to {newest}: "
@@ -115,8 +114,6 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, opset: int | None = 
 
 
 def _session(source: str | os.PathLike | bytes, threads: int | None = None) -> Any:
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # onnxruntime's idle threads spin after each run; timed in alternation with PyTorch they would steal its cores

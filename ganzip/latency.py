@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import onnxruntime
 import torch
 from torch import nn
 
@@ -56,8 +57,6 @@ def cpu_model() -> str:
 def _runtime_version(runtime: str) -> str:
     if runtime == "torch":
         return f"torch {torch.__version__}"
-    import onnxruntime
-
     return f"onnxruntime {onnxruntime.__version__}"
 
 

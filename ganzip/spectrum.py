@@ -181,7 +181,7 @@ def require_matplotlib() -> Any:
     """matplotlib's pyplot (non-interactive), or one line saying how to install it: called before the analysis,
     which can take minutes, so a missing plotting library is not discovered at the very end."""
     try:
-        import matplotlib
+        import matplotlib  # the optional `plot` extra: imported only when a plot is asked for
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

@@ -53,6 +53,7 @@ def keep_freed_memory() -> bool:
     global _kept
     if _kept:
         return True
+    # here, not at the top: this module is imported for every command (`--help` too), and only glibc has mallopt
     import ctypes
     import ctypes.util
 
