@@ -178,13 +178,8 @@ def _clock(threads: int) -> Callable[[], float]:
 def _measure_torch(module: nn.Module, shape: tuple[int, ...], threads: int) -> float:
     real = _materialise(module)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            return time_call(lambda: real(x), clock=_clock(threads))
-    finally:
-        torch.set_num_threads(before)
+    with thread_policy.using(threads), torch.inference_mode():
+        return time_call(lambda: real(x), clock=_clock(threads))
 
 
 def _measure_onnxruntime(module: nn.Module, shape: tuple[int, ...], threads: int) -> float:
@@ -207,17 +202,14 @@ def _measure_in_context(spec: dict, pieces: list[Unit], size: int, threads: int,
     handles.append(real.register_forward_hook(lambda m, i, o: marks.append(clock())))
     x = torch.randn(1, spec["input_nc"], size, size, generator=torch.Generator().manual_seed(1))
     samples: list[list[float]] = []
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
     try:
-        with torch.inference_mode():
+        with thread_policy.using(threads), torch.inference_mode():
             for run in range(runs + 1):
                 marks.clear()
                 real(x)
                 if run:
                     samples.append([(b - a) * 1e3 for a, b in zip(marks, marks[1:])])
     finally:
-        torch.set_num_threads(before)
         for h in handles:
             h.remove()
     return [sorted(col)[len(col) // 4] for col in zip(*samples)]
