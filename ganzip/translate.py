@@ -125,12 +125,7 @@ def translate_folder(module: nn.Module, input_dir: str | os.PathLike, out_dir: s
             progress(len(written), len(files))
 
     for p in files:
-        img = images.load_rgb(p)
-        if direction:
-            img = images.split_aligned(img, direction, str(p))[0]
-        if size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.BICUBIC)
-        t = _as_input(img, channels)
+        t = _as_input(images.load_input(p, size, direction), channels)
         if batch and (t.shape != batch[0][1].shape or len(batch) >= batch_size):
             flush()
         batch.append((p, t))
