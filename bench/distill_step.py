@@ -18,7 +18,6 @@ import argparse
 import copy
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -29,13 +28,10 @@ import torch
 from ganzip import archs, checkpoint
 from ganzip.distill import DistillConfig, distill
 from ganzip.losses import WaveletKD, lsgan_d_loss, lsgan_g_loss
+from ganzip.profile import time_alternating
 from ganzip.prune import inherit, uniform_spec
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def _median_ms(samples: list[float]) -> float:
-    return statistics.median(samples) * 1e3
 
 
 def time_pieces(size: int, batch: int, runs: int) -> dict:
@@ -88,15 +84,7 @@ def time_pieces(size: int, batch: int, runs: int) -> dict:
         pieces[f"teacher_forward_{precision}_channels_last"] = lambda b=bf16: teacher_forward(b, True)
         pieces[f"student_forward_backward_{precision}"] = lambda b=bf16: student_step(b)
         pieces[f"discriminator_{precision}"] = lambda b=bf16: disc_step(b)
-    for fn in pieces.values():
-        fn()
-    samples: dict[str, list[float]] = {k: [] for k in pieces}
-    for _ in range(runs):
-        for name, fn in pieces.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    ms = {k: _median_ms(v) for k, v in samples.items()}
+    ms = {k: t.median_ms for k, t in time_alternating(pieces, runs=runs, warmup=1).items()}
     # The student step includes its own D forward for the adversarial term; the DWT runs inside it too.
     step_ms = {p: ms[f"teacher_forward_{p}"] + ms[f"student_forward_backward_{p}"] + ms[f"discriminator_{p}"]
                for p in ("fp32", "bf16")}

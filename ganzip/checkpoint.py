@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import onnx
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ganzip import __version__, archs
@@ -160,18 +163,14 @@ def _pickle_protocol(p: Path) -> int | None:
 
 
 def _looks_like_onnx(p: Path) -> bool:
-    """An ONNX protobuf with a graph of nodes (only asked when the file is no pickle, so onnx is imported late)."""
+    """An ONNX protobuf with a graph of nodes (asked only of a file that is no pickle)."""
     try:
-        import onnx
-
         return len(onnx.load_model(str(p), load_external_data=False).graph.node) > 0
     except Exception:  # any parse failure means: not ONNX
         return False
 
 
 def _read_safetensors(p: Path) -> Any:
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
@@ -326,8 +325,6 @@ def save(path: str | os.PathLike, spec: dict, state_dict: Mapping[str, torch.Ten
 def _save_safetensors(payload: dict, path: str | os.PathLike) -> Path:
     """The same checkpoint as safetensors: tensors as they are, spec and provenance as JSON strings in the metadata
     (the format's only place for anything but tensors)."""
-    from safetensors.torch import save as safetensors_bytes
-
     metadata = {"format": FORMAT, "version": str(payload["version"]), "spec": json.dumps(payload["spec"]),
                 "provenance": json.dumps(payload["provenance"], default=str)}
     tensors = {k: v.contiguous() for k, v in payload["state_dict"].items()}

@@ -16,23 +16,21 @@ import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
+from torch.export import Dim
 
 from ganzip import archs
 from ganzip.atomic import atomic_path, check_writable
 from ganzip.errors import UserError, setting
-from ganzip.profile import time_alternating
+from ganzip.profile import input_channels, time_alternating
 
 TOLERANCE = 1e-4
 MIN_OPSET = 18  # the oldest opset PyTorch's current (dynamo) exporter writes
 SPEC_KEY = "ganzip.spec"  # metadata: the generator's spec, so the file can be described and profiled later
 PRECISION_KEY = "ganzip.precision"
-
-
-def _channels(module: nn.Module) -> int:
-    spec = getattr(module, "spec", None)
-    return spec["input_nc"] if spec else 3
 
 
 def _multiple(module: nn.Module) -> int:
@@ -49,10 +47,8 @@ def check_size(module: nn.Module, size: int) -> None:
 
 
 def _program(module: nn.Module, size: int, batch: int, opset: int | None, dynamic: bool) -> Any:
-    from torch.export import Dim
-
     model = copy.deepcopy(module).cpu().eval()
-    x = torch.zeros(batch, _channels(module), size, size)
+    x = torch.zeros(batch, input_channels(module), size, size)
     shapes = ({0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC},) if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (deprecations inside torch) is not actionable here
@@ -94,8 +90,6 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, opset: int | None = 
                 size: int = 256, batch: int = 1) -> dict:
     """Export to one self-contained .onnx file (written atomically); returns path, bytes, opset and shapes."""
     check_size(module, size)
-    import onnx
-
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and not MIN_OPSET <= opset <= newest:
         raise UserError(f"{setting('opset', opset)} is outside what can be written here ({MIN_OPSET} to {newest}: "
@@ -115,8 +109,6 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, opset: int | None = 
 
 
 def _session(source: str | os.PathLike | bytes, threads: int | None = None) -> Any:
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # onnxruntime's idle threads spin after each run; timed in alternation with PyTorch they would steal its cores
@@ -144,7 +136,7 @@ def verify(module: nn.Module, onnx_path: str | os.PathLike, sizes: Sequence[int]
     diffs: dict[int, float] = {}
     for size in sizes:
         check_size(module, size)
-        x = torch.randn(batch, _channels(module), size, size, generator=gen)
+        x = torch.randn(batch, input_channels(module), size, size, generator=gen)
         with torch.inference_mode():
             expected = model(x).numpy()
         got = session.run(None, {name: x.numpy()})[0]
@@ -180,7 +172,7 @@ def onnx_runner(module: nn.Module, size: int, batch: int = 1, threads: int | Non
     check_size(module, size)
     program = _program(module, size, batch, None, dynamic=False)
     session = _session(program.model_proto.SerializeToString(), threads)
-    return _runner(session, (batch, _channels(module), size, size))
+    return _runner(session, (batch, input_channels(module), size, size))
 
 
 def file_runner(onnx_path: str | os.PathLike, shape: tuple[int, ...], threads: int | None = None
@@ -198,7 +190,7 @@ def export_checked(module: nn.Module, path: str | os.PathLike, *, opset: int | N
     check_size(module, size)
     info = export_onnx(module, path, opset=opset, dynamic=dynamic, size=size)
     info.update(verify(module, path, sizes=verify_sizes(module, size, dynamic)))
-    shape = (1, _channels(module), size, size)
+    shape = (1, input_channels(module), size, size)
     latency = time_alternating({"onnxruntime": file_runner(path, shape, threads)}, runs=runs)["onnxruntime"]
     info["onnxruntime_latency"] = {**latency.as_dict(), "input_shape": list(shape)}
     info["threads"] = threads

@@ -32,6 +32,8 @@ _FEATURES: dict[tuple, np.ndarray] = {}
 
 def extractor(weights: str | os.PathLike | None = None, device: str = "cpu") -> torch.nn.Module:
     """torch-fidelity's `inception-v3-compat` network with the resolved weights (built once per process)."""
+    # torch-fidelity is imported where FID is computed, not at the top: its package imports torchvision, sympy and
+    # every feature extractor it has (over a thousand modules), which prune, distill and profile never use
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     path = resolve_weights(weights)
@@ -141,6 +143,7 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100
                               seed: int = 2020) -> tuple[float, float]:
     """KID (mean, std) with torch-fidelity's estimator. A folder smaller than `subset_size` draws subsets of half
     its images: subsets of all of them would all be the same set, and their spread (the std) always 0."""
+    # torch-fidelity on use, as in `extractor`
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
     smaller = min(len(f1), len(f2))

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from PIL import Image
 from torch import nn
 
 from ganzip import archs, images
@@ -33,10 +32,7 @@ def load_pairs(folder: str | os.PathLike, size: int | None = None, direction: st
     paths = images.list_images(folder, "paired-image folder")[:limit]
     inputs, targets = [], []
     for p in paths:
-        img = images.load_rgb(p)
-        a, b = images.split_aligned(img, direction, str(p))
-        if size is not None:
-            a, b = a.resize((size, size), Image.BICUBIC), b.resize((size, size), Image.BICUBIC)
+        a, b = images.load_pair(p, size, direction)
         inputs.append(images.to_tensor(a))
         targets.append(images.to_tensor(b))
     return Pairs(torch.stack(inputs), torch.stack(targets), [p.name for p in paths])

@@ -172,15 +172,29 @@ def _label_strip(labels: Sequence[str], cell: int, pad: int, width: int) -> torc
     return to_tensor(strip)
 
 
+def _resized(img: Image.Image, size: int | None) -> Image.Image:
+    return img if size is None or img.size == (size, size) else img.resize((size, size), Image.BICUBIC)
+
+
+def load_input(path: str | os.PathLike, size: int | None = None, direction: str | None = None) -> Image.Image:
+    """An image as a generator reads it, as upstream's test script does (resize, no crop): the input half of an
+    A|B pair when `direction` is given, resized (bicubic) to size x size when `size` is."""
+    img = load_rgb(path)
+    if direction:
+        img = split_aligned(img, direction, str(path))[0]
+    return _resized(img, size)
+
+
+def load_pair(path: str | os.PathLike, size: int | None = None, direction: str = "AtoB"
+              ) -> tuple[Image.Image, Image.Image]:
+    """The (input, target) halves of an A|B pair for `direction`, each resized as `load_input` does."""
+    a, b = split_aligned(load_rgb(path), direction, str(path))
+    return _resized(a, size), _resized(b, size)
+
+
 def load_batch(paths: Iterable[str | os.PathLike], size: int | None = None) -> torch.Tensor:
     """Load images as one batch (N, 3, size, size) in [-1, 1], resized with bicubic when `size` is given."""
-    tensors = []
-    for p in paths:
-        img = load_rgb(p)
-        if size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.BICUBIC)
-        tensors.append(to_tensor(img))
-    return torch.stack(tensors)
+    return torch.stack([to_tensor(load_input(p, size)) for p in paths])
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

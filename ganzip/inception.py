@@ -72,6 +72,8 @@ def conv_name_map() -> dict[str, str]:
 
 def torch_fidelity_cache_file() -> Path:
     """Where torch-fidelity keeps the weights it downloaded (torch.hub's checkpoint folder)."""
+    # on use, not at the top: torch-fidelity's package imports torchvision, sympy and every feature extractor it
+    # has, and this module is imported by every command that prunes (for `cache_dir`)
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(URL_INCEPTION_V3)
@@ -97,7 +99,7 @@ def fid_helper_model_file() -> Path | None:
 
 def _reference_state_dict() -> dict[str, torch.Tensor]:
     """torch-fidelity's Inception layout (names and shapes), built without loading or downloading weights."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3  # on use: see above
 
     class _Layout(FeatureExtractorInceptionV3):
         def load_state_dict(self, *a: Any, **k: Any) -> Any:  # the freshly initialised layout is all we want

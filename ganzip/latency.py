@@ -1,11 +1,11 @@
 """Measured latency as a cost model: a table of what each layer costs on this machine, at each width tried.
 
-MACs miss most of what makes a CPU slow at 256 px: InstanceNorm, ReLU and padding on the full-resolution
-layers are memory-bound (30% of a MACs-searched student's time), and a 7x7 convolution to 3 channels runs at
-a seventh of the speed of the trunk's 3x3 ones. So the search can ask what a width really costs: the network
-is cut into units (the stem, each down/up layer with its norm and activation, each residual block, the output
-layer), each unit is timed alone at the widths the search asks about, and a network's latency is the sum of
-its units'. On this 2-core CPU the sum is within about 5% of timing the whole network.
+MACs miss much of what makes a CPU slow at 256 px: InstanceNorm, ReLU and padding on the full-resolution
+layers are memory-bound, and MACs do not count them. So the search can ask what a width really costs: the
+network is cut into units (the stem, each down/up layer with its norm and activation, each residual block, the
+output layer), each unit is timed alone at the widths the search asks about, and a network's latency is the sum
+of its units'. That sum misjudges a whole network (see `LatencyCost`), which is why `prune` times the student
+whole and searches again (README, "Pruning for speed", for the measured numbers).
 
 Measurements are cached on disk (one JSON file per architecture, size, runtime, thread count and CPU model,
 under `$GANZIP_CACHE` or `~/.cache/ganzip`), keyed by what the unit computes (its layers and input shape), so
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import onnxruntime
 import torch
 from torch import nn
 
@@ -56,8 +57,6 @@ def cpu_model() -> str:
 def _runtime_version(runtime: str) -> str:
     if runtime == "torch":
         return f"torch {torch.__version__}"
-    import onnxruntime
-
     return f"onnxruntime {onnxruntime.__version__}"
 
 
@@ -179,13 +178,8 @@ def _clock(threads: int) -> Callable[[], float]:
 def _measure_torch(module: nn.Module, shape: tuple[int, ...], threads: int) -> float:
     real = _materialise(module)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            return time_call(lambda: real(x), clock=_clock(threads))
-    finally:
-        torch.set_num_threads(before)
+    with thread_policy.using(threads), torch.inference_mode():
+        return time_call(lambda: real(x), clock=_clock(threads))
 
 
 def _measure_onnxruntime(module: nn.Module, shape: tuple[int, ...], threads: int) -> float:
@@ -208,17 +202,14 @@ def _measure_in_context(spec: dict, pieces: list[Unit], size: int, threads: int,
     handles.append(real.register_forward_hook(lambda m, i, o: marks.append(clock())))
     x = torch.randn(1, spec["input_nc"], size, size, generator=torch.Generator().manual_seed(1))
     samples: list[list[float]] = []
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
     try:
-        with torch.inference_mode():
+        with thread_policy.using(threads), torch.inference_mode():
             for run in range(runs + 1):
                 marks.clear()
                 real(x)
                 if run:
                     samples.append([(b - a) * 1e3 for a, b in zip(marks, marks[1:])])
     finally:
-        torch.set_num_threads(before)
         for h in handles:
             h.remove()
     return [sorted(col)[len(col) // 4] for col in zip(*samples)]
@@ -305,7 +296,7 @@ class LatencyCost:
     """Predicted milliseconds of a forward pass at given widths: the sum of its units' measured times.
 
     Timed alone, a unit misses what the rest of the network does to it: in PyTorch, the full-resolution layers
-    run up to 1.5-2x slower inside a forward pass (their large activations are freed and faulted in again each
+    run slower inside a forward pass than alone (their large activations are freed and faulted in again each
     pass, and they compete for cache), while the residual blocks do not change. So `refine(widths)` times the
     whole network at the widths the search has reached, unit by unit, and scales every unit's table entries by
     how much slower it ran in context; the search calls it as it goes. onnxruntime keeps its own memory arena,

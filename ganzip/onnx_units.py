@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from ganzip.archs.resnet import ResnetBlock
@@ -20,8 +21,6 @@ ONNX_OPSET = 20  # what torch's exporter writes, so units are timed on the graph
 def unit_onnx(module: nn.Module, shape: tuple[int, ...]) -> Any:
     """The unit as the ONNX graph torch's exporter writes for these layers (Pad, Conv, InstanceNormalization,
     Relu, Add ...), built directly: exporting each of the hundreds of units a search times would take minutes."""
-    from onnx import TensorProto, helper, numpy_helper
-
     nodes: list[Any] = []
     inits: list[Any] = []
 

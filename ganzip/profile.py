@@ -68,10 +68,13 @@ def count_macs(module: nn.Module, size: int | tuple[int, int] = 256, batch: int 
 
 
 def input_channels(module: nn.Module) -> int:
-    """The channels a generator (or one of its layers) takes: its spec's, else its first convolution's."""
+    """The channels a generator (or one of its layers) takes: its spec's, else an ONNX generator's input's
+    (`runner.OnnxGenerator.input_nc`), else its first convolution's."""
     spec = getattr(module, "spec", None)
     if spec is not None:
         return spec["input_nc"]
+    if getattr(module, "input_nc", None):
+        return module.input_nc
     first = next(m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
     return first.in_channels
 
@@ -110,7 +113,7 @@ def time_alternating(fns: dict[str, Callable[[], object]], runs: int = 20, warmu
 def torch_runner(module: nn.Module, size: int, batch: int = 1, device: str = "cpu") -> Callable[[], object]:
     """One forward pass of a copy of `module` (an .onnx generator runs its own session)."""
     module = copy.deepcopy(module).eval().to(device)
-    x = torch.randn(batch, getattr(module, "input_nc", None) or input_channels(module), size, size, device=device)
+    x = torch.randn(batch, input_channels(module), size, size, device=device)
 
     def run() -> object:
         with torch.inference_mode():

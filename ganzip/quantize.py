@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ganzip import export, profile
 from ganzip.atomic import atomic_path, check_writable
@@ -129,8 +132,6 @@ def _pre_process(fp32_path: Path, prepared: Path) -> None:
     every tensor the quantizer reads. When it gives up it dumps its partial model into the working directory, so
     it runs from the (temporary) folder `prepared` is written in.
     """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     here = os.getcwd()
     try:
         os.chdir(prepared.parent)
@@ -146,9 +147,6 @@ def _pre_process(fp32_path: Path, prepared: Path) -> None:
 def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib: np.ndarray,
                   recipe: Recipe = Recipe()) -> Path:
     """Write the int8 model of `fp32_path` to `out_path` (atomically), calibrated on `calib` (N x C x H x W)."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     if recipe.calibration not in CALIBRATIONS:
         raise UserError(f"calibration must be one of {', '.join(CALIBRATIONS)}, not {recipe.calibration!r}")
     if recipe.fmt not in FORMATS:
@@ -264,7 +262,5 @@ def export_int8(source: Any, out_path: str | os.PathLike, calib_dir: str | os.Pa
 
 
 def _input_channels(onnx_path: Path) -> int:
-    import onnx
-
     dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     return dims[1].dim_value if len(dims) > 1 and dims[1].dim_value else 3

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -30,8 +31,6 @@ class OnnxGenerator(nn.Module):
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         super().__init__()
-        import onnx
-
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{path} not found")

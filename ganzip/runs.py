@@ -248,7 +248,7 @@ def _lock(path: Path) -> int:
     """Hold an exclusive lock on `path` for the life of this process, or say who holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        import fcntl
+        import fcntl  # platform modules: fcntl exists on POSIX only, msvcrt (below) on Windows only
 
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except ImportError:  # Windows

@@ -15,7 +15,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ganzip import checkpoint as ckpt
 from ganzip import data as data_sets
@@ -111,14 +110,10 @@ def load_inputs(data: str | os.PathLike, size: int | None, limit: int | None, di
         paths = paths[:limit]
     inputs, targets = [], []
     for p in paths:
-        img = images.load_rgb(p)
-        pair = images.split_aligned(img, direction, str(p)) if direction else (img, None)
+        pair = images.load_pair(p, size, direction) if direction else (images.load_input(p, size), None)
         for part, bucket in zip(pair, (inputs, targets)):
-            if part is None:
-                continue
-            if size is not None and part.size != (size, size):
-                part = part.resize((size, size), Image.BICUBIC)
-            bucket.append(images.to_tensor(part))
+            if part is not None:
+                bucket.append(images.to_tensor(part))
     shapes = {tuple(t.shape) for t in inputs}
     if len(shapes) > 1:
         raise UserError(f"images in {data} have different sizes {sorted(shapes)[:3]}; pass "
@@ -181,7 +176,7 @@ def require_matplotlib() -> Any:
     """matplotlib's pyplot (non-interactive), or one line saying how to install it: called before the analysis,
     which can take minutes, so a missing plotting library is not discovered at the very end."""
     try:
-        import matplotlib
+        import matplotlib  # the optional `plot` extra: imported only when a plot is asked for
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

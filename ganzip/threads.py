@@ -43,9 +43,9 @@ def keep_freed_memory() -> bool:
     """Ask glibc to keep the memory a forward pass frees instead of returning it to the OS; True if it could.
 
     With glibc's defaults, a PyTorch forward pass frees its activations at the end, glibc hands them back to the
-    OS, and the next pass faults them in and zeroes them again: on this CPU that added 6% to the CycleGAN
-    teacher (781 vs 735 ms, one thread) and up to 12% to students with wide full-resolution layers, and how much
-    depended on what the process had allocated before, so the same network timed differently in two processes.
+    OS, and the next pass faults them in and zeroes them again: that costs time on every pass, most for networks
+    with wide full-resolution layers, and how much depends on what the process had allocated before, so the same
+    network timed differently in two processes.
     Keeping freed memory (up to 512 MiB; activations up to 32 MiB are reused from the heap) makes every timing
     ganzip takes the steady state a long-running service would see. Set MALLOC_TRIM_THRESHOLD_ and
     MALLOC_MMAP_THRESHOLD_ (or use jemalloc) to get the same where you deploy.
@@ -53,6 +53,7 @@ def keep_freed_memory() -> bool:
     global _kept
     if _kept:
         return True
+    # here, not at the top: this module is imported for every command (`--help` too), and only glibc has mallopt
     import ctypes
     import ctypes.util
 

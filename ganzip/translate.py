@@ -22,6 +22,7 @@ from torch import nn
 from ganzip import archs, images, memory
 from ganzip.atomic import check_writable_folder, refuse_input_as_output
 from ganzip.errors import UserError, setting
+from ganzip.profile import input_channels
 
 
 def check_memory(module: nn.Module, size: int, batch_size: int) -> None:
@@ -111,7 +112,7 @@ def translate_folder(module: nn.Module, input_dir: str | os.PathLike, out_dir: s
         check_memory(module, size, batch_size)
     out_dir = check_writable_folder(out_dir, option)
     module = module.eval().to(device)
-    channels = module.spec["input_nc"] if getattr(module, "spec", None) else getattr(module, "input_nc", 3)
+    channels = input_channels(module)
     written: list[Path] = []
     batch: list[tuple[Path, torch.Tensor]] = []
 
@@ -124,12 +125,7 @@ def translate_folder(module: nn.Module, input_dir: str | os.PathLike, out_dir: s
             progress(len(written), len(files))
 
     for p in files:
-        img = images.load_rgb(p)
-        if direction:
-            img = images.split_aligned(img, direction, str(p))[0]
-        if size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.BICUBIC)
-        t = _as_input(img, channels)
+        t = _as_input(images.load_input(p, size, direction), channels)
         if batch and (t.shape != batch[0][1].shape or len(batch) >= batch_size):
             flush()
         batch.append((p, t))

@@ -16,7 +16,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import nn
 
 from ganzip import data, fid, fidelity, images, trainset
@@ -33,13 +32,7 @@ HOLD_OUT_FRACTION = 0.05
 def load_inputs(paths: list[Path], size: int, direction: str | None) -> torch.Tensor:
     """The inputs at the training size, as upstream's test script reads them (resize, no crop, no flip);
     with `direction` the files are A|B pairs and the input half is taken."""
-    out = []
-    for p in paths:
-        img = images.load_rgb(p)
-        if direction:
-            img = images.split_aligned(img, direction, str(p))[0]
-        out.append(images.to_tensor(img.resize((size, size), Image.BICUBIC)))
-    return torch.stack(out)
+    return torch.stack([images.to_tensor(images.load_input(p, size, direction)) for p in paths])
 
 
 def held_out_count(n_inputs: int) -> int:

@@ -23,7 +23,9 @@ MODES = ("zero", "symmetric", "reflect", "periodization")
 
 @lru_cache(maxsize=1)
 def _dwt_class() -> type:
-    with warnings.catch_warnings():  # pytorch_wavelets imports pkg_resources, which warns about itself
+    # Imported on first use, not at the top: pytorch_wavelets imports pkg_resources, which scans every installed
+    # distribution (and warns about itself), and most commands import this module without running a DWT.
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from pytorch_wavelets import DWTForward
     return DWTForward
