@@ -190,17 +190,21 @@ def _measure_onnxruntime(module: nn.Module, shape: tuple[int, ...], threads: int
 _MEASURE = {"torch": _measure_torch, "onnxruntime": _measure_onnxruntime}
 
 
-def _measure_in_context(spec: dict, pieces: list[Unit], size: int, threads: int, runs: int = 4) -> list[float]:
+def _measure_in_context(spec: dict, pieces: list[Unit], size: int, threads: int, runs: int = 4,
+                        channels_last: bool = False) -> list[float]:
     """Per-unit milliseconds inside whole forward passes (lower quartile over `runs`, after one warm-up)."""
     with torch.device("meta"):
         net = archs.build(spec)
     real = _materialise(net)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    real = real.to(memory_format=fmt)
     children = list(real.model.children())
     clock = _clock(threads)
     marks: list[float] = []
     handles = [children[u.start].register_forward_pre_hook(lambda m, i: marks.append(clock())) for u in pieces]
     handles.append(real.register_forward_hook(lambda m, i, o: marks.append(clock())))
     x = torch.randn(1, spec["input_nc"], size, size, generator=torch.Generator().manual_seed(1))
+    x = x.contiguous(memory_format=fmt)
     samples: list[list[float]] = []
     try:
         with thread_policy.using(threads), torch.inference_mode():
@@ -366,3 +370,28 @@ def measure_speedup(teacher: nn.Module, student: nn.Module, size: int, runtime: 
     t, s = timings["teacher"], timings["student"]
     return {"runtime": runtime, "threads": n, "size": size, "runs": runs, "teacher": t.as_dict(),
             "student": s.as_dict(), "speedup": t.median_ms / s.median_ms}
+
+
+
+def breakdown(teacher_spec: dict, student_spec: dict, size: int, threads: int = 1, runs: int = 8,
+              channels_last: bool = False) -> list[dict]:
+    """Where a student's speedup goes: each unit of teacher and student timed inside whole forward passes (with
+    one thread, in CPU time, which other processes do not inflate), beside its MACs. A unit whose speedup lags its
+    MACs ratio (efficiency below 1) is where the milliseconds that pruning should have saved stay."""
+    pieces = units(channels.layout_of(teacher_spec), size)
+    specs = {"teacher": teacher_spec, "student": student_spec}
+    ms = {k: _measure_in_context(spec, pieces, size, threads, runs, channels_last) for k, spec in specs.items()}
+    rows = []
+    for i, u in enumerate(pieces):
+        mods = {k: _materialise(_unit_module(spec, u)) for k, spec in specs.items()}
+        macs = {k: profile.count_macs(m, u.hw, in_channels=input_channels(m))["paper"] for k, m in mods.items()}
+        kinds = {type(m) for m in mods["teacher"].modules()}
+        name = ("stem" if i == 0 else "output" if i == len(pieces) - 1 else "block" if ResnetBlock in kinds
+                else "up" if nn.ConvTranspose2d in kinds else "down")
+        speedup, macs_ratio = ms["teacher"][i] / ms["student"][i], macs["teacher"] / macs["student"]
+        rows.append({"unit": name, "layers": [u.start, u.stop], "input_hw": list(u.hw),
+                     "teacher_ms": ms["teacher"][i], "student_ms": ms["student"][i], "speedup": speedup,
+                     "macs_ratio": macs_ratio, "efficiency": speedup / macs_ratio,
+                     "student_share": ms["student"][i] / sum(ms["student"]), "teacher_macs": macs["teacher"],
+                     "student_macs": macs["student"]})
+    return rows

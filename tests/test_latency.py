@@ -304,3 +304,21 @@ def test_unstable_timings_are_named():
     assert len(spread) == 1 and spread[0].startswith("b runs spread 8.0-16.0 ms")
     loaded = threads.stability({"a": steady}, 1.9, 2.0, 2, n_cores=2)
     assert len(loaded) == 1 and "loaded beyond its 2 core(s)" in loaded[0]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_breakdown_names_every_unit_with_its_share_of_the_macs(channels_last):
+    """The per-unit report (bench/per_layer.py) covers each network once: its units' MACs add up to the whole
+    network's count, in the order the ResNet is built, and each row's efficiency is its speedup over its MACs
+    ratio (the times themselves are not asserted)."""
+    teacher = resnet(ngf=8, n_blocks=2)
+    student = prune.prune(teacher, 3.0, method="uniform", size=32).module
+    rows = latency.breakdown(teacher.spec, student.spec, 32, threads=1, runs=1, channels_last=channels_last)
+    assert [r["unit"] for r in rows] == ["stem", "down", "down", "block", "block", "up", "up", "output"]
+    assert sum(r["teacher_macs"] for r in rows) == count_macs(teacher, 32)["paper"]
+    assert sum(r["student_macs"] for r in rows) == count_macs(student, 32)["paper"]
+    assert sum(r["student_share"] for r in rows) == pytest.approx(1.0)
+    for r in rows:
+        assert r["teacher_ms"] > 0 and r["student_ms"] > 0
+        assert r["macs_ratio"] == pytest.approx(r["teacher_macs"] / r["student_macs"])
+        assert r["efficiency"] == pytest.approx(r["teacher_ms"] / r["student_ms"] / r["macs_ratio"])
