@@ -3,17 +3,19 @@ too few images, and console lines that read right. Through the real CLI, on tiny
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cli_lines import error_line
 from run_data import unpaired_setup, write_images
 from typer.testing import CliRunner
 
-from ganzip import checkpoint, data, devices, fid
+from ganzip import archs, checkpoint, data, devices, fid, profile, threads
 from ganzip.cli import app
 from ganzip.config import DistillConfig
 from ganzip.errors import UserError
@@ -142,3 +144,61 @@ def test_piped_tables_keep_their_labels_on_one_line(setup):
                                  "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert "MACs (paper/thop convention)" in result.output and "latency torch (median, p10-p90)" in result.output
+
+
+# --- console lines that say what happened, and only that ---------------------------------------------------
+
+def test_prune_names_the_picked_method_only_when_it_differs(tmp_path):
+    # a U-Net's search is charged in MACs alone, so which widths win does not depend on timings
+    teacher = tmp_path / "unet.pth"
+    checkpoint.save_generator(archs.build(archs.default_spec("unet", ngf=8, num_downs=5)), teacher)
+    result = runner.invoke(app, ["prune", str(teacher), "--ratio", "2", "--method", "search", "--size", "32",
+                                 "--runs", "0", "-o", str(tmp_path / "s.pth")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert checkpoint.load(tmp_path / "s.pth").provenance["method"] == "search"
+    assert "method search;" in text and "picked" not in text  # was "method search, picked search"
+
+
+def test_unstable_timings_warn_with_the_remedy_that_applies(setup, weights, monkeypatch):
+    """profile and compare warn when other processes took the cores; fewer --threads helps only above one."""
+    tmp_path, root = setup
+    monkeypatch.setattr(threads, "load", lambda: 50.0)  # a machine far busier than its cores
+    teacher = str(tmp_path / "teacher.pth")
+    timing = ["--size", "32", "--runs", "2"]
+    for n in (1, 2):
+        result = runner.invoke(app, ["profile", teacher, "--teacher", teacher, *timing, "--threads", str(n)])
+        assert result.exit_code == 0, result.output
+        text = " ".join(result.stderr.split())
+        assert "warning: timings unstable: the machine was loaded beyond its" in text
+        assert ("fewer --threads" in text) == (n > 1), text
+    write_images(tmp_path / "photos", 4, 32, 7, smooth=True)
+    result = runner.invoke(app, ["compare", teacher, teacher, "--data", str(tmp_path / "photos"), *timing,
+                                 "--threads", "1", "-o", str(tmp_path / "grid.png")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stderr.split())
+    assert "warning: timings unstable: the machine was loaded beyond its" in text and "fewer --threads" not in text
+
+
+def test_timings_of_a_few_runs_stay_inside_what_was_measured(setup, monkeypatch):
+    """Two runs of 10 and 30 ms each: the p10-p90 printed must lie within them (statistics.quantiles' default
+    extrapolates past the samples: p10 -4 ms, p90 44 ms)."""
+    tmp_path, _ = setup
+    durations = itertools.cycle([0.010, 0.010, 0.030, 0.030])  # run 1: student, teacher; run 2: student, teacher
+    clock = {"now": 0.0, "started": False}
+
+    def perf_counter() -> float:  # start and end of each timed run, in turn
+        if clock["started"]:
+            clock["now"] += next(durations)
+        clock["started"] = not clock["started"]
+        return clock["now"]
+
+    monkeypatch.setattr(profile, "time", SimpleNamespace(perf_counter=perf_counter))
+    teacher = str(tmp_path / "teacher.pth")
+    result = runner.invoke(app, ["profile", teacher, "--teacher", teacher, "--size", "32", "--runs", "2",
+                                 "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    for latency in (out["latency"], out["teacher"]["latency"]):
+        assert latency["median_ms"] == pytest.approx(20)
+        assert 10 <= latency["p10_ms"] < latency["median_ms"] < latency["p90_ms"] <= 30, latency
