@@ -3,8 +3,10 @@ too few images, and console lines that read right. Through the real CLI, on tiny
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +18,10 @@ from run_data import unpaired_setup, write_images
 from typer.testing import CliRunner
 
 from ganzip import archs, checkpoint, data, devices, fid, profile, threads
-from ganzip.cli import app
+from ganzip.cli import app, common
 from ganzip.config import DistillConfig
 from ganzip.errors import UserError
+from ganzip.progress import Progress
 from ganzip.validate import FID_FLOOR, held_out_count, split_validation
 
 runner = CliRunner()
@@ -202,3 +205,19 @@ def test_timings_of_a_few_runs_stay_inside_what_was_measured(setup, monkeypatch)
     for latency in (out["latency"], out["teacher"]["latency"]):
         assert latency["median_ms"] == pytest.approx(20)
         assert 10 <= latency["p10_ms"] < latency["median_ms"] < latency["p90_ms"] <= 30, latency
+
+
+def test_fid_progress_lines_say_what_they_count(setup, weights, monkeypatch):
+    """Off a terminal a progress line goes out every 30 s (here at every update): each names the model and what it
+    counts, and the time once (it read "student: real: 16/20" and "teacher: fake: 16/20, 1s elapsed, 1s")."""
+    tmp_path, root = setup
+    write_images(root / "testA", 17, 32, 8, smooth=True)  # features go 16 at a time
+    write_images(root / "testB", 17, 32, 9, smooth=True)
+    monkeypatch.setattr(common, "Progress", functools.partial(Progress, every=0.0))
+    result = runner.invoke(app, ["fid", str(tmp_path / "teacher.pth"), "--data", str(root), "--inception-weights",
+                                 str(weights)])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    tasks = ("translate", "features of its outputs", "features of the real images")
+    assert {line.split(": ")[1] for line in lines} == set(tasks), lines
+    assert all(line.startswith("student: ") and not re.search(r"(\d+s) elapsed, \1$", line) for line in lines)
