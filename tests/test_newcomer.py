@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from cli_lines import error_line
+from PIL import Image
 from run_data import unpaired_setup, write_images
 from typer.testing import CliRunner
 
-from ganzip import archs, checkpoint, data, devices, fid, profile, threads
+from ganzip import archs, checkpoint, data, devices, fid, images, profile, threads
 from ganzip.cli import app, common
 from ganzip.config import DistillConfig
 from ganzip.errors import UserError
@@ -221,3 +223,26 @@ def test_fid_progress_lines_say_what_they_count(setup, weights, monkeypatch):
     tasks = ("translate", "features of its outputs", "features of the real images")
     assert {line.split(": ")[1] for line in lines} == set(tasks), lines
     assert all(line.startswith("student: ") and not re.search(r"(\d+s) elapsed, \1$", line) for line in lines)
+
+
+def test_compare_times_on_the_free_cores_by_default(setup, weights, monkeypatch):
+    tmp_path, _ = setup
+    monkeypatch.setattr(threads, "load", lambda: 0.0)  # a quiet machine: every core is free
+    write_images(tmp_path / "photos", 4, 32, 7, smooth=True)
+    teacher = str(tmp_path / "teacher.pth")
+    result = runner.invoke(app, ["compare", teacher, teacher, "--data", str(tmp_path / "photos"), "--size", "32",
+                                 "--runs", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["threads"] == threads.cores()  # was torch's default, whatever the load
+
+
+def test_distill_sample_grids_name_their_columns(setup):
+    tmp_path, root = setup
+    _distill(tmp_path / "teacher.pth", "--data", str(root), "--ratio", "2", "--method", "uniform",
+             "--sample-every", "1", "--out-dir", "run")
+    with Image.open(tmp_path / "run" / "samples" / "step_000001.png") as grid:
+        pixels = np.asarray(grid.convert("L"))
+    cell = 32 + 2  # 32 px images and 2 px gaps, one column each for input, teacher and student
+    assert pixels.shape[1] == 3 * cell - 2 and (pixels.shape[0] - images.LABEL_HEIGHT + 2) % cell == 0
+    strip = pixels[:images.LABEL_HEIGHT]
+    assert all((strip[:, j * cell:(j + 1) * cell - 2] < 128).any() for j in range(3))  # a label over each column
