@@ -108,11 +108,12 @@ def _quality(models: dict[str, torch.nn.Module], inputs_dir: Path, reals_dir: Pa
         fakes[name] = work / f"model{len(fakes)}"
         translate_folder(module, inputs_dir, fakes[name], size=size, batch_size=batch_size, device=device,
                          direction=test.aligned, progress=report(f"{name}: translate"))
-        features[name] = fid.folder_features(fakes[name], weights, 16, device, report(f"{name}: features"),
-                                             cache=False)
+        features[name] = fid.folder_features(fakes[name], weights, 16, device,
+                                             report(f"{name}: {fid.FEATURES_OF['outputs']}"), cache=False)
     real = None
     if reals_dir is not None:
-        real = fid.folder_features(reals_dir, weights, 16, device, report("real: features"), aligned=test.reals_aligned)
+        real = fid.folder_features(reals_dir, weights, 16, device, report(fid.FEATURES_OF["real"]),
+                                   aligned=test.reals_aligned)
     reference = next(iter(models))
     rows = {name: {"fid": fid.frechet_distance(f, real) if real is not None else None,
                    "fid_vs_first": None if name == reference else fid.frechet_distance(f, features[reference])}

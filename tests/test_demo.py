@@ -10,7 +10,7 @@ from conftest import SHARED
 from PIL import Image
 from typer.testing import CliRunner
 
-from ganzip import archs, checkpoint, demo, fidelity, fit, images
+from ganzip import archs, checkpoint, demo, fidelity, fit, images, prune
 from ganzip.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,16 +159,29 @@ def _check_summary(summary: dict, out: Path, columns: int) -> None:
 
 
 @pytest.mark.slow
-def test_demo_quick_compresses_the_pretrained_vintagify_teacher(tmp_path):
-    pytest.importorskip("vintagify")
-    out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--quick", "-o", str(out), "--json"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
+def test_demo_quick_compresses_the_pretrained_vintagify_teacher(photos_demo):
+    out, summary = photos_demo
     assert summary["kind"] == "photos" and summary["teacher"]["architecture"].startswith("resnet_9blocks (ngf 64")
     _check_summary(summary, out, columns=3)  # input | teacher | student
     assert summary["data"] == {"path": str(demo.bundled_data("photos")), "inputs": 60, "targets": 20, "held_out": 20}
     assert len(list((out / "targets").iterdir())) == 20  # the teacher's outputs on the 20 other photos
+    # the widths depend on nothing measured, so the report's "Reproduce" holds on any machine: pruning again from
+    # scratch gives the same widths
+    s = demo.PHOTOS_QUICK
+    again = prune.prune(checkpoint.load_generator(summary["files"]["teacher"]), s.ratio, by="macs", method=s.method,
+                        size=s.size)
+    assert json.loads(json.dumps(again.spec)) == summary["prune"]["spec"]
+    assert "the same student; the timings vary" in " ".join((out / "report.md").read_text().split())
+
+
+@pytest.mark.slow
+def test_the_demo_s_console_says_at_which_size_it_scored(photos_demo, monkeypatch, tmp_path):
+    """Training logs validation at the crop size ("val @64px"); the closing table says its own size too."""
+    _, summary = photos_demo
+    monkeypatch.setattr(demo, "run", lambda *args, **kwargs: summary)  # render the session's demo run again
+    result = CliRunner().invoke(app, ["demo", "--quick", "-o", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    assert f"student vs teacher, 20 held-out images @{summary['size']}px" in result.output
 
 
 @pytest.mark.slow

@@ -3,20 +3,27 @@ too few images, and console lines that read right. Through the real CLI, on tiny
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from cli_lines import error_line
+from PIL import Image
 from run_data import unpaired_setup, write_images
 from typer.testing import CliRunner
 
-from ganzip import checkpoint, data, devices, fid
-from ganzip.cli import app
+from ganzip import archs, checkpoint, data, devices, fid, images, profile, threads
+from ganzip.cli import app, common
 from ganzip.config import DistillConfig
 from ganzip.errors import UserError
+from ganzip.progress import Progress
 from ganzip.validate import FID_FLOOR, held_out_count, split_validation
 
 runner = CliRunner()
@@ -142,3 +149,100 @@ def test_piped_tables_keep_their_labels_on_one_line(setup):
                                  "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert "MACs (paper/thop convention)" in result.output and "latency torch (median, p10-p90)" in result.output
+
+
+# --- console lines that say what happened, and only that ---------------------------------------------------
+
+def test_prune_names_the_picked_method_only_when_it_differs(tmp_path):
+    # a U-Net's search is charged in MACs alone, so which widths win does not depend on timings
+    teacher = tmp_path / "unet.pth"
+    checkpoint.save_generator(archs.build(archs.default_spec("unet", ngf=8, num_downs=5)), teacher)
+    result = runner.invoke(app, ["prune", str(teacher), "--ratio", "2", "--method", "search", "--size", "32",
+                                 "--runs", "0", "-o", str(tmp_path / "s.pth")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert checkpoint.load(tmp_path / "s.pth").provenance["method"] == "search"
+    assert "method search;" in text and "picked" not in text  # was "method search, picked search"
+
+
+def test_unstable_timings_warn_with_the_remedy_that_applies(setup, weights, monkeypatch):
+    """profile and compare warn when other processes took the cores; fewer --threads helps only above one."""
+    tmp_path, root = setup
+    monkeypatch.setattr(threads, "load", lambda: 50.0)  # a machine far busier than its cores
+    teacher = str(tmp_path / "teacher.pth")
+    timing = ["--size", "32", "--runs", "2"]
+    for n in (1, 2):
+        result = runner.invoke(app, ["profile", teacher, "--teacher", teacher, *timing, "--threads", str(n)])
+        assert result.exit_code == 0, result.output
+        text = " ".join(result.stderr.split())
+        assert "warning: timings unstable: the machine was loaded beyond its" in text
+        assert ("fewer --threads" in text) == (n > 1), text
+    write_images(tmp_path / "photos", 4, 32, 7, smooth=True)
+    result = runner.invoke(app, ["compare", teacher, teacher, "--data", str(tmp_path / "photos"), *timing,
+                                 "--threads", "1", "-o", str(tmp_path / "grid.png")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stderr.split())
+    assert "warning: timings unstable: the machine was loaded beyond its" in text and "fewer --threads" not in text
+
+
+def test_timings_of_a_few_runs_stay_inside_what_was_measured(setup, monkeypatch):
+    """Two runs of 10 and 30 ms each: the p10-p90 printed must lie within them (statistics.quantiles' default
+    extrapolates past the samples: p10 -4 ms, p90 44 ms)."""
+    tmp_path, _ = setup
+    durations = itertools.cycle([0.010, 0.010, 0.030, 0.030])  # run 1: student, teacher; run 2: student, teacher
+    clock = {"now": 0.0, "started": False}
+
+    def perf_counter() -> float:  # start and end of each timed run, in turn
+        if clock["started"]:
+            clock["now"] += next(durations)
+        clock["started"] = not clock["started"]
+        return clock["now"]
+
+    monkeypatch.setattr(profile, "time", SimpleNamespace(perf_counter=perf_counter))
+    teacher = str(tmp_path / "teacher.pth")
+    result = runner.invoke(app, ["profile", teacher, "--teacher", teacher, "--size", "32", "--runs", "2",
+                                 "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    for latency in (out["latency"], out["teacher"]["latency"]):
+        assert latency["median_ms"] == pytest.approx(20)
+        assert 10 <= latency["p10_ms"] < latency["median_ms"] < latency["p90_ms"] <= 30, latency
+
+
+def test_fid_progress_lines_say_what_they_count(setup, weights, monkeypatch):
+    """Off a terminal a progress line goes out every 30 s (here at every update): each names the model and what it
+    counts, and the time once (it read "student: real: 16/20" and "teacher: fake: 16/20, 1s elapsed, 1s")."""
+    tmp_path, root = setup
+    write_images(root / "testA", 17, 32, 8, smooth=True)  # features go 16 at a time
+    write_images(root / "testB", 17, 32, 9, smooth=True)
+    monkeypatch.setattr(common, "Progress", functools.partial(Progress, every=0.0))
+    result = runner.invoke(app, ["fid", str(tmp_path / "teacher.pth"), "--data", str(root), "--inception-weights",
+                                 str(weights)])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    tasks = ("translate", "features of its outputs", "features of the real images")
+    assert {line.split(": ")[1] for line in lines} == set(tasks), lines
+    assert all(line.startswith("student: ") and not re.search(r"(\d+s) elapsed, \1$", line) for line in lines)
+
+
+def test_compare_times_on_the_free_cores_by_default(setup, weights, monkeypatch):
+    tmp_path, _ = setup
+    monkeypatch.setattr(threads, "load", lambda: 0.0)  # a quiet machine: every core is free
+    write_images(tmp_path / "photos", 4, 32, 7, smooth=True)
+    teacher = str(tmp_path / "teacher.pth")
+    result = runner.invoke(app, ["compare", teacher, teacher, "--data", str(tmp_path / "photos"), "--size", "32",
+                                 "--runs", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["threads"] == threads.cores()  # was torch's default, whatever the load
+
+
+def test_distill_sample_grids_name_their_columns(setup):
+    tmp_path, root = setup
+    _distill(tmp_path / "teacher.pth", "--data", str(root), "--ratio", "2", "--method", "uniform",
+             "--sample-every", "1", "--out-dir", "run")
+    with Image.open(tmp_path / "run" / "samples" / "step_000001.png") as grid:
+        pixels = np.asarray(grid.convert("L"))
+    cell = 32 + 2  # 32 px images and 2 px gaps, one column each for input, teacher and student
+    assert pixels.shape[1] == 3 * cell - 2 and (pixels.shape[0] - images.LABEL_HEIGHT + 2) % cell == 0
+    strip = pixels[:images.LABEL_HEIGHT]
+    assert all((strip[:, j * cell:(j + 1) * cell - 2] < 128).any() for j in range(3))  # a label over each column

@@ -46,7 +46,7 @@ def demo_cmd(
     p, q = summary["profile"], summary["quality"]
     st = q["student_vs_teacher"]
     table = Table(title=f"ganzip demo ({summary['kind']})", show_header=False)
-    table.add_row(f"student vs teacher, {q['held_out']} held-out images",
+    table.add_row(f"student vs teacher, {q['held_out']} held-out images @{summary['size']}px",
                   f"{st['psnr_db']:.1f} dB PSNR, colour drift {st['colour_drift_8bit']:.1f}/255"
                   + (f", FID {st['fid']:.1f}" if "fid" in st else ""))
     table.add_row("MACs teacher -> student", f"{common.giga(p['teacher']['macs'])} -> {common.giga(p['macs'])} "
