@@ -421,3 +421,26 @@ def test_a_discriminator_ratio_that_leaves_layers_too_narrow_to_judge_is_refused
                     f"even with every width at 8 channel(s) it is {best:.2f}x by params; ask for {best:.2f}x or less "
                     f"(a discriminator keeps at least 8 channels in each layer)")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["distill", "prune"])
+def test_a_gray_teacher_with_rgb_images_names_the_channels(tmp_path, command):
+    """Was "calibration batch must be N x 1 x H x W with H, W multiples of 4": the sizes were fine."""
+    gray = tmp_path / "gray.pth"
+    torch.save(resnet_state_dict(ngf=4, n_blocks=2, norm="instance", input_nc=1, output_nc=1), gray)
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 90, 200)).save(src / f"{i}.png")
+    if command == "distill":
+        args = ["distill", str(gray), "--inputs", str(src), "--ratio", "1.5", "--steps", "1", "--size", "32",
+                "--out-dir", str(tmp_path / "run")]
+        expected = (f"error: {gray} takes 1-channel inputs, but distill reads its images as RGB (3 channels); distill "
+                    f"a generator of RGB images")
+    else:
+        args = ["prune", str(gray), "--ratio", "1.5", "--calib", str(src), "--size", "32", "-o",
+                str(tmp_path / "s.pth")]
+        expected = ("error: resnet_2blocks (ngf 4, instance norm) takes 1-channel inputs, but the calibration batch "
+                    "holds 3-channel images (images are read as RGB); prune it without --calib")
+    assert _error_line(runner.invoke(app, args)) == expected
+    assert not (tmp_path / "run").exists() and not (tmp_path / "s.pth").exists()
