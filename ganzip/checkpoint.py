@@ -243,7 +243,7 @@ def load(path: str | os.PathLike) -> Loaded:
                             f"re-create it")
         _check_tensors(sd, path)
         try:
-            archs.validate(spec)
+            archs.validate(spec, tensors=len(sd))
         except ValueError as e:
             raise UserError(f"{path} is a ganzip checkpoint with a damaged spec: {e}; the file was edited or "
                             f"corrupted, re-create it") from None
@@ -277,6 +277,15 @@ def _check_tensors(sd: Mapping[str, torch.Tensor], path: Path) -> None:
     if sparse:
         raise UserError(f"{path} holds sparse tensors ({_preview(sparse, 3)}); ganzip reads dense weights: save them "
                         f"dense, e.g. {{k: v.to_dense() for k, v in state_dict.items()}}")
+    # an expanded view (stride 0) declares a shape its stored values do not fill: 200000x200000 from one number
+    # loads in a blink, then the first check that reads it asks for 149 GiB, reported as "out of memory"
+    repeated = [k for k, v in sd.items() if v.untyped_storage().nbytes() < v.numel() * v.element_size()]
+    if repeated:
+        v = sd[repeated[0]]
+        raise UserError(f"{path} holds tensors that repeat a few stored values to fill their shape ({repeated[0]}: "
+                        f"{'x'.join(map(str, v.shape))} from {v.untyped_storage().nbytes() // v.element_size()} "
+                        f"stored value(s)); generator weights are stored in full: save them with "
+                        f"{{k: v.contiguous() for k, v in state_dict.items()}}")
     complex_ = [k for k, v in sd.items() if v.is_complex()]
     if complex_:  # loading would keep the real part and drop the rest, with only torch's warning to say so
         raise UserError(f"{path} holds complex-valued tensors ({_preview(complex_, 3)}); generator weights are real "
