@@ -444,3 +444,20 @@ def test_a_gray_teacher_with_rgb_images_names_the_channels(tmp_path, command):
                     "holds 3-channel images (images are read as RGB); prune it without --calib")
     assert _error_line(runner.invoke(app, args)) == expected
     assert not (tmp_path / "run").exists() and not (tmp_path / "s.pth").exists()
+
+
+def test_an_image_too_large_to_decode_in_distill_inputs_is_one_line(tmp_path, good, monkeypatch):
+    """translate, fid and the calibration folders gave the line already; distill's header check met PIL's
+    DecompressionBombError as a traceback."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (60 * i, 90, 200)).save(src / f"{i}.png")
+    Image.new("RGB", (64, 64)).save(src / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # 4096 px is more than twice this: PIL refuses to decode
+    out = tmp_path / "run"
+    line = _error_line(runner.invoke(app, ["distill", str(good), "--inputs", str(src), "--ratio", "2", "--steps", "1",
+                                           "--size", "32", "--val-images", "0", "--out-dir", str(out)]))
+    assert line.startswith(f"error: cannot read input image {src / 'huge.png'}: Image size (4096 pixels) exceeds limit")
+    assert line.endswith("; shrink the image first")
+    assert not out.exists()
