@@ -100,11 +100,7 @@ def _read(p: Path) -> tuple[Any, str]:
     if (damage := _damaged_safetensors(p)) is not None:
         raise UserError(f"{p} is a damaged safetensors file ({damage}); download or save it again")
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Validating sparse tensor")  # sparse files are refused below
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # refused below when unreadable
-            with open(p, "rb") as f:  # a file object: torch.load picks a reader from a path's name, not its bytes
-                return torch.load(f, map_location="cpu", weights_only=True), fmt
+        return safe_load(p), fmt
     except pickle.UnpicklingError as e:
         if _looks_like_onnx(p):
             raise UserError(f"{p} is an ONNX model, not a PyTorch checkpoint; translate, fid and profile run ONNX "
@@ -125,6 +121,16 @@ def _read(p: Path) -> tuple[Any, str]:
         detail = "not a pickle" if isinstance(e, KeyError) else _first_line(e)
         raise UserError(f"{p} is truncated or not a PyTorch checkpoint ({detail}); "
                         f"download or save it again") from None
+
+
+def safe_load(p: Path) -> Any:
+    """`torch.load(weights_only=True)` of an untrusted file, quietly: what torch only warns about is refused in
+    words by the caller (sparse tensors, a pickle protocol its safe loader cannot read)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Validating sparse tensor")
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        with open(p, "rb") as f:  # a file object: torch.load picks a reader from a path's name, not its bytes
+            return torch.load(f, map_location="cpu", weights_only=True)
 
 
 def _damaged_safetensors(p: Path) -> str | None:

@@ -77,6 +77,24 @@ def test_inception_weights_that_are_not_weights_say_what_they_are(good, tmp_path
     assert "weights_only=False" not in line
 
 
+def test_inception_weights_of_another_pickle_protocol_are_one_line_without_torchs_warning(good, tmp_path):
+    import pickle
+    import warnings
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 32), (90, 40, 200)).save(images / "a.png")
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(pickle.dumps({"fc.weight": [0.0] * 4}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = _error_line(runner.invoke(app, ["fid", str(good), "--data", str(images), "--inception-weights",
+                                               str(weights)]))
+    assert line.startswith(f"error: Inception weights {weights} is not a file of plain tensors (torch.load with "
+                           f"weights_only=True refuses it: UnpicklingError); install the offline weights")
+    assert [str(w.message) for w in caught if "pickle protocol" in str(w.message)] == []
+
+
 def test_a_data_folder_with_input_folders_is_refused_not_half_ignored(good, tmp_path):
     for name in ("data/trainA", "data/trainB", "inputs", "targets"):
         (tmp_path / name).mkdir(parents=True)
