@@ -479,3 +479,21 @@ def test_an_image_too_large_to_decode_in_distill_inputs_is_one_line(tmp_path, go
     assert line.startswith(f"error: cannot read input image {src / 'huge.png'}: Image size (4096 pixels) exceeds limit")
     assert line.endswith("; shrink the image first")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["distill", "T", "--inputs", "IMG", "--ratio", "2", "--steps", "1", "--size", "32", "--cache-mb", "nan"],
+     "error: --cache-mb must be 0 (no caching) or a finite number of MB, not nan"),  # was a ValueError
+    (["compare", "T", "T", "--data", "IMG", "--size", "32", "--threads", "0"],  # others refused it; compare ran
+     "error: --threads 0 is not a thread count; give a positive integer, or leave it out"),
+])
+def test_option_values_others_refuse_are_refused_here_too(good, tmp_path, args, expected):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (60 * i, 90, 200)).save(src / f"{i}.png")
+    names = {"T": str(good), "IMG": str(src)}
+    line = _error_line(runner.invoke(app, [*(names.get(a, a) for a in args), "--out-dir" if args[0] == "distill"
+                                           else "-o", str(tmp_path / "out")]))
+    assert line == expected
+    assert not (tmp_path / "out").exists()
