@@ -139,7 +139,14 @@ def torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """`torch.save`, atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         # through a Python file, so a full disk surfaces as OSError(ENOSPC), not as torch's opaque RuntimeError
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            # a write that fails mid-file raises OSError inside torch's zip writer, whose closing check then
+            # replaces it with "unexpected pos"; the OSError is what happened
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
     return Path(path)
 
 

@@ -103,11 +103,7 @@ def _read(p: Path) -> tuple[Any, str]:
     if (damage := _damaged_safetensors(p)) is not None:
         raise UserError(f"{p} is a damaged safetensors file ({damage}); download or save it again")
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Validating sparse tensor")  # sparse files are refused below
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # refused below when unreadable
-            with open(p, "rb") as f:  # a file object: torch.load picks a reader from a path's name, not its bytes
-                return torch.load(f, map_location="cpu", weights_only=True), fmt
+        return safe_load(p), fmt
     except pickle.UnpicklingError as e:
         if _looks_like_onnx(p):
             raise UserError(f"{p} is an ONNX model, not a PyTorch checkpoint; translate, fid and profile run ONNX "
@@ -128,6 +124,16 @@ def _read(p: Path) -> tuple[Any, str]:
         detail = "not a pickle" if isinstance(e, KeyError) else _first_line(e)
         raise UserError(f"{p} is truncated or not a PyTorch checkpoint ({detail}); "
                         f"download or save it again") from None
+
+
+def safe_load(p: Path) -> Any:
+    """`torch.load(weights_only=True)` of an untrusted file, quietly: what torch only warns about is refused in
+    words by the caller (sparse tensors, a pickle protocol its safe loader cannot read)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Validating sparse tensor")
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        with open(p, "rb") as f:  # a file object: torch.load picks a reader from a path's name, not its bytes
+            return torch.load(f, map_location="cpu", weights_only=True)
 
 
 def _damaged_safetensors(p: Path) -> str | None:
@@ -242,7 +248,7 @@ def load(path: str | os.PathLike) -> Loaded:
                             f"re-create it")
         _check_tensors(sd, path)
         try:
-            archs.validate(spec)
+            archs.validate(spec, tensors=len(sd))
         except ValueError as e:
             raise UserError(f"{path} is a ganzip checkpoint with a damaged spec: {e}; the file was edited or "
                             f"corrupted, re-create it") from None
@@ -276,6 +282,15 @@ def _check_tensors(sd: Mapping[str, torch.Tensor], path: Path) -> None:
     if sparse:
         raise UserError(f"{path} holds sparse tensors ({_preview(sparse, 3)}); ganzip reads dense weights: save them "
                         f"dense, e.g. {{k: v.to_dense() for k, v in state_dict.items()}}")
+    # an expanded view (stride 0) declares a shape its stored values do not fill: 200000x200000 from one number
+    # loads in a blink, then the first check that reads it asks for 149 GiB, reported as "out of memory"
+    repeated = [k for k, v in sd.items() if v.untyped_storage().nbytes() < v.numel() * v.element_size()]
+    if repeated:
+        v = sd[repeated[0]]
+        raise UserError(f"{path} holds tensors that repeat a few stored values to fill their shape ({repeated[0]}: "
+                        f"{'x'.join(map(str, v.shape))} from {v.untyped_storage().nbytes() // v.element_size()} "
+                        f"stored value(s)); generator weights are stored in full: save them with "
+                        f"{{k: v.contiguous() for k, v in state_dict.items()}}")
     complex_ = [k for k, v in sd.items() if v.is_complex()]
     if complex_:  # loading would keep the real part and drop the rest, with only torch's warning to say so
         raise UserError(f"{path} holds complex-valued tensors ({_preview(complex_, 3)}); generator weights are real "

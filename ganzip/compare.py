@@ -152,6 +152,7 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *
     if min(runs, batch_size, grid_rows, 1 if size is None else size, 1 if limit is None else limit) <= 0 or warmup < 0:
         raise UserError(f"{setting('runs')}, {setting('batch_size')}, {setting('grid_rows')}, {setting('size')} and "
                         f"{setting('limit')} must be positive integers")
+    thread_policy.check_threads(threads)  # here, not when the timing starts: after every image and the grid
     if grid is not None:
         refuse_input_as_output(grid, *checkpoints, data, real)
         check_writable(grid)

@@ -31,7 +31,7 @@ from rich.text import Text
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ganzip import archs, checkpoint, config, data, images, students, trainset
+from ganzip import archs, checkpoint, config, data, images, runs, students, trainset
 from ganzip.config import DistillConfig
 from ganzip.devices import resolve_device
 from ganzip.errors import GanzipWarning, UserError, setting
@@ -243,6 +243,9 @@ def train_step(players: Players, objective: Objective, x: torch.Tensor, t: torch
 def _prepare(cfg: DistillConfig, run: RunFolder, rt: _Dist) -> _Prepared:
     """The teacher, the data and the recipe resolved against them; the saved state when resuming."""
     teacher = checkpoint.load_generator(cfg.teacher, cfg.teacher_mode)
+    if teacher.spec["input_nc"] != 3:  # every image is read as RGB; a gray teacher failed on its first batch
+        raise UserError(f"{cfg.teacher} takes {teacher.spec['input_nc']}-channel inputs, but distill reads its images "
+                        f"as RGB (3 channels); distill a generator of RGB images")
     teacher_sha = checkpoint.sha256(cfg.teacher)
     need_targets = config.adversary(cfg) == "targets"
     source = data.resolve(cfg.data, cfg.inputs, cfg.targets, config.direction_of(cfg, teacher.provenance),
@@ -281,13 +284,7 @@ def _players(prep: _Prepared, rt: _Dist, device: str, stop: StopSignals, progres
     0.999) with the feature adapters learning beside the student, and the DDP wrappers under torchrun."""
     cfg, state = prep.cfg, prep.state
     if state is not None:
-        student, disc = students.module_of(state["student"]), students.module_of(state["disc"])
-        info = state["meta"]["student_info"]
-        for name, module in (("student", student), ("discriminator", disc)):
-            if not students.finite(module):
-                raise UserError(f"the saved {name} in {cfg.out_dir / 'train_state.pth'} has NaN/Inf weights (step "
-                                f"{state['step']}): it cannot be resumed; start a new run in another "
-                                f"{setting('out_dir')}")
+        student, disc, info = students.resumed(state, cfg.out_dir / runs.STATE_FILE)
     else:
         student, info = students.make_student(cfg, prep.teacher, prep.train, stop, progress)
         disc = students.make_discriminator(cfg, prep.teacher, prep.source.paired)
@@ -299,10 +296,11 @@ def _players(prep: _Prepared, rt: _Dist, device: str, stop: StopSignals, progres
     opt_g = torch.optim.Adam([*student.parameters(), *objective.parameters()], lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     if state is not None:
-        objective.load_state_dict(state.get("objective", {}))
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        torch.set_rng_state(state["rng"])
+        with runs.restoring(cfg.out_dir / runs.STATE_FILE):
+            objective.load_state_dict(state.get("objective", {}))
+            opt_g.load_state_dict(state["opt_g"])
+            opt_d.load_state_dict(state["opt_d"])
+            torch.set_rng_state(state["rng"])
     else:
         torch.manual_seed(cfg.seed + rt.rank)
     g, d = student, disc

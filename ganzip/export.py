@@ -108,9 +108,11 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, opset: int | None = 
             "input_shape": dims, "traced_size": size}
 
 
-def _session(source: str | os.PathLike | bytes, threads: int | None = None) -> Any:
+def _session(source: str | os.PathLike | bytes, threads: int | None = None, advice: str | None = None) -> Any:
+    """An onnxruntime session; `advice` is what to do when it cannot load (a model ganzip just exported: another
+    opset; a file the user gave, which has no opset to choose, says its own)."""
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: its errors come back as exceptions, which ganzip words in one line
     # onnxruntime's idle threads spin after each run; timed in alternation with PyTorch they would steal its cores
     # (PyTorch runs markedly slower beside a spinning session), so ganzip's sessions sleep instead.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -123,7 +125,7 @@ def _session(source: str | os.PathLike | bytes, threads: int | None = None) -> A
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         where = "the exported model" if isinstance(source, bytes) else str(source)
         raise UserError(f"onnxruntime {ort.__version__} cannot load {where}: {str(e).splitlines()[0][:160]}; "
-                        f"try a lower {setting('opset')}") from None
+                        f"{advice or 'try a lower ' + setting('opset')}") from None
 
 
 def verify(module: nn.Module, onnx_path: str | os.PathLike, sizes: Sequence[int] = (256, 128), batch: int = 1,

@@ -6,11 +6,12 @@ RGBA, palette or 16-bit modes, and stray non-image files. Everything is converte
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -78,14 +79,27 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     Cameras store photos as the sensor saw them and record the rotation in the EXIF orientation tag; image
     viewers apply it, so ganzip does too, or phone photos would be translated lying on their side.
     """
+    with reading(path), _open(path) as img:
+        img.load()
+        return to_rgb(ImageOps.exif_transpose(img))
+
+
+def check_header(path: str | os.PathLike, what: str = "image") -> None:
+    """Open the file's header only, without decoding: cheap enough to check every image before a long run starts,
+    and the header is where PIL's decompression-bomb limit is met."""
+    with reading(path, what), _open(path):
+        pass
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, what: str = "image") -> Iterator[None]:
+    """PIL's and the file system's errors while reading `path` as one line naming it (`what`: "input image")."""
     try:
-        with _open(path) as img:
-            img.load()
-            return to_rgb(ImageOps.exif_transpose(img))
+        yield
     except Image.DecompressionBombError as e:
-        raise UserError(f"cannot read image {path}: {e}; shrink the image first") from None
+        raise UserError(f"cannot read {what} {path}: {e}; shrink the image first") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"cannot read image {path}: {e}; remove or replace the file") from None
+        raise UserError(f"cannot read {what} {path}: {e}; remove or replace the file") from None
 
 
 def _open(path: str | os.PathLike) -> Image.Image:
@@ -199,14 +213,9 @@ def load_batch(paths: Iterable[str | os.PathLike], size: int | None = None) -> t
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) from the file's header, upright as `load_rgb` turns it, without decoding the pixels."""
-    try:
-        with _open(path) as img:
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)  # EXIF orientation 5-8 swap the sides
-    except Image.DecompressionBombError as e:
-        raise UserError(f"cannot read image {path}: {e}; shrink the image first") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"cannot read image {path}: {e}; remove or replace the file") from None
+    with reading(path), _open(path) as img:
+        w, h = img.size
+        orientation = img.getexif().get(0x0112, 1)  # EXIF orientation 5-8 swap the sides
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ganzip import checkpoint
 from ganzip.atomic import torch_save
 from ganzip.errors import UserError, setting, unreadable_file
 
@@ -165,7 +166,7 @@ def _check_weights_file(path: Path) -> Path:
     if identity in _CHECKED:
         return path
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = checkpoint.safe_load(path)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise UserError(f"Inception weights {path} is not a file of plain tensors (torch.load with "
                         f"weights_only=True refuses it: {type(e).__name__}); {HOW_TO}") from None

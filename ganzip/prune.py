@@ -184,8 +184,11 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
         calib_size = max(64, multiple)
         x, calib_source = calibration.synthetic_batch(4, spec["input_nc"], calib_size, seed), "synthetic"
     else:
-        if (calib.dim() != 4 or calib.shape[1] != spec["input_nc"]
-                or calib.shape[-1] % multiple or calib.shape[-2] % multiple):
+        if calib.dim() != 4 or calib.shape[1] != spec["input_nc"]:  # images are read as RGB: a gray teacher's case
+            held = f"{calib.shape[1]}-channel images" if calib.dim() == 4 else f"a {calib.dim()}-D tensor"
+            raise UserError(f"{archs.describe(spec)} takes {spec['input_nc']}-channel inputs, but the calibration "
+                            f"batch holds {held} (images are read as RGB); prune it without {setting('calib')}")
+        if calib.shape[-1] % multiple or calib.shape[-2] % multiple:
             raise UserError(f"calibration batch must be N x {spec['input_nc']} x H x W with H, W multiples of "
                             f"{multiple}")
         x, calib_source = calib.float(), "images"

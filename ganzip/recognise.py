@@ -138,7 +138,7 @@ def _drop_instance_stats(sd: dict, spec: dict, notes: list[str]) -> dict:
 def matches(sd: dict, spec: dict) -> bool:
     # every width is a layer with a weight of its own: a spec with more widths than `sd` has tensors cannot fit,
     # and saying so before building it keeps an edited spec of millions of blocks from taking minutes
-    if sum(len(w) if isinstance(w, (list, tuple)) else 1 for w in spec["widths"].values()) > len(sd):
+    if archs.width_count(spec) > len(sd):
         return False
     expected = _expected(spec)
     return expected.keys() == sd.keys() and all(sd[k].shape == s for k, s in expected.items())

@@ -21,6 +21,8 @@ from ganzip import archs, checkpoint
 from ganzip.errors import UserError, setting
 from ganzip.export import PRECISION_KEY, SPEC_KEY, _session
 
+_EXPORT_AGAIN = "export it again with `ganzip export CKPT`"
+
 
 def is_onnx(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() == ".onnx"
@@ -45,12 +47,16 @@ class OnnxGenerator(nn.Module):
             "int8" if any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node) else "fp32")
         self._initializer_elements = sum(int(np.prod(t.dims)) for t in proto.graph.initializer
                                          if t.data_type == onnx.TensorProto.FLOAT)
-        self.session = _session(self.path, threads)
+        self.session = _session(self.path, threads, advice=f"the file was edited or damaged, or needs a newer "
+                                                            f"onnxruntime: {_EXPORT_AGAIN}")
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         dims = list(inp.shape)
-        self.input_nc = dims[1] if len(dims) == 4 and isinstance(dims[1], int) else (
-            self.spec["input_nc"] if self.spec else 3)
+        declared = dims[1] if len(dims) == 4 and isinstance(dims[1], int) else None
+        if self.spec is not None and declared is not None and declared != self.spec["input_nc"]:
+            raise UserError(f"{path} takes {declared}-channel inputs, but the generator it was exported from takes "
+                            f"{self.spec['input_nc']}; the file was edited or damaged: {_EXPORT_AGAIN}")
+        self.input_nc = declared or (self.spec["input_nc"] if self.spec else 3)
         self.fixed_batch = dims[0] if dims and isinstance(dims[0], int) else None
         self.fixed_hw = tuple(dims[2:]) if len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]) else None
 
@@ -68,7 +74,14 @@ class OnnxGenerator(nn.Module):
                             f"{setting('size', self.fixed_hw[0])}, or export it again with {setting('dynamic', True)}")
         data = x.detach().float().numpy()
         chunks = [data[i:i + 1] for i in range(len(data))] if self.fixed_batch == 1 and len(data) > 1 else [data]
-        outs = [self.session.run(None, {self.input_name: np.ascontiguousarray(c)})[0] for c in chunks]
+        try:
+            outs = [self.session.run(None, {self.input_name: np.ascontiguousarray(c)})[0] for c in chunks]
+        except Exception as e:  # noqa: BLE001 - onnxruntime's errors derive from Exception alone
+            if not type(e).__module__.startswith("onnxruntime"):
+                raise
+            raise UserError(f"{self.path} does not run on {'x'.join(map(str, x.shape))} inputs in onnxruntime "
+                            f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:160]}); the file was edited "
+                            f"or damaged: {_EXPORT_AGAIN}") from None
         return torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0])
 
     def reference(self) -> nn.Module | None:

@@ -156,8 +156,9 @@ class RunFolder:
                             f"train further")
         missing = [k for k in ("step", "student", "disc", "opt_g", "opt_d", "rng", "config", "meta") if k not in state]
         if missing:
-            raise UserError(f"{self.state} is incomplete (no {', '.join(missing)}); it was edited or damaged: remove "
-                            f"it to start over, or choose another {setting('out_dir')}")
+            raise damaged_state(self.state, f"is incomplete (no {', '.join(missing)})")
+        if (wrong := _malformed(state)) is not None:
+            raise damaged_state(self.state, f"holds {wrong}")
         return state
 
     def check_contract(self, cfg: config.DistillConfig, state: dict, teacher_sha: str) -> None:
@@ -230,6 +231,37 @@ class Checkpointer:
         if self.run.writer:
             self.run.save_state({"step": step, **state})
             checkpoint.save(self.output, student.spec, student.state_dict(), **provenance)
+
+
+def damaged_state(state_file: Path, what: str) -> UserError:
+    return UserError(f"{state_file} {what}; it was edited or damaged: remove it to start over, or choose another "
+                     f"{setting('out_dir')}")
+
+
+@contextlib.contextmanager
+def restoring(state_file: Path) -> Iterator[None]:
+    """Loading a saved state's parts into the run: an edited part fails deep inside torch (a spec that builds no
+    network, an optimiser state of other shapes), which the user can only fix by removing the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        detail = (str(e).strip().splitlines() or [""])[0][:120]
+        raise damaged_state(state_file, f"does not load ({type(e).__name__}{': ' * bool(detail)}{detail})") from None
+
+
+def _malformed(state: dict) -> str | None:
+    """What an edited state holds where a save puts something else, found before the run uses any of it: a step
+    of -5 resumed as if it were a count, a random state of the wrong type failed in torch's own words."""
+    step, rng = state["step"], state["rng"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"a step of {step!r}, not a count of steps"
+    if not (torch.is_tensor(rng) and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape):
+        kind = f"a {rng.dtype} tensor of {rng.numel()} values" if torch.is_tensor(rng) else f"a {type(rng).__name__}"
+        return f"a random-generator state that is {kind}, not the bytes torch saves"
+    wrong = [k for k in ("student", "disc", "opt_g", "opt_d", "config", "meta") if not isinstance(state[k], dict)]
+    if wrong:
+        return f"a {wrong[0]} that is a {type(state[wrong[0]]).__name__}, not a dict"
+    return None
 
 
 def _complete_lines(path: Path) -> Iterator[dict]:

@@ -7,6 +7,7 @@ refit on training crops) so that `distill --ratio` and `prune` then `distill --s
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from ganzip import archs, checkpoint, prune, trainset
 from ganzip.config import DistillConfig
 from ganzip.errors import UserError, setting
 from ganzip.progress import Progress
-from ganzip.runs import Stopped, StopSignals
+from ganzip.runs import Stopped, StopSignals, restoring
 
 
 def module_of(packed: dict) -> nn.Module:
@@ -23,6 +24,18 @@ def module_of(packed: dict) -> nn.Module:
     module = archs.build(packed["spec"])
     module.load_state_dict(packed["state_dict"])
     return module
+
+
+def resumed(state: dict, state_file: Path) -> tuple[nn.Module, nn.Module, dict]:
+    """The student, its discriminator and the student's description from a saved run, refusing weights that can
+    only train on as NaN (the last save would be named as good)."""
+    with restoring(state_file):
+        student, disc, info = module_of(state["student"]), module_of(state["disc"]), state["meta"]["student_info"]
+    for name, module in (("student", student), ("discriminator", disc)):
+        if not finite(module):
+            raise UserError(f"the saved {name} in {state_file} has NaN/Inf weights (step {state['step']}): it cannot "
+                            f"be resumed; start a new run in another {setting('out_dir')}")
+    return student, disc, info
 
 
 def packed(module: nn.Module) -> dict:

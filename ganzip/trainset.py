@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ganzip import images
 from ganzip.data import Source
@@ -46,11 +46,7 @@ def check_images(paths: list[Path], what: str) -> None:
     since the last save. Headers are cheap (no decoding); a file that is damaged past its header is still
     caught when it is decoded, and the run saves before it stops."""
     for p in paths:
-        try:
-            with Image.open(p) as img:
-                img.size  # noqa: B018 - reading the header is the check
-        except (UnidentifiedImageError, OSError) as e:
-            raise UserError(f"cannot read {what} {p}: {e}; remove or replace the file") from None
+        images.check_header(p, what)
 
 
 def hold_out(source: Source, fraction: float = 0.05, minimum: int = 2, count: int | None = None

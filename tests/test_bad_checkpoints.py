@@ -207,3 +207,32 @@ def test_random_bytes_and_an_onnx_file_are_named_without_advice_to_unpickle(tmp_
     line = _error(["inspect", str(misnamed)])
     assert line.startswith(f"error: {misnamed} is an ONNX model, not a PyTorch checkpoint; translate, fid and profile")
     assert "weights_only=False" not in line
+
+
+def test_a_spec_of_more_layers_than_the_file_holds_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    """An edited spec of 20,000 blocks took a minute and a gigabyte to build just to be found not to fit."""
+    def grow(spec: dict) -> None:
+        spec.update(n_blocks=2000)
+        spec["widths"]["inner"] = [16] * 2000
+
+    path = _tampered(tmp_path, grow)
+    held = len(archs.build(archs.default_spec("resnet", ngf=4, n_blocks=2)).state_dict())
+
+    def no_building(spec: dict):
+        raise AssertionError(f"built a {spec['arch']} of {spec.get('n_blocks')} blocks before checking the file")
+
+    monkeypatch.setattr(archs, "build", no_building)
+    assert _error(["inspect", path]) == (f"error: {path} is a ganzip checkpoint with a damaged spec: it declares 2005 "
+                                         f"layers, more than the {held} tensors the file holds; the file was edited or "
+                                         f"corrupted, re-create it")
+
+
+def test_an_expanded_tensor_is_named_not_reported_as_out_of_memory(tmp_path):
+    """A 200000x200000 tensor stored as one number loaded at once, then "needed 149 GiB: lower --size"."""
+    sd = resnet_state_dict(ngf=4, n_blocks=2, norm="instance")
+    sd["model.1.weight"] = torch.zeros(1).expand(200000, 200000)
+    torch.save(sd, tmp_path / "expanded.pth")
+    assert _error(["inspect", str(tmp_path / "expanded.pth")]) == (
+        f"error: {tmp_path / 'expanded.pth'} holds tensors that repeat a few stored values to fill their shape "
+        f"(model.1.weight: 200000x200000 from 1 stored value(s)); generator weights are stored in full: save them "
+        f"with {{k: v.contiguous() for k, v in state_dict.items()}}")

@@ -77,6 +77,24 @@ def test_inception_weights_that_are_not_weights_say_what_they_are(good, tmp_path
     assert "weights_only=False" not in line
 
 
+def test_inception_weights_of_another_pickle_protocol_are_one_line_without_torchs_warning(good, tmp_path):
+    import pickle
+    import warnings
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 32), (90, 40, 200)).save(images / "a.png")
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(pickle.dumps({"fc.weight": [0.0] * 4}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = _error_line(runner.invoke(app, ["fid", str(good), "--data", str(images), "--inception-weights",
+                                               str(weights)]))
+    assert line.startswith(f"error: Inception weights {weights} is not a file of plain tensors (torch.load with "
+                           f"weights_only=True refuses it: UnpicklingError); install the offline weights")
+    assert [str(w.message) for w in caught if "pickle protocol" in str(w.message)] == []
+
+
 def test_a_data_folder_with_input_folders_is_refused_not_half_ignored(good, tmp_path):
     for name in ("data/trainA", "data/trainB", "inputs", "targets"):
         (tmp_path / name).mkdir(parents=True)
@@ -421,3 +439,61 @@ def test_a_discriminator_ratio_that_leaves_layers_too_narrow_to_judge_is_refused
                     f"even with every width at 8 channel(s) it is {best:.2f}x by params; ask for {best:.2f}x or less "
                     f"(a discriminator keeps at least 8 channels in each layer)")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["distill", "prune"])
+def test_a_gray_teacher_with_rgb_images_names_the_channels(tmp_path, command):
+    """Was "calibration batch must be N x 1 x H x W with H, W multiples of 4": the sizes were fine."""
+    gray = tmp_path / "gray.pth"
+    torch.save(resnet_state_dict(ngf=4, n_blocks=2, norm="instance", input_nc=1, output_nc=1), gray)
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 90, 200)).save(src / f"{i}.png")
+    if command == "distill":
+        args = ["distill", str(gray), "--inputs", str(src), "--ratio", "1.5", "--steps", "1", "--size", "32",
+                "--out-dir", str(tmp_path / "run")]
+        expected = (f"error: {gray} takes 1-channel inputs, but distill reads its images as RGB (3 channels); distill "
+                    f"a generator of RGB images")
+    else:
+        args = ["prune", str(gray), "--ratio", "1.5", "--calib", str(src), "--size", "32", "-o",
+                str(tmp_path / "s.pth")]
+        expected = ("error: resnet_2blocks (ngf 4, instance norm) takes 1-channel inputs, but the calibration batch "
+                    "holds 3-channel images (images are read as RGB); prune it without --calib")
+    assert _error_line(runner.invoke(app, args)) == expected
+    assert not (tmp_path / "run").exists() and not (tmp_path / "s.pth").exists()
+
+
+def test_an_image_too_large_to_decode_in_distill_inputs_is_one_line(tmp_path, good, monkeypatch):
+    """translate, fid and the calibration folders gave the line already; distill's header check met PIL's
+    DecompressionBombError as a traceback."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (60 * i, 90, 200)).save(src / f"{i}.png")
+    Image.new("RGB", (64, 64)).save(src / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # 4096 px is more than twice this: PIL refuses to decode
+    out = tmp_path / "run"
+    line = _error_line(runner.invoke(app, ["distill", str(good), "--inputs", str(src), "--ratio", "2", "--steps", "1",
+                                           "--size", "32", "--val-images", "0", "--out-dir", str(out)]))
+    assert line.startswith(f"error: cannot read input image {src / 'huge.png'}: Image size (4096 pixels) exceeds limit")
+    assert line.endswith("; shrink the image first")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["distill", "T", "--inputs", "IMG", "--ratio", "2", "--steps", "1", "--size", "32", "--cache-mb", "nan"],
+     "error: --cache-mb must be 0 (no caching) or a finite number of MB, not nan"),  # was a ValueError
+    (["compare", "T", "T", "--data", "IMG", "--size", "32", "--threads", "0"],  # others refused it; compare ran
+     "error: --threads 0 is not a thread count; give a positive integer, or leave it out"),
+])
+def test_option_values_others_refuse_are_refused_here_too(good, tmp_path, args, expected):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (60 * i, 90, 200)).save(src / f"{i}.png")
+    names = {"T": str(good), "IMG": str(src)}
+    line = _error_line(runner.invoke(app, [*(names.get(a, a) for a in args), "--out-dir" if args[0] == "distill"
+                                           else "-o", str(tmp_path / "out")]))
+    assert line == expected
+    assert not (tmp_path / "out").exists()

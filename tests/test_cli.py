@@ -170,3 +170,15 @@ def test_data_path_prints_the_bundled_photos_by_default_and_the_maps_by_name():
     assert counts == {"train": 80, "val": 20}  # as resources/data/README.md describes the subset
     info = json.loads(runner.invoke(app, ["data-path", "maps", "--json"]).stdout)
     assert info["path"] == str(maps) and info["splits"] == counts
+
+
+def test_the_readme_names_the_commands_that_take_device():
+    """The README said "--device ... in every command"; inspect, prune and export have none."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sentence = readme[readme.index("- **`--device`** takes"):].split(";")[0]
+    named = set(re.findall(r"`([a-z]+)`", sentence)) - {"cpu", "cuda", "auto"}
+    commands = [c.name for c in typer.main.get_command(app).commands.values()]
+    takes = {c for c in commands if "--device" in runner.invoke(app, [c, "--help"], terminal_width=200).output}
+    assert named == takes

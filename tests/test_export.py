@@ -122,3 +122,18 @@ def test_profile_onnx_adds_onnxruntime_latency(tmp_path):
                                       "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["onnx_latency_ms"] > 0
+
+
+def test_export_prints_nothing_on_stderr(tmp_path):
+    """The exporter's notes (onnxscript's "Applied N of general pattern rewrite rules", torch's) are not ganzip's to
+    show: a subprocess, so that whatever writes to the real stderr is seen."""
+    import os
+    import subprocess
+    import sys
+
+    torch.save(unet_state_dict(ngf=4, num_downs=5, norm="batch"), tmp_path / "u.pth")
+    result = subprocess.run([sys.executable, "-m", "ganzip", "export", str(tmp_path / "u.pth"), "--size", "32", "-o",
+                             str(tmp_path / "u.onnx")], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_lines import error_line
 from PIL import Image
 from test_fid import _images
 from typer.testing import CliRunner
@@ -97,3 +98,47 @@ def test_onnx_refusals_are_one_line(files, tmp_path):
     gen = runner.load_generator(static)
     with pytest.raises(UserError, match="exported for 32x32 inputs only"):
         gen(torch.zeros(1, 3, 64, 64))
+
+
+def _edited(source, target, edit) -> None:
+    import onnx
+
+    model = onnx.load(str(source))
+    edit(model)
+    onnx.save(model, str(target))
+
+
+def _five_channels(model) -> None:
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 5
+
+
+def _five_channels_no_spec(model) -> None:
+    del model.metadata_props[:]
+    _five_channels(model)
+
+
+_SPEC_OF_3 = ("takes 5-channel inputs, but the generator it was exported from takes 3; the file was edited or damaged: "
+              "export it again with `ganzip export CKPT`")
+_UNLOADABLE = ("the file was edited or damaged, or needs a newer onnxruntime: export it again with "
+               "`ganzip export CKPT`")
+_EDITED_ONNX = [  # (command, an edit to an exported file, what the command says about it)
+    ("translate", _five_channels, _SPEC_OF_3),
+    ("profile", _five_channels, _SPEC_OF_3),
+    ("profile", _five_channels_no_spec, "does not run on 1x5x32x32 inputs in onnxruntime ("),
+    ("translate", lambda m: m.graph.node.remove(m.graph.node[3]), _UNLOADABLE),
+    ("profile", lambda m: m.graph.node.remove(m.graph.node[3]), _UNLOADABLE),
+]
+
+
+@pytest.mark.parametrize("command, edit, says", _EDITED_ONNX)
+def test_an_edited_onnx_file_is_one_line_without_opset_advice(files, tmp_path, command, edit, says):
+    """A 5-channel input ended in onnxruntime's traceback; a graph it cannot load was told to "try a lower --opset",
+    an option translate and profile do not have."""
+    _, tmp = files
+    path = tmp_path / "edited.onnx"
+    _edited(tmp / "s.onnx", path, edit)
+    args = {"translate": ["translate", str(path), str(_images(tmp_path / "in", 1, seed=1, size=32)), "-o",
+                          str(tmp_path / "out")],
+            "profile": ["profile", str(path), "--size", "32", "--runs", "1"]}[command]
+    line = error_line(CliRunner().invoke(app, args))
+    assert line.startswith("error: ") and says in line and "--opset" not in line, line

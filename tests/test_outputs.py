@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import builtins
+import errno
+import io
 import os
 import stat
 from pathlib import Path
@@ -215,6 +217,44 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(monkeypatch, teacher, tmp_pa
     assert line == (f"error: could not write {out}: No space left on device; free some space there or write the "
                     f"output elsewhere")
     assert list(out.parent.iterdir()) == []  # neither the output nor a temporary file is left behind
+
+
+class _FillsUp(io.FileIO):
+    """A file on a disk with `room` bytes left, as the kernel writes to one: the write that crosses it stores what
+    fits and says so (a short write), the next one fails with ENOSPC."""
+
+    room = 0
+
+    def write(self, data) -> int:
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = super().write(bytes(data)[:self.room])
+        self.room -= written
+        return written
+
+
+def test_a_disk_that_fills_during_a_pth_save_is_one_line(monkeypatch, teacher, tmp_path):
+    """A real full disk takes part of a file first; torch's zip writer then hid the ENOSPC behind "unexpected pos"
+    (a /dev/full that refuses every byte never showed it). The training state is the largest .pth a run writes."""
+    real_open = builtins.open
+
+    def filling(file, mode="r", *args, **kwargs):
+        if "w" in mode and ".pth." in Path(file).name:  # the temporary file of a .pth output
+            return io.BufferedWriter(_FillsUp(file, "w"))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "open", filling, raising=False)
+    monkeypatch.setattr(_FillsUp, "room", 4096)  # inside a tensor's bytes
+    data = _image_folder(tmp_path / "photos", tuple(f"{i}.png" for i in range(4)))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["distill", str(teacher), "--inputs", str(data), "--ratio", "1.75", "--method",
+                                 "uniform", "--steps", "1", "--size", "32", "--batch-size", "2", "--val-images", "0",
+                                 "--levels", "2", "--out-dir", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
+        f"error: could not write {out / 'train_state.pth'}: No space left on device; free some space there or write "
+        f"the output elsewhere"], result.output
+    assert not list(out.glob(".*.tmp")) and not (out / "train_state.pth").exists()
 
 
 def test_fid_refuses_to_keep_images_in_a_dataset_folder_it_reads(tmp_path):

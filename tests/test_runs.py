@@ -237,6 +237,45 @@ def test_out_dir_that_is_a_file_and_a_state_without_meta(setup):
     assert line.startswith(f"error: {tmp_path / 'run' / 'train_state.pth'} is incomplete (no meta)")
 
 
+def _poisoned(state: dict) -> None:
+    for v in state["student"]["state_dict"].values():
+        if v.is_floating_point():
+            v.fill_(float("nan"))
+
+
+_EDITED_STATES = [  # (what an edit does to a saved state, what --resume says about it after the file's name)
+    (lambda s: s.update(step=-5), "holds a step of -5, not a count of steps"),
+    (lambda s: s.update(step="12"), "holds a step of '12', not a count of steps"),
+    (lambda s: s.update(rng="abc"), "holds a random-generator state that is a str, not the bytes torch saves"),
+    (lambda s: s.update(config="x"), "holds a config that is a str, not a dict"),
+    (lambda s: s.update(student=[]), "holds a student that is a list, not a dict"),
+    (lambda s: s.update(opt_g={}), "does not load (KeyError: 'param_groups')"),
+    (lambda s: s["student"]["state_dict"].popitem(), "does not load (RuntimeError: Error(s) in loading state_dict"),
+]
+
+
+def test_an_edited_training_state_is_one_line_before_it_is_used(setup):
+    """A step of -5 resumed as if it were a count, a string rng failed in torch's words; a student saved with NaN
+    weights trained on to a NaN loss whose message named that save as the last good checkpoint."""
+    tmp_path, root = setup
+    assert runner.invoke(app, _args(tmp_path, root)).exit_code == 0
+    path = tmp_path / "run" / "train_state.pth"
+    saved = path.read_bytes()
+    for edit, says in [*_EDITED_STATES, (_poisoned, None)]:
+        state = torch.load(path, weights_only=True)
+        edit(state)
+        torch.save(state, path)
+        line = _line(runner.invoke(app, _args(tmp_path, root, "run", "--resume", "--steps", "6")))
+        if says is None:
+            assert line == (f"error: the saved student in {path} has NaN/Inf weights (step 4): it cannot be resumed; "
+                            f"start a new run in another --out-dir")
+        else:
+            assert line.startswith(f"error: {path} {says}")
+            assert line.endswith("; it was edited or damaged: remove it to start over, or choose another --out-dir")
+        path.write_bytes(saved)
+    assert _steps(tmp_path / "run") == [1, 2, 3, 4]  # no refused resume trained or logged a step
+
+
 def test_a_signal_while_pruning_stops_cleanly_before_training(setup, monkeypatch):
     tmp_path, root = setup
     from ganzip import prune

@@ -44,11 +44,18 @@ def build(spec: dict) -> nn.Module:
     return get(spec["arch"]).module(copy.deepcopy(spec))
 
 
-def validate(spec: Any) -> None:
+def width_count(spec: Mapping) -> int:
+    """How many layers the spec gives widths to: each is a layer with a weight of its own."""
+    return sum(len(w) if isinstance(w, (list, tuple)) else 1 for w in spec["widths"].values())
+
+
+def validate(spec: Any, tensors: int | None = None) -> None:
     """Raise ValueError naming the first problem of a spec that may have been edited by hand (a file's spec).
 
     Specs ganzip writes are always valid; this guards what a checkpoint claims before anything is built from it,
-    so a tampered file gets a sentence instead of whatever error the builder happens to hit first.
+    so a tampered file gets a sentence instead of whatever error the builder happens to hit first. `tensors`, the
+    number the file holds, bounds the layers a spec may declare before it is built: an edited spec of millions
+    of blocks took minutes to build just to be found not to fit.
     """
     if not isinstance(spec, Mapping):
         raise ValueError(f"the spec is a {type(spec).__name__}, not a dict")
@@ -66,6 +73,8 @@ def validate(spec: Any) -> None:
         for v in value if isinstance(value, list) else [value]:
             if not _positive_int(v):
                 raise ValueError(f"widths.{key} holds {v!r}; every width must be a positive integer")
+    if tensors is not None and width_count(spec) > tensors:
+        raise ValueError(f"it declares {width_count(spec)} layers, more than the {tensors} tensors the file holds")
     try:
         with torch.device("meta"):
             build(dict(spec))
