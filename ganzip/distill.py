@@ -18,7 +18,6 @@ DistributedDataParallel, each rank on its own share of the data.
 from __future__ import annotations
 
 import os
-import signal
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -96,7 +95,7 @@ def distill(cfg: DistillConfig, on_step: Callable[[int, dict], None] | None = No
     device = resolve_device(cfg.device)
     rt, device = _init_distributed(device)
     try:
-        with RunFolder(cfg.out_dir, writer=rt.main) as run, StopSignals(rt.main or rt.world == 1) as stop, \
+        with RunFolder(cfg.out_dir, writer=rt.main) as run, StopSignals(rt.rank, rt.world, device) as stop, \
                 Progress(enabled=rt.main and cfg.progress) as progress:
             return _distill(cfg, run, stop, progress, rt, device, on_step)
     except RuntimeError as e:
@@ -168,12 +167,11 @@ def _distill(cfg: DistillConfig, run: RunFolder, stop: StopSignals, progress: Pr
         progress.update("distilling", done, cfg.steps)
         if on_step is not None:
             on_step(done, losses)
-        if done % cfg.save_every == 0 or done == cfg.steps:
+        stopping = stop.agreed() is not None  # under torchrun: the same answer on every rank
+        if stopping or done % cfg.save_every == 0 or done == cfg.steps:
             save(done)
-        if stop.signum is not None:
-            save(done)
-            raise Stopped(f"stopped by {signal.Signals(stop.signum).name} at step {done}; saved to {run.path}, "
-                          f"continue with {setting('resume', True)}", stop.signum)
+        if stopping:
+            stop.check(f"at step {done}; saved to {run.path}, continue with {setting('resume', True)}")
     if start == cfg.steps:  # a finished run resumed (perhaps with another -o): the student is written where asked
         save(cfg.steps)
     if rt.world > 1:

@@ -39,11 +39,12 @@ class NonFiniteLoss(UserError):
 
 
 class Stopped(UserError):
-    """A run stopped by SIGINT/SIGTERM; the CLI exits with 128 + the signal number, as shells do."""
+    """A run stopped by SIGINT/SIGTERM; the CLI exits with 128 + the signal number, as shells do. Under torchrun
+    every rank stops, and rank 0 alone says so (`quiet` on the others): one line for one Ctrl-C."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, quiet: bool = False):
         super().__init__(message)
-        self.exit_code = 128 + signum
+        self.exit_code, self.quiet = 128 + signum, quiet
 
 
 class PeerLost(UserError):
@@ -65,11 +66,13 @@ def peer_lost(error: BaseException) -> bool:
 class StopSignals:
     """SIGINT/SIGTERM ask the run to stop after the step in flight (and save); a second Ctrl-C stops at once.
 
-    Installed before anything slow starts (pruning included), so no signal finds the default handler.
+    Installed before anything slow starts (pruning included), so no signal finds the default handler. Under
+    torchrun each rank installs them: the launcher forwards a Ctrl-C to every rank, but a signal may also reach
+    one rank alone, or each at its own moment, so the ranks agree on when to stop (`agreed`).
     """
 
-    def __init__(self, install: bool):
-        self.install, self.signum = install, None
+    def __init__(self, rank: int = 0, world: int = 1, device: str = "cpu"):
+        self.rank, self.world, self.device, self.signum = rank, world, device, None
         self._previous: dict[int, Any] = {}
 
     def _request(self, signum: int, frame: Any) -> None:
@@ -77,22 +80,38 @@ class StopSignals:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __enter__(self) -> "StopSignals":
-        if self.install:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    self._previous[sig] = signal.signal(sig, self._request)
-                except ValueError:  # not the main thread
-                    pass
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._request)
+            except ValueError:  # not the main thread
+                pass
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if self.world > 1 and exc_type is not None and issubclass(exc_type, Stopped):
+            return  # once one rank has exited, torchrun sends SIGTERM to the rest: rank 0 must still finish its line
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+    def agreed(self) -> int | None:
+        """The signal the run stops for after this step, the same on every rank, or None to go on.
+
+        One all-reduce (the largest signal number any rank caught) per step: every rank stops after the same
+        step, so the state rank 0 saves is the one each rank holds. A signal caught while the flags are reduced
+        counts at the next step.
+        """
+        if self.world == 1:
+            return self.signum
+        flag = torch.tensor([self.signum or 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if (signum := int(flag.item())) != 0:
+            self.signum = signum
+        return signum or None
 
     def check(self, where: str) -> None:
         """Raise Stopped if a stop was requested; `where` says what was saved ('at step 9; saved to ...')."""
         if self.signum is not None:
-            raise Stopped(f"stopped by {signal.Signals(self.signum).name} {where}", self.signum)
+            raise Stopped(f"stopped by {signal.Signals(self.signum).name} {where}", self.signum, quiet=self.rank != 0)
 
 
 class RunFolder:

@@ -6,7 +6,6 @@ refit on training crops) so that `distill --ratio` and `prune` then `distill --s
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from ganzip import archs, checkpoint, prune, trainset
 from ganzip.config import DistillConfig
 from ganzip.errors import UserError, setting
 from ganzip.progress import Progress
-from ganzip.runs import Stopped, StopSignals, restoring
+from ganzip.runs import StopSignals, restoring
 
 
 def module_of(packed: dict) -> nn.Module:
@@ -86,9 +85,7 @@ def make_student(cfg: DistillConfig, teacher: nn.Module, train: trainset.TrainSe
 
         def report(fraction: float) -> None:
             progress.update(task, fraction, 1.0)
-            if stop.signum is not None:
-                raise Stopped(f"stopped by {signal.Signals(stop.signum).name} while pruning, before training "
-                              f"began; nothing was saved", stop.signum)
+            stop.check("while pruning, before training began; nothing was saved")
 
         # the same student `ganzip prune` makes: search steps charged in measured latency (ganzip.prune)
         result = prune.prune(teacher, cfg.ratio, by=cfg.by, method=cfg.method, size=cfg.size, calib=calib,

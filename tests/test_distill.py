@@ -463,3 +463,74 @@ def test_a_killed_rank_stops_the_others_with_one_line_and_the_run_resumes(setup)
     result = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=180, env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.load(out / "train_state.pth", weights_only=True)["step"] == saved + 2
+
+
+_RECORDED_RANK = '''\
+"""One torchrun rank: `python -m ganzip ARGS` with its pid, stderr and exit status kept in FOLDER by rank."""
+import os, signal, subprocess, sys
+from pathlib import Path
+
+for sig in (signal.SIGINT, signal.SIGTERM):  # the launcher signals the rank's process group: ganzip answers
+    signal.signal(sig, lambda *_: None)
+folder, rank = Path(sys.argv[1]), os.environ["RANK"]
+with open(folder / f"stderr.{rank}", "w") as err:
+    child = subprocess.Popen([sys.executable, "-m", "ganzip", *sys.argv[2:]], stderr=err)
+    (folder / f"pid.{rank}").write_text(str(child.pid))
+    code = child.wait()
+(folder / f"rc.{rank}").write_text(str(code))
+sys.exit(code if code >= 0 else 128 - code)
+'''
+
+
+def _recording_ranks(cmd: list[str], folder: Path) -> list[str]:
+    """A _torchrun command whose ranks record their own pid, stderr and exit status (_RECORDED_RANK): torchrun
+    stopped by a signal reports none of them, and mixes every rank's stderr with its own."""
+    folder.mkdir()
+    (folder / "rank.py").write_text(_RECORDED_RANK)
+    at = cmd.index("ganzip")
+    return cmd[:at - 1] + [str(folder / "rank.py"), str(folder)] + cmd[at + 1:]
+
+
+def _trained_a_step(out: Path) -> bool:
+    log = out / "log.jsonl"  # written empty at the start, a line per step
+    return log.exists() and log.stat().st_size > 0
+
+
+@pytest.mark.parametrize("to,sig", [("launcher", signal.SIGINT), ("rank 1", signal.SIGTERM)])
+def test_a_signal_under_torchrun_stops_every_rank_at_one_step_that_rank_0_saves_and_resumes(setup, to, sig):
+    tmp_path, data = setup
+    out, ranks, straight = tmp_path / "stopped", tmp_path / "ranks", tmp_path / "straight"
+    # a constant rate (--decay-from 1): the steps a run trains do not depend on how many it was asked for
+    flags = ("--decay-from", "1", "--val-images", "0", "--save-every", "100000", "--sample-every", "100000")
+    launcher = subprocess.Popen(_recording_ranks(_torchrun(tmp_path, data, out, "--steps", "100000", *flags), ranks),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.time() + 120
+        while launcher.poll() is None and time.time() < deadline and not _trained_a_step(out):
+            time.sleep(0.05)
+        assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+        os.kill(launcher.pid if to == "launcher" else int((ranks / "pid.1").read_text()), sig)  # Ctrl-C: the launcher
+        _, launcher_err = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    stopped = torch.load(out / "train_state.pth", weights_only=True)["step"]
+    assert [r["step"] for r in _log(out)] == list(range(1, stopped + 1))
+    assert [(ranks / f"rc.{r}").read_text() for r in (0, 1)] == [str(128 + sig)] * 2, launcher_err[-3000:]
+    said = [(ranks / f"stderr.{r}").read_text() for r in (0, 1)]
+    assert [line for line in said[0].splitlines() if line.startswith(("error", "warning", "interrupted"))] == [
+        f"error: stopped by {sig.name} at step {stopped}; saved to {out}, continue with --resume"], said[0]
+    assert said[1] == "" and "Traceback" not in said[0]  # rank 0 speaks for the run
+    if to != "launcher":
+        return
+    # --resume continues as if nothing had happened: the same losses and weights as a run never stopped
+    end = str(stopped + 2)
+    both = [subprocess.Popen(_torchrun(tmp_path, data, folder, "--steps", end, *flags, *resume),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+            for folder, resume in ((out, ["--resume"]), (straight, []))]
+    for run in both:
+        _, err = run.communicate(timeout=180)
+        assert run.returncode == 0, err[-3000:]
+    keys = ("loss_g", "loss_kd")
+    assert [[r[k] for k in keys] for r in _log(out)] == [[r[k] for k in keys] for r in _log(straight)]
+    a, b = (checkpoint.load(folder / "student.pth").state_dict for folder in (out, straight))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

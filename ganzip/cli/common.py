@@ -152,9 +152,10 @@ def command(*args: Any, **kwargs: Any) -> Callable:
                 message = for_command_line(e.text)
                 if isinstance(e, LayoutError):
                     message = f"{message}; {layout_hint(name, e, kw)}"
-                error_line(message)
-                if kw.get("as_json") and not _state["json_sent"]:  # stdout stays one JSON document
-                    emit_json({"error": message})
+                if not getattr(e, "quiet", False):  # quiet: another torchrun rank says it (ganzip.runs.Stopped)
+                    error_line(message)
+                    if kw.get("as_json") and not _state["json_sent"]:  # stdout stays one JSON document
+                        emit_json({"error": message})
                 raise typer.Exit(getattr(e, "exit_code", 2)) from None  # 128 + signal for a stopped run
             except KeyboardInterrupt:
                 err_console.print("[yellow]interrupted[/]")
