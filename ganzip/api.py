@@ -143,9 +143,10 @@ def prune(teacher: str | os.PathLike, ratio: float, *, output: str | os.PathLike
     with thread_policy.using(threads) as n_threads:
         task = f"{method} for {ratio:g}x by {by}"
         on_search = (lambda done: progress(task, done, 1.0)) if progress else None
+        on_refit = (lambda done, layers: progress("refitting layers", done, layers)) if progress else None
         result = pruning.prune(module, ratio, by=by, method=method, size=size, calib=batch, multiple_of=multiple_of,
                                seed=seed, runtime=runtime, threads=n_threads, price="auto", refit_images=fit_images,
-                               verify_runs=runs, progress=on_search)
+                               verify_runs=runs, progress=on_search, refit_progress=on_refit)
         if runs and "speedup" not in result.info:  # a latency search has timed its student against the teacher
             if progress:
                 progress(f"timing teacher and student in {runtime}", 0, None)

@@ -31,7 +31,7 @@ from ganzip import __version__, archs
 from ganzip.archs.layers import set_teacher_mode
 from ganzip.atomic import torch_save, write_bytes
 from ganzip.choices import TEACHER_MODES
-from ganzip.errors import GanzipWarning, UserError, check_choice, setting, unreadable_file
+from ganzip.errors import GanzipWarning, UserError, check_checkpoint_file, check_choice, setting
 from ganzip.recognise import map_by_order, matches, recognise
 
 FORMAT = "ganzip"
@@ -91,8 +91,7 @@ def read(path: str | os.PathLike) -> Any:
 
 
 def _read(p: Path) -> tuple[Any, str]:
-    if (problem := unreadable_file(p, "checkpoint")) is not None:
-        raise UserError(problem)
+    check_checkpoint_file(p)
     fmt = file_format(p)
     if fmt == "torchscript":
         raise UserError(f"{p} is a TorchScript module (torch.jit.save), not a state dict; if you trust it, save its "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ganzip import images
-from ganzip.errors import LayoutError, UserError, setting
+from ganzip.errors import LayoutError, UserError, missing_folder, setting
 
 _UNPAIRED = ("trainA", "trainB", "valA", "valB", "testA", "testB")
 _SPLITS = ("train", "val", "test")
@@ -56,8 +56,8 @@ def _count(folder: Path) -> int:
 def recognise(root: str | os.PathLike) -> Layout:
     """The layout of a data folder; one that looks like none of them is refused, saying what it holds."""
     root = Path(root)
-    if not root.exists():
-        raise UserError(f"data folder {root} does not exist; check the path")
+    if (missing := missing_folder(root, "data folder")) is not None:
+        raise UserError(missing)
     if not root.is_dir():
         raise UserError(f"data folder {root} is a file; give the folder that holds the images")
     if images.holds_images(root):

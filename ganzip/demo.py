@@ -178,7 +178,7 @@ def _run_photos(out: Path, s: Settings, seed: int, device: str, stages: _Stages,
     calib = calibration.calibration_batch(data / "train", s.size, seed=seed)
     refit_images = calibration.refit_batch(data / "train", 32, s.size)
     prune_info = stages.run(f"pruning to {s.ratio:g}x fewer MACs ({s.method} widths) and refitting", _prune, s,
-                            teacher, calib, out, seed, teacher_path, refit_images)
+                            teacher, calib, out, seed, teacher_path, refit_images, stages.console)
     precision = fast_precision(device) if s.precision == "auto" else s.precision
     distill_info = stages.run(f"distilling: {s.distill_steps} steps, {precision}", _distill, s, out, seed, device,
                               teacher=teacher_path, inputs=data / "train", targets=target_dir, val=data / "test")
@@ -259,12 +259,14 @@ def _fit_teacher(s: Settings, train: Path, out: Path, seed: int, console: Consol
 # --- stages both demos share ---------------------------------------------------------------------------------
 
 def _prune(s: Settings, teacher: torch.nn.Module, calib: torch.Tensor, out: Path, seed: int, teacher_path: Path,
-           refit_images: torch.Tensor | None = None) -> dict:
+           refit_images: torch.Tensor | None = None, console: Console | None = None) -> dict:
     start = time.perf_counter()
     # Search steps charged in MACs, not measured latency: timings differ between runs and machines, and the demo's
     # student must be the same every time it is run with the same seed.
-    result = prune.prune(teacher, s.ratio, by="macs", method=s.method, size=s.size, calib=calib, seed=seed,
-                         refit_images=refit_images)
+    with Progress(console) as progress:  # the refit alone takes a while (ganzip.refit)
+        result = prune.prune(teacher, s.ratio, by="macs", method=s.method, size=s.size, calib=calib, seed=seed,
+                             refit_images=refit_images,
+                             refit_progress=lambda done, layers: progress.update("refitting layers", done, layers))
     prune.save_student(result, teacher, teacher_path, out / "student_init.pth")
     return {"ratio": s.ratio, "achieved": result.achieved, "method": result.info.get("picked", s.method),
             "spec": result.spec, "seconds": time.perf_counter() - start, "path": str(out / "student_init.pth"),

@@ -146,3 +146,19 @@ def unreadable_file(path: str | os.PathLike, what: str) -> str | None:
     if st.st_size == 0:
         return f"{what} {p} is empty (0 bytes); the download or save was interrupted, get it again"
     return None
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> None:
+    """Refuse a checkpoint path that is no readable file (`unreadable_file`), before anything is loaded.
+
+    Here, without torch, so that the command line can answer a mistyped path at once, in the words the loader
+    (ganzip.checkpoint) uses for the same path.
+    """
+    if (problem := unreadable_file(path, "checkpoint")) is not None:
+        raise UserError(problem)
+
+
+def missing_folder(path: str | os.PathLike, what: str) -> str | None:
+    """Why a folder a command reads (`what`: "input folder", "data folder") cannot be: it does not exist; None
+    when something is there. One wording for the readers and for the command line's early check."""
+    return None if Path(path).exists() else f"{what} {path} does not exist; check the path"

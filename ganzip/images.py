@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from ganzip.atomic import write_bytes
-from ganzip.errors import UserError, setting
+from ganzip.errors import UserError, missing_folder, setting
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 
@@ -30,8 +30,8 @@ def list_images(folder: str | os.PathLike, what: str = "image folder") -> list[P
     same warning, so a folder that yields fewer images than it seems to hold always says why.
     """
     folder = Path(folder)
-    if not folder.exists():
-        raise UserError(f"{what} {folder} does not exist; check the path")
+    if (missing := missing_folder(folder, what)) is not None:
+        raise UserError(missing)
     if not folder.is_dir():
         raise UserError(f"{what} {folder} is a file, not a folder of images")
     entries = sorted(folder.iterdir())

@@ -77,7 +77,8 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str | N
           calib: torch.Tensor | None = None, multiple_of: int | None = None, seed: int = 0,
           progress: Callable[[float], None] | None = None, runtime: str = "torch", threads: int | None = None,
           cost: CostModel | None = None, price: CostModel | str | None = None,
-          refit_images: torch.Tensor | None = None, verify_runs: int = 0) -> PruneResult:
+          refit_images: torch.Tensor | None = None, verify_runs: int = 0,
+          refit_progress: Callable[[int, int], None] | None = None) -> PruneResult:
     """A student `ratio` times cheaper than `teacher` by `by` (MACs at `size` px, parameters, or latency measured
     here in `runtime` with `threads`), with inherited weights.
 
@@ -89,7 +90,8 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str | N
     `refit_images` (real inputs) turn on the least-squares refit (ganzip.refit) of the chosen student; a quarter of
     them (when there are 8 or more) is kept out of the fit to report zero-shot fidelity before and after.
     `calib` is the batch on which `search` compares candidates with the teacher; without it a fixed synthetic
-    batch is used. `progress` receives the fraction done (search only).
+    batch is used. `progress` receives the fraction done (search only); `refit_progress` the refit's layers done and
+    its layer count (ganzip.refit), reported apart as the refit is the longer half of pruning with real images.
     With `by="latency"` and `verify_runs`, each chosen student is timed whole against the teacher (alternating,
     `verify_runs` runs each) and searched again at a corrected target until the measured ratio reaches `ratio`:
     a sum of units timed alone misjudges whole networks, and its error lands on the ratio (`info["rounds"]`
@@ -127,7 +129,8 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str | N
         else:
             result = search(ratio)
         if refit_images is not None:
-            result.info["refit"] = refit.refit_student(teacher, result.module, refit_images, seed)
+            result.info["refit"] = refit.refit_student(teacher, result.module, refit_images, seed,
+                                                       progress=refit_progress)
         return result
     finally:
         teacher.train(was_training)

@@ -105,10 +105,12 @@ ROWS = 49152
 
 def refit(teacher: nn.Module, student: nn.Module, images: torch.Tensor, *, rows: int = ROWS,
           ridge: float = 1e-4, chunk: int = 8, seed: int = 0,
-          progress: Callable[[float], None] | None = None) -> dict:
+          progress: Callable[[int, int], None] | None = None) -> dict:
     """Refit every convolution of `student` (a student pruned from `teacher`) in place; returns what was done.
 
     `rows` output pixels per layer are sampled over the images (spread evenly across them) for each regression.
+    `progress(layers done, layers)` after each layer: a refit of a full-size generator takes as long as the rest
+    of pruning together, and a command should not sit silent through it.
     """
     layout = channels.layout_of(teacher)
     keep = channels.kept(teacher, student.spec)
@@ -124,7 +126,7 @@ def refit(teacher: nn.Module, student: nn.Module, images: torch.Tensor, *, rows:
         for i, name in enumerate(names):
             _fit_layer(stages, name, s_mods[name], targets[name], positions[name], ridge)
             if progress:
-                progress((i + 1) / len(names))
+                progress(i + 1, len(names))
     finally:
         teacher.train(was[0])
         student.train(was[1])
@@ -254,16 +256,17 @@ def _fit_layer(stages: _Stages, name: str, conv: nn.Module, target: torch.Tensor
 
 
 def refit_student(teacher: nn.Module, student: nn.Module, images: torch.Tensor, seed: int = 0,
-                  rows: int = ROWS) -> dict:
+                  rows: int = ROWS, progress: Callable[[int, int], None] | None = None) -> dict:
     """Refit `student` in place; returns the refit's record with zero-shot fidelity to the teacher before and after,
-    on held-out images when there are enough (else on the fit images, and the record says so)."""
+    on held-out images when there are enough (else on the fit images, and the record says so). `progress` as
+    `refit`'s."""
     n = images.shape[0]
     held = torch.arange(n) % 4 == 3 if n >= 8 else torch.zeros(n, dtype=torch.bool)
     fit_x, eval_x = images[~held], (images[held] if held.any() else images)
     with torch.inference_mode():
         t_out = teacher(eval_x)
         before = fidelity.similarity(student(eval_x), t_out)
-    record = refit(teacher, student, fit_x, rows=rows, seed=seed)
+    record = refit(teacher, student, fit_x, rows=rows, seed=seed, progress=progress)
     with torch.inference_mode():
         after = fidelity.similarity(student(eval_x), t_out)
     keys = ("psnr_db", "colour_drift_8bit")

@@ -83,14 +83,16 @@ def make_student(cfg: DistillConfig, teacher: nn.Module, train: trainset.TrainSe
         fit_images = torch.stack([train.item(i, 0)["input"] for i in spread]) if cfg.init == "inherit" else None
         task = f"pruning to {cfg.ratio:g}x by {cfg.by}"
 
-        def report(fraction: float) -> None:
-            progress.update(task, fraction, 1.0)
+        def report(done: float, total: float = 1.0, name: str = task) -> None:
+            progress.update(name, done, total)
             stop.check("while pruning, before training began; nothing was saved")
 
         # the same student `ganzip prune` makes: search steps charged in measured latency (ganzip.prune)
         result = prune.prune(teacher, cfg.ratio, by=cfg.by, method=cfg.method, size=cfg.size, calib=calib,
-                             seed=cfg.seed, progress=report, price="auto", refit_images=fit_images)
+                             seed=cfg.seed, progress=report, price="auto", refit_images=fit_images,
+                             refit_progress=lambda done, layers: report(done, layers, "refitting layers"))
         progress.finish(task)
+        progress.finish("refitting layers")
         student = result.module
         info = {"ratio": cfg.ratio, "achieved_ratio": result.achieved, "by": cfg.by, "method": cfg.method,
                 "teacher_base": archs.base_width(teacher.spec),

@@ -36,6 +36,18 @@ def test_prune_from_a_script_writes_the_student_the_command_writes(teacher, tmp_
     assert report.achieved == pytest.approx(macs, rel=1e-6) and report.speedup is None
 
 
+def test_prune_reports_the_refit_layer_by_layer(teacher, tmp_path):
+    """The refit is most of a prune with --calib; the command's bar counts its layers (was silent)."""
+    for i in range(8):
+        save_png(torch.rand(3, 32, 32) * 2 - 1, tmp_path / "calib" / f"{i}.png")
+    calls = []
+    report = api.prune(teacher, 3, size=32, runs=0, calib=tmp_path / "calib", output=tmp_path / "s.pth",
+                       progress=lambda task, done, total: calls.append((task, done, total)))
+    layers = report.info["refit"]["layers"]
+    assert [c for c in calls if c[0] == "refitting layers"] == [("refitting layers", i, layers)
+                                                                for i in range(1, layers + 1)]
+
+
 def test_profile_counts_the_parameters_of_the_file(teacher):
     report = api.profile(teacher, teacher=teacher, size=32, runs=2)
     module = checkpoint.load_generator(teacher)

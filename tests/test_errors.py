@@ -62,6 +62,7 @@ MISTAKES = [
 def test_a_library_error_names_parameters_and_the_command_names_flags(tmp_path, fields, python, flags,
                                                                       command_line):
     teacher, out = tmp_path / "teacher.pth", tmp_path / "run"
+    teacher.write_bytes(b"never read: the settings are refused first")  # a missing file is refused while parsing
     with pytest.raises(UserError) as caught:
         distill(DistillConfig(teacher=teacher, out_dir=out, progress=False, **fields))
     assert str(caught.value) == python and "--" not in str(caught.value)

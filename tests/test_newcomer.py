@@ -137,6 +137,52 @@ def test_help_imports_no_torch():
     assert "Usage: ganzip distill" in out and out.splitlines()[-1] == "False"
 
 
+# (argv, the error line) with {ckpt} a file that is never read, {img} a folder of images, {gone} a missing path
+_EARLY_ERRORS = [
+    (["inspect", "{gone}.pth"], "checkpoint {gone}.pth not found; check the path"),
+    (["inspect", "{img}"], "checkpoint {img} is a directory, not a file; pass the file inside it"),
+    (["inspect", "{empty}"], "checkpoint {empty} is empty (0 bytes); the download or save was interrupted, get it "
+                             "again"),
+    (["inspect", "{link}"], "checkpoint {link} is a symbolic link to {gone}.pth, which does not exist; fix the link"),
+    (["profile", "{ckpt}", "--teacher", "{gone}.pth"], "checkpoint {gone}.pth not found; check the path"),
+    (["prune", "{gone}.pth", "--ratio", "2"], "checkpoint {gone}.pth not found; check the path"),
+    (["prune", "{ckpt}", "--ratio", "2", "--calib", "{gone}"], "calibration folder {gone} does not exist; check the "
+                                                               "path"),
+    (["distill", "{gone}.pth", "--ratio", "2", "--inputs", "{img}"], "checkpoint {gone}.pth not found; check the path"),
+    (["distill", "{ckpt}", "--student", "{gone}.pth", "--inputs", "{img}"], "checkpoint {gone}.pth not found; check "
+                                                                            "the path"),
+    (["distill", "{ckpt}", "--ratio", "2", "--data", "{gone}"], "data folder {gone} does not exist; check the path"),
+    (["distill", "{ckpt}", "--ratio", "2", "--inputs", "{gone}"], "input folder {gone} does not exist; check the path"),
+    (["translate", "{gone}.pth", "{img}", "-o", "{out}"], "checkpoint {gone}.pth not found; check the path"),
+    (["translate", "{ckpt}", "{gone}", "-o", "{out}"], "input folder {gone} does not exist; check the path"),
+    (["fid", "{gone}.pth", "--data", "{img}"], "checkpoint {gone}.pth not found; check the path"),
+    (["fid", "{ckpt}", "--data", "{gone}"], "data folder {gone} does not exist; check the path"),
+    (["export", "{gone}.pth"], "checkpoint {gone}.pth not found; check the path"),
+    (["export", "{ckpt}", "--int8", "--calib", "{gone}"], "--calib folder {gone} does not exist; check the path"),
+    (["compare", "{ckpt}", "{gone}.pth", "--data", "{img}"], "checkpoint {gone}.pth not found; check the path"),
+    (["compare", "{ckpt}", "{ckpt}", "--data", "{gone}"], "data folder {gone} does not exist; check the path"),
+    (["spectrum", "{ckpt}", "{gone}.pth", "--data", "{img}"], "checkpoint {gone}.pth not found; check the path"),
+    (["spectrum", "{ckpt}", "--data", "{gone}"], "data folder {gone} does not exist; check the path"),
+]
+
+
+@pytest.mark.parametrize("argv,expected", _EARLY_ERRORS, ids=[" ".join(a) for a, _ in _EARLY_ERRORS])
+def test_a_mistyped_path_is_answered_without_importing_torch(tmp_path, argv, expected):
+    """Importing torch takes seconds; a missing checkpoint or folder is answered first, in the library's words."""
+    names = {"ckpt": tmp_path / "t.pth", "img": tmp_path / "img", "gone": tmp_path / "gone",
+             "empty": tmp_path / "empty.pth", "link": tmp_path / "link.pth", "out": tmp_path / "out"}
+    names["ckpt"].write_bytes(b"never read: the path is refused first")
+    write_images(names["img"], 1, 32, 0)
+    names["empty"].write_bytes(b"")
+    names["link"].symlink_to(tmp_path / "gone.pth")
+    code = ("import sys\nfrom ganzip.cli import run\nsys.argv = ['ganzip', *sys.argv[1:]]\ntry:\n    run()\n"
+            "except SystemExit as e:\n    print(e.code)\nprint('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, *[a.format(**names) for a in argv]], capture_output=True,
+                            text=True)
+    assert result.stderr.strip() == f"error: {expected.format(**names)}"
+    assert result.stdout.split() == ["2", "False"]
+
+
 def test_help_text_wraps_to_the_window_not_to_the_source():
     result = runner.invoke(app, ["--help"], env={"COLUMNS": "250"})
     assert "with --teacher, compression, speedup and efficiency (speedup / MACs ratio)." in result.output

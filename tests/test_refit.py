@@ -48,6 +48,20 @@ def test_refit_lowers_a_pruned_students_error(arch, kw):
     assert after < 0.8 * before
 
 
+def test_refit_reports_each_layer_done_and_prune_passes_it_on():
+    """The refit is the long half of pruning with real images; its progress counts layers up to its total."""
+    t = _teacher("resnet", dict(ngf=8, n_blocks=3))
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    calls = []
+    record = refit.refit(t, prune.inherit(t, prune.uniform_spec(t.spec, 0.5)), x, rows=1024,
+                         progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, record["layers"]) for i in range(1, record["layers"] + 1)] and record["layers"] > 1
+    passed = []
+    result = prune.prune(t, 2, method="uniform", size=32, refit_images=x,
+                         refit_progress=lambda done, total: passed.append((done, total)))
+    assert passed == calls and result.info["refit"]["layers"] == record["layers"]
+
+
 def test_transposed_convolution_patches_reproduce_torch():
     conv = torch.nn.ConvTranspose2d(5, 4, 3, stride=2, padding=1, output_padding=1)
     x = torch.randn(2, 5, 6, 7)

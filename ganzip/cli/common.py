@@ -11,7 +11,7 @@ import shlex
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -85,6 +85,9 @@ class _Group(_Adopting, TyperGroup):
             if "--json" in args:
                 print(json.dumps({"error": e.format_message()}))
             raise
+        except UserError as e:  # from a parameter's callback (checkpoint_argument...), before the command runs
+            _state["json_sent"] = False
+            _refuse(e, args[0] if args else "", {}, "--json" in args)
 
 
 app = typer.Typer(
@@ -147,16 +150,7 @@ def command(*args: Any, **kwargs: Any) -> Callable:
                             raise
                         raise UserError(f"{what}; {_what_to_lower(kw)}") from e
             except UserError as e:
-                if _state["debug"]:
-                    raise
-                message = for_command_line(e.text)
-                if isinstance(e, LayoutError):
-                    message = f"{message}; {layout_hint(name, e, kw)}"
-                if not getattr(e, "quiet", False):  # quiet: another torchrun rank says it (ganzip.runs.Stopped)
-                    error_line(message)
-                    if kw.get("as_json") and not _state["json_sent"]:  # stdout stays one JSON document
-                        emit_json({"error": message})
-                raise typer.Exit(getattr(e, "exit_code", 2)) from None  # 128 + signal for a stopped run
+                _refuse(e, name, kw, bool(kw.get("as_json")))
             except KeyboardInterrupt:
                 err_console.print("[yellow]interrupted[/]")
                 raise typer.Exit(130) from None
@@ -167,6 +161,21 @@ def command(*args: Any, **kwargs: Any) -> Callable:
         return app.command(*args, **kwargs)(wrapper)
 
     return decorate
+
+
+def _refuse(e: UserError, name: str, kw: dict, as_json: bool) -> NoReturn:
+    """A user error as one line on stderr (and {"error": ...} on stdout under --json), then exit 2; re-raised as
+    it is under --debug. `kw` are the command's arguments, for the options a LayoutError's hint names."""
+    if _state["debug"]:
+        raise e
+    message = for_command_line(e.text)
+    if isinstance(e, LayoutError):
+        message = f"{message}; {layout_hint(name, e, kw)}"
+    if not getattr(e, "quiet", False):  # quiet: another torchrun rank says it (ganzip.runs.Stopped)
+        error_line(message)
+        if as_json and not _state["json_sent"]:  # stdout stays one JSON document
+            emit_json({"error": message})
+    raise typer.Exit(getattr(e, "exit_code", 2)) from None  # 128 + signal for a stopped run
 
 
 def flowing(doc: str) -> str:

@@ -27,6 +27,7 @@ from ganzip.cli.common import (
     threads_text,
     widths_text,
 )
+from ganzip.cli.inputs import checkpoint_argument, checkpoint_option, existing_folder
 
 if TYPE_CHECKING:  # the CLI imports the library (and torch) only inside a command
     from ganzip.api import PruneReport
@@ -39,7 +40,7 @@ _METHOD_HELP = ("uniform (one multiplier; the default by macs or params: it trai
 
 @command("prune")
 def prune_cmd(
-    teacher: Path = typer.Argument(..., help="Teacher generator checkpoint (upstream or ganzip)."),
+    teacher: Path = checkpoint_argument("Teacher generator checkpoint (upstream or ganzip)."),
     ratio: float = typer.Option(..., "--ratio", help="Target compression ratio, e.g. 7 for 7x smaller."),
     by: str = typer.Option("macs", "--by", metavar=choices.metavar(choices.MEASURES),
                            help="What the ratio counts: macs (paper/thop convention), params, or "
@@ -47,7 +48,8 @@ def prune_cmd(
     method: Optional[str] = typer.Option(None, "--method", metavar=choices.metavar(choices.METHODS),
                                          help=_METHOD_HELP),
     size: int = typer.Option(256, help="Input size (pixels) at which MACs and latency are counted."),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of real input images scoring the search "
+    calib: Optional[Path] = typer.Option(None, "--calib", callback=existing_folder("calibration folder"),
+                                         help="Folder of real input images scoring the search "
                                          "(default: a fixed synthetic batch)."),
     multiple_of: Optional[int] = typer.Option(None, "--multiple-of", help="Round every width to a multiple of "
                                               "this (default: 8 where latency is measured and every teacher width "
@@ -141,13 +143,14 @@ _TRAINING, _VALIDATION, _RUN = "Training", "Validation", "Run folder"
 
 @command("distill")
 def distill_cmd(
-    teacher: Path = typer.Argument(..., help="Teacher generator checkpoint (frozen during training)."),
+    teacher: Path = checkpoint_argument("Teacher generator checkpoint (frozen during training)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset: DIR/trainA (+trainB, read only with "
                                         "--lambda-gan), DIR/train with A|B pairs, or train/ of single photos.",
-                                        rich_help_panel=_DATA),
+                                        callback=existing_folder("data folder"), rich_help_panel=_DATA),
     inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder of input images: alone is enough (the "
                                           "teacher's outputs are the target); with --lambda-gan, give --targets or "
-                                          "--disc-real teacher too.", rich_help_panel=_DATA),
+                                          "--disc-real teacher too.", callback=existing_folder("input folder"),
+                                          rich_help_panel=_DATA),
     targets: Optional[Path] = typer.Option(None, "--targets", help="Folder of real target-domain images, the "
                                            "discriminator's real images (with --lambda-gan).", rich_help_panel=_DATA),
     direction: Optional[str] = typer.Option(None, "--direction", help="AtoB or BtoA: which side is the input "
@@ -160,8 +163,8 @@ def distill_cmd(
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal flips.", rich_help_panel=_DATA),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Prune the teacher this many times smaller first.",
                                           rich_help_panel=_STUDENT),
-    student: Optional[Path] = typer.Option(None, "--student", help="Start from this pruned student instead "
-                                           "(ganzip prune).", rich_help_panel=_STUDENT),
+    student: Optional[Path] = checkpoint_option("--student", help="Start from this pruned student instead "
+                                                "(ganzip prune).", rich_help_panel=_STUDENT),
     by: str = typer.Option("macs", "--by", metavar=choices.metavar(choices.MEASURES),
                            help="With --ratio: macs (paper convention), params or latency "
                                 "(measured here, as ganzip prune).", rich_help_panel=_STUDENT),
@@ -197,7 +200,7 @@ def distill_cmd(
                                          rich_help_panel=_OBJECTIVE),
     lambda_anchor: float = typer.Option(10.0, "--lambda-anchor", help="Weight of the anchor.",
                                         rich_help_panel=_OBJECTIVE),
-    teacher_reverse: Optional[Path] = typer.Option(None, "--teacher-reverse", help="The teacher's reverse generator "
+    teacher_reverse: Optional[Path] = checkpoint_option("--teacher-reverse", help="The teacher's reverse generator "
                                                    "(latest_net_G_B.pth) for --anchor cycle; frozen.",
                                                    rich_help_panel=_OBJECTIVE),
     lambda_rec: float = typer.Option(100.0, "--lambda-rec", help="Paired data: weight of L1 to the real target "
@@ -220,7 +223,7 @@ def distill_cmd(
     disc_ratio: Optional[float] = typer.Option(None, "--disc-ratio", help="Prune the discriminator this many times "
                                                "(paper: about 4x, ndf 64 -> 32; needs --lambda-gan > 0).",
                                                rich_help_panel=_OBJECTIVE),
-    teacher_disc: Optional[Path] = typer.Option(None, "--teacher-disc", help="Start D from the teacher's "
+    teacher_disc: Optional[Path] = checkpoint_option("--teacher-disc", help="Start D from the teacher's "
                                                 "discriminator (latest_net_D*.pth; needs --lambda-gan > 0).",
                                                 rich_help_panel=_OBJECTIVE),
     teacher_mode: str = teacher_mode_option(rich_help_panel=_OBJECTIVE),

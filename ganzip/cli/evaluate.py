@@ -26,13 +26,15 @@ from ganzip.cli.common import (
     teacher_mode_option,
     threads_option,
 )
-from ganzip.errors import UserError
+from ganzip.cli.inputs import checkpoint_argument, checkpoint_option, existing_folder
+from ganzip.errors import UserError, setting
 
 
 @command("translate")
 def translate_cmd(
-    checkpoint: Path = typer.Argument(..., help="Generator checkpoint, or an .onnx file (run in onnxruntime)."),
-    input_dir: Path = typer.Argument(..., help="Folder of input images (or of aligned A|B pairs with --direction)."),
+    checkpoint: Path = checkpoint_argument("Generator checkpoint, or an .onnx file (run in onnxruntime)."),
+    input_dir: Path = typer.Argument(..., help="Folder of input images (or of aligned A|B pairs with --direction).",
+                                     callback=existing_folder("input folder")),
     output: Optional[Path] = output_option(None, "Output folder (required; not the input folder); each image is "
                                                   "written as <stem>.png."),
     size: Optional[int] = typer.Option(None, help="Resize inputs to this square size first (default: keep sizes)."),
@@ -64,15 +66,16 @@ def translate_cmd(
 
 @command("fid")
 def fid_cmd(
-    checkpoint: Optional[Path] = typer.Argument(None, help="Generator checkpoint or .onnx file (leave out with "
-                                                           "--fake)."),
+    checkpoint: Optional[Path] = checkpoint_argument("Generator checkpoint or .onnx file (leave out with --fake).",
+                                                     default=None),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder: testA/testB (unaligned) or test/ or "
-                                                             "val/ with A|B pairs (aligned)."),
+                                                             "val/ with A|B pairs (aligned).",
+                                        callback=existing_folder("data folder")),
     real: Optional[Path] = typer.Option(None, "--real", help="Real target images (default: from --data)."),
     fake: Optional[Path] = typer.Option(None, "--fake", help="Already generated images: compare with --real "
                                                              "directly."),
-    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher checkpoint: its FID on the same data, "
-                                                                   "and the difference."),
+    teacher: Optional[Path] = checkpoint_option("--teacher", help="Teacher checkpoint: its FID on the same data, and "
+                                                                  "the difference."),
     kid: bool = typer.Option(False, "--kid", help="Also compute KID (mean and std over subsets)."),
     direction: Optional[str] = typer.Option(None, help="AtoB or BtoA: which side of paired data is the input "
                                             "(default: the one the student records, else AtoB)."),
@@ -117,7 +120,7 @@ def fid_cmd(
 
 @command("export")
 def export_cmd(
-    checkpoint: Path = typer.Argument(..., help="Generator checkpoint (or, with --int8, an fp32 .onnx file)."),
+    checkpoint: Path = checkpoint_argument("Generator checkpoint (or, with --int8, an fp32 .onnx file)."),
     output: Optional[Path] = output_option(None, "Output .onnx file (default: beside the checkpoint, NAME.onnx "
                                                   "or NAME.int8.onnx)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's choice, 18 or newer)."),
@@ -128,7 +131,8 @@ def export_cmd(
     threads: Optional[int] = threads_option("onnxruntime (intra-op)"),
     int8: bool = typer.Option(False, "--int8", help="Quantize to int8 (onnxruntime static quantization), "
                                                     "calibrated on --calib; reports PSNR to fp32 and both latencies."),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="With --int8: folder of real input images; most "
+    calib: Optional[Path] = typer.Option(None, "--calib", callback=existing_folder(f"{setting('calib')} folder"),
+                                         help="With --int8: folder of real input images; most "
                                          "calibrate, a few are held out to check the int8 model."),
     as_json: bool = json_option(),
     onnx: bool = typer.Option(False, "--onnx", hidden=True, help="Accepted for old command lines: ONNX is the "
@@ -196,8 +200,8 @@ def _export_int8(checkpoint: Path, out: Optional[Path], calib: Optional[Path], o
 
 @command("spectrum")
 def spectrum_cmd(
-    checkpoints: list[Path] = typer.Argument(..., help="Generators to compare (teacher first, then students)."),
-    data: Path = typer.Option(..., "--data",
+    checkpoints: list[Path] = checkpoint_argument("Generators to compare (teacher first, then students)."),
+    data: Path = typer.Option(..., "--data", callback=existing_folder("data folder"),
                               help="Folder of input images, or a dataset (testA/testB or val/test A|B)."),
     real: Optional[Path] = typer.Option(None, "--real", help="Folder of real target-domain images (the reference)."),
     direction: Optional[str] = typer.Option(None,

@@ -28,12 +28,13 @@ from ganzip.cli.common import (
     threads_text,
     widths_text,
 )
+from ganzip.cli.inputs import checkpoint_argument, checkpoint_option, existing_folder
 
 # --- inspect -----------------------------------------------------------------------------------------------
 
 @command("inspect")
 def inspect_cmd(
-    checkpoint: Path = typer.Argument(..., help="Generator checkpoint (upstream latest_net_G*.pth or ganzip)."),
+    checkpoint: Path = checkpoint_argument("Generator checkpoint (upstream latest_net_G*.pth or ganzip)."),
     size: int = typer.Option(256, help="Input size (pixels, square) for the MAC count."),
     as_json: bool = json_option(),
 ) -> None:
@@ -84,10 +85,10 @@ def inspect_cmd(
 
 @command("profile")
 def profile_cmd(
-    checkpoint: Path = typer.Argument(..., help="Generator to profile (usually the student): a checkpoint, or an "
-                                                ".onnx file (fp32 or int8), timed in onnxruntime."),
-    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher checkpoint or .onnx: adds compression, "
-                                                                   "speedup and efficiency."),
+    checkpoint: Path = checkpoint_argument("Generator to profile (usually the student): a checkpoint, or an .onnx "
+                                           "file (fp32 or int8), timed in onnxruntime."),
+    teacher: Optional[Path] = checkpoint_option("--teacher", help="Teacher checkpoint or .onnx: adds compression, "
+                                                                  "speedup and efficiency."),
     size: int = typer.Option(256, help="Input size in pixels (square)."),
     batch_size: int = typer.Option(1, "--batch-size", "--batch", help="Images per timed forward pass (--batch "
                                    "is the old spelling)."),
@@ -165,10 +166,11 @@ def unstable_warnings(reasons: list[str], threads: int) -> None:
 
 @command("compare")
 def compare_cmd(
-    checkpoints: list[Path] = typer.Argument(..., help="Generators to compare; the first (usually the teacher) is "
-                                                       "the reference."),
+    checkpoints: list[Path] = checkpoint_argument("Generators to compare; the first (usually the teacher) is the "
+                                                  "reference."),
     data: Path = typer.Option(..., "--data", help="Data set folder: testA/testB (unaligned), test/ or val/ with "
-                                                  "A|B pairs (aligned) or with single photos, or a folder of inputs."),
+                                                  "A|B pairs (aligned) or with single photos, or a folder of inputs.",
+                              callback=existing_folder("data folder")),
     real: Optional[Path] = typer.Option(None, "--real", help="Real target images for FID (default: from --data; "
                                                              "without any, FID is against the first model only)."),
     direction: Optional[str] = typer.Option(None, help="AtoB or BtoA: which side of paired data is the input "
