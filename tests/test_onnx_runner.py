@@ -133,6 +133,7 @@ def test_compare_reads_an_onnx_student_as_its_checkpoint(files, teacher, weights
                                      "1", "--threads", "1", "--grid-rows", "1", "-o", str(tmp_path / "g.png"),
                                      "--inception-weights", str(weights)])
     assert shown.exit_code == 0 and "onnxruntime fp32" in shown.output and "latency (median)" in shown.output
+    assert "a speedup across runtimes is partly the runtime's; --onnx times the checkpoints" in shown.output
 
 
 def test_spectrum_reads_an_onnx_student_as_its_checkpoint(files, teacher, tmp_path):

@@ -245,6 +245,10 @@ def compare_cmd(
             lambda m, key=key, fmt=fmt: "reference" if m["paired_vs_first"] is None else paired_cell(
                 m["paired_vs_first"], key, fmt))
     console.print(table)
+    if len(runtimes) > 1:
+        console.print(Text("latency in each model's own runtime: a speedup across runtimes is partly the runtime's"
+                           + ("" if onnx else "; --onnx times the checkpoints in onnxruntime too"), style="dim"),
+                      soft_wrap=True)
     unknown = [m["name"] for m in models if m["macs"] is None]
     if unknown:
         console.print(Text(f"MACs -: {', '.join(unknown)} records no network (an .onnx file ganzip did not export); "
