@@ -168,9 +168,9 @@ def profile(student: str | os.PathLike, *, teacher: str | os.PathLike | None = N
         raise UserError(f"{setting('size')}, {setting('batch_size')} and {setting('runs')} must be positive integers")
     threads = thread_policy.resolve(threads)
     device = resolve_device(device)
-    models = {"student": runner.load_generator(student, device, threads, teacher_mode)}
+    models = {"student": runner.load_generator(student, teacher_mode, device=device, threads=threads)}
     if teacher is not None:
-        models["teacher"] = runner.load_generator(teacher, device, threads, teacher_mode)
+        models["teacher"] = runner.load_generator(teacher, teacher_mode, device=device, threads=threads)
     for module in models.values():
         if module.spec is not None:
             archs.check_size(module.spec, size)
@@ -211,11 +211,11 @@ def fid(student: str | os.PathLike | None = None, *, data: str | os.PathLike | N
             raise UserError(f"give a generator checkpoint and {setting('data', metavar='DIR')} (or {folders} for "
                             f"two folders)")
         refuse_input_as_output(output, data, real)  # the dataset's own folders are checked once resolved
-        models = {"student": runner.load_generator(student, device, teacher_mode=teacher_mode)}
+        models = {"student": runner.load_generator(student, teacher_mode, device=device)}
         if teacher is not None:
-            models["teacher"] = runner.load_generator(teacher, device, teacher_mode=teacher_mode)
+            models["teacher"] = runner.load_generator(teacher, teacher_mode, device=device)
         weights = fidlib.resolve_weights(inception_weights)  # before any translation starts
-        direction = data_sets.direction_for(direction, *(getattr(m, "provenance", None) for m in models.values()))
+        direction = data_sets.direction_for(direction, *(m.provenance for m in models.values()))
         results = {}
         for name, module in models.items():
             results[name] = fidlib.fid_for_generator(

@@ -105,8 +105,9 @@ def _read(p: Path) -> tuple[Any, str]:
         return safe_load(p), fmt
     except pickle.UnpicklingError as e:
         if _looks_like_onnx(p):
-            raise UserError(f"{p} is an ONNX model, not a PyTorch checkpoint; translate, fid and profile run ONNX "
-                            f"files named .onnx, and the other commands need the .pth it was exported from") from None
+            raise UserError(f"{p} is an ONNX model, not a PyTorch checkpoint; translate, fid, profile, compare, "
+                            f"spectrum and inspect read ONNX files named .onnx, and the other commands need the .pth "
+                            f"it was exported from") from None
         if "unsupported global" in str(e).lower():  # a pickle naming Python objects to build: code, refused
             raise UserError(
                 f"{p} is not a plain weights file: it asks to run Python code when loaded, which ganzip refuses; "
@@ -307,7 +308,9 @@ def instantiate(loaded: Loaded) -> nn.Module:
 
 
 def load_generator(path: str | os.PathLike, teacher_mode: str = "eval") -> nn.Module:
-    """The generator in `path` as an eval-mode module whose outputs equal the upstream model's.
+    """The generator in `path` as an eval-mode module whose outputs equal the upstream model's: the weights
+    themselves, which pruning, distillation and export change or trace (commands that only run a generator read
+    .onnx files too, through runner.load_generator).
 
     `teacher_mode` says how BatchNorm layers normalise (archs.layers.set_teacher_mode): with the saved running
     statistics (`eval`) or with each image's own (`batch-stats`, upstream's test script without --eval).

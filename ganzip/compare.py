@@ -6,6 +6,10 @@ commands use: MACs and parameters from `ganzip.profile`, latency from its altern
 their onnxruntime sessions, take turns, so machine noise hits them alike), FID from `ganzip.fid` with the standard
 Inception weights. FID is given twice: against the real target images, and against the first model's outputs
 (usually the teacher), which says how far a student drifted from what it was meant to imitate.
+
+Any generator file `runner` reads takes part: an .onnx model is timed in onnxruntime, its own runtime, and its
+parameters and MACs are those of the network its metadata records; a foreign .onnx file records none, so its MACs
+are left blank rather than guessed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from ganzip import archs, checkpoint, export, fid, fidelity, images
+from ganzip import archs, export, fid, fidelity, images, runner
 from ganzip import data as data_sets
 from ganzip import profile as prof
 from ganzip import threads as thread_policy
@@ -152,19 +156,20 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *
     if min(runs, batch_size, grid_rows, 1 if size is None else size, 1 if limit is None else limit) <= 0 or warmup < 0:
         raise UserError(f"{setting('runs')}, {setting('batch_size')}, {setting('grid_rows')}, {setting('size')} and "
                         f"{setting('limit')} must be positive integers")
-    thread_policy.check_threads(threads)  # here, not when the timing starts: after every image and the grid
+    threads = thread_policy.resolve(threads)  # here, not when the timing starts: after every image and the grid
     if grid is not None:
         refuse_input_as_output(grid, *checkpoints, data, real)
         check_writable(grid)
     path = fid.resolve_weights(weights)  # before any model runs
     names = unique_names([Path(c) for c in checkpoints])
-    models = {name: checkpoint.load_generator(c, teacher_mode) for name, c in zip(names, checkpoints)}
+    models = {name: runner.load_generator(c, teacher_mode, device=device, threads=threads)  # timed alike
+              for name, c in zip(names, checkpoints)}
     direction = data_sets.direction_for(direction, *(m.provenance for m in models.values()))
     test = _test_images(data, real, direction, limit)
-    multiple = max(archs.size_multiple(m.spec) for m in models.values())
-    side = latency_size(test.inputs[0], test.aligned, size, multiple)
-    for m in models.values():
-        archs.check_size(m.spec, side)
+    known = [m.spec for m in models.values() if m.spec is not None]  # a foreign .onnx file takes what it runs
+    side = latency_size(test.inputs[0], test.aligned, size, max((archs.size_multiple(s) for s in known), default=1))
+    for spec in known:
+        archs.check_size(spec, side)
 
     def report(task: str) -> Callable[[int, int], None] | None:
         return (lambda done, total: progress(task, done, total)) if progress else None
@@ -196,8 +201,10 @@ def _rows(models: dict[str, torch.nn.Module], names: list[str], checkpoints: Seq
     """One row per model: costs, latencies and FIDs, each cost and latency also as a ratio to the first model."""
     out: list[dict] = []
     for name, c in zip(names, checkpoints):
-        static = prof.static_profile(models[name], side)
-        row = {"name": name, "path": str(c), "architecture": archs.describe(models[name].spec),
+        module = models[name]
+        static = prof.static_profile(module, side)
+        row = {"name": name, "path": str(c), "architecture": runner.describe(module),
+               "runtime": module.runtime() if isinstance(module, runner.OnnxGenerator) else "torch",
                "params": static.params, "macs": static.macs, "macs_exact": static.macs_exact,
                "latency": timings[name].as_dict(), "latency_ms": timings[name].median_ms, **quality[name]}
         if onnx:
@@ -205,8 +212,8 @@ def _rows(models: dict[str, torch.nn.Module], names: list[str], checkpoints: Seq
             row["onnx_latency_ms"] = timings[f"{name}:onnx"].median_ms
         first = out[0] if out else row
         row["params_ratio"] = first["params"] / row["params"]
-        row["macs_ratio"] = first["macs"] / row["macs"]
-        row["macs_exact_ratio"] = first["macs_exact"] / row["macs_exact"]
+        row["macs_ratio"] = _ratio(first["macs"], row["macs"])
+        row["macs_exact_ratio"] = _ratio(first["macs_exact"], row["macs_exact"])
         row["speedup"] = first["latency_ms"] / row["latency_ms"]
         if onnx:
             row["onnx_speedup"] = first["onnx_latency_ms"] / row["onnx_latency_ms"]
@@ -214,12 +221,23 @@ def _rows(models: dict[str, torch.nn.Module], names: list[str], checkpoints: Seq
     return out
 
 
+def _ratio(first: int | None, other: int | None) -> float | None:
+    """A cost ratio, None when either count is unknown (a foreign .onnx file's MACs)."""
+    return first / other if first and other else None
+
+
 def _timings(models: dict[str, torch.nn.Module], side: int, onnx: bool, runs: int, warmup: int,
              threads: int, device: str) -> dict[str, prof.Latency]:
-    """Every model (and its onnxruntime session) timed in one alternation, so load on the machine hits all alike."""
+    """Every model (and its onnxruntime session) timed in one alternation, so load on the machine hits all alike.
+
+    An .onnx model already runs in onnxruntime: its one timing is also its onnxruntime latency."""
     fns: dict[str, Callable[[], object]] = {}
     for name, module in models.items():
         fns[name] = prof.torch_runner(module, side, 1, device)
-        if onnx:
+        if onnx and not isinstance(module, runner.OnnxGenerator):
             fns[f"{name}:onnx"] = export.onnx_runner(module, side, threads=threads)
-    return prof.time_alternating(fns, runs=runs, warmup=warmup)
+    timings = prof.time_alternating(fns, runs=runs, warmup=warmup)
+    if onnx:
+        timings.update({f"{name}:onnx": timings[name] for name, module in models.items()
+                        if isinstance(module, runner.OnnxGenerator)})
+    return timings

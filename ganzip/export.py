@@ -31,6 +31,7 @@ TOLERANCE = 1e-4
 MIN_OPSET = 18  # the oldest opset PyTorch's current (dynamo) exporter writes
 SPEC_KEY = "ganzip.spec"  # metadata: the generator's spec, so the file can be described and profiled later
 PRECISION_KEY = "ganzip.precision"
+PROVENANCE_KEY = "ganzip.provenance"  # how the network was made: a student's direction travels with the file
 
 
 def _multiple(module: nn.Module) -> int:
@@ -100,7 +101,8 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, opset: int | None = 
         # the exporter falls back to its default opset when it cannot convert, and says so only in a warning
         raise UserError(f"PyTorch's exporter wrote opset {_opset(proto)} instead of the {setting('opset', opset)} "
                         f"asked for; pick another {setting('opset')}, or leave it out")
-    set_metadata(proto, {SPEC_KEY: json.dumps(getattr(module, "spec", None)), PRECISION_KEY: "fp32"})
+    set_metadata(proto, {SPEC_KEY: json.dumps(getattr(module, "spec", None)), PRECISION_KEY: "fp32",
+                         PROVENANCE_KEY: json.dumps(getattr(module, "provenance", None) or None, default=str)})
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]

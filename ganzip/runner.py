@@ -1,9 +1,11 @@
 """Run any generator file the same way: a checkpoint in PyTorch, an .onnx file (fp32 or int8) in onnxruntime.
 
-translate, fid and profile take either, so an int8 model's FID and latency are measured on the file that ships,
-not assumed from its fp32 parent. An .onnx file written by ganzip carries its generator's spec in its metadata,
-so it keeps its name, size multiple, parameter and MAC counts; any other .onnx generator runs too, described by
-its input and output only.
+Every command that only runs a generator over images (translate, fid, profile, compare, spectrum) reads it here,
+so an int8 model's FID, latency and detail are measured on the file that ships, not assumed from its fp32
+parent. An .onnx file written by ganzip carries its generator's spec and provenance in its metadata, so it keeps
+its name, size multiple, parameter and MAC counts and the direction it was trained in; any other .onnx generator
+runs too, described by its input and output only. Commands that change or re-export the network (prune, distill,
+export) need its weights as a PyTorch module: they read checkpoints only (`checkpoint.load_generator`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from torch import nn
 
 from ganzip import archs, checkpoint
 from ganzip.errors import UserError, setting
-from ganzip.export import PRECISION_KEY, SPEC_KEY, _session
+from ganzip.export import PRECISION_KEY, PROVENANCE_KEY, SPEC_KEY, _session
+from ganzip.profile import static_profile
 
 _EXPORT_AGAIN = "export it again with `ganzip export CKPT`"
 
@@ -43,6 +46,7 @@ class OnnxGenerator(nn.Module):
                             f"`ganzip export CKPT`") from None
         meta = {p.key: p.value for p in proto.metadata_props}
         self.spec: dict | None = _spec_from(meta.get(SPEC_KEY))
+        self.provenance: dict = _provenance_from(meta.get(PROVENANCE_KEY))
         self.precision = meta.get(PRECISION_KEY) or (
             "int8" if any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node) else "fp32")
         self._initializer_elements = sum(int(np.prod(t.dims)) for t in proto.graph.initializer
@@ -52,6 +56,7 @@ class OnnxGenerator(nn.Module):
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         dims = list(inp.shape)
+        self.input_shape = dims  # ints, or names where the export left a dimension free
         declared = dims[1] if len(dims) == 4 and isinstance(dims[1], int) else None
         if self.spec is not None and declared is not None and declared != self.spec["input_nc"]:
             raise UserError(f"{path} takes {declared}-channel inputs, but the generator it was exported from takes "
@@ -111,9 +116,24 @@ def _spec_from(text: str | None) -> dict | None:
     return spec
 
 
-def load_generator(path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
-                   teacher_mode: str = "eval") -> nn.Module:
-    """A generator from a checkpoint (PyTorch) or an .onnx file (onnxruntime, CPU only)."""
+def _provenance_from(text: str | None) -> dict:
+    """How the exported network was made; {} for a file exported before ganzip recorded it, or by another tool."""
+    try:
+        provenance = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return provenance if isinstance(provenance, dict) else {}
+
+
+def load_generator(path: str | os.PathLike, teacher_mode: str = "eval", *, device: str = "cpu",
+                   threads: int | None = None) -> nn.Module:
+    """A generator to run over images: a checkpoint (.pth or .safetensors, ganzip's or upstream's) as a PyTorch
+    module, or an .onnx file run in onnxruntime (CPU only), chosen by the file's name.
+
+    Both carry `.spec` (None for an .onnx file ganzip did not export) and `.provenance`, so a caller treats them
+    alike; an .onnx generator has no weights to train or prune. `threads` sizes an onnxruntime session (a PyTorch
+    module uses torch's threads); `teacher_mode` is checkpoint.load_generator's.
+    """
     if is_onnx(path):
         if device != "cpu":
             raise UserError(f"{path} runs in onnxruntime on the CPU; use {setting('device', 'cpu')} (or a .pth "
@@ -126,8 +146,27 @@ def load_generator(path: str | os.PathLike, device: str = "cpu", threads: int | 
     return checkpoint.load_generator(path, teacher_mode)
 
 
+def onnx_info(path: str | os.PathLike, size: int) -> dict:
+    """What inspect can say of an .onnx file: what its metadata records (spec, provenance, precision), its input,
+    and the parameters and MACs of the network it records. A file that records none gets no widths or MACs
+    (None, said in a note) rather than numbers guessed from its graph."""
+    module = OnnxGenerator(path, threads=1)
+    if module.spec is not None:
+        archs.check_size(module.spec, size)
+    stats = static_profile(module, size)
+    notes = [] if module.spec is not None else [
+        "no ganzip spec in its metadata (not exported by ganzip): widths and MACs unknown; parameters count every "
+        "float tensor stored in it"]
+    return {"path": str(path), "source": "onnx", "architecture": describe(module), "spec": module.spec,
+            "params": stats.params, "macs": stats.macs, "macs_exact": stats.macs_exact, "size": size,
+            "notes": notes, "provenance": module.provenance, "file_format": "onnx", "precision": module.precision,
+            "input_shape": module.input_shape}
+
+
 def describe(module: nn.Module) -> str:
+    """The network's name as inspect gives it (a pruned student says so), and the runtime of an .onnx file."""
     if isinstance(module, OnnxGenerator):
-        base = archs.describe(module.spec) if module.spec else f"{module.input_nc}-channel ONNX generator"
+        base = (archs.describe(module.spec, module.provenance) if module.spec
+                else f"{module.input_nc}-channel ONNX generator")
         return f"{base}, {module.runtime()}"
-    return archs.describe(module.spec)
+    return archs.describe(module.spec, module.provenance)

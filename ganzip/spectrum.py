@@ -16,9 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ganzip import checkpoint as ckpt
 from ganzip import data as data_sets
-from ganzip import fidelity, images
+from ganzip import fidelity, images, runner
 from ganzip.atomic import write_bytes
 from ganzip.errors import UserError, setting
 from ganzip.fidelity import NOISE_FLOOR, high_frequency_power, luminance, radial_power_spectrum, ratio  # noqa: F401 (luminance: public here too)
@@ -161,7 +160,7 @@ def spectrum(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, 
         sources["real"] = f"{data} (target halves, {direction})"
     names = unique_names([Path(c) for c in checkpoints])
     for name, path in zip(names, checkpoints):
-        module = ckpt.load_generator(path, teacher_mode)
+        module = runner.load_generator(path, teacher_mode, device=device)
         batches[name] = translate_tensor(module.to(device), x.to(device), batch_size).cpu()
         sources[name] = str(path)
     reference = "real" if "real" in batches else next(iter(batches))

@@ -205,7 +205,7 @@ def test_random_bytes_and_an_onnx_file_are_named_without_advice_to_unpickle(tmp_
     misnamed = tmp_path / "g.pth"
     misnamed.write_bytes((tmp_path / "g.onnx").read_bytes())
     line = _error(["inspect", str(misnamed)])
-    assert line.startswith(f"error: {misnamed} is an ONNX model, not a PyTorch checkpoint; translate, fid and profile")
+    assert line.startswith(f"error: {misnamed} is an ONNX model, not a PyTorch checkpoint; translate, fid, profile, ")
     assert "weights_only=False" not in line
 
 

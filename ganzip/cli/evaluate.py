@@ -53,7 +53,7 @@ def translate_cmd(
 
     out = pick_output(output, out, required="the output folder")
     device = resolve_device(device)
-    module = runner.load_generator(checkpoint, device, teacher_mode=teacher_mode)
+    module = runner.load_generator(checkpoint, teacher_mode, device=device)
     with progress_bar() as update:
         written = translate_folder(module, input_dir, out, size=size, batch_size=batch_size, device=device,
                                    direction=direction, keep=(checkpoint,),
@@ -200,7 +200,8 @@ def _export_int8(checkpoint: Path, out: Optional[Path], calib: Optional[Path], o
 
 @command("spectrum")
 def spectrum_cmd(
-    checkpoints: list[Path] = checkpoint_argument("Generators to compare (teacher first, then students)."),
+    checkpoints: list[Path] = checkpoint_argument("Generators to compare (teacher first, then students): "
+                                                  "checkpoints or .onnx files."),
     data: Path = typer.Option(..., "--data", callback=existing_folder("data folder"),
                               help="Folder of input images, or a dataset (testA/testB or val/test A|B)."),
     real: Optional[Path] = typer.Option(None, "--real", help="Folder of real target-domain images (the reference)."),

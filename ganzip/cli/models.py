@@ -34,51 +34,63 @@ from ganzip.cli.inputs import checkpoint_argument, checkpoint_option, existing_f
 
 @command("inspect")
 def inspect_cmd(
-    checkpoint: Path = checkpoint_argument("Generator checkpoint (upstream latest_net_G*.pth or ganzip)."),
+    checkpoint: Path = checkpoint_argument("Generator checkpoint (upstream latest_net_G*.pth or ganzip), or an .onnx "
+                                           "file (what its metadata records)."),
     size: int = typer.Option(256, help="Input size (pixels, square) for the MAC count."),
     as_json: bool = json_option(),
 ) -> None:
     """Recognise a checkpoint's architecture and show its widths, parameters and MACs."""
+    from ganzip import runner
+
+    info = runner.onnx_info(checkpoint, size) if runner.is_onnx(checkpoint) else _checkpoint_info(checkpoint, size)
+    if as_json:
+        emit_json(info)
+        return
+    spec = info["spec"]
+    table = Table(title=Text(str(checkpoint)), show_header=False)
+    table.add_row("architecture", Text(info["architecture"]))
+    table.add_row("format", {"upstream": "upstream state dict", "ganzip": "ganzip checkpoint",
+                             "mapped": "other code base (keys mapped by layer order)",
+                             "onnx": "ONNX model, run in onnxruntime"}[info["source"]]
+                  + (" (GAN Compression layout)" if spec and spec["arch"] == "mobile_resnet" else ""))
+    table.add_row("file format", {"pytorch": "PyTorch (torch.save)", "safetensors": "safetensors",
+                                  "onnx": f"ONNX ({info.get('precision')})"}[info["file_format"]])
+    if "input_shape" in info:
+        table.add_row("input shape", " x ".join(map(str, info["input_shape"])))
+    for key in ("input_nc", "output_nc", "n_blocks", "num_downs", "n_layers", "dropout"):
+        if spec and key in spec:
+            table.add_row(key, str(spec[key]))
+    for key, text in widths_text(spec) if spec else []:
+        table.add_row(Text(f"widths.{key}"), text)
+    table.add_row("parameters", f"{info['params']:,}")
+    table.add_row(f"MACs @{size}px (paper/thop)", giga(info["macs"]))
+    table.add_row(f"MACs @{size}px (exact)", giga(info["macs_exact"]))
+    for key, value in info["provenance"].items():
+        table.add_row(Text(f"provenance.{key}"), Text(str(value)))  # text from the file, never markup
+    console.print(table)
+    for note in info["notes"]:
+        console.print(Text(f"note: {note}", style="dim"))
+    renamed = [(m["checkpoint"], m["ganzip"]) for m in info.get("mapping", []) if m["checkpoint"] != m["ganzip"]]
+    if "mapping" in info:
+        console.print(f"[dim]key mapping ({len(renamed)} renamed, first shown):[/]")
+        for a, b in renamed[:8]:
+            console.print(Text(f"  {a} -> {b}", style="dim"))
+
+
+def _checkpoint_info(path: Path, size: int) -> dict:
     from ganzip import archs, profile
     from ganzip import checkpoint as ckpt
 
-    loaded = ckpt.load(checkpoint)
+    loaded = ckpt.load(path)
     archs.check_size(loaded.spec, size)
-    module = ckpt.instantiate(loaded)
-    stats = profile.static_profile(module, size)
-    info = {"path": str(checkpoint), "source": loaded.source,
+    stats = profile.static_profile(ckpt.instantiate(loaded), size)
+    info = {"path": str(path), "source": loaded.source,
             "architecture": archs.describe(loaded.spec, loaded.provenance),
             "spec": loaded.spec, "params": stats.params, "macs": stats.macs, "macs_exact": stats.macs_exact,
             "size": size, "notes": loaded.notes, "provenance": loaded.provenance, "file_format": loaded.file_format}
     if loaded.mapping:
         info["mapping"] = [{"checkpoint": a, "ganzip": b} for a, b in loaded.mapping]
-    if as_json:
-        emit_json(info)
-        return
-    table = Table(title=Text(str(checkpoint)), show_header=False)
-    table.add_row("architecture", Text(info["architecture"]))
-    table.add_row("format", {"upstream": "upstream state dict", "ganzip": "ganzip checkpoint",
-                             "mapped": "other code base (keys mapped by layer order)"}[loaded.source]
-                  + (" (GAN Compression layout)" if loaded.spec["arch"] == "mobile_resnet" else ""))
-    table.add_row("file format", {"pytorch": "PyTorch (torch.save)", "safetensors": "safetensors"}[loaded.file_format])
-    for key in ("input_nc", "output_nc", "n_blocks", "num_downs", "n_layers", "dropout"):
-        if key in loaded.spec:
-            table.add_row(key, str(loaded.spec[key]))
-    for key, text in widths_text(loaded.spec):
-        table.add_row(Text(f"widths.{key}"), text)
-    table.add_row("parameters", f"{stats.params:,}")
-    table.add_row(f"MACs @{size}px (paper/thop)", giga(stats.macs))
-    table.add_row(f"MACs @{size}px (exact)", giga(stats.macs_exact))
-    for key, value in loaded.provenance.items():
-        table.add_row(Text(f"provenance.{key}"), Text(str(value)))  # text from the file, never markup
-    console.print(table)
-    for note in loaded.notes:
-        console.print(Text(f"note: {note}", style="dim"))
-    if loaded.mapping:
-        renamed = [(a, b) for a, b in loaded.mapping if a != b]
-        console.print(f"[dim]key mapping ({len(renamed)} renamed, first shown):[/]")
-        for a, b in renamed[:8]:
-            console.print(Text(f"  {a} -> {b}", style="dim"))
+    return info
 
 
 # --- profile -----------------------------------------------------------------------------------------------
@@ -166,8 +178,8 @@ def unstable_warnings(reasons: list[str], threads: int) -> None:
 
 @command("compare")
 def compare_cmd(
-    checkpoints: list[Path] = checkpoint_argument("Generators to compare; the first (usually the teacher) is the "
-                                                  "reference."),
+    checkpoints: list[Path] = checkpoint_argument("Generators to compare (checkpoints or .onnx files, run in "
+                                                  "onnxruntime); the first (usually the teacher) is the reference."),
     data: Path = typer.Option(..., "--data", help="Data set folder: testA/testB (unaligned), test/ or val/ with "
                                                   "A|B pairs (aligned) or with single photos, or a folder of inputs.",
                               callback=existing_folder("data folder")),
@@ -213,11 +225,15 @@ def compare_cmd(
     def row(label: str, cell: Callable[[dict], str]) -> None:
         table.add_row(label, *[cell(m) for m in models])
 
+    runtimes = {m["runtime"] for m in models}
     row("architecture", lambda m: m["architecture"])
+    if runtimes != {"torch"}:
+        row("runtime", lambda m: m["runtime"])
     row("parameters", lambda m: f"{mega(m['params'])} ({m['params_ratio']:.2f}x)")
-    row("MACs (paper/thop convention)", lambda m: f"{giga(m['macs'])} ({m['macs_ratio']:.2f}x)")
-    row("MACs (exact)", lambda m: f"{giga(m['macs_exact'])} ({m['macs_exact_ratio']:.2f}x)")
-    row("latency PyTorch (median)", lambda m: f"{m['latency_ms']:.1f} ms ({m['speedup']:.2f}x)")
+    row("MACs (paper/thop convention)", lambda m: _with_ratio(giga(m["macs"]), m["macs_ratio"]))
+    row("MACs (exact)", lambda m: _with_ratio(giga(m["macs_exact"]), m["macs_exact_ratio"]))
+    row("latency PyTorch (median)" if runtimes == {"torch"} else "latency (median)",
+        lambda m: f"{m['latency_ms']:.1f} ms ({m['speedup']:.2f}x)")
     row("  p10-p90", lambda m: f"{m['latency']['p10_ms']:.1f}-{m['latency']['p90_ms']:.1f} ms")
     if onnx:
         row("latency onnxruntime (median)", lambda m: f"{m['onnx_latency_ms']:.1f} ms ({m['onnx_speedup']:.2f}x)")
@@ -230,9 +246,22 @@ def compare_cmd(
             lambda m, key=key, fmt=fmt: "reference" if m["paired_vs_first"] is None else paired_cell(
                 m["paired_vs_first"], key, fmt))
     console.print(table)
+    if len(runtimes) > 1:
+        console.print(Text("latency in each model's own runtime: a speedup across runtimes is partly the runtime's"
+                           + ("" if onnx else "; --onnx times the checkpoints in onnxruntime too"), style="dim"),
+                      soft_wrap=True)
+    unknown = [m["name"] for m in models if m["macs"] is None]
+    if unknown:
+        console.print(Text(f"MACs -: {', '.join(unknown)} records no network (an .onnx file ganzip did not export); "
+                           f"its parameters count every float tensor stored in it", style="dim"), soft_wrap=True)
     against = (f"against {result['real_dir']} and {result['reference']}'s outputs" if result["real_dir"] is not None
                else f"against {result['reference']}'s outputs (no real target images in --data; --real DIR adds them)")
     console.print(Text(f"(x): ratio or speedup relative to {result['reference']}; FID with the standard TF-Inception "
                        f"weights {against}", style="dim"), soft_wrap=True, highlight=False)
     unstable_warnings(result["unstable"], result["threads"])
     console.print(f"grid (input, then {', '.join(result['grid_columns'][1:])}): {result['grid']}", highlight=False)
+
+
+def _with_ratio(cell: str, ratio: float | None) -> str:
+    """A cost and its ratio to the first model; an .onnx file that records no network has neither."""
+    return cell if ratio is None else f"{cell} ({ratio:.2f}x)"
