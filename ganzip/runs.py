@@ -88,10 +88,12 @@ class StopSignals:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if self.world > 1 and exc_type is not None and issubclass(exc_type, Stopped):
-            return  # once one rank has exited, torchrun sends SIGTERM to the rest: rank 0 must still finish its line
+        stopping = self.world > 1 and exc_type is not None and issubclass(exc_type, Stopped)
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # Once one rank has exited, torchrun sends SIGTERM to the rest, which must still say their line and exit
+            # with their own code: ignored, not handled, since Python resets its handlers to the default (death)
+            # while the interpreter shuts down, which a loaded machine can make last long enough to be hit.
+            signal.signal(sig, signal.SIG_IGN if stopping else handler)
 
     def agreed(self) -> int | None:
         """The signal the run stops for after this step, the same on every rank, or None to go on.

@@ -280,11 +280,13 @@ def test_default_threads_are_the_free_cores(n_cores, load, expected):
     assert threads.free_cores(n_cores, load) == expected
 
 
-def test_explicit_threads_win_and_bad_ones_are_one_line_errors():
+def test_explicit_threads_win_and_bad_ones_are_one_line_errors(tmp_path):
     assert threads.resolve(3) == 3
     with pytest.raises(UserError, match="threads=-1 is not a thread count; give a positive integer"):
         threads.resolve(-1)
-    result = CliRunner().invoke(app, ["profile", "missing.pth", "--threads", "0"])
+    placeholder = tmp_path / "g.pth"
+    placeholder.write_bytes(b"never read: --threads is refused first")  # a missing file is refused while parsing
+    result = CliRunner().invoke(app, ["profile", str(placeholder), "--threads", "0"])
     assert result.exit_code == 2 and "--threads 0 is not a thread count" in result.output
     assert "Traceback" not in result.output
 

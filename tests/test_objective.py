@@ -140,11 +140,13 @@ def test_inputs_alone_train_without_an_adversarial_term_and_no_discriminator_is_
     assert refused.exit_code == 2 and refused.output.strip().splitlines()[-1] == (
         "error: --disc-real teacher sets up the discriminator, and --lambda-gan 0 (the default) trains none; add "
         "--lambda-gan 1 to train one, or drop it")
-    refused = _distill(tmp_path, "--inputs", str(data / "trainA"), "--disc-ratio", "2", "--teacher-disc", "D.pth",
+    disc = tmp_path / "D.pth"
+    disc.write_bytes(b"never read: the settings are refused first")  # a missing file is refused while parsing
+    refused = _distill(tmp_path, "--inputs", str(data / "trainA"), "--disc-ratio", "2", "--teacher-disc", str(disc),
                        "--out-dir", str(tmp_path / "both"))
     assert refused.exit_code == 2 and refused.output.strip().splitlines()[-1] == (
-        "error: --disc-ratio 2.0 and --teacher-disc D.pth set up the discriminator, and --lambda-gan 0 (the default) "
-        "trains none; add --lambda-gan 1 to train one, or drop them")
+        f"error: --disc-ratio 2.0 and --teacher-disc {disc} set up the discriminator, and --lambda-gan 0 (the "
+        "default) trains none; add --lambda-gan 1 to train one, or drop them")
 
 
 def test_without_an_adversarial_term_the_student_steps_as_with_a_zero_weight_one(setup):
