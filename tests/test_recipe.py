@@ -16,6 +16,7 @@ from run_data import bn_unet_with_running_stats, unpaired_setup, write_images
 from ganzip import archs, checkpoint, data, fid, trainset
 from ganzip.archs.layers import set_teacher_mode
 from ganzip.distill import DistillConfig, distill
+from ganzip.errors import UserError
 from ganzip.losses import CycleL1, LowBandL1
 from ganzip.memory import MemoryBudget
 from ganzip.schedule import lr_factor
@@ -256,3 +257,45 @@ def test_teacher_mode_reaches_translate_and_is_checked_in_every_command(tmp_path
         bad = runner.invoke(app, args + ["--teacher-mode", "train"])
         assert bad.exit_code == 2 and bad.output.strip() == ("error: --teacher-mode must be one of eval, batch-stats, "
                                                              "not 'train'"), bad.output
+
+
+def test_low_band_anchor_trains_end_to_end(setup):
+    tmp_path, root = setup
+    summary = distill(_cfg(tmp_path, root, "low", anchor="low"))
+    assert checkpoint.load(summary["output"]).provenance["anchor"] == "low"
+    steps = [r for r in _lines(tmp_path / "low") if "loss_g" in r]
+    assert len(steps) == 6 and all(math.isfinite(r["loss_anchor"]) for r in steps)
+
+
+def test_init_scratch_starts_from_the_cyclegan_initialisation_not_the_teachers_weights(setup):
+    """--init scratch trains the pruned widths from upstream's init (normal, std 0.02, zero bias; no inheritance,
+    no refit): with a vanishing lr the student is what it started as, and its convolutions have those statistics,
+    which the inherited student's (the teacher's own PyTorch-default weights, refitted) do not."""
+    tmp_path, root = setup
+    stats = {}
+    for init in ("inherit", "scratch"):
+        summary = distill(_cfg(tmp_path, root, init, init=init, steps=1, lr=1e-12))
+        assert checkpoint.load(summary["output"]).provenance["init"] == init
+        convs = [m for m in checkpoint.load_generator(summary["output"]).modules()
+                 if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+        weights = torch.cat([m.weight.detach().flatten() for m in convs])
+        biases = torch.cat([m.bias.detach().flatten() for m in convs if m.bias is not None])
+        stats[init] = (float(weights.std()), float(biases.abs().max()))
+    assert stats["scratch"][0] == pytest.approx(0.02, rel=0.1) and stats["scratch"][1] < 1e-6, stats
+    assert stats["inherit"][0] > 0.03 and stats["inherit"][1] > 1e-3, stats
+
+
+def test_without_inception_weights_validation_scores_psnr_and_picks_best_by_it(setup, monkeypatch):
+    tmp_path, root = setup
+    write_images(root / "testA", 24, 32, 7, smooth=True)
+
+    def unavailable(*_a, **_k):
+        raise UserError("the standard Inception weights for FID are not available offline")
+
+    monkeypatch.setattr(fid, "resolve_weights", unavailable)
+    with pytest.warns(UserWarning, match="Inception weights are not installed"):
+        summary = distill(_cfg(tmp_path, root, "nofid", steps=6, val_images=20, eval_every=3))
+    vals = [r for r in _lines(tmp_path / "nofid") if "val_psnr" in r]
+    assert [r["step"] for r in vals] == [3, 6] and not any("val_fid" in r for r in vals)
+    best = summary["best"]
+    assert best["selected_by"] == "val_psnr" and best["val_psnr"] == max(r["val_psnr"] for r in vals)
