@@ -132,7 +132,7 @@ def prune(teacher: str | os.PathLike, ratio: float, *, output: str | os.PathLike
     if multiple_of is not None and multiple_of < 1:
         raise UserError(f"{setting('multiple_of')} must be a positive integer, not {multiple_of}")
     check_writable(output)
-    module = ckpt.load_generator(teacher)
+    module = ckpt.load_module(teacher)
     if refit and calib is None:
         raise UserError(f"{setting('refit')} fits the student to the teacher on real images: give them with "
                         f"{setting('calib', metavar='DIR')}")
@@ -242,7 +242,7 @@ def export_onnx(student: str | os.PathLike, output: str | os.PathLike | None = N
     out = Path(output) if output is not None else student.with_suffix(".onnx")
     refuse_input_as_output(out, student)
     threads = thread_policy.resolve(threads)
-    info = export.export_checked(ckpt.load_generator(student), out, opset=opset, dynamic=dynamic, size=size,
+    info = export.export_checked(ckpt.load_module(student), out, opset=opset, dynamic=dynamic, size=size,
                                  runs=runs, threads=threads)
     return ExportReport(Path(info["path"]), info["ok"], export.mismatch(info),
                         info["onnxruntime_latency"]["median_ms"], info)
@@ -261,7 +261,7 @@ def export_int8(source: str | os.PathLike, output: str | os.PathLike | None = No
     source = Path(source)
     if runner.is_onnx(source) and not source.is_file():
         raise UserError(f"{source} not found")
-    model = source if runner.is_onnx(source) else ckpt.load_generator(source)
+    model = source if runner.is_onnx(source) else ckpt.load_module(source)
     out = Path(output) if output is not None else source.with_name(source.stem + ".int8.onnx")
     refuse_input_as_output(out, source, calib)
     threads = thread_policy.resolve(threads)

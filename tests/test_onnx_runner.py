@@ -153,7 +153,7 @@ def test_an_exported_student_keeps_the_direction_it_was_trained_in(files, tmp_pa
     """compare and fid read paired data in the direction a student records; its .onnx file records it too."""
     module, _ = files
     checkpoint.save_generator(module, tmp_path / "btoa.pth", direction="BtoA")
-    export.export_onnx(checkpoint.load_generator(tmp_path / "btoa.pth"), tmp_path / "btoa.onnx", size=32)
+    export.export_onnx(checkpoint.load_module(tmp_path / "btoa.pth"), tmp_path / "btoa.onnx", size=32)
     assert runner.load_generator(tmp_path / "btoa.onnx").provenance["direction"] == "BtoA"
     assert runner.load_generator(files[1] / "s.onnx").provenance == {}  # nothing recorded: nothing made up
 

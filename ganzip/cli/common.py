@@ -341,7 +341,7 @@ def threads_option(used_for: str, default: str = "the free cores: the cores less
 
 
 def teacher_mode_option(**panel: Any) -> Any:
-    """--teacher-mode, the same in every command that runs a generator (checkpoint.load_generator applies it)."""
+    """--teacher-mode, the same in every command that runs a generator (checkpoint.load_module applies it)."""
     return typer.Option("eval", "--teacher-mode", metavar=metavar(TEACHER_MODES),
                         help="BatchNorm generators: eval (saved running statistics, as GAN "
                              "Compression) or batch-stats (each image's own, as upstream's test.py without --eval).",
