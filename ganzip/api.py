@@ -163,7 +163,7 @@ def profile(student: str | os.PathLike, *, teacher: str | os.PathLike | None = N
             teacher_mode: str = "eval") -> ProfileReport:
     """Parameters, MACs and latency of `student` (a checkpoint, or an .onnx file timed in onnxruntime); with a
     teacher, the compression and the speedup timed in alternation in one run. `onnx` also times checkpoints in
-    onnxruntime."""
+    onnxruntime; an .onnx file's own timing is its onnxruntime latency, as in compare."""
     if size <= 0 or batch_size <= 0 or runs <= 0:
         raise UserError(f"{setting('size')}, {setting('batch_size')} and {setting('runs')} must be positive integers")
     threads = thread_policy.resolve(threads)
@@ -176,10 +176,8 @@ def profile(student: str | os.PathLike, *, teacher: str | os.PathLike | None = N
             archs.check_size(module.spec, size)
     extra = None
     if onnx:
-        if any(isinstance(m, runner.OnnxGenerator) for m in models.values()):
-            raise UserError(f"{setting('onnx', True)} times a PyTorch checkpoint in onnxruntime; an .onnx file is "
-                            f"already timed there, leave it out")
-        extra = {name: {"onnx": export.onnx_runner(m, size, batch_size, threads=threads)} for name, m in models.items()}
+        extra = {name: {"onnx": None if isinstance(m, runner.OnnxGenerator)
+                        else export.onnx_runner(m, size, batch_size, threads=threads)} for name, m in models.items()}
     info = prof.profile(models["student"], models.get("teacher"), size=size, batch=batch_size, runs=runs,
                         threads=threads, device=device, extra_runners=extra)
     return ProfileReport(info["params"], info["macs"], info["latency"]["median_ms"], info.get("compression"),
