@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.teacher:
         raise SystemExit("give --teacher CKPT (or pip install vintagify==0.1.2 for the real one)")
-    teacher = checkpoint.load_generator(args.teacher)
+    teacher = checkpoint.load_module(args.teacher)
     load = round(args.size * LOAD_RATIO)
     source = data.resolve(args.data)
     source.inputs = source.inputs[:: max(1, len(source.inputs) // args.images)][: args.images]

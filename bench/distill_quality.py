@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    teacher = checkpoint.load_generator(args.teacher)
+    teacher = checkpoint.load_module(args.teacher)
     paths = list_images(args.heldout, "held-out folder")
     held = load_batch(paths[:: max(1, len(paths) // args.n_heldout)][:args.n_heldout], args.size)
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         sample_every=max(1, args.steps // 3), out_dir=out / "run", cache_teacher=args.cache_teacher,
         **({"lambda_feat": 0.0} if args.cache_teacher else {}),  # a cached teacher keeps no inner features
         progress=sys.stderr.isatty()))
-    after = distances(checkpoint.load_generator(summary["output"]), teacher, held)
+    after = distances(checkpoint.load_module(summary["output"]), teacher, held)
     report = {"ratio": args.ratio, "achieved": result.achieved, "method": args.method, "size": args.size,
               "steps": args.steps, "batch_size": args.batch_size, "kd": args.kd, "heldout_images": len(held),
               "prune_seconds": prune_s, "distill_images_per_s": summary["images_per_s"],

@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     threads.keep_freed_memory()
     torch.set_num_threads(args.threads)
     if args.checkpoint:
-        module, source = checkpoint.load_generator(args.checkpoint), args.checkpoint
+        module, source = checkpoint.load_module(args.checkpoint), args.checkpoint
     else:
-        teacher = checkpoint.load_generator(args.teacher)
+        teacher = checkpoint.load_module(args.teacher)
         batch = calibration.calibration_batch(args.calib, args.size, multiple=archs.size_multiple(teacher.spec))
         module = prune.prune(teacher, args.ratio, method=args.method, size=args.size, calib=batch,
                              threads=args.threads, price="auto").module

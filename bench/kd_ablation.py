@@ -82,7 +82,7 @@ def evaluate(generators: dict[str, Path], inputs: torch.Tensor, reference: torch
     real_dir = save_batch(reference, work / "eval" / "reference")
     outputs, result = {}, {}
     for name, path in generators.items():
-        module = checkpoint.load_generator(path)
+        module = checkpoint.load_module(path)
         outputs[name] = translate_tensor(module, inputs, batch_size)
         fake_dir = save_batch(outputs[name], work / "eval" / name)
         result[name] = {"fid": fid.fid_folders(fake_dir, real_dir, weights=weights)["fid"]}
@@ -98,7 +98,7 @@ def evaluate(generators: dict[str, Path], inputs: torch.Tensor, reference: torch
 def ablate(name: str, teacher_path: Path, data: dict, calib: torch.Tensor, eval_inputs: torch.Tensor,
            reference: torch.Tensor, work: Path, args: argparse.Namespace, weights: Path) -> dict:
     """Prune once, distill the same student with each KD, evaluate all; timings per run."""
-    teacher = checkpoint.load_generator(teacher_path)
+    teacher = checkpoint.load_module(teacher_path)
     t0 = time.perf_counter()
     pruned = prune.prune(teacher, args.ratio, by="macs", method="search", size=args.size, calib=calib, seed=args.seed)
     student_init = checkpoint.save_generator(pruned.module, work / "student_init.pth", ratio=args.ratio)
@@ -131,7 +131,7 @@ def setup_vintagify(args: argparse.Namespace, work: Path, weights: Path) -> dict
         raise SystemExit("--vintagify PATH/G_A2B_epoch33.pth is required for the vintagify setup (see --help)")
     h2z = SHARED / "horse2zebra"
     inputs = link_subset(h2z / "trainA", work / "data" / "inputs", args.train_images)
-    teacher = checkpoint.load_generator(args.vintagify)
+    teacher = checkpoint.load_module(args.vintagify)
     # No real vintage photos offline: the discriminator's "real" images are the teacher's outputs on other
     # photos (trainB zebras), never on the student's own inputs.
     t0 = time.perf_counter()

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     threads.keep_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    teacher = checkpoint.load_generator(args.teacher)
+    teacher = checkpoint.load_module(args.teacher)
     calib = calibration.calibration_batch(args.calib, args.size, n=4, multiple=archs.size_multiple(teacher.spec))
     recipes = {"uniform": dict(method="uniform"), "macs": dict(method="search", price="auto"),
                "latency_torch": dict(by="latency", runtime="torch"),

@@ -70,8 +70,8 @@ def teacher(work: Path, args: argparse.Namespace) -> Path:
 
 def score(student_path: Path, teacher_path: Path, args: argparse.Namespace, weights: str) -> dict:
     val = fit.load_pairs(MAPS / "val", args.size, DIRECTION)
-    t = translate_tensor(checkpoint.load_generator(teacher_path), val.inputs, 8)
-    s = translate_tensor(checkpoint.load_generator(student_path), val.inputs, 8)
+    t = translate_tensor(checkpoint.load_module(teacher_path), val.inputs, 8)
+    s = translate_tensor(checkpoint.load_module(student_path), val.inputs, 8)
     real = fid.tensor_features(val.targets, weights)
     to_real = paired(s, val.targets)
     return {**paired(s, t), "psnr_to_real_db": to_real["psnr_db"],

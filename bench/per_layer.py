@@ -47,8 +47,8 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "per_layer.json")
     args = ap.parse_args()
     teacher_path = demo.vintagify_teacher()
-    teacher = checkpoint.load_generator(teacher_path)
-    student = (checkpoint.load_generator(args.student) if args.student
+    teacher = checkpoint.load_module(teacher_path)
+    student = (checkpoint.load_module(args.student) if args.student
                else prune.prune(teacher, 7.0, by="macs", method="uniform", size=args.size).module)
     macs_ratio = profile.count_macs(teacher, args.size)["paper"] / profile.count_macs(student, args.size)["paper"]
     load_before = os.getloadavg()[0]

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "judge again: how fast distillation closes the gap matters more than where it starts")
     args = ap.parse_args(argv)
 
-    teacher = checkpoint.load_generator(args.teacher)
+    teacher = checkpoint.load_module(args.teacher)
     calib = calibration.calibration_batch(args.calib, args.size)
     paths = list_images(args.heldout)
     held = load_batch([paths[i * len(paths) // args.n_heldout] for i in range(args.n_heldout)], args.size)

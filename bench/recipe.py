@@ -127,7 +127,7 @@ def prepare(work: Path, args: argparse.Namespace) -> dict:
     Each piece is written whole or not at all, so an interrupted preparation resumes where it stopped.
     """
     teacher_path = vintagify_path()
-    teacher = checkpoint.load_generator(teacher_path)
+    teacher = checkpoint.load_module(teacher_path)
     info_path = work / "prepared.json"
     if info_path.exists():
         return json.loads(info_path.read_text())
@@ -174,7 +174,7 @@ def reverse_teacher(work: Path, args: argparse.Namespace) -> Path:
     """vintagify ships no G_B: the `cycle` variant's reverse teacher is a ResNet-6 fitted here once, by L1."""
     path = work / "reverse.pth"
     if not path.exists():
-        teacher = checkpoint.load_generator(vintagify_path())
+        teacher = checkpoint.load_module(vintagify_path())
         train_paths = images.list_images(H2Z / "trainA")
         photos = images.load_batch(train_paths, args.size)
         vintage = torch.cat([translate_tensor(teacher, photos[i:i + 64], 8) for i in range(0, len(photos), 64)])
@@ -197,8 +197,8 @@ def features(folder: Path, weights: str) -> np.ndarray:
 
 
 def score(student_path: Path, work: Path, args: argparse.Namespace, weights: str) -> dict:
-    teacher = checkpoint.load_generator(vintagify_path())
-    student = checkpoint.load_generator(student_path)
+    teacher = checkpoint.load_module(vintagify_path())
+    student = checkpoint.load_module(student_path)
     test_paths = images.list_images(H2Z / "testA")
     x = images.load_batch(test_paths, args.size)
     t = translate_tensor(teacher, x, 8)

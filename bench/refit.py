@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "refit.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    teacher = checkpoint.load_generator(demo.vintagify_teacher())
+    teacher = checkpoint.load_module(demo.vintagify_teacher())
     train, test = sorted((DATA / "trainA").iterdir()), sorted((DATA / "testA").iterdir())
     fit = images.load_batch([train[i * len(train) // args.fit_images] for i in range(args.fit_images)], 128)
     held = images.load_batch([test[i * len(test) // 20] for i in range(20)], 128)

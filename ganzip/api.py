@@ -132,7 +132,7 @@ def prune(teacher: str | os.PathLike, ratio: float, *, output: str | os.PathLike
     if multiple_of is not None and multiple_of < 1:
         raise UserError(f"{setting('multiple_of')} must be a positive integer, not {multiple_of}")
     check_writable(output)
-    module = ckpt.load_generator(teacher)
+    module = ckpt.load_module(teacher)
     if refit and calib is None:
         raise UserError(f"{setting('refit')} fits the student to the teacher on real images: give them with "
                         f"{setting('calib', metavar='DIR')}")
@@ -163,7 +163,7 @@ def profile(student: str | os.PathLike, *, teacher: str | os.PathLike | None = N
             teacher_mode: str = "eval") -> ProfileReport:
     """Parameters, MACs and latency of `student` (a checkpoint, or an .onnx file timed in onnxruntime); with a
     teacher, the compression and the speedup timed in alternation in one run. `onnx` also times checkpoints in
-    onnxruntime."""
+    onnxruntime; an .onnx file's own timing is its onnxruntime latency, as in compare."""
     if size <= 0 or batch_size <= 0 or runs <= 0:
         raise UserError(f"{setting('size')}, {setting('batch_size')} and {setting('runs')} must be positive integers")
     threads = thread_policy.resolve(threads)
@@ -176,10 +176,8 @@ def profile(student: str | os.PathLike, *, teacher: str | os.PathLike | None = N
             archs.check_size(module.spec, size)
     extra = None
     if onnx:
-        if any(isinstance(m, runner.OnnxGenerator) for m in models.values()):
-            raise UserError(f"{setting('onnx', True)} times a PyTorch checkpoint in onnxruntime; an .onnx file is "
-                            f"already timed there, leave it out")
-        extra = {name: {"onnx": export.onnx_runner(m, size, batch_size, threads=threads)} for name, m in models.items()}
+        extra = {name: {"onnx": None if isinstance(m, runner.OnnxGenerator)
+                        else export.onnx_runner(m, size, batch_size, threads=threads)} for name, m in models.items()}
     info = prof.profile(models["student"], models.get("teacher"), size=size, batch=batch_size, runs=runs,
                         threads=threads, device=device, extra_runners=extra)
     return ProfileReport(info["params"], info["macs"], info["latency"]["median_ms"], info.get("compression"),
@@ -242,7 +240,7 @@ def export_onnx(student: str | os.PathLike, output: str | os.PathLike | None = N
     out = Path(output) if output is not None else student.with_suffix(".onnx")
     refuse_input_as_output(out, student)
     threads = thread_policy.resolve(threads)
-    info = export.export_checked(ckpt.load_generator(student), out, opset=opset, dynamic=dynamic, size=size,
+    info = export.export_checked(ckpt.load_module(student), out, opset=opset, dynamic=dynamic, size=size,
                                  runs=runs, threads=threads)
     return ExportReport(Path(info["path"]), info["ok"], export.mismatch(info),
                         info["onnxruntime_latency"]["median_ms"], info)
@@ -261,7 +259,7 @@ def export_int8(source: str | os.PathLike, output: str | os.PathLike | None = No
     source = Path(source)
     if runner.is_onnx(source) and not source.is_file():
         raise UserError(f"{source} not found")
-    model = source if runner.is_onnx(source) else ckpt.load_generator(source)
+    model = source if runner.is_onnx(source) else ckpt.load_module(source)
     out = Path(output) if output is not None else source.with_name(source.stem + ".int8.onnx")
     refuse_input_as_output(out, source, calib)
     threads = thread_policy.resolve(threads)

@@ -307,10 +307,11 @@ def instantiate(loaded: Loaded) -> nn.Module:
     return module.eval()
 
 
-def load_generator(path: str | os.PathLike, teacher_mode: str = "eval") -> nn.Module:
-    """The generator in `path` as an eval-mode module whose outputs equal the upstream model's: the weights
-    themselves, which pruning, distillation and export change or trace (commands that only run a generator read
-    .onnx files too, through runner.load_generator).
+def load_module(path: str | os.PathLike, teacher_mode: str = "eval") -> nn.Module:
+    """The generator in a checkpoint as an eval-mode PyTorch module whose outputs equal the upstream model's: the
+    weights themselves, which pruning, distillation and export change or trace. Not `load_generator`, the one loader
+    of any generator file (runner.load_generator, also ganzip.load_generator), which reads .onnx files too and so
+    promises no weights.
 
     `teacher_mode` says how BatchNorm layers normalise (archs.layers.set_teacher_mode): with the saved running
     statistics (`eval`) or with each image's own (`batch-stats`, upstream's test script without --eval).

@@ -162,7 +162,7 @@ def run(out: str | os.PathLike = "ganzip-demo", paired: bool = False, quick: boo
 
 def _run_photos(out: Path, s: Settings, seed: int, device: str, stages: _Stages, teacher_path: Path) -> dict:
     data = bundled_data("photos")
-    teacher = checkpoint.load_generator(teacher_path)
+    teacher = checkpoint.load_module(teacher_path)
     inputs = images.list_images(data / "train")
     held = images.list_images(data / "test")
     x_held = images.load_batch(held, s.size)
@@ -182,7 +182,7 @@ def _run_photos(out: Path, s: Settings, seed: int, device: str, stages: _Stages,
     precision = fast_precision(device) if s.precision == "auto" else s.precision
     distill_info = stages.run(f"distilling: {s.distill_steps} steps, {precision}", _distill, s, out, seed, device,
                               teacher=teacher_path, inputs=data / "train", targets=target_dir, val=data / "test")
-    student = checkpoint.load_generator(out / "student.pth")
+    student = checkpoint.load_module(out / "student.pth")
     outputs = {"teacher": translate_tensor(teacher, x_held, 4), "student": translate_tensor(student, x_held, 4)}
     target_batch = images.load_batch(images.list_images(target_dir))
     quality = stages.run(f"scoring on {len(held)} held-out photos", _quality, outputs, target_batch)
@@ -214,7 +214,7 @@ def _run_maps(out: Path, s: Settings, seed: int, device: str, stages: _Stages, _
                             out / "teacher.pth")
     distill_info = stages.run(f"distilling: {s.distill_steps} steps", _distill, s, out, seed, device,
                               teacher=out / "teacher.pth", data=data, direction=MAPS_DIRECTION)
-    student = checkpoint.load_generator(out / "student.pth")
+    student = checkpoint.load_module(out / "student.pth")
     outputs = {"teacher": translate_tensor(teacher, val.inputs), "student": translate_tensor(student, val.inputs)}
     quality = stages.run(f"scoring on {len(val.inputs)} held-out pairs", _quality, outputs, val.targets)
     prof = stages.run("profiling teacher vs student", _profile, s, student, teacher)

@@ -240,7 +240,7 @@ def train_step(players: Players, objective: Objective, x: torch.Tensor, t: torch
 
 def _prepare(cfg: DistillConfig, run: RunFolder, rt: _Dist) -> _Prepared:
     """The teacher, the data and the recipe resolved against them; the saved state when resuming."""
-    teacher = checkpoint.load_generator(cfg.teacher, cfg.teacher_mode)
+    teacher = checkpoint.load_module(cfg.teacher, cfg.teacher_mode)
     if teacher.spec["input_nc"] != 3:  # every image is read as RGB; a gray teacher failed on its first batch
         raise UserError(f"{cfg.teacher} takes {teacher.spec['input_nc']}-channel inputs, but distill reads its images "
                         f"as RGB (3 channels); distill a generator of RGB images")

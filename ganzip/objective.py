@@ -137,7 +137,7 @@ def _anchor_term(cfg: DistillConfig, device: str, cast: Autocast) -> Callable | 
     if cfg.anchor == "pixel":
         return lambda s, t, x: pixel_kd(s, t)
     if cfg.anchor == "cycle":
-        reverse = checkpoint.load_generator(cfg.teacher_reverse, cfg.teacher_mode)
+        reverse = checkpoint.load_module(cfg.teacher_reverse, cfg.teacher_mode)
         spec = reverse.spec
         if (spec["input_nc"], spec["output_nc"]) != (3, 3) and spec["input_nc"] != spec["output_nc"]:
             raise UserError(f"{setting('teacher_reverse', cfg.teacher_reverse)} maps "

@@ -158,11 +158,13 @@ def static_profile(module: nn.Module, size: int = 256, batch: int = 1) -> Profil
 
 def profile(student: nn.Module, teacher: nn.Module | None = None, size: int = 256, batch: int = 1, runs: int = 20,
             warmup: int = 3, threads: int | None = None, device: str = "cpu",
-            extra_runners: dict[str, dict[str, Callable[[], object]]] | None = None) -> dict:
+            extra_runners: dict[str, dict[str, Callable[[], object] | None]] | None = None) -> dict:
     """Profile a generator, and with `teacher` the compression and the speedup measured in the same run.
 
     `extra_runners` maps a model name ("student"/"teacher") to further named runners (e.g. onnxruntime) that
-    join the alternation, so every latency in one report was taken under the same conditions.
+    join the alternation, so every latency in one report was taken under the same conditions. A runner given as
+    None is the model's own timing under that name (an .onnx model already runs in onnxruntime: timing it twice
+    would report two numbers for one thing).
     """
     thread_policy.keep_freed_memory()
     models = {"student": student} if teacher is None else {"student": student, "teacher": teacher}
@@ -170,10 +172,11 @@ def profile(student: nn.Module, teacher: nn.Module | None = None, size: int = 25
     with thread_policy.using(threads) as threads:
         fns = {name: torch_runner(m, size, batch, device) for name, m in models.items()}
         for owner, runners in (extra_runners or {}).items():
-            for key, fn in runners.items():
-                fns[f"{owner}:{key}"] = fn
+            fns.update({f"{owner}:{key}": fn for key, fn in runners.items() if fn is not None})
         load_before = thread_policy.load()
         timings = time_alternating(fns, runs=runs, warmup=warmup)
+        for owner, runners in (extra_runners or {}).items():
+            timings.update({f"{owner}:{key}": timings[owner] for key, fn in runners.items() if fn is None})
         unstable = thread_policy.stability(timings, load_before, thread_policy.load(), threads)
     for name, prof in profiles.items():
         prof.latency = timings[name]

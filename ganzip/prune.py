@@ -106,7 +106,7 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str | N
     spec = getattr(teacher, "spec", None)
     if spec is None or not archs.get(spec["arch"]).generator:
         raise UserError("prune needs a ResNet or U-Net generator built by ganzip "
-                        "(load it with checkpoint.load_generator)")
+                        "(load it with checkpoint.load_module)")
     archs.check_size(spec, size)
     layout = channels.layout_of(teacher)
     cost = cost or costs.model(by, layout, size, runtime=runtime, threads=threads)

@@ -5,7 +5,7 @@ so an int8 model's FID, latency and detail are measured on the file that ships, 
 parent. An .onnx file written by ganzip carries its generator's spec and provenance in its metadata, so it keeps
 its name, size multiple, parameter and MAC counts and the direction it was trained in; any other .onnx generator
 runs too, described by its input and output only. Commands that change or re-export the network (prune, distill,
-export) need its weights as a PyTorch module: they read checkpoints only (`checkpoint.load_generator`).
+export) need its weights as a PyTorch module: they read checkpoints only (`checkpoint.load_module`).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def load_generator(path: str | os.PathLike, teacher_mode: str = "eval", *, devic
 
     Both carry `.spec` (None for an .onnx file ganzip did not export) and `.provenance`, so a caller treats them
     alike; an .onnx generator has no weights to train or prune. `threads` sizes an onnxruntime session (a PyTorch
-    module uses torch's threads); `teacher_mode` is checkpoint.load_generator's.
+    module uses torch's threads); `teacher_mode` is checkpoint.load_module's.
     """
     if is_onnx(path):
         if device != "cpu":
@@ -143,7 +143,7 @@ def load_generator(path: str | os.PathLike, teacher_mode: str = "eval", *, devic
                             f"{path} is an ONNX file whose normalisation was fixed when it was exported: export it "
                             f"with that mode instead")
         return OnnxGenerator(path, threads)
-    return checkpoint.load_generator(path, teacher_mode)
+    return checkpoint.load_module(path, teacher_mode)
 
 
 def onnx_info(path: str | os.PathLike, size: int) -> dict:

@@ -30,7 +30,7 @@ def test_prune_from_a_script_writes_the_student_the_command_writes(teacher, tmp_
     assert result.exit_code == 0, result.output
     cli = json.loads(result.stdout)
     assert report.spec == cli["spec"] and report.achieved == pytest.approx(cli["achieved"])
-    student = checkpoint.load_generator(report.output)
+    student = checkpoint.load_module(report.output)
     assert report.output == tmp_path / "api.pth" and student.spec == report.spec
     macs = report.info["teacher"]["macs"] / report.info["student"]["macs"]
     assert report.achieved == pytest.approx(macs, rel=1e-6) and report.speedup is None
@@ -50,7 +50,7 @@ def test_prune_reports_the_refit_layer_by_layer(teacher, tmp_path):
 
 def test_profile_counts_the_parameters_of_the_file(teacher):
     report = api.profile(teacher, teacher=teacher, size=32, runs=2)
-    module = checkpoint.load_generator(teacher)
+    module = checkpoint.load_module(teacher)
     assert report.params == sum(p.numel() for p in module.parameters())
     assert report.compression == pytest.approx(1.0) and report.latency_ms > 0
 
@@ -96,7 +96,7 @@ def test_distill_takes_every_setting_by_name_and_refuses_others(teacher, tmp_pat
 
 def test_a_warning_names_the_setting_as_each_caller_spells_it(teacher):
     with pytest.warns(UserWarning) as caught:
-        checkpoint.load_generator(teacher, teacher_mode="batch-stats")
+        checkpoint.load_module(teacher, teacher_mode="batch-stats")
     assert "has no BatchNorm layers: teacher_mode='batch-stats' changes nothing" in str(caught[0].message)
     result = runner.invoke(app, ["profile", str(teacher), "--size", "32", "--runs", "1", "--teacher-mode",
                                  "batch-stats"])

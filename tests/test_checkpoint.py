@@ -111,3 +111,17 @@ def test_ganzip_checkpoint_with_mismatched_weights_is_refused(tmp_path):
     checkpoint.save(tmp_path / "bad.pth", spec, sd)
     with pytest.raises(UserError, match="do not fit its own spec"):
         checkpoint.load(tmp_path / "bad.pth")
+
+
+def test_one_function_is_called_load_generator(tmp_path):
+    """ganzip.load_generator reads any generator file; the checkpoint-only reader has its own name, so a script
+    cannot pick the one that refuses .onnx files by importing from the wrong module."""
+    from ganzip import runner
+
+    assert ganzip.load_generator is runner.load_generator and not hasattr(checkpoint, "load_generator")
+    model = archs.build(archs.default_spec("resnet", ngf=4, n_blocks=1))
+    path = ganzip.save_generator(model, tmp_path / "g.pth")
+    a, b = checkpoint.load_module(path), ganzip.load_generator(path)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))

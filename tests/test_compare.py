@@ -48,7 +48,7 @@ def test_compare_on_the_bundled_data_matches_the_single_model_tools(models, weig
     assert (out["latency_size"], out["n_images"], out["n_real"], out["aligned"]) == (64, 4, 4, "AtoB")
 
     # cost columns: what each model's own count says; the GAN Compression student also by hand
-    loaded = [checkpoint.load_generator(p) for p in paths]
+    loaded = [checkpoint.load_module(p) for p in paths]
     for row, module in zip(rows, loaded):
         assert (row["params"], row["macs"], row["macs_exact"]) == (count_params(module),
                                                                    *count_macs(module, 64).values())
@@ -127,7 +127,7 @@ def test_limit_zero_is_refused_in_one_line(models):
 
 def test_paired_data_is_read_in_the_direction_a_model_records(models, weights, tmp_path):
     root, paths = models
-    student = checkpoint.load_generator(paths[1])
+    student = checkpoint.load_module(paths[1])
     checkpoint.save_generator(student, tmp_path / "btoa.pth", direction="BtoA")
     common = [str(paths[0]), str(tmp_path / "btoa.pth"), "--data", str(bundled_data()), "--size", "64", "--runs", "1",
               "--grid-rows", "1", "--limit", "2", "-o", str(tmp_path / "g.png"), "--json", "--inception-weights",

@@ -130,7 +130,7 @@ def _check_summary(summary: dict, out: Path, columns: int) -> None:
         x = images.load_batch(images.list_images(demo.bundled_data("photos") / "test"), summary["size"])
     else:
         x = fit.load_pairs(demo.bundled_data("maps") / "val", summary["size"], demo.MAPS_DIRECTION).inputs
-    gens = {name: checkpoint.load_generator(summary["files"][key] if key else summary["prune"]["path"])
+    gens = {name: checkpoint.load_module(summary["files"][key] if key else summary["prune"]["path"])
             for name, key in (("teacher", "teacher"), ("student", "student"), ("pruned", None))}
     with torch.no_grad():
         y = {name: g(x) for name, g in gens.items()}
@@ -168,7 +168,7 @@ def test_demo_quick_compresses_the_pretrained_vintagify_teacher(photos_demo):
     # the widths depend on nothing measured, so the report's "Reproduce" holds on any machine: pruning again from
     # scratch gives the same widths
     s = demo.PHOTOS_QUICK
-    again = prune.prune(checkpoint.load_generator(summary["files"]["teacher"]), s.ratio, by="macs", method=s.method,
+    again = prune.prune(checkpoint.load_module(summary["files"]["teacher"]), s.ratio, by="macs", method=s.method,
                         size=s.size)
     assert json.loads(json.dumps(again.spec)) == summary["prune"]["spec"]
     assert "the same student; the timings vary" in " ".join((out / "report.md").read_text().split())

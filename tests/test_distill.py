@@ -101,7 +101,7 @@ def test_teacher_cache_computes_each_image_and_flip_once(setup, monkeypatch):
     import ganzip.distill as dmod
 
     seen = {"images": 0}
-    load = dmod.checkpoint.load_generator
+    load = dmod.checkpoint.load_module
 
     def counting_teacher(path, *args):
         module = load(path, *args)
@@ -116,7 +116,7 @@ def test_teacher_cache_computes_each_image_and_flip_once(setup, monkeypatch):
         module.forward = counted
         return module
 
-    monkeypatch.setattr(dmod.checkpoint, "load_generator", counting_teacher)
+    monkeypatch.setattr(dmod.checkpoint, "load_module", counting_teacher)
     student = tmp_path / "student.pth"
     checkpoint.save_generator(archs.build(archs.default_spec("resnet", ngf=4, n_blocks=2)), student)
     # 12 steps x 2 images = 24 teacher inputs over 8 images x 2 flips: at most 16 distinct ones; the final
@@ -142,7 +142,7 @@ def test_cached_target_is_the_teacher_output_on_the_whole_image_cropped_with_the
     from ganzip.targets import TeacherTargets
 
     tmp_path, root = setup
-    teacher = checkpoint.load_generator(tmp_path / "teacher.pth")
+    teacher = checkpoint.load_module(tmp_path / "teacher.pth")
     train = trainset.TrainSet(datalib.resolve(root), load_size=42, crop_size=32, flip=True, seed=5)
     targets = TeacherTargets(teacher, train, "cpu", cache=True, budget=MemoryBudget(2**30))
     plain = TeacherTargets(teacher, train, "cpu", cache=False, budget=MemoryBudget(0))

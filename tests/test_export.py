@@ -21,7 +21,7 @@ from ganzip.errors import UserError
 def _upstream(tmp_path, name, sd):
     """Save a bare upstream-style state dict and load it the way users do, through checkpoint recognition."""
     torch.save(sd, tmp_path / name)
-    return checkpoint.load_generator(tmp_path / name)
+    return checkpoint.load_module(tmp_path / name)
 
 
 def _pruned_student():

@@ -48,7 +48,7 @@ def test_recognised_and_outputs_equal_the_functional_forward(tmp_path, widths, n
 
 def test_params_are_the_sum_of_tensor_sizes(tmp_path):
     sd = mobile_state_dict(**SUB_MOBILE)
-    model = checkpoint.load_generator(_save(sd, tmp_path / "g.pth"))
+    model = checkpoint.load_module(_save(sd, tmp_path / "g.pth"))
     def conv(cout, cin, k):  # every conv here has a bias (instance norm; separable convs always)
         return cout * cin * k * k + cout
 
@@ -64,7 +64,7 @@ def test_macs_equal_a_hand_count_with_depthwise_convs(tmp_path, widths):
 
 
 def ganzip_load(tmp_path, widths, norm="instance"):
-    return checkpoint.load_generator(_save(mobile_state_dict(**widths, norm=norm), tmp_path / "g.pth"))
+    return checkpoint.load_module(_save(mobile_state_dict(**widths, norm=norm), tmp_path / "g.pth"))
 
 
 @pytest.mark.parametrize("conv", [torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.Conv2d(8, 12, 3, groups=4),
@@ -168,7 +168,7 @@ def test_dead_trunk_and_inner_channels_are_cut_from_depthwise_and_pointwise_conv
     sd[f"model.{b}.conv_block.1.conv.2.weight"][i] = 0  # nothing writes inner channel i ...
     sd[f"model.{b}.conv_block.1.conv.2.bias"][i] = 0
     sd[f"model.{b}.conv_block.6.conv.2.weight"][:, i] = 0  # ... and nothing reads it
-    teacher = checkpoint.load_generator(_save(sd, tmp_path / "t.pth"))
+    teacher = checkpoint.load_module(_save(sd, tmp_path / "t.pth"))
     spec = {**teacher.spec, "widths": {**teacher.spec["widths"], "trunk": 11, "inner": [5, 8, 2]}}
     student = prune.inherit(teacher, spec)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -188,9 +188,9 @@ def test_prune_and_distill_take_a_mobile_teacher(tmp_path):
                               "-o", str(tmp_path / "s.pth"), "--json"])
     assert out.exit_code == 0, out.output
     info = json.loads(out.stdout)
-    student = checkpoint.load_generator(tmp_path / "s.pth")
+    student = checkpoint.load_module(tmp_path / "s.pth")
     assert student.spec["arch"] == "mobile_resnet"
-    assert count_macs(checkpoint.load_generator(path), 32)["paper"] / count_macs(student, 32)["paper"] == \
+    assert count_macs(checkpoint.load_module(path), 32)["paper"] / count_macs(student, 32)["paper"] == \
         pytest.approx(info["achieved"])
     assert abs(info["achieved"] / 2 - 1) <= prune.TOLERANCE
     data = tmp_path / "data"
@@ -201,6 +201,6 @@ def test_prune_and_distill_take_a_mobile_teacher(tmp_path):
                               "--out-dir", str(tmp_path / "run"), "-o", str(tmp_path / "d.safetensors"), "--json"])
     assert out.exit_code == 0, out.output
     assert checkpoint.file_format(tmp_path / "d.safetensors") == "safetensors"  # distill writes it by the suffix
-    trained = checkpoint.load_generator(tmp_path / "d.safetensors")
+    trained = checkpoint.load_module(tmp_path / "d.safetensors")
     assert trained.spec == student.spec
     assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), student.state_dict().values()))

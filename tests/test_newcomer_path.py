@@ -97,7 +97,7 @@ def test_the_demo_s_recipe_is_distill_s_defaults():
 
 
 def _psnr_to(teacher: torch.Tensor, x: torch.Tensor, path: str | Path) -> float:
-    return fidelity.psnr(translate_tensor(checkpoint.load_generator(path), x, 4), teacher)
+    return fidelity.psnr(translate_tensor(checkpoint.load_module(path), x, 4), teacher)
 
 
 @pytest.mark.slow
@@ -119,7 +119,7 @@ def test_the_readme_photos_path_gives_a_student_as_good_as_the_demo_s(photos_dem
 
     # scored as the demo scores: PSNR to the teacher's outputs on the held-out photos at the demo's size
     x = images.load_batch(images.list_images(Path(photos) / "test"), SIZE)
-    reference = translate_tensor(checkpoint.load_generator(teacher), x, 4)
+    reference = translate_tensor(checkpoint.load_module(teacher), x, 4)
     newcomer = _psnr_to(reference, x, "student.pth")
     demo_psnr = demo_summary["quality"]["student_vs_teacher"]["psnr_db"]
     assert _psnr_to(reference, x, demo_out / "student.pth") == pytest.approx(demo_psnr, abs=1e-6)

@@ -94,7 +94,7 @@ def test_one_step_of_feature_kd_equals_the_mse_of_the_kept_channels_at_the_start
     """At step 0 the adapters are the inherited selection: the term is the MSE between the student's tapped
     activations and the teacher's on the channels it kept, computed here from the two networks by hand."""
     tmp_path, _ = setup
-    teacher = checkpoint.load_generator(tmp_path / "teacher.pth")
+    teacher = checkpoint.load_module(tmp_path / "teacher.pth")
     student = prune.inherit(teacher, prune.uniform_spec(teacher.spec, 0.5))
     cfg = config.resolve(config.DistillConfig(teacher=tmp_path / "teacher.pth", ratio=2.0, size=32, levels=2,
                                               lambda_feat=1.0, precision="fp32"), {}, paired=False)
@@ -153,7 +153,7 @@ def test_without_an_adversarial_term_the_student_steps_as_with_a_zero_weight_one
     """Skipping D (disc_real None) changes nothing for the student: its update equals the one of a step whose
     adversarial term has weight 0 and whose D is trained; D itself is left untouched."""
     tmp_path, _ = setup
-    teacher = checkpoint.load_generator(tmp_path / "teacher.pth")
+    teacher = checkpoint.load_module(tmp_path / "teacher.pth")
     cfg = config.resolve(config.DistillConfig(teacher=tmp_path / "teacher.pth", ratio=2.0, size=32, levels=2,
                                               lambda_gan=0.0, lambda_feat=0.0, precision="fp32"), {},
                                     paired=False)

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import typer
 from cli_lines import error_line
 from PIL import Image
 from test_fid import _images
@@ -72,6 +73,25 @@ def test_profile_accepts_onnx(files):
     assert info["params"] == info["teacher"]["params"] == sum(p.numel() for p in module.parameters())
     assert info["macs_ratio"] == 1.0 and info["efficiency"] == pytest.approx(info["speedup"])
     assert info["speedup"] == pytest.approx(info["teacher"]["latency_ms"] / info["latency_ms"])
+
+
+def test_profile_onnx_flag_takes_an_onnx_file_as_compare_does(files):
+    """profile --onnx refused an .onnx model ("already timed there, leave it out") where compare --onnx took it;
+    both now time the checkpoints in onnxruntime and give an .onnx model's one timing as its onnxruntime latency."""
+    _, tmp = files
+    args = ["profile", str(tmp / "s.onnx"), "--teacher", str(tmp / "s.pth"), "--size", "32", "--runs", "2",
+            "--threads", "1", "--onnx"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["onnx_latency_ms"] == info["latency_ms"]  # timed once, in the runtime it runs in
+    assert info["teacher"]["onnx_latency_ms"] != info["teacher"]["latency_ms"]  # the checkpoint, timed again there
+    assert info["onnx_speedup"] == pytest.approx(info["teacher"]["onnx_latency_ms"] / info["latency_ms"])
+    shown = CliRunner().invoke(app, args)
+    assert shown.exit_code == 0 and "latency onnxruntime (median)" in shown.output
+    commands = typer.main.get_command(app).commands
+    helps = {next(p.help for p in commands[cmd].params if p.name == "onnx") for cmd in ("profile", "compare")}
+    assert len(helps) == 1 and "its one timing is also its onnxruntime latency" in helps.pop()
 
 
 def _unpaired(root):
@@ -153,7 +173,7 @@ def test_an_exported_student_keeps_the_direction_it_was_trained_in(files, tmp_pa
     """compare and fid read paired data in the direction a student records; its .onnx file records it too."""
     module, _ = files
     checkpoint.save_generator(module, tmp_path / "btoa.pth", direction="BtoA")
-    export.export_onnx(checkpoint.load_generator(tmp_path / "btoa.pth"), tmp_path / "btoa.onnx", size=32)
+    export.export_onnx(checkpoint.load_module(tmp_path / "btoa.pth"), tmp_path / "btoa.onnx", size=32)
     assert runner.load_generator(tmp_path / "btoa.onnx").provenance["direction"] == "BtoA"
     assert runner.load_generator(files[1] / "s.onnx").provenance == {}  # nothing recorded: nothing made up
 

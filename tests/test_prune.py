@@ -258,7 +258,7 @@ def test_cli_prune_writes_a_loadable_student_with_provenance(tmp_path):
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
     assert abs(info["achieved"] / 2 - 1) <= 0.03
-    student = checkpoint.load_generator(out)
+    student = checkpoint.load_module(out)
     assert student.spec == info["spec"]
     loaded = checkpoint.load(out)
     assert loaded.provenance["teacher_sha256"] == checkpoint.sha256(tpath)
@@ -316,7 +316,7 @@ def test_cli_prune_refits_on_calibration_images_and_reports_before_and_after(tmp
     x = load_batch(sorted(calib.iterdir())[3::4], 32)  # the held-out images, computed independently
     with torch.no_grad():
         t_out = teacher.eval()(x)
-        err = {p: float((checkpoint.load_generator(p)(x) - t_out).square().mean()) for p in (out, plain)}
+        err = {p: float((checkpoint.load_module(p)(x) - t_out).square().mean()) for p in (out, plain)}
     assert err[out] < err[plain]
     bad = runner.invoke(app, ["prune", str(tpath), "--ratio", "1.75", "--size", "32", "--refit", "-o",
                               str(tmp_path / "x.pth")])

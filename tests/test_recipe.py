@@ -161,8 +161,8 @@ def test_validation_lines_best_checkpoint_and_independent_scores(setup):
     chosen = [paths[i * 24 // 20] for i in range(20)]
     x = load_batch(chosen, 32)
     with torch.no_grad():
-        s = checkpoint.load_generator(summary["output"])(x)
-        t = checkpoint.load_generator(tmp_path / "teacher.pth")(x)
+        s = checkpoint.load_module(summary["output"])(x)
+        t = checkpoint.load_module(tmp_path / "teacher.pth")(x)
     mse = float((s - t).square().mean())
     assert vals[-1]["val_psnr"] == pytest.approx(10 * math.log10(4 / mse), abs=1e-4)
     # the finest band's relative error (pywt) and the colour drift, computed here independently

@@ -59,7 +59,7 @@ def test_upstream_teacher_converted_to_safetensors_loads(tmp_path, kind):
     save_file(sd, str(tmp_path / "teacher.safetensors"))
     info = _json(["inspect", str(tmp_path / "teacher.safetensors"), "--json"])
     assert (info["file_format"], info["source"]) == ("safetensors", "upstream")
-    model = checkpoint.load_generator(tmp_path / "teacher.safetensors")
+    model = checkpoint.load_module(tmp_path / "teacher.safetensors")
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = resnet_forward(sd, x, 2, "batch") if kind == "resnet" else mobile_forward(sd, x, 2)

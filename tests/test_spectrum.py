@@ -148,7 +148,7 @@ def test_spectrum_command_writes_json_and_plot(tmp_path):
     # the two generators translated the same photos: b is scored against a image by image, as computed here
     x_in = images.load_batch(sorted(data.iterdir()))
     with torch.no_grad():
-        a, b = (checkpoint.load_generator(tmp_path / n)(x_in) for n in ("a.pth", "b.pth"))
+        a, b = (checkpoint.load_module(tmp_path / n)(x_in) for n in ("a.pth", "b.pth"))
     paired = report["paired"]
     assert (paired["reference"], paired["n_images"], list(paired["rows"])) == ("a.pth", 3, ["b.pth"])
     row = paired["rows"]["b.pth"]

@@ -340,8 +340,14 @@ def threads_option(used_for: str, default: str = "the free cores: the cores less
     return typer.Option(None, "--threads", help=f"Threads for {used_for} (default: {default}).")
 
 
+def onnx_timing_option() -> Any:
+    """--onnx in profile and compare: one meaning, so an .onnx model is treated alike by both."""
+    return typer.Option(False, "--onnx", help="Also time checkpoints in onnxruntime (an .onnx file runs there "
+                        "already: its one timing is also its onnxruntime latency).")
+
+
 def teacher_mode_option(**panel: Any) -> Any:
-    """--teacher-mode, the same in every command that runs a generator (checkpoint.load_generator applies it)."""
+    """--teacher-mode, the same in every command that runs a generator (checkpoint.load_module applies it)."""
     return typer.Option("eval", "--teacher-mode", metavar=metavar(TEACHER_MODES),
                         help="BatchNorm generators: eval (saved running statistics, as GAN "
                              "Compression) or batch-stats (each image's own, as upstream's test.py without --eval).",
