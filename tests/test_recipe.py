@@ -276,7 +276,7 @@ def test_init_scratch_starts_from_the_cyclegan_initialisation_not_the_teachers_w
     for init in ("inherit", "scratch"):
         summary = distill(_cfg(tmp_path, root, init, init=init, steps=1, lr=1e-12))
         assert checkpoint.load(summary["output"]).provenance["init"] == init
-        convs = [m for m in checkpoint.load_generator(summary["output"]).modules()
+        convs = [m for m in checkpoint.load_module(summary["output"]).modules()
                  if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
         weights = torch.cat([m.weight.detach().flatten() for m in convs])
         biases = torch.cat([m.bias.detach().flatten() for m in convs if m.bias is not None])
