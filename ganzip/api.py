@@ -34,11 +34,11 @@ from ganzip import fid as fidlib
 from ganzip import profile as prof
 from ganzip import prune as pruning
 from ganzip import threads as thread_policy
-from ganzip.atomic import check_writable, refuse_input_as_output
 from ganzip.choices import DEFAULT_METHOD, MEASURES, METHODS, RUNTIMES
 from ganzip.config import DistillConfig
 from ganzip.devices import resolve_device
-from ganzip.errors import UserError, check_choice, setting
+from ganzip.errors import UserError, check_checkpoint_file, check_choice, setting
+from ganzip.paths import check_writable, refuse_input_as_output
 
 Progress = Callable[[str, int, "int | float | None"], None]  # (task, done, total): the command line's bar
 
@@ -257,8 +257,8 @@ def export_int8(source: str | os.PathLike, output: str | os.PathLike | None = No
     if runs <= 0:
         raise UserError(f"{setting('runs')} must be a positive integer")
     source = Path(source)
-    if runner.is_onnx(source) and not source.is_file():
-        raise UserError(f"{source} not found")
+    if runner.is_onnx(source):
+        check_checkpoint_file(source)
     model = source if runner.is_onnx(source) else ckpt.load_module(source)
     out = Path(output) if output is not None else source.with_name(source.stem + ".int8.onnx")
     refuse_input_as_output(out, source, calib)

@@ -27,8 +27,8 @@ from ganzip import archs, export, fid, fidelity, images, runner
 from ganzip import data as data_sets
 from ganzip import profile as prof
 from ganzip import threads as thread_policy
-from ganzip.atomic import check_writable, refuse_input_as_output
 from ganzip.errors import UserError, setting
+from ganzip.paths import check_writable, refuse_input_as_output
 from ganzip.spectrum import unique_names
 from ganzip.translate import translate_folder
 

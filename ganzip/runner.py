@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ganzip import archs, checkpoint
-from ganzip.errors import UserError, setting
+from ganzip.errors import UserError, check_checkpoint_file, setting
 from ganzip.export import PRECISION_KEY, PROVENANCE_KEY, SPEC_KEY, _session
 from ganzip.profile import static_profile
 
@@ -37,8 +37,7 @@ class OnnxGenerator(nn.Module):
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         super().__init__()
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"{path} not found")
+        check_checkpoint_file(self.path)  # worded as the command line's early check words it
         try:
             proto = onnx.load(str(self.path), load_external_data=False)
         except Exception as e:  # noqa: BLE001 - onnx raises protobuf's untyped errors

@@ -23,8 +23,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ganzip import checkpoint, config
-from ganzip.atomic import check_writable_folder, torch_save, write_text
+from ganzip.atomic import torch_save, write_text
 from ganzip.errors import UserError, setting
+from ganzip.paths import check_writable_folder
 
 STATE_FILE = "train_state.pth"
 LOG_FILE = "log.jsonl"

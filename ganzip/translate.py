@@ -20,8 +20,8 @@ from PIL import Image
 from torch import nn
 
 from ganzip import archs, images, memory
-from ganzip.atomic import check_writable_folder, refuse_input_as_output
 from ganzip.errors import UserError, setting
+from ganzip.paths import check_writable_folder, refuse_input_as_output
 from ganzip.profile import input_channels
 
 

@@ -71,10 +71,11 @@ def test_a_library_error_names_parameters_and_the_command_names_flags(tmp_path, 
 
 
 def test_a_warning_names_parameters_and_the_command_names_flags(tmp_path):
-    """`resume` on a folder with no saved run warns and starts afresh; a missing validation folder then stops it
-    before any training, right after the warning."""
+    """`resume` on a folder with no saved run warns and starts afresh; a validation folder without images then stops
+    it before any training, right after the warning (a missing one is refused while the command line is parsed)."""
     _, root = unpaired_setup(tmp_path)
-    teacher, out, val = tmp_path / "teacher.pth", tmp_path / "run", tmp_path / "missing"
+    teacher, out, val = tmp_path / "teacher.pth", tmp_path / "run", tmp_path / "no-images"
+    val.mkdir()
     cfg = DistillConfig(teacher=teacher, data=root, ratio=2.0, method="uniform", size=32, resume=True, val=val,
                         out_dir=out, progress=False)
     with pytest.warns(GanzipWarning) as caught, pytest.raises(UserError, match="validation folder"):

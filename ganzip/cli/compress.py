@@ -28,6 +28,7 @@ from ganzip.cli.common import (
     widths_text,
 )
 from ganzip.cli.inputs import checkpoint_argument, checkpoint_option, existing_folder
+from ganzip.paths import refuse_input_as_output
 
 if TYPE_CHECKING:  # the CLI imports the library (and torch) only inside a command
     from ganzip.api import PruneReport
@@ -73,9 +74,10 @@ def prune_cmd(
     as_json: bool = json_option(),
 ) -> None:
     """Find a student RATIO times smaller than the teacher and give it the teacher's most important channels."""
+    output = default_output(output, Path("pruned.pth"), force)
+    refuse_input_as_output(output, teacher, calib)  # the library's own check, made before torch is imported
     from ganzip import api
 
-    output = default_output(output, Path("pruned.pth"), force)
     with progress_bar() as update:
         report = api.prune(teacher, ratio, output=output, by=by, method=method, size=size, calib=calib,
                            multiple_of=multiple_of, runtime=runtime, threads=threads, runs=runs, refit=refit,
@@ -152,7 +154,8 @@ def distill_cmd(
                                           "--disc-real teacher too.", callback=existing_folder("input folder"),
                                           rich_help_panel=_DATA),
     targets: Optional[Path] = typer.Option(None, "--targets", help="Folder of real target-domain images, the "
-                                           "discriminator's real images (with --lambda-gan).", rich_help_panel=_DATA),
+                                           "discriminator's real images (with --lambda-gan).",
+                                           callback=existing_folder("target folder"), rich_help_panel=_DATA),
     direction: Optional[str] = typer.Option(None, "--direction", help="AtoB or BtoA: which side is the input "
                                             "(default: the teacher's recorded direction, else AtoB).",
                                             rich_help_panel=_DATA),
@@ -248,7 +251,8 @@ def distill_cmd(
                                              "outputs, in MiB (default: a quarter of the available memory).",
                                              rich_help_panel=_TRAINING),
     val: Optional[Path] = typer.Option(None, "--val", help="Held-out input images (default: the dataset's testA, "
-                                       "or val/test pairs, else 5% of the inputs).", rich_help_panel=_VALIDATION),
+                                       "or val/test pairs, else 5% of the inputs).",
+                                       callback=existing_folder("validation folder"), rich_help_panel=_VALIDATION),
     val_images: int = typer.Option(100, "--val-images", help="Score on at most this many held-out images "
                                    "(0: no validation).", rich_help_panel=_VALIDATION),
     eval_every: int = typer.Option(250, "--eval-every", help="Score the student (PSNR and FID to the teacher) every "

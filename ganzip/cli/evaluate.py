@@ -28,6 +28,7 @@ from ganzip.cli.common import (
 )
 from ganzip.cli.inputs import checkpoint_argument, checkpoint_option, existing_folder
 from ganzip.errors import UserError, setting
+from ganzip.paths import check_writable, refuse_input_as_output
 
 
 @command("translate")
@@ -47,11 +48,13 @@ def translate_cmd(
     out: Optional[Path] = old_out_option(),
 ) -> None:
     """Run a generator over a folder and write PNGs with the same stems (any size: padded by reflection)."""
+    out = pick_output(output, out, required="the output folder")
+    # before torch is imported; the library checks the file names it will write too, once it has listed the images
+    refuse_input_as_output(out, input_dir, checkpoint)
     from ganzip import runner
     from ganzip.devices import resolve_device
     from ganzip.translate import translate_folder
 
-    out = pick_output(output, out, required="the output folder")
     device = resolve_device(device)
     module = runner.load_generator(checkpoint, teacher_mode, device=device)
     with progress_bar() as update:
@@ -71,9 +74,10 @@ def fid_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder: testA/testB (unaligned) or test/ or "
                                                              "val/ with A|B pairs (aligned).",
                                         callback=existing_folder("data folder")),
-    real: Optional[Path] = typer.Option(None, "--real", help="Real target images (default: from --data)."),
+    real: Optional[Path] = typer.Option(None, "--real", help="Real target images (default: from --data).",
+                                        callback=existing_folder("image folder")),
     fake: Optional[Path] = typer.Option(None, "--fake", help="Already generated images: compare with --real "
-                                                             "directly."),
+                                                             "directly.", callback=existing_folder("image folder")),
     teacher: Optional[Path] = checkpoint_option("--teacher", help="Teacher checkpoint: its FID on the same data, and "
                                                                   "the difference."),
     kid: bool = typer.Option(False, "--kid", help="Also compute KID (mean and std over subsets)."),
@@ -90,9 +94,11 @@ def fid_cmd(
     out: Optional[Path] = old_out_option(),
 ) -> None:
     """FID (and KID) with the standard TF Inception weights, computed offline through torch-fidelity."""
+    out = pick_output(output, out)
+    if fake is None:  # images are kept only where a generator runs; the library checks the dataset's own folders
+        refuse_input_as_output(out, data, real)
     from ganzip import api
 
-    out = pick_output(output, out)
     with progress_bar() as update:
         report = api.fid(checkpoint, data=data, real=real, fake=fake, teacher=teacher, kid=kid, direction=direction,
                          size=size, batch_size=batch_size, output=out, inception_weights=inception_weights,
@@ -146,6 +152,7 @@ def export_cmd(
         raise UserError("--runs must be a positive integer")
     threads = thread_policy.resolve(threads)
     out = pick_output(output, out)
+    refuse_input_as_output(out, checkpoint, calib if int8 else None)  # before torch; a default -o is the library's
     if int8:
         _export_int8(checkpoint, out, calib, opset, dynamic, size, runs, threads, as_json)
         return
@@ -204,7 +211,8 @@ def spectrum_cmd(
                                                   "checkpoints or .onnx files."),
     data: Path = typer.Option(..., "--data", callback=existing_folder("data folder"),
                               help="Folder of input images, or a dataset (testA/testB or val/test A|B)."),
-    real: Optional[Path] = typer.Option(None, "--real", help="Folder of real target-domain images (the reference)."),
+    real: Optional[Path] = typer.Option(None, "--real", help="Folder of real target-domain images (the reference).",
+                                        callback=existing_folder(f"{setting('real')} folder")),
     direction: Optional[str] = typer.Option(None,
                                             help="AtoB or BtoA: --data holds A|B pairs; targets are the reference."),
     size: Optional[int] = typer.Option(None, help="Resize images to this many pixels (square)."),
@@ -218,19 +226,17 @@ def spectrum_cmd(
     as_json: bool = json_option(),
 ) -> None:
     """Power spectrum and wavelet band energies of real images and each generator's outputs."""
-    from ganzip import spectrum
-    from ganzip.devices import resolve_device
-
     if limit <= 0 or levels <= 0 or batch_size <= 0 or (size is not None and size <= 0):
         raise UserError("--limit, --levels, --batch-size and --size must be positive integers")
+    if output is not None:  # before torch is imported
+        refuse_input_as_output(output, *checkpoints, data, real)
+        check_writable(output)
+    from ganzip import spectrum
+    from ganzip.devices import resolve_device
     from ganzip.wavelet import check_wavelet
 
     check_wavelet(wave)  # before minutes of translating, not after
     if output is not None:
-        from ganzip.atomic import check_writable, refuse_input_as_output
-
-        refuse_input_as_output(output, *checkpoints, data, real)
-        check_writable(output)
         spectrum.require_matplotlib()  # likewise: a missing plotting library is found now, not at the end
     with status("translating and analysing"):
         result = spectrum.spectrum(checkpoints, data, real=real, size=size, direction=direction, limit=limit,

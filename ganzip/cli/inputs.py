@@ -1,5 +1,5 @@
 """The paths a command reads, refused while the command line is parsed: before a command imports torch (seconds),
-so the mistakes users make most (a mistyped checkpoint or folder) are answered at once.
+so the mistakes users make most (a mistyped checkpoint, folder or weights file) are answered at once.
 
 Each check is the library's own (ganzip.errors), so the early answer is word for word the one the reader would
 give later; a UserError raised here is reported by the command group as any other (ganzip.cli.common).
@@ -12,15 +12,15 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from ganzip.errors import UserError, check_checkpoint_file, missing_folder
+from ganzip.errors import UserError, check_checkpoint_file, check_weights_file, missing_folder
 
 
 def _readable_checkpoints(value: Any) -> Any:
     """Refuse a checkpoint path that is no readable file while the command line is parsed, before the command
-    imports torch (seconds), so a mistyped path is answered at once; the loader says the same of it later.
-    An .onnx file is left to the runner that opens it (ganzip.runner), which words its own errors."""
+    imports torch (seconds), so a mistyped path is answered at once; the loader (ganzip.checkpoint, or
+    ganzip.runner for an .onnx file) says the same of it later."""
     for path in value if isinstance(value, (list, tuple)) else [value]:
-        if path is not None and Path(path).suffix.lower() != ".onnx":
+        if path is not None:
             check_checkpoint_file(path)
     return value
 
@@ -45,3 +45,11 @@ def existing_folder(what: str) -> Callable[[Any], Any]:
         return value
 
     return check
+
+
+def readable_weights(value: Optional[Path]) -> Optional[Path]:
+    """A callback refusing an Inception weights path that is no readable file while the command line is parsed,
+    in the words ganzip.inception gives it when FID starts (minutes later, after translating)."""
+    if value is not None:
+        check_weights_file(Path(value).expanduser())
+    return value

@@ -30,6 +30,7 @@ from ganzip.cli.common import (
     widths_text,
 )
 from ganzip.cli.inputs import checkpoint_argument, checkpoint_option, existing_folder
+from ganzip.paths import refuse_input_as_output
 
 # --- inspect -----------------------------------------------------------------------------------------------
 
@@ -185,7 +186,8 @@ def compare_cmd(
                                                   "A|B pairs (aligned) or with single photos, or a folder of inputs.",
                               callback=existing_folder("data folder")),
     real: Optional[Path] = typer.Option(None, "--real", help="Real target images for FID (default: from --data; "
-                                                             "without any, FID is against the first model only)."),
+                                                             "without any, FID is against the first model only).",
+                                        callback=existing_folder("real target folder")),
     direction: Optional[str] = typer.Option(None, help="AtoB or BtoA: which side of paired data is the input "
                                             "(default: the one a model records, else AtoB)."),
     size: Optional[int] = typer.Option(None, help="Resize inputs to this square size (default: keep sizes; latency "
@@ -204,6 +206,7 @@ def compare_cmd(
     as_json: bool = json_option(),
 ) -> None:
     """Teacher and students side by side: params, MACs, latency, FID vs real and vs the first model; a grid image."""
+    refuse_input_as_output(output, *checkpoints, data, real)  # the library's own check, before torch is imported
     from ganzip.compare import compare
     from ganzip.devices import resolve_device
 
