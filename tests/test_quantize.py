@@ -175,3 +175,34 @@ def test_int8_export_of_a_unet_whose_shapes_onnxruntime_cannot_follow_symbolical
         expected = module(x).numpy()
     assert psnr(run(out, x), expected) > 25
     assert list((tmp_path / "cwd").iterdir()) == []
+
+
+@pytest.mark.parametrize("change", [{"fmt": "qoperator"}, {"per_channel": False}, {"keep_float": ()},
+                                    {"activations": "int8"}, {"conv_outputs": False}, {"calibration": "minmax"},
+                                    {"calibration": "entropy"}, {"balance": False, "subpixel": False}],
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_each_int8_recipe_choice_gives_a_model_close_to_fp32_and_shaped_as_asked(tmp_path, change):
+    """Every choice bench/int8.py flips, alone: the int8 model still follows the fp32 one on images it was not
+    calibrated on, and its graph shows the choice (QOperator's fused int8 nodes, where QDQ has pairs; the first
+    convolution quantized when nothing is kept float; one scale per tensor without per-channel)."""
+    module = student()
+    export.export_onnx(module, tmp_path / "m.onnx", size=32)
+    calib = calibration.synthetic_batch(6, 3, 32, seed=4).numpy()
+    x = calibration.synthetic_batch(3, 3, 32, seed=12)
+    out = quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", calib, quantize.Recipe(**change))
+    assert psnr(run(out, x), run(tmp_path / "m.onnx", x)) > 25
+    graph = onnx.load(str(out)).graph
+    ops = [n.op_type for n in graph.node]
+    if change.get("fmt") == "qoperator":
+        assert "QLinearConv" in ops
+    else:
+        assert "QuantizeLinear" in ops and "QLinearConv" not in ops
+    first_conv = next(n for n in graph.node if n.op_type in ("Conv", "QLinearConv"))
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    quantized_first = first_conv.op_type == "QLinearConv" or producers.get(first_conv.input[0]) == "DequantizeLinear"
+    assert quantized_first == (change.get("keep_float") == ())
+    if change.get("fmt") != "qoperator":  # QDQ: the weights' scales sit on their DequantizeLinear nodes
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+        weight_scales = [inits[n.input[1]] for n in graph.node
+                         if n.op_type == "DequantizeLinear" and n.input[1] in inits and n.input[0] in inits]
+        assert weight_scales and any(s.size > 1 for s in weight_scales) == change.get("per_channel", True)
