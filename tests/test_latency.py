@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,6 +129,24 @@ def test_second_prune_reads_the_cached_table_instead_of_measuring(cache, tmp_pat
     assert c["speedup"]["speedup"] in [r["measured"] for r in c["rounds"]] and c["rounds"][0]["target"] == 1.2
     prov = checkpoint.load(tmp_path / "a.pth").provenance
     assert prov["by"] == "latency" and prov["runtime"] == "torch" and prov["threads"] == 1
+
+
+def test_a_latency_search_in_onnxruntime_times_exported_units_and_the_student_there(cache, tmp_path):
+    """Real onnxruntime timings (no stand-in): the units are timed as ONNX graphs, the student is timed whole
+    against the teacher in onnxruntime, and the student records the runtime it was searched for."""
+    path = tmp_path / "teacher.pth"
+    checkpoint.save_generator(resnet(ngf=16, n_blocks=2), path)
+    result = CliRunner().invoke(app, ["prune", str(path), "--by", "latency", "--runtime", "onnxruntime", "--ratio",
+                                      "1.2", "--size", "32", "--threads", "1", "--runs", "2", "--json", "-o",
+                                      str(tmp_path / "s.pth")])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["latency_table"]["runtime"] == "onnxruntime" and info["latency_table"]["measured"] > 0
+    assert "-onnxruntime-1t-" in Path(info["latency_table"]["path"]).name
+    assert info["speedup"]["runtime"] == "onnxruntime" and info["speedup"]["threads"] == 1
+    assert info["speedup"]["speedup"] in [r["measured"] for r in info["rounds"]]
+    prov = checkpoint.load(tmp_path / "s.pth").provenance
+    assert prov["by"] == "latency" and prov["runtime"] == "onnxruntime"
 
 
 def test_search_by_a_stand_in_latency_meets_its_ratio(cache, macs_as_ms):
