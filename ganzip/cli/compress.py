@@ -270,7 +270,8 @@ def distill_cmd(
     as_json: bool = json_option(rich_help_panel=_RUN),
 ) -> None:
     """Prune the teacher (--ratio) or take a pruned --student, and train it to match the teacher: wavelet KD on the
-    high bands, an anchor for colour and layout, a discriminator. Ctrl-C saves; --resume continues."""
+    high bands, their detail energy, inner features and an anchor for colour and layout (a discriminator with
+    --lambda-gan 1). Ctrl-C saves; --resume continues."""
     from ganzip import api
 
     settings = {name: value for name, value in locals().items() if name not in ("teacher", "as_json", "api")}
