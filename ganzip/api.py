@@ -33,6 +33,7 @@ from ganzip import distill as training
 from ganzip import fid as fidlib
 from ganzip import profile as prof
 from ganzip import prune as pruning
+from ganzip import refit as refitting
 from ganzip import threads as thread_policy
 from ganzip.choices import DEFAULT_METHOD, MEASURES, METHODS, RUNTIMES
 from ganzip.config import DistillConfig
@@ -143,7 +144,7 @@ def prune(teacher: str | os.PathLike, ratio: float, *, output: str | os.PathLike
     with thread_policy.using(threads) as n_threads:
         task = f"{method} for {ratio:g}x by {by}"
         on_search = (lambda done: progress(task, done, 1.0)) if progress else None
-        on_refit = (lambda done, layers: progress("refitting layers", done, layers)) if progress else None
+        on_refit = (lambda done, layers: progress(refitting.PROGRESS_TASK, done, layers)) if progress else None
         result = pruning.prune(module, ratio, by=by, method=method, size=size, calib=batch, multiple_of=multiple_of,
                                seed=seed, runtime=runtime, threads=n_threads, price="auto", refit_images=fit_images,
                                verify_runs=runs, progress=on_search, refit_progress=on_refit)

@@ -39,6 +39,7 @@ from ganzip import (
     images,
     profile,
     prune,
+    refit,
     report,
     spectrum,
 )
@@ -267,7 +268,7 @@ def _prune(s: Settings, teacher: torch.nn.Module, calib: torch.Tensor, out: Path
     with Progress(console) as progress:  # the refit alone takes a while (ganzip.refit)
         result = prune.prune(teacher, s.ratio, by="macs", method=s.method, size=s.size, calib=calib, seed=seed,
                              refit_images=refit_images,
-                             refit_progress=lambda done, layers: progress.update("refitting layers", done, layers))
+                             refit_progress=lambda done, layers: progress.update(refit.PROGRESS_TASK, done, layers))
     prune.save_student(result, teacher, teacher_path, out / "student_init.pth")
     return {"ratio": s.ratio, "achieved": result.achieved, "method": result.info.get("picked", s.method),
             "spec": result.spec, "seconds": time.perf_counter() - start, "path": str(out / "student_init.pth"),

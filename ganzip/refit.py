@@ -101,6 +101,7 @@ class _Normal:
 # Output pixels per layer's regression: past this many the zero-shot PSNR of a uniform 7x vintagify student stops
 # rising, while the time keeps growing (bench/results/refit_sweep.jsonl; README, "Refit").
 ROWS = 49152
+PROGRESS_TASK = "refitting layers"  # what a progress bar calls the refit, wherever it runs
 
 
 def refit(teacher: nn.Module, student: nn.Module, images: torch.Tensor, *, rows: int = ROWS,

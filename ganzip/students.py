@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ganzip import archs, checkpoint, prune, trainset
+from ganzip import archs, checkpoint, prune, refit, trainset
 from ganzip.config import DistillConfig
 from ganzip.errors import UserError, setting
 from ganzip.progress import Progress
@@ -90,9 +90,9 @@ def make_student(cfg: DistillConfig, teacher: nn.Module, train: trainset.TrainSe
         # the same student `ganzip prune` makes: search steps charged in measured latency (ganzip.prune)
         result = prune.prune(teacher, cfg.ratio, by=cfg.by, method=cfg.method, size=cfg.size, calib=calib,
                              seed=cfg.seed, progress=report, price="auto", refit_images=fit_images,
-                             refit_progress=lambda done, layers: report(done, layers, "refitting layers"))
+                             refit_progress=lambda done, layers: report(done, layers, refit.PROGRESS_TASK))
         progress.finish(task)
-        progress.finish("refitting layers")
+        progress.finish(refit.PROGRESS_TASK)
         student = result.module
         info = {"ratio": cfg.ratio, "achieved_ratio": result.achieved, "by": cfg.by, "method": cfg.method,
                 "teacher_base": archs.base_width(teacher.spec),
