@@ -49,9 +49,9 @@ LOAD_RATIO = 286 / 256             # upstream: resize to 286, random crop 256 (g
 # How the student is trained: what provenance records, the demo reports and --resume refuses to change. `world`
 # (processes under torchrun) is part of it: a rank's data shard and the effective batch depend on it.
 TRAINING = ("init", "kd", "wavelet", "levels", "band_weights", "kd_distance", "lambda_kd", "anchor", "lambda_anchor",
-            "lambda_feat", "lambda_energy", "lambda_gan", "disc_real", "lambda_rec", "disc_ratio", "ndf", "batch_size",
-            "world", "lr", "decay_from", "size", "load_size", "flip", "seed", "teacher_mode", "precision",
-            "cache_teacher", "direction")
+            "lambda_feat", "lambda_energy", "lambda_spectral", "lambda_gan", "disc_real", "lambda_rec", "disc_ratio",
+            "ndf", "batch_size", "world", "lr", "decay_from", "size", "load_size", "flip", "seed", "teacher_mode",
+            "precision", "cache_teacher", "direction")
 # ... and where its student, data and teachers came from: the whole recipe of a run.
 RECIPE = ("data", "inputs", "targets", "ratio", "student", "by", "method", "teacher_reverse", "teacher_disc", "val",
           "val_images", *TRAINING)
@@ -86,6 +86,7 @@ class DistillConfig:
     lambda_feat: float = 10.0        # inner-feature KD at GAN Compression's taps (ganzip.features); 0: off
     lambda_energy: float = 100.0     # local detail magnitude towards the teacher's (losses.DetailEnergy; README
                                      # recipe table: final_default_energy100); 0: off
+    lambda_spectral: float = 0.0     # near-Nyquist amplitude towards the teacher's (losses.SpectralDetail); 0: off
     teacher_reverse: Path | None = None
     disc_ratio: float | None = None
     teacher_disc: Path | None = None
@@ -150,7 +151,8 @@ def validate(cfg: DistillConfig) -> None:
         raise UserError(f"{setting('val_images')} must be 0 (no validation) or more, not {cfg.val_images}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise UserError(f"{setting('lr')} must be a positive number, not {cfg.lr}")
-    for name in ("lambda_kd", "lambda_gan", "lambda_rec", "lambda_anchor", "lambda_feat", "lambda_energy"):
+    for name in ("lambda_kd", "lambda_gan", "lambda_rec", "lambda_anchor", "lambda_feat", "lambda_energy",
+                 "lambda_spectral"):
         value = getattr(cfg, name)
         if value is not None and not (value >= 0 and math.isfinite(value)):
             raise UserError(f"{setting(name)} must be a finite number >= 0 (a negative weight rewards the student "
@@ -287,7 +289,7 @@ def record(cfg: DistillConfig) -> dict[str, Any]:
 
 
 # What a run recorded before a term existed trained without it, whatever the default is now.
-_BEFORE_IT_EXISTED = {"lambda_feat": 0.0, "lambda_energy": 0.0}
+_BEFORE_IT_EXISTED = {"lambda_feat": 0.0, "lambda_energy": 0.0, "lambda_spectral": 0.0}
 
 
 def recipe_changes(saved: dict, new: DistillConfig) -> list[str]:

@@ -100,6 +100,40 @@ class DetailEnergy(nn.Module):
         return sum((self.local(s) - self.local(t)).abs().sum() * 4 / pixels for s, t in zip(s_high, t_high))
 
 
+class SpectralDetail(nn.Module):
+    """L1 between the amplitude spectra of student and teacher patches above `cutoff` cycles/pixel, phase ignored.
+
+    Haar's finest band is a poor frequency filter: half of its energy comes from below a quarter cycle per pixel, so
+    DetailEnergy can be satisfied by mid-frequency texture while the student still lacks the teacher's pixel-scale
+    grain near Nyquist, which is where a small student falls furthest short. Overlapping Hann-windowed patches keep
+    the term local (each neighbourhood asks for its own grain) and selective (the window stops the patch edges
+    from leaking power into the high frequencies).
+    """
+
+    def __init__(self, patch: int = 16, cutoff: float = 0.25):
+        super().__init__()
+        if patch < 4 or patch % 2:
+            raise ValueError(f"patch must be an even size of 4 or more, not {patch}")
+        self.patch = patch
+        hann = torch.hann_window(patch, periodic=True)
+        self.register_buffer("window", (hann[:, None] * hann[None, :]).flatten()[:, None], persistent=False)
+        fy = torch.fft.fftfreq(patch)[:, None]
+        fx = torch.fft.rfftfreq(patch)[None, :]
+        self.register_buffer("mask", (fy.square() + fx.square()).sqrt() >= cutoff, persistent=False)
+
+    def amplitudes(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, _, _ = x.shape
+        p = self.patch
+        cols = F.unfold(x.float().reshape(n * c, 1, *x.shape[-2:]), p, stride=p // 2) * self.window
+        spec = torch.fft.rfft2(cols.transpose(1, 2).reshape(-1, p, p), norm="ortho")[:, self.mask]
+        return (spec.real.square() + spec.imag.square() + 1e-12).sqrt()
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t = self.amplitudes(teacher.detach())
+        return (self.amplitudes(student) - t).abs().mean()
+
+
 class LowBandL1(nn.Module):
     """L1 between the coarsest low bands (LL) of student and teacher, in image units.
 

@@ -29,6 +29,7 @@ from ganzip.losses import (
     CycleL1,
     DetailEnergy,
     LowBandL1,
+    SpectralDetail,
     WaveletKD,
     gradient_shares,
     lsgan_d_loss,
@@ -59,9 +60,11 @@ class Objective:
                  cast: Autocast):
         self.paired, self.cast = paired, cast
         self.weights = {"gan": cfg.lambda_gan, "kd": cfg.lambda_kd, "anchor": cfg.lambda_anchor,
-                        "feat": cfg.lambda_feat, "energy": cfg.lambda_energy, "rec": cfg.lambda_rec}
+                        "feat": cfg.lambda_feat, "energy": cfg.lambda_energy,
+                        "spectral": cfg.lambda_spectral, "rec": cfg.lambda_rec}
         self.kd = _kd_term(cfg, device)
         self.energy = DetailEnergy(cfg.wavelet, cfg.levels).to(device) if cfg.lambda_energy > 0 else None
+        self.spectral = SpectralDetail().to(device) if cfg.lambda_spectral > 0 else None
         self.anchor = _anchor_term(cfg, device, cast)
         self.feat: features.FeatureKD | None = None
         if cfg.lambda_feat > 0:
@@ -90,6 +93,8 @@ class Objective:
             terms["anchor"] = self.anchor(s, t, x)
         if self.energy is not None:
             terms["energy"] = self.energy(s, t)
+        if self.spectral is not None:
+            terms["spectral"] = self.spectral(s, t)
         if self.feat is not None:
             teacher_feats, student_feats = (w.take() for w in self._watch)
             terms["feat"] = self.feat(student_feats, teacher_feats)
