@@ -96,9 +96,10 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str | N
     `verify_runs` runs each) and searched again at a corrected target until the measured ratio reaches `ratio`:
     a sum of units timed alone misjudges whole networks, and its error lands on the ratio (`info["rounds"]`
     records each round's target, predicted and measured ratio).
-    Widths are multiples of `multiple_of`; by default 8 when latency is measured and every teacher width is at
-    least 32 (oneDNN and onnxruntime kernels work in blocks of 8 or 16 channels, so an odd width can be slower
-    than a wider even one, and the latency table has 8x fewer widths to time), else 1.
+    Widths are multiples of `multiple_of`. By default, when every teacher width is at least 32: 8 when latency is
+    measured (oneDNN and onnxruntime kernels work in blocks of 8 or 16 channels, so an odd width can be slower
+    than a wider even one, and the latency table has 8x fewer widths to time), KERNEL_BLOCK for uniform widths
+    unless no rounding of them reaches the ratio (then 1, and `info` says so), and 1 otherwise.
     """
     method = method or DEFAULT_METHOD.get(by, "search")
     if method not in METHODS:
@@ -115,13 +116,15 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str | N
         price = costs.model("latency", layout, size, runtime=runtime, threads=threads) if latency_steps else None
     elif isinstance(price, str):
         raise UserError(f"price must be a cost model, 'auto' or None, not {price!r}")
+    fallback = multiple_of is None and method == "uniform"
     if multiple_of is None:  # kernel-friendly widths where there is room for them (not in tiny test networks)
         roomy = min(layout.widths().values()) >= 32
-        multiple_of = 8 if roomy and "latency" in (cost.by, getattr(price, "by", None)) else 1
+        latency_priced = "latency" in (cost.by, getattr(price, "by", None))
+        multiple_of = (8 if latency_priced else KERNEL_BLOCK if method == "uniform" else 1) if roomy else 1
     was_training = teacher.training
     try:
         def search(target: float) -> PruneResult:
-            return _prune(teacher, target, cost, price, method, size, calib, multiple_of, seed, progress)
+            return _prune(teacher, target, cost, price, method, size, calib, multiple_of, seed, progress, fallback)
 
         teacher.eval()
         if verify_runs and cost.by == "latency":
@@ -139,6 +142,10 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str | N
             if table is not None:
                 table.save()
 
+
+# oneDNN's and onnxruntime's CPU convolutions work on blocks of 16 channels (AVX-512): a width between two multiples
+# costs about what the next multiple does (bench/per_layer.py measures it), so uniform widths default to multiples.
+KERNEL_BLOCK = 16
 
 ROUNDS = 4     # searches at corrected targets before the closest student is returned with a warning
 AIM = 1.01     # a corrected target aims this much past the ratio, so timing noise does not land it just short
@@ -178,11 +185,14 @@ def _until_measured(search: Callable[[float], PruneResult], teacher: nn.Module, 
 
 
 def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel | None, method: str, size: int,
-           calib: torch.Tensor | None, multiple_of: int, seed: int, progress: Callable[[float], None] | None
-           ) -> PruneResult:
+           calib: torch.Tensor | None, multiple_of: int, seed: int, progress: Callable[[float], None] | None,
+           fallback: bool = False) -> PruneResult:
     spec, multiple = teacher.spec, archs.size_multiple(teacher.spec)
     problem = Problem(teacher, cost, multiple_of, price)
     problem.check_ratio(ratio)
+    if fallback and multiple_of > 1 and abs(problem.ratio(problem.uniform(ratio)) / ratio - 1) > TOLERANCE:
+        multiple_of = 1  # kernel-friendly widths were only a default: no rounding reaches this ratio, so none
+        problem = Problem(teacher, cost, multiple_of, price)
     if calib is None:
         calib_size = max(64, multiple)
         x, calib_source = calibration.synthetic_batch(4, spec["input_nc"], calib_size, seed), "synthetic"

@@ -9,6 +9,7 @@ distillation will have to recover, measured directly, on real images when given.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable
 
@@ -79,12 +80,45 @@ class Problem:
         return channels.materialise(spec, channels.slice_state(self.layout, self._sd, keep)).eval()
 
     def uniform(self, ratio: float) -> dict[WidthKey, int]:
-        """The uniform multiplier whose ratio is nearest to `ratio`; candidates make some width exact.
+        """Uniform widths nearest to `ratio`, each a multiple of `multiple_of`.
+
+        Rounding every width to its nearest multiple moves all of them together, in steps too coarse to land near
+        most ratios (at multiples of 16, a 7x ResNet student is 6.5x or 15x); so the exact uniform widths are
+        rounded down or up group by group (the widths of one kind and teacher width move together: the trunk, the
+        residual blocks' inner widths, each down and up layer); of the combinations within TOLERANCE of the ratio,
+        the one whose widths stray least from the exact ones is taken (else the one nearest the ratio).
+        """
+        exact = self._scaled(ratio, 1)
+        if self.multiple_of == 1:
+            return exact
+        mo, groups = self.multiple_of, {}
+        for p in exact:
+            groups.setdefault((p[0], self.full[p]), []).append(p)
+        options = []
+        for (_, full), keys in groups.items():
+            w = exact[keys[0]]
+            down, up = max(self.floor[keys[0]], w // mo * mo), min(full, -(-w // mo) * mo)
+            options.append([(keys, v) for v in sorted({down, up})])
+        candidates = [self._scaled(ratio, mo)]
+        for choice in itertools.product(*options):
+            candidates.append({p: v for keys, v in choice for p in keys})
+
+        def miss(w: dict[WidthKey, int]) -> float:
+            return abs(math.log(self.ratio(w) / ratio))
+
+        near = [w for w in candidates if miss(w) <= math.log(1 + TOLERANCE)]
+        if not near:
+            return min(candidates, key=miss)
+        # of those close enough, the one whose widths stray least from the exact uniform ones
+        return min(near, key=lambda w: sum(abs(math.log(w[p] / exact[p])) for p in w))
+
+    def _scaled(self, ratio: float, mo: int) -> dict[WidthKey, int]:
+        """The uniform multiplier whose ratio is nearest to `ratio`, every width rounded to its nearest multiple of
+        `mo`; candidate multipliers make some width exact.
 
         The cost grows with the multiplier, so the answer is one of the two multipliers around the crossing,
         found by bisection: a handful of cost evaluations, which matters when each may time layers.
         """
-        mo = self.multiple_of
         candidates = {1.0}
         for w in set(self.full.values()):
             candidates.update(k * mo / w for k in range(1, w // mo + 1))
