@@ -254,8 +254,14 @@ def _spread(values: list[float]) -> dict:
 
 def _label(row: dict) -> str:
     """A row's line in the table: its variant, marked with the shared student's pruning method unless `search` (a
-    student pruned otherwise is another experiment, never averaged with the searched one)."""
-    method = row.get("prepared", {}).get("method", "search")
+    student pruned otherwise is another experiment, never averaged with the searched one), and `16` when its
+    widths are all multiples of 16."""
+    prepared = row.get("prepared", {})
+    method = prepared.get("method", "search")
+    widths = prepared.get("widths", {})
+    flat = [w for v in widths.values() for w in (v if isinstance(v, list) else [v])]
+    if flat and all(w % 16 == 0 for w in flat):
+        method += "16"  # the kernel-friendly widths uniform prunes to since 0463ca4: another student
     return row["variant"] if method == "search" else f"{row['variant']}@{method}"
 
 

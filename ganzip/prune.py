@@ -189,10 +189,10 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
            fallback: bool = False) -> PruneResult:
     spec, multiple = teacher.spec, archs.size_multiple(teacher.spec)
     problem = Problem(teacher, cost, multiple_of, price)
-    problem.check_ratio(ratio)
-    if fallback and multiple_of > 1 and abs(problem.ratio(problem.uniform(ratio)) / ratio - 1) > TOLERANCE:
+    if fallback and multiple_of > 1 and not _reaches(problem, ratio):
         multiple_of = 1  # kernel-friendly widths were only a default: no rounding reaches this ratio, so none
         problem = Problem(teacher, cost, multiple_of, price)
+    problem.check_ratio(ratio)
     if calib is None:
         calib_size = max(64, multiple)
         x, calib_source = calibration.synthetic_batch(4, spec["input_nc"], calib_size, seed), "synthetic"
@@ -248,6 +248,15 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
             info["latency_table"] = model.table.info()
     info.update({"achieved": achieved, "score": score, **measured})
     return PruneResult(student, student.spec, achieved, info)
+
+
+def _reaches(problem: Problem, ratio: float) -> bool:
+    """Whether uniform widths at the problem's multiple land within TOLERANCE of the ratio."""
+    try:
+        problem.check_ratio(ratio)
+    except UserError:
+        return False
+    return abs(problem.ratio(problem.uniform(ratio)) / ratio - 1) <= TOLERANCE
 
 
 def save_student(result: PruneResult, teacher: nn.Module, teacher_path: str | os.PathLike,

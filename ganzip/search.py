@@ -99,9 +99,7 @@ class Problem:
             w = exact[keys[0]]
             down, up = max(self.floor[keys[0]], w // mo * mo), min(full, -(-w // mo) * mo)
             options.append([(keys, v) for v in sorted({down, up})])
-        candidates = [self._scaled(ratio, mo)]
-        for choice in itertools.product(*options):
-            candidates.append({p: v for keys, v in choice for p in keys})
+        candidates = [{p: v for keys, v in choice for p in keys} for choice in itertools.product(*options)]
 
         def miss(w: dict[WidthKey, int]) -> float:
             return abs(math.log(self.ratio(w) / ratio))

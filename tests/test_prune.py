@@ -287,7 +287,29 @@ def test_multiple_of_rounds_every_width(method, ratio):
     assert abs(result.achieved / ratio - 1) <= 0.03
     if method == "uniform":  # coarse uniform steps are refused with the nearest reachable ratio, not missed
         with pytest.raises(UserError, match=r"reach \d+\.\d\dx, not within 3%"):
-            prune.prune(teacher, 2.5, method=method, size=32, multiple_of=4)
+            prune.prune(teacher, 3.8, method=method, size=32, multiple_of=4)
+
+
+def test_uniform_widths_default_to_whole_kernel_blocks_each_within_one_of_the_exact_widths():
+    teacher = archs.build(archs.default_spec("resnet", ngf=32, n_blocks=2)).eval()  # widths 32 to 128: roomy
+    for ratio in (2, 3, 5):
+        blocks, exact = prune.prune(teacher, ratio, size=32), prune.prune(teacher, ratio, size=32, multiple_of=1)
+        assert blocks.info["multiple_of"] == 16 and abs(blocks.achieved / ratio - 1) <= 0.03
+        got, plain = channels.layout_of(blocks.spec).widths(), channels.layout_of(exact.spec).widths()
+        assert all(w % 16 == 0 and abs(w - plain[p]) < 16 for p, w in got.items()), (got, plain)
+        # MACs counted here, not by the pruner's cost model
+        ratio_here = count_macs(teacher, 32)["paper"] / count_macs(blocks.module, 32)["paper"]
+        assert ratio_here == pytest.approx(blocks.achieved, rel=1e-6)
+
+
+def test_uniform_widths_fall_back_to_exact_ones_where_no_kernel_blocks_reach_the_ratio():
+    teacher = archs.build(archs.default_spec("resnet", ngf=32, n_blocks=2)).eval()
+    result = prune.prune(teacher, 12, size=32)  # every width at 16 is 10.4x: only exact widths get there
+    assert result.info["multiple_of"] == 1 and abs(result.achieved / 12 - 1) <= 0.03
+    assert channels.layout_of(result.spec).widths() == channels.layout_of(
+        prune.prune(teacher, 12, size=32, multiple_of=1).spec).widths()
+    narrow = archs.build(archs.default_spec("resnet", ngf=8, n_blocks=2)).eval()  # too narrow for blocks at all
+    assert prune.prune(narrow, 3, size=32).info["multiple_of"] == 1
 
 
 def test_cli_prune_refits_on_calibration_images_and_reports_before_and_after(tmp_path):

@@ -53,8 +53,9 @@ def prune_cmd(
                                          help="Folder of real input images scoring the search "
                                          "(default: a fixed synthetic batch)."),
     multiple_of: Optional[int] = typer.Option(None, "--multiple-of", help="Round every width to a multiple of "
-                                              "this (default: 8 where latency is measured and every teacher width "
-                                              "is 32 or more, else 1)."),
+                                              "this. Default, where every teacher width is 32 or more: 8 where "
+                                              "latency is measured, 16 (CPU kernels' channel blocks) for uniform "
+                                              "widths that can reach the ratio so, else 1."),
     runtime: str = typer.Option("torch", "--runtime", metavar=choices.metavar(choices.RUNTIMES),
                                 help="torch or onnxruntime: where latency is measured (the "
                                      "table a ResNet search charges its steps in, --by "
@@ -223,6 +224,10 @@ def distill_cmd(
     lambda_energy: float = typer.Option(100.0, "--lambda-energy", help="Weight of detail energy: the teacher's "
                                         "amount of local wavelet detail, whatever its phase, asked of the student "
                                         "(0: off).", rich_help_panel=_OBJECTIVE),
+    lambda_spectral: float = typer.Option(0.0, "--lambda-spectral", help="Weight of spectral detail: the "
+                                          "teacher's amplitude above a quarter cycle per pixel (grain near Nyquist, "
+                                          "which Haar bands barely separate), per 16 px patch, whatever its phase, "
+                                          "asked of the student (0: off).", rich_help_panel=_OBJECTIVE),
     disc_ratio: Optional[float] = typer.Option(None, "--disc-ratio", help="Prune the discriminator this many times "
                                                "(paper: about 4x, ndf 64 -> 32; needs --lambda-gan > 0).",
                                                rich_help_panel=_OBJECTIVE),
