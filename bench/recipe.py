@@ -23,8 +23,9 @@ Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint 
   final_default          ganzip's defaults today (nothing set), from the refitted student, as `distill --ratio`
   final_default_energy10, _energy30, _energy100, _energy300, _energy1000   the defaults plus detail energy
                          (--lambda-energy) at that weight
-  final_default_spectral30, _spectral100, _spectral300   detail energy 100 plus near-Nyquist spectral detail
-                         (--lambda-spectral) at that weight
+  final_default_spectral30, _spectral100, _spectral300, _spectral1000   detail energy 100 plus near-Nyquist
+                         spectral detail (--lambda-spectral) at that weight
+  final_default_energy30_spectral1000   detail energy 30, spectral detail 1000
   highbands, low, pixel_anchor, cycle   the earlier anchor study (cycle needs a reverse teacher, fitted here once)
 
 Scores of each final checkpoint (no best-of), student vs teacher on the same 120 testA photos: PSNR, colour drift
@@ -93,6 +94,8 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "final_default_spectral30": ("refit", {"lambda_energy": 100.0, "lambda_spectral": 30.0}),
     "final_default_spectral100": ("refit", {"lambda_energy": 100.0, "lambda_spectral": 100.0}),
     "final_default_spectral300": ("refit", {"lambda_energy": 100.0, "lambda_spectral": 300.0}),
+    "final_default_spectral1000": ("refit", {"lambda_energy": 100.0, "lambda_spectral": 1000.0}),
+    "final_default_energy30_spectral1000": ("refit", {"lambda_energy": 30.0, "lambda_spectral": 1000.0}),
     "highbands": ("pruned", {**_GAN, **_AUTHORS, "anchor": "none"}),
     "low": ("pruned", {**_GAN, **_AUTHORS, "anchor": "low"}),
     "pixel_anchor": ("pruned", {**_GAN, **_AUTHORS, "anchor": "pixel"}),
