@@ -277,7 +277,7 @@ def table(results: Path, steps: int) -> dict:
             if row["steps"] in (0, steps):
                 rows[(_label(row), row["seed"])] = row
     out: dict[str, dict] = {}
-    for label in [lab for v in VARIANTS for lab in (v, f"{v}@uniform")]:
+    for label in [lab for v in VARIANTS for lab in (v, f"{v}@uniform", f"{v}@uniform16")]:
         mine = [r for (name, _), r in sorted(rows.items()) if name == label]
         if mine:
             out[label] = {"seeds": [r["seed"] for r in mine], "steps": mine[0]["steps"],

@@ -83,6 +83,25 @@ def test_detail_energy_is_a_named_term_of_the_run(setup):
                     str(tmp_path / "neg")).exit_code == 2
 
 
+def test_spectral_detail_is_a_named_term_of_the_run(setup):
+    tmp_path, data = setup
+    out = tmp_path / "spectral"
+    result = _distill(tmp_path, "--inputs", str(data / "trainA"), "--lambda-spectral", "5", "--out-dir", str(out))
+    assert result.exit_code == 0, result.output
+    rows = [r for r in _lines(out) if "loss_g" in r]
+    assert rows and all(r["loss_spectral"] > 0 for r in rows)
+    weights = {"kd": 10, "anchor": 10, "feat": 10, "energy": 100, "spectral": 5}  # the defaults and the weight given
+    assert all(r["loss_g"] == pytest.approx(sum(w * r[f"loss_{k}"] for k, w in weights.items()), rel=1e-4)
+               for r in rows)
+    shares = next(r for r in _lines(out) if r.get("event") == "gradient_shares")
+    assert set(shares["shares"]) == {"kd", "anchor", "feat", "energy", "spectral"}
+    assert sum(shares["shares"].values()) == pytest.approx(1.0)
+    assert checkpoint.load(out / "student.pth").provenance["lambda_spectral"] == 5
+    bad = _distill(tmp_path, "--inputs", str(data / "trainA"), "--lambda-spectral", "-1", "--out-dir",
+                   str(tmp_path / "neg"))
+    assert bad.exit_code == 2 and "--lambda-spectral" in bad.output
+
+
 def test_feature_kd_cannot_use_cached_teacher_outputs(setup):
     tmp_path, data = setup
     result = _distill(tmp_path, "--data", str(data), "--lambda-feat", "1", "--cache-teacher",
