@@ -43,8 +43,9 @@ MAPS = ROOT.parent / "shared" / "data" / "maps"
 RESULTS = ROOT / "bench" / "results" / "paired_recipe.jsonl"
 DIRECTION = "BtoA"
 VARIANTS: dict[str, dict] = {
-    "default": {},  # distill's defaults
-    "gan": {"lambda_gan": 1.0, "lambda_feat": 0.0, "lambda_energy": 0.0, "lr": 2e-4},  # demo --paired's recipe
+    "default": {},  # distill's defaults (each row's recipe says which: rows before spectral detail had none)
+    "gan": {"lambda_gan": 1.0, "lambda_feat": 0.0, "lambda_energy": 0.0, "lambda_spectral": 0.0,
+            "lr": 2e-4},  # demo --paired's recipe
 }
 COLUMNS = ("psnr_db", "colour_drift_8bit", "band_error_L1", "spectral_hf_ratio", "psnr_to_real_db", "fid_to_real")
 
@@ -99,13 +100,19 @@ def run(name: str, seed: int, work: Path, args: argparse.Namespace, weights: str
     return row
 
 
+def _label(row: dict) -> str:
+    """The variant, marked when it trained with spectral detail (distill's default since it existed): rows of
+    the same variant from before and after are other recipes, never averaged together."""
+    return row["variant"] + ("+spectral" if row["recipe"].get("lambda_spectral", 0) > 0 else "")
+
+
 def table(results: Path, steps: int) -> dict:
     rows: dict[tuple[str, int], dict] = {}
     for line in results.read_text().splitlines() if results.exists() else []:
         if line.strip() and (r := json.loads(line))["steps"] == steps:
-            rows[(r["variant"], r["seed"])] = r
+            rows[(_label(r), r["seed"])] = r
     out = {}
-    for v in VARIANTS:
+    for v in [lab for name in VARIANTS for lab in (name, f"{name}+spectral")]:
         mine = [r for (name, _), r in sorted(rows.items()) if name == v]
         if mine:
             out[v] = {"seeds": [r["seed"] for r in mine], **{c: {

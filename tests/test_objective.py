@@ -61,7 +61,7 @@ def test_feature_kd_trains_logs_its_share_and_resumes_exactly(setup):
     assert [r["step"] for r in a] == [1, 2, 3, 4] and all(r["loss_feat"] > 0 for r in a)
     assert [r["loss_feat"] for r in a] == [r["loss_feat"] for r in b]  # the adapters resumed with the student
     shares = next(r for r in _lines(tmp_path / "a") if r.get("event") == "gradient_shares")
-    assert set(shares["shares"]) == {"gan", "kd", "anchor", "feat", "energy"}
+    assert set(shares["shares"]) == {"gan", "kd", "anchor", "feat", "energy", "spectral"}
     assert sum(shares["shares"].values()) == pytest.approx(1)
     assert checkpoint.load(tmp_path / "a" / "student.pth").provenance["lambda_feat"] == 2
 
@@ -73,11 +73,11 @@ def test_detail_energy_is_a_named_term_of_the_run(setup):
     assert result.exit_code == 0, result.output
     rows = [r for r in _lines(out) if "loss_g" in r]
     assert rows and all(r["loss_energy"] > 0 for r in rows)
-    weights = {"kd": 10, "anchor": 10, "feat": 10, "energy": 3}  # the defaults and the weight given
+    weights = {"kd": 10, "anchor": 10, "feat": 10, "energy": 3, "spectral": 100}  # the defaults and the weight given
     assert all(r["loss_g"] == pytest.approx(sum(w * r[f"loss_{k}"] for k, w in weights.items()), rel=1e-4)
                for r in rows)
     shares = next(r for r in _lines(out) if r.get("event") == "gradient_shares")
-    assert set(shares["shares"]) == {"kd", "anchor", "feat", "energy"}
+    assert set(shares["shares"]) == {"kd", "anchor", "feat", "energy", "spectral"}
     assert checkpoint.load(out / "student.pth").provenance["lambda_energy"] == 3
     assert _distill(tmp_path, "--inputs", str(data / "trainA"), "--lambda-energy", "-1", "--out-dir",
                     str(tmp_path / "neg")).exit_code == 2

@@ -224,7 +224,7 @@ def distill_cmd(
     lambda_energy: float = typer.Option(100.0, "--lambda-energy", help="Weight of detail energy: the teacher's "
                                         "amount of local wavelet detail, whatever its phase, asked of the student "
                                         "(0: off).", rich_help_panel=_OBJECTIVE),
-    lambda_spectral: float = typer.Option(0.0, "--lambda-spectral", help="Weight of spectral detail: the "
+    lambda_spectral: float = typer.Option(100.0, "--lambda-spectral", help="Weight of spectral detail: the "
                                           "teacher's amplitude above a quarter cycle per pixel (grain near Nyquist, "
                                           "which Haar bands barely separate), per 16 px patch, whatever its phase, "
                                           "asked of the student (0: off).", rich_help_panel=_OBJECTIVE),
@@ -275,8 +275,8 @@ def distill_cmd(
     as_json: bool = json_option(rich_help_panel=_RUN),
 ) -> None:
     """Prune the teacher (--ratio) or take a pruned --student, and train it to match the teacher: wavelet KD on the
-    high bands, their detail energy, inner features and an anchor for colour and layout (a discriminator with
-    --lambda-gan 1). Ctrl-C saves; --resume continues."""
+    high bands, their detail energy, the spectral detail near Nyquist, inner features and an anchor for colour and
+    layout (a discriminator with --lambda-gan 1). Ctrl-C saves; --resume continues."""
     from ganzip import api
 
     settings = {name: value for name, value in locals().items() if name not in ("teacher", "as_json", "api")}
