@@ -121,7 +121,8 @@ def test_paired_data_defaults_to_l1_weight_100_and_no_anchor(tmp_path):
     torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
     cfg = DistillConfig(teacher=tmp_path / "teacher.pth", data=tmp_path / "maps", ratio=2.0, method="uniform",
                         steps=2, batch_size=2, size=32, kd="none", out_dir=tmp_path / "run", progress=False,
-                        val_images=0, lambda_gan=1.0, lambda_feat=0.0, lambda_energy=0.0)
+                        val_images=0, lambda_gan=1.0, lambda_feat=0.0, lambda_energy=0.0,
+                        lambda_spectral=0.0)
     assert cfg.lambda_rec == 100.0
     distill(cfg)
     rows = [r for r in _lines(tmp_path / "run") if "loss_g" in r]
