@@ -5,7 +5,8 @@ horse2zebra trainA photos at 128 px and scores it against the teacher on 20 test
 Writes bench/results/refit.json; with --results X.jsonl, appends one line there instead (a sweep of --rows and
 --ridge, one setting per invocation).
 
-    python bench/refit.py [--threads 2] [--rows N] [--ridge 1e-4] [--results bench/results/refit_sweep.jsonl]
+    python bench/refit.py [--threads 2] [--rows N] [--ridge 1e-4] [--multiple-of 1]
+                          [--results bench/results/refit_sweep.jsonl]
 """
 
 import argparse
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+from provenance import commit
 
 from ganzip import checkpoint, demo, fidelity, images, prune, refit
 
@@ -27,6 +29,8 @@ def main() -> None:
     ap.add_argument("--fit-images", type=int, default=24)
     ap.add_argument("--rows", type=int, default=refit.ROWS, help="output pixels sampled per layer's regression")
     ap.add_argument("--ridge", type=float, default=1e-4, help="ridge term, relative to each input's energy")
+    ap.add_argument("--multiple-of", type=int, default=None,
+                    help="round the uniform widths to this multiple (default: prune's, 16 for vintagify; 1: exact)")
     ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "refit.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -34,14 +38,17 @@ def main() -> None:
     train, test = sorted((DATA / "trainA").iterdir()), sorted((DATA / "testA").iterdir())
     fit = images.load_batch([train[i * len(train) // args.fit_images] for i in range(args.fit_images)], 128)
     held = images.load_batch([test[i * len(test) // 20] for i in range(20)], 128)
-    student = prune.prune(teacher, args.ratio, method="uniform").module
+    pruned = prune.prune(teacher, args.ratio, method="uniform", multiple_of=args.multiple_of)
+    student = pruned.module
     with torch.inference_mode():
         t_out = teacher(held)
         before = fidelity.paired(student(held), t_out)
     record = refit.refit(teacher, student, fit, rows=args.rows, ridge=args.ridge)
     with torch.inference_mode():
         after = fidelity.paired(student(held), t_out)
-    result = {"teacher": "vintagify G_A2B_epoch33", "ratio_macs": args.ratio, "widths": "uniform",
+    result = {"teacher": "vintagify G_A2B_epoch33", "ratio_macs": args.ratio, "achieved": pruned.achieved,
+              "widths": "uniform", "multiple_of": pruned.info["multiple_of"], "spec_widths": student.spec["widths"],
+              "commit": commit(),
               "fit": f"{args.fit_images} trainA photos at 128 px", "scored_on": "20 testA photos at 128 px",
               "threads": args.threads, "refit": record, "before": before, "after": after}
     if args.results.suffix == ".jsonl":
