@@ -66,40 +66,24 @@ def test_feature_kd_trains_logs_its_share_and_resumes_exactly(setup):
     assert checkpoint.load(tmp_path / "a" / "student.pth").provenance["lambda_feat"] == 2
 
 
-def test_detail_energy_is_a_named_term_of_the_run(setup):
+@pytest.mark.parametrize("term,weight", [("energy", 3), ("spectral", 5)])
+def test_detail_terms_are_named_terms_of_the_run(setup, term, weight):
     tmp_path, data = setup
-    out = tmp_path / "energy"
-    result = _distill(tmp_path, "--inputs", str(data / "trainA"), "--lambda-energy", "3", "--out-dir", str(out))
+    out = tmp_path / term
+    flag = f"--lambda-{term}"
+    result = _distill(tmp_path, "--inputs", str(data / "trainA"), flag, str(weight), "--out-dir", str(out))
     assert result.exit_code == 0, result.output
     rows = [r for r in _lines(out) if "loss_g" in r]
-    assert rows and all(r["loss_energy"] > 0 for r in rows)
-    weights = {"kd": 10, "anchor": 10, "feat": 10, "energy": 3, "spectral": 100}  # the defaults and the weight given
-    assert all(r["loss_g"] == pytest.approx(sum(w * r[f"loss_{k}"] for k, w in weights.items()), rel=1e-4)
-               for r in rows)
-    shares = next(r for r in _lines(out) if r.get("event") == "gradient_shares")
-    assert set(shares["shares"]) == {"kd", "anchor", "feat", "energy", "spectral"}
-    assert checkpoint.load(out / "student.pth").provenance["lambda_energy"] == 3
-    assert _distill(tmp_path, "--inputs", str(data / "trainA"), "--lambda-energy", "-1", "--out-dir",
-                    str(tmp_path / "neg")).exit_code == 2
-
-
-def test_spectral_detail_is_a_named_term_of_the_run(setup):
-    tmp_path, data = setup
-    out = tmp_path / "spectral"
-    result = _distill(tmp_path, "--inputs", str(data / "trainA"), "--lambda-spectral", "5", "--out-dir", str(out))
-    assert result.exit_code == 0, result.output
-    rows = [r for r in _lines(out) if "loss_g" in r]
-    assert rows and all(r["loss_spectral"] > 0 for r in rows)
-    weights = {"kd": 10, "anchor": 10, "feat": 10, "energy": 100, "spectral": 5}  # the defaults and the weight given
+    assert rows and all(r[f"loss_{term}"] > 0 for r in rows)
+    weights = {"kd": 10, "anchor": 10, "feat": 10, "energy": 100, "spectral": 100, term: weight}  # defaults + given
     assert all(r["loss_g"] == pytest.approx(sum(w * r[f"loss_{k}"] for k, w in weights.items()), rel=1e-4)
                for r in rows)
     shares = next(r for r in _lines(out) if r.get("event") == "gradient_shares")
     assert set(shares["shares"]) == {"kd", "anchor", "feat", "energy", "spectral"}
     assert sum(shares["shares"].values()) == pytest.approx(1.0)
-    assert checkpoint.load(out / "student.pth").provenance["lambda_spectral"] == 5
-    bad = _distill(tmp_path, "--inputs", str(data / "trainA"), "--lambda-spectral", "-1", "--out-dir",
-                   str(tmp_path / "neg"))
-    assert bad.exit_code == 2 and "--lambda-spectral" in bad.output
+    assert checkpoint.load(out / "student.pth").provenance[f"lambda_{term}"] == weight
+    bad = _distill(tmp_path, "--inputs", str(data / "trainA"), flag, "-1", "--out-dir", str(tmp_path / "neg"))
+    assert bad.exit_code == 2 and flag in bad.output
 
 
 def test_feature_kd_cannot_use_cached_teacher_outputs(setup):
