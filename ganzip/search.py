@@ -83,7 +83,7 @@ class Problem:
         """Uniform widths nearest to `ratio`, each a multiple of `multiple_of`.
 
         Rounding every width to its nearest multiple moves all of them together, in steps too coarse to land near
-        most ratios (at multiples of 16, a 7x ResNet student is 6.5x or 15x); so the exact uniform widths are
+        most ratios (at multiples of 16 a ResNet-9 has no uniform student near 7x); so the exact uniform widths are
         rounded down or up group by group (the widths of one kind and teacher width move together: the trunk, the
         residual blocks' inner widths, each down and up layer); of the combinations within TOLERANCE of the ratio,
         the one whose widths stray least from the exact ones is taken (else the one nearest the ratio).
