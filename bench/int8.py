@@ -2,8 +2,10 @@
 
 Starting from ganzip's recipe (`ganzip.quantize.Recipe()`), every choice is flipped one at a time (which ops are
 quantized, which convolutions stay float, calibration method and percentile, per-channel weights, QDQ or
-QOperator, uint8 or int8 activations, balancing before InstanceNorm, the sub-pixel rewrite of upsampling), plus
-onnxruntime's defaults ("naive"). All int8 models and the fp32 model are timed in one alternating loop.
+QOperator, uint8 or int8 activations, balancing before InstanceNorm, the sub-pixel rewrites of upsampling and of
+the output convolution), plus onnxruntime's defaults ("naive"). All int8 models, the fp32 model and the fp32 model
+with the recipe's float-exact rewrites ("fp32_rewritten": what they give without int8) are timed in one
+alternating loop.
 Prints one JSON object.
 
     python bench/int8.py --teacher G_A2B_epoch33.pth --ratio 7 [--method search] [--size 256] [--threads 2]
@@ -30,6 +32,8 @@ VARIANTS = {
     "every_op": {"op_types": ()},
     "convtranspose_too": {"op_types": ("Conv", "ConvTranspose"), "subpixel": False},
     "no_subpixel": {"subpixel": False},
+    "no_subpixel_output": {"subpixel_output": False},
+    "depth_to_space_float": {"op_types": ("Conv",)},
     "first_last_int8": {"keep_float": ()},
     "last_int8": {"keep_float": ("first",)},
     "per_tensor_weights": {"per_channel": False},
@@ -77,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         fp32 = Path(work) / "fp32.onnx"
         export.export_onnx(module, fp32, size=args.size)
         runners = {"fp32": export.file_runner(fp32, shape, args.threads)}
+        rewritten = quantize.rewrite_fp32(fp32, Path(work) / "fp32_rewritten.onnx")  # int8's exact rewrites alone
+        runners["fp32_rewritten"] = export.file_runner(rewritten, shape, args.threads)
         for name in args.variants.split(","):
             recipe = NAIVE if name == "naive" else dataclasses.replace(Recipe(), **VARIANTS[name])
             path = Path(work) / f"{name}.onnx"
@@ -87,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         timings = profile.time_alternating(runners, runs=args.runs)
         out["unstable"] = threads.stability(timings, load_before, threads.load(), args.threads)
     out["fp32"] = timings["fp32"].as_dict()
+    out["fp32_rewritten"] = {**timings["fp32_rewritten"].as_dict(),
+                             "speedup_over_fp32": timings["fp32"].median_ms / timings["fp32_rewritten"].median_ms}
     for name, entry in out["variants"].items():
         entry.update({"latency": timings[name].as_dict(),
-                      "speedup_over_fp32": timings["fp32"].median_ms / timings[name].median_ms})
+                      "speedup_over_fp32": timings["fp32"].median_ms / timings[name].median_ms,
+                      "speedup_over_fp32_rewritten": timings["fp32_rewritten"].median_ms / timings[name].median_ms})
     print(json.dumps(out, indent=2))
     return 0
 

@@ -9,8 +9,13 @@ flips each choice below alone against onnxruntime's defaults (every op quantized
 bench/results/int8.json; the README has the table. The choices:
 - Stride-2 transposed convolutions are rewritten as convolution + DepthToSpace (exactly the same function):
   onnxruntime has int8 kernels for convolutions and none for transposed ones.
-- Only convolutions are quantized: InstanceNorm, residual adds, padding and tanh stay float (onnxruntime has no
-  int8 InstanceNorm; quantizing around it only adds rounding).
+- The output convolution (a few channels, 7x7, full resolution) is rewritten to read SpaceToDepth'd input with
+  four times the channels (int8_graph.subpixel_output, again exactly the same function): CPU kernels compute
+  output channels in blocks, so 3 channels paid for 16. Float-exact, so an fp32 graph would gain from it too;
+  bench/int8.py times that fp32 graph beside the others so int8's own share stays visible.
+- Only convolutions (and the DepthToSpace after them, which then moves bytes, not floats) are quantized:
+  InstanceNorm, residual adds, padding and tanh stay float (onnxruntime has no int8 InstanceNorm; quantizing
+  around it only adds rounding).
 - The first and last convolutions stay float: the last one (to 3 channels, 7x7, full resolution) runs slower in
   int8 than in float, and it writes the image through tanh.
 - Each convolution output channel that feeds an InstanceNorm is centred and scaled to unit spread first (the
@@ -41,7 +46,7 @@ from ganzip.errors import UserError, setting
 from ganzip.export import PRECISION_KEY, _session, file_runner, set_metadata
 from ganzip.fidelity import psnr
 from ganzip.images import list_images, load_batch, spaced
-from ganzip.int8_graph import balance_before_norms, subpixel_transposed
+from ganzip.int8_graph import balance_before_norms, subpixel_output, subpixel_transposed
 from ganzip.paths import check_writable
 
 CALIBRATIONS = ("minmax", "percentile", "entropy")
@@ -52,7 +57,7 @@ FORMATS = ("qdq", "qoperator")
 class Recipe:
     """Every choice that changes an int8 model; recorded with each result so a number names its recipe."""
 
-    op_types: tuple[str, ...] = ("Conv",)  # empty: every op onnxruntime can quantize
+    op_types: tuple[str, ...] = ("Conv", "DepthToSpace")  # empty: every op onnxruntime can quantize
     keep_float: tuple[str, ...] = ("first", "last")  # which of the first and last Conv stay float
     per_channel: bool = True
     calibration: str = "percentile"
@@ -63,6 +68,7 @@ class Recipe:
     conv_outputs: bool = True  # quantize convolution outputs too (what lets onnxruntime fuse int8 kernels)
     balance: bool = True  # centre and scale each convolution output channel that feeds an InstanceNorm
     subpixel: bool = True  # stride-2 transposed convolutions as convolution + DepthToSpace (int8-capable)
+    subpixel_output: bool = True  # the few-channel output convolution on SpaceToDepth'd input (blocks filled)
     extra_float: tuple[str, ...] = field(default_factory=tuple)  # further node names kept float
 
     def as_dict(self) -> dict:
@@ -145,6 +151,24 @@ def _pre_process(fp32_path: Path, prepared: Path) -> None:
         os.chdir(here)
 
 
+def _exact_rewrites(model: Any, recipe: Recipe) -> Any:
+    if recipe.subpixel:
+        model, _ = subpixel_transposed(model)
+    if recipe.subpixel_output:
+        model, _ = subpixel_output(model)
+    return model
+
+
+def rewrite_fp32(fp32_path: str | os.PathLike, out_path: str | os.PathLike, recipe: Recipe = Recipe()) -> Path:
+    """The fp32 graph with the recipe's float-exact rewrites and nothing quantized: what the rewrites alone are
+    worth in float, so a bench can tell int8's own gain from theirs."""
+    out_path = check_writable(out_path)
+    model = _exact_rewrites(onnx.load(str(fp32_path)), recipe)
+    with atomic_path(out_path) as tmp:
+        onnx.save_model(model, str(tmp))
+    return out_path
+
+
 def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib: np.ndarray,
                   recipe: Recipe = Recipe()) -> Path:
     """Write the int8 model of `fp32_path` to `out_path` (atomically), calibrated on `calib` (N x C x H x W)."""
@@ -169,8 +193,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
         _pre_process(fp32_path, prepared)
         model = onnx.load(str(prepared))
         name = model.graph.input[0].name
-        if recipe.subpixel:
-            model, _ = subpixel_transposed(model)
+        model = _exact_rewrites(model, recipe)
         if recipe.balance:
             model, _ = balance_before_norms(model, calib)
         onnx.save_model(model, str(prepared))

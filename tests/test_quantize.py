@@ -57,6 +57,40 @@ def test_subpixel_rewrite_of_transposed_convolutions_is_exact(tmp_path):
     assert np.abs(run(tmp_path / "r.onnx", x) - expected).max() < 1e-5
 
 
+def test_output_convolution_on_space_to_depth_is_exact(tmp_path):
+    """The generator's last convolution (to 3 channels) rewritten after the upsampling's rewrite, as int8 export
+    does it (here in float, as the benches time it): the graph still computes what PyTorch does."""
+    module = student()
+    export.export_onnx(module, tmp_path / "m.onnx", size=32)
+    quantize.rewrite_fp32(tmp_path / "m.onnx", tmp_path / "r.onnx")
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "r.onnx")).graph.node]
+    assert ops.count("SpaceToDepth") == 1 and ops.count("DepthToSpace") == 3 and "ConvTranspose" not in ops
+    x = calibration.synthetic_batch(2, 3, 32, seed=9)
+    with torch.no_grad():
+        expected = module(x).numpy()
+    assert np.abs(run(tmp_path / "r.onnx", x) - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("cout,k,stride", [(3, 7, 1), (1, 3, 1), (4, 5, 1), (5, 7, 1), (3, 7, 2), (3, 4, 1)])
+def test_space_to_depth_rewrite_matches_torch_convolution_and_skips_what_it_cannot_do(tmp_path, cout, k, stride):
+    """Against torch's conv2d on the same weights, for the kernels it rewrites; a convolution with more than 4
+    outputs, a stride or an even kernel is left as it was."""
+    torch.manual_seed(k + cout)
+    weight, bias = torch.randn(cout, 6, k, k), torch.randn(cout)
+    x = torch.randn(2, 6, 20 + k - 1, 20 + k - 1)  # an unpadded conv from here gives 20 x 20 (even)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[stride, stride], name="conv")], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 6, None, None])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(weight.numpy(), "w"), onnx.numpy_helper.from_array(bias.numpy(), "b")])
+    model, n = int8_graph.subpixel_output(onnx.helper.make_model(graph, opset_imports=[
+        onnx.helper.make_opsetid("", 17)]))
+    assert n == int(cout <= 4 and stride == 1 and k % 2 == 1)
+    onnx.save_model(model, str(tmp_path / "r.onnx"))
+    expected = torch.nn.functional.conv2d(x, weight, bias, stride=stride).numpy()
+    assert np.abs(run(tmp_path / "r.onnx", x) - expected).max() < 1e-4
+
+
 def test_balancing_channels_before_instance_norm_keeps_the_function(tmp_path):
     module = student()
     export.export_onnx(module, tmp_path / "m.onnx", size=32)
@@ -179,7 +213,8 @@ def test_int8_export_of_a_unet_whose_shapes_onnxruntime_cannot_follow_symbolical
 
 @pytest.mark.parametrize("change", [{"fmt": "qoperator"}, {"per_channel": False}, {"keep_float": ()},
                                     {"activations": "int8"}, {"conv_outputs": False}, {"calibration": "minmax"},
-                                    {"calibration": "entropy"}, {"balance": False, "subpixel": False}],
+                                    {"calibration": "entropy"}, {"balance": False, "subpixel": False},
+                                    {"subpixel_output": False, "op_types": ("Conv",)}],
                          ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_each_int8_recipe_choice_gives_a_model_close_to_fp32_and_shaped_as_asked(tmp_path, change):
     """Every choice bench/int8.py flips, alone: the int8 model still follows the fp32 one on images it was not
