@@ -26,6 +26,8 @@ Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint 
   final_default_spectral30, _spectral100, _spectral300, _spectral1000   detail energy 100 plus near-Nyquist
                          spectral detail (--lambda-spectral) at that weight
   final_default_energy30_spectral1000   detail energy 30, spectral detail 1000
+  final_default_spectral300_colour10, _spectral300_colour30, _spectral1000_colour30, _spectral1000_colour100
+                         spectral detail at 300 or 1000 with the colour term (--lambda-colour) at 10, 30 or 100
   highbands, low, pixel_anchor, cycle   the earlier anchor study (cycle needs a reverse teacher, fitted here once)
 
 Scores of each final checkpoint (no best-of), student vs teacher on the same 120 testA photos: PSNR, colour drift
@@ -96,6 +98,10 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "final_default_spectral300": ("refit", {"lambda_energy": 100.0, "lambda_spectral": 300.0}),
     "final_default_spectral1000": ("refit", {"lambda_energy": 100.0, "lambda_spectral": 1000.0}),
     "final_default_energy30_spectral1000": ("refit", {"lambda_energy": 30.0, "lambda_spectral": 1000.0}),
+    "final_default_spectral300_colour10": ("refit", {"lambda_spectral": 300.0, "lambda_colour": 10.0}),
+    "final_default_spectral300_colour30": ("refit", {"lambda_spectral": 300.0, "lambda_colour": 30.0}),
+    "final_default_spectral1000_colour30": ("refit", {"lambda_spectral": 1000.0, "lambda_colour": 30.0}),
+    "final_default_spectral1000_colour100": ("refit", {"lambda_spectral": 1000.0, "lambda_colour": 100.0}),
     "highbands": ("pruned", {**_GAN, **_AUTHORS, "anchor": "none"}),
     "low": ("pruned", {**_GAN, **_AUTHORS, "anchor": "low"}),
     "pixel_anchor": ("pruned", {**_GAN, **_AUTHORS, "anchor": "pixel"}),

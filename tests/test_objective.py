@@ -66,8 +66,8 @@ def test_feature_kd_trains_logs_its_share_and_resumes_exactly(setup):
     assert checkpoint.load(tmp_path / "a" / "student.pth").provenance["lambda_feat"] == 2
 
 
-@pytest.mark.parametrize("term,weight", [("energy", 3), ("spectral", 5)])
-def test_detail_terms_are_named_terms_of_the_run(setup, term, weight):
+@pytest.mark.parametrize("term,weight", [("energy", 3), ("spectral", 5), ("colour", 7)])
+def test_detail_and_colour_terms_are_named_terms_of_the_run(setup, term, weight):
     tmp_path, data = setup
     out = tmp_path / term
     flag = f"--lambda-{term}"
@@ -79,7 +79,7 @@ def test_detail_terms_are_named_terms_of_the_run(setup, term, weight):
     assert all(r["loss_g"] == pytest.approx(sum(w * r[f"loss_{k}"] for k, w in weights.items()), rel=1e-4)
                for r in rows)
     shares = next(r for r in _lines(out) if r.get("event") == "gradient_shares")
-    assert set(shares["shares"]) == {"kd", "anchor", "feat", "energy", "spectral"}
+    assert set(shares["shares"]) == set(weights)
     assert sum(shares["shares"].values()) == pytest.approx(1.0)
     assert checkpoint.load(out / "student.pth").provenance[f"lambda_{term}"] == weight
     bad = _distill(tmp_path, "--inputs", str(data / "trainA"), flag, "-1", "--out-dir", str(tmp_path / "neg"))
