@@ -116,6 +116,7 @@ def test_int8_export_stays_close_to_pytorch_and_reports_its_measurements(tmp_pat
     info = json.loads(result.stdout)
     assert info["latency_ms"] > 0 and info["fp32_latency_ms"] > 0
     assert info["speedup"] == pytest.approx(info["fp32_latency_ms"] / info["latency_ms"])
+    assert info["speedup_over_rewritten_fp32"] == pytest.approx(info["rewritten_fp32_latency_ms"] / info["latency_ms"])
     assert info["calibration"] == {"folder": str(calib), "calibration_images": 9, "held_out_images": 3}
     assert info["fp32_check"]["ok"]
     int8 = onnx.load(str(out))
