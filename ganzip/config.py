@@ -49,7 +49,8 @@ LOAD_RATIO = 286 / 256             # upstream: resize to 286, random crop 256 (g
 # How the student is trained: what provenance records, the demo reports and --resume refuses to change. `world`
 # (processes under torchrun) is part of it: a rank's data shard and the effective batch depend on it.
 TRAINING = ("init", "kd", "wavelet", "levels", "band_weights", "kd_distance", "lambda_kd", "anchor", "lambda_anchor",
-            "lambda_feat", "lambda_energy", "lambda_spectral", "lambda_colour", "lambda_gan", "disc_real", "lambda_rec", "disc_ratio",
+            "lambda_feat", "lambda_energy", "lambda_spectral", "lambda_colour", "lambda_gan", "disc_real", "lambda_rec",
+            "disc_ratio",
             "ndf", "batch_size", "world", "lr", "decay_from", "size", "load_size", "flip", "seed", "teacher_mode",
             "precision", "cache_teacher", "direction")
 # ... and where its student, data and teachers came from: the whole recipe of a run.
