@@ -26,8 +26,11 @@ Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint 
   final_default_spectral30, _spectral100, _spectral300, _spectral1000   detail energy 100 plus near-Nyquist
                          spectral detail (--lambda-spectral) at that weight
   final_default_energy30_spectral1000   detail energy 30, spectral detail 1000
-  final_default_spectral300_colour10, _spectral300_colour30, _spectral1000_colour30, _spectral1000_colour100
-                         spectral detail at 300 or 1000 with the colour term (--lambda-colour) at 10, 30 or 100
+  final_default_spectral300_colour30   spectral detail 300 and the colour term (--lambda-colour) 30 when it was
+                         an L1 of the channel means (commit 7931f10)
+  final_default_spectral300_colourmse100, _colourmse300, final_default_spectral1000_colourmse300
+                         spectral detail 300 or 1000 and the colour term, a squared error of the channel means
+                         since, at 100 or 300
   highbands, low, pixel_anchor, cycle   the earlier anchor study (cycle needs a reverse teacher, fitted here once)
 
 Scores of each final checkpoint (no best-of), student vs teacher on the same 120 testA photos: PSNR, colour drift
@@ -98,10 +101,10 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "final_default_spectral300": ("refit", {"lambda_energy": 100.0, "lambda_spectral": 300.0}),
     "final_default_spectral1000": ("refit", {"lambda_energy": 100.0, "lambda_spectral": 1000.0}),
     "final_default_energy30_spectral1000": ("refit", {"lambda_energy": 30.0, "lambda_spectral": 1000.0}),
-    "final_default_spectral300_colour10": ("refit", {"lambda_spectral": 300.0, "lambda_colour": 10.0}),
-    "final_default_spectral300_colour30": ("refit", {"lambda_spectral": 300.0, "lambda_colour": 30.0}),
-    "final_default_spectral1000_colour30": ("refit", {"lambda_spectral": 1000.0, "lambda_colour": 30.0}),
-    "final_default_spectral1000_colour100": ("refit", {"lambda_spectral": 1000.0, "lambda_colour": 100.0}),
+    "final_default_spectral300_colour30": ("refit", {"lambda_spectral": 300.0, "lambda_colour": 30.0}),  # L1 then
+    "final_default_spectral300_colourmse100": ("refit", {"lambda_spectral": 300.0, "lambda_colour": 100.0}),
+    "final_default_spectral300_colourmse300": ("refit", {"lambda_spectral": 300.0, "lambda_colour": 300.0}),
+    "final_default_spectral1000_colourmse300": ("refit", {"lambda_spectral": 1000.0, "lambda_colour": 300.0}),
     "highbands": ("pruned", {**_GAN, **_AUTHORS, "anchor": "none"}),
     "low": ("pruned", {**_GAN, **_AUTHORS, "anchor": "low"}),
     "pixel_anchor": ("pruned", {**_GAN, **_AUTHORS, "anchor": "pixel"}),

@@ -174,13 +174,14 @@ def pixel_kd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def colour_means(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """L1 between each image's channel means, student's and teacher's.
+    """Squared error between each image's channel means, student's and teacher's.
 
-    A pixel L1's gradient on a uniform colour offset is the imbalance of the residuals' signs, which the detail
-    terms' unpredictable grain dilutes: the more detail a student is asked for, the more its colour drifted. This
-    term's gradient on the offset is whole whatever the grain does.
+    The pixel and wavelet terms are L1: they pull each pixel towards the teacher's median, not its mean, and their
+    gradient on a uniform colour offset is only the imbalance of the residuals' signs, which the detail terms'
+    grain dilutes. This term's gradient is the offset itself: strong while the colours are off, fading as they
+    meet (an L1 here keeps pushing at full strength under Adam and the colours oscillate; measured, worse).
     """
-    return F.l1_loss(student.float().mean((2, 3)), teacher.detach().float().mean((2, 3)))
+    return F.mse_loss(student.float().mean((2, 3)), teacher.detach().float().mean((2, 3)))
 
 
 def lsgan_d_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
