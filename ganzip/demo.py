@@ -78,7 +78,6 @@ class Settings:
     lambda_feat: float = DistillConfig.lambda_feat
     lambda_energy: float = DistillConfig.lambda_energy
     lambda_spectral: float = DistillConfig.lambda_spectral
-    lambda_colour: float = DistillConfig.lambda_colour
 
 
 # Photos: a few minutes of a 2-core CPU is a short run, so the demo spends it where it buys most: bf16 where the CPU
@@ -283,7 +282,6 @@ def _distill(s: Settings, out: Path, seed: int, device: str, **data: Any) -> dic
         load_size=s.size if s.train_size else None,
         seed=seed, lr=s.lr, lambda_gan=s.lambda_gan, lambda_feat=s.lambda_feat, lambda_energy=s.lambda_energy,
         lambda_spectral=s.lambda_spectral,
-        lambda_colour=s.lambda_colour,
         device=device, precision=s.precision, ndf=s.ngf or 64, val_images=20,
         eval_every=max(s.distill_steps // 2, 1), sample_every=max(s.distill_steps // 4, 1),
         save_every=s.distill_steps, output=out / "student.pth", out_dir=out / "distill", **data)

@@ -173,17 +173,6 @@ def pixel_kd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(student, teacher.detach())
 
 
-def colour_means(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Squared error between each image's channel means, student's and teacher's.
-
-    The pixel and wavelet terms are L1: they pull each pixel towards the teacher's median, not its mean, and their
-    gradient on a uniform colour offset is only the imbalance of the residuals' signs, which the detail terms'
-    grain dilutes. This term's gradient is the offset itself: strong while the colours are off, fading as they
-    meet (an L1 here keeps pushing at full strength under Adam and the colours oscillate; measured, worse).
-    """
-    return F.mse_loss(student.float().mean((2, 3)), teacher.detach().float().mean((2, 3)))
-
-
 def lsgan_d_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
     """LSGAN discriminator loss as in the CycleGAN code base: 0.5 * (MSE(real, 1) + MSE(fake, 0))."""
     return 0.5 * (F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(d_fake, torch.zeros_like(d_fake)))

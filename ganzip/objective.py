@@ -10,7 +10,6 @@ all speak of the same terms (their losses live in ganzip.losses):
 - `feat`: inner activations towards the teacher's, through 1x1 adapters (ganzip.features);
 - `energy`: the teacher's amount of local detail, whatever its phase (losses.DetailEnergy);
 - `spectral`: the teacher's amplitude near Nyquist, whatever its phase (losses.SpectralDetail);
-- `colour`: each image's channel means on the teacher's (losses.colour_means), held while the detail terms push;
 - `rec` (paired data): L1 to the real target, weight 100 as upstream.
 """
 
@@ -33,7 +32,6 @@ from ganzip.losses import (
     LowBandL1,
     SpectralDetail,
     WaveletKD,
-    colour_means,
     gradient_shares,
     lsgan_d_loss,
     lsgan_g_loss,
@@ -64,7 +62,7 @@ class Objective:
         self.paired, self.cast = paired, cast
         self.weights = {"gan": cfg.lambda_gan, "kd": cfg.lambda_kd, "anchor": cfg.lambda_anchor,
                         "feat": cfg.lambda_feat, "energy": cfg.lambda_energy,
-                        "spectral": cfg.lambda_spectral, "colour": cfg.lambda_colour, "rec": cfg.lambda_rec}
+                        "spectral": cfg.lambda_spectral, "rec": cfg.lambda_rec}
         self.kd = _kd_term(cfg, device)
         self.energy = DetailEnergy(cfg.wavelet, cfg.levels).to(device) if cfg.lambda_energy > 0 else None
         self.spectral = SpectralDetail().to(device) if cfg.lambda_spectral > 0 else None
@@ -98,8 +96,6 @@ class Objective:
             terms["energy"] = self.energy(s, t)
         if self.spectral is not None:
             terms["spectral"] = self.spectral(s, t)
-        if self.weights["colour"] > 0:
-            terms["colour"] = colour_means(s, t)
         if self.feat is not None:
             teacher_feats, student_feats = (w.take() for w in self._watch)
             terms["feat"] = self.feat(student_feats, teacher_feats)

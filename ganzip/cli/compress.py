@@ -228,9 +228,6 @@ def distill_cmd(
                                           "teacher's amplitude above a quarter cycle per pixel (grain near Nyquist, "
                                           "which Haar bands barely separate), per 16 px patch, whatever its phase, "
                                           "asked of the student (0: off).", rich_help_panel=_OBJECTIVE),
-    lambda_colour: float = typer.Option(0.0, "--lambda-colour", help="Weight of colour: each image's channel "
-                                        "means pulled to the teacher's, against the colour drift detail terms "
-                                        "cause (0: off).", rich_help_panel=_OBJECTIVE),
     disc_ratio: Optional[float] = typer.Option(None, "--disc-ratio", help="Prune the discriminator this many times "
                                                "(paper: about 4x, ndf 64 -> 32; needs --lambda-gan > 0).",
                                                rich_help_panel=_OBJECTIVE),
