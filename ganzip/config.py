@@ -84,10 +84,9 @@ class DistillConfig:
     anchor: str | None = None        # None: cycle with --teacher-reverse, else DEFAULT_ANCHOR (none for pairs)
     lambda_anchor: float = 10.0
     lambda_feat: float = 10.0        # inner-feature KD at GAN Compression's taps (ganzip.features); 0: off
-    lambda_energy: float = 100.0     # local detail magnitude towards the teacher's (losses.DetailEnergy; README
-                                     # recipe table: final_default_energy100); 0: off
-    lambda_spectral: float = 100.0   # near-Nyquist amplitude towards the teacher's (losses.SpectralDetail; README
-                                     # recipe table: final_default_spectral100@uniform16); 0: off
+    lambda_energy: float = 30.0      # local detail magnitude towards the teacher's (losses.DetailEnergy); 0: off
+    lambda_spectral: float = 300.0   # near-Nyquist amplitude towards the teacher's (losses.SpectralDetail); 0: off
+                                     # (both: README recipe table, final_default_energy30_spectral300@uniform16)
     teacher_reverse: Path | None = None
     disc_ratio: float | None = None
     teacher_disc: Path | None = None

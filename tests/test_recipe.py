@@ -102,8 +102,8 @@ def test_resolved_defaults_are_what_the_run_records(setup):
     assert prov["decay_from"] == 0.5 and prov["direction"] == "AtoB"
     # no discriminator, feature KD at 10, lr 1e-3: the recipe bench's wkd_refit_feat10_nogan_lr1e-3
     assert (prov["lambda_gan"], prov["disc_real"], prov["lambda_feat"], prov["lr"]) == (0.0, None, 10.0, 1e-3)
-    assert prov["lambda_energy"] == 100.0  # detail energy: the recipe bench's final_default_energy100
-    assert prov["lambda_spectral"] == 100.0  # spectral detail: final_default_spectral100@uniform16
+    # detail energy and spectral detail: the recipe bench's final_default_energy30_spectral300@uniform16
+    assert (prov["lambda_energy"], prov["lambda_spectral"]) == (30.0, 300.0)
     recorded = json.loads((tmp_path / "defaults" / "config.json").read_text())
     assert recorded["method"] == "uniform" and recorded["anchor"] == "pixel" and recorded["load_size"] == 32
     assert recorded["lambda_kd"] == 10.0

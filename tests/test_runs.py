@@ -62,7 +62,7 @@ def test_a_run_from_before_detail_energy_is_not_resumed_with_it(setup):
     del state["config"]["lambda_energy"]  # as an older ganzip wrote it
     torch.save(state, state_path)
     line = _line(runner.invoke(app, _args(tmp_path, root, "old", "--resume", "--steps", "6")))
-    assert "--lambda-energy 0.0 -> 100.0" in line
+    assert "--lambda-energy 0.0 -> 30.0" in line
     again = runner.invoke(app, _args(tmp_path, root, "old", "--resume", "--steps", "6", "--lambda-energy", "0"))
     assert again.exit_code == 0, again.output
 

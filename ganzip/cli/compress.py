@@ -221,10 +221,10 @@ def distill_cmd(
     lambda_feat: float = typer.Option(10.0, "--lambda-feat", help="Weight of feature KD: the student's inner "
                                       "activations (GAN Compression's taps) pulled to the teacher's through 1x1 "
                                       "adapters (0: off).", rich_help_panel=_OBJECTIVE),
-    lambda_energy: float = typer.Option(100.0, "--lambda-energy", help="Weight of detail energy: the teacher's "
+    lambda_energy: float = typer.Option(30.0, "--lambda-energy", help="Weight of detail energy: the teacher's "
                                         "amount of local wavelet detail, whatever its phase, asked of the student "
                                         "(0: off).", rich_help_panel=_OBJECTIVE),
-    lambda_spectral: float = typer.Option(100.0, "--lambda-spectral", help="Weight of spectral detail: the "
+    lambda_spectral: float = typer.Option(300.0, "--lambda-spectral", help="Weight of spectral detail: the "
                                           "teacher's amplitude above a quarter cycle per pixel (grain near Nyquist, "
                                           "which Haar bands barely separate), per 16 px patch, whatever its phase, "
                                           "asked of the student (0: off).", rich_help_panel=_OBJECTIVE),
