@@ -39,7 +39,7 @@ VARIANTS = {
     "per_tensor_weights": {"per_channel": False},
     "minmax": {"calibration": "minmax"},
     "entropy": {"calibration": "entropy"},
-    "percentile_99.999": {"percentile": 99.999},
+    "percentile_99.99": {"percentile": 99.99},
     "percentile_99.9": {"percentile": 99.9},
     "percentile_symmetric": {"symmetric_range": True},
     "no_balance": {"balance": False},

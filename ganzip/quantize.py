@@ -20,7 +20,7 @@ bench/results/int8.json; the README has the table. The choices:
   int8 than in float, and it writes the image through tanh.
 - Each convolution output channel that feeds an InstanceNorm is centred and scaled to unit spread first (the
   norm undoes it exactly): per-tensor activation ranges no longer crush quiet channels.
-- Percentile calibration (99.99th, each tail on its own) instead of min/max; per-channel weights;
+- Percentile calibration (99.999th, each tail on its own) instead of min/max; per-channel weights;
   uint8 activations with int8 weights, the pair AVX512-VNNI's int8 dot products take directly; QDQ format.
 """
 
@@ -61,7 +61,7 @@ class Recipe:
     keep_float: tuple[str, ...] = ("first", "last")  # which of the first and last Conv stay float
     per_channel: bool = True
     calibration: str = "percentile"
-    percentile: float = 99.99
+    percentile: float = 99.999  # 99.99 cut the worst held-out image to 27-30 dB on two students, at no speed gain
     symmetric_range: bool = False  # percentile ranges around zero (onnxruntime's default) or each tail on its own
     fmt: str = "qdq"
     activations: str = "uint8"  # uint8 (U8S8, VNNI's native pair) or int8
