@@ -106,6 +106,18 @@ def balance_before_norms(model: Any, calib: np.ndarray, threads: int | None = No
     return model, len(convs)
 
 
+def _with_nodes(model: Any, nodes: list[Any]) -> Any:
+    """The model's graph made of `nodes`, keeping only the initializers they still read (a rewritten
+    convolution's old weights go)."""
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {name for node in nodes for name in node.input}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model
+
+
 def subpixel_transposed(model: Any) -> tuple[Any, int]:
     """Rewrite each stride-2, 3x3 transposed convolution (the ResNet's upsampling) as a 2x2 convolution with four
     times the output channels followed by DepthToSpace: the same function exactly (each output pixel parity is
@@ -143,13 +155,7 @@ def subpixel_transposed(model: Any) -> tuple[Any, int]:
         nodes.append(helper.make_node("DepthToSpace", [names[2]], [node.output[0]], name=f"{base}_d2s", blocksize=2,
                                       mode="CRD"))
         done += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    used = {name for node in nodes for name in node.input}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    return model, done
+    return _with_nodes(model, nodes), done
 
 
 OUTPUT_CONV_MAX_CHANNELS = 4  # at most this many outputs: CPU kernels pad them to a block of 8 or 16 channels
@@ -201,10 +207,4 @@ def subpixel_output(model: Any) -> tuple[Any, int]:
         nodes.append(helper.make_node("DepthToSpace", [names[3]], [node.output[0]], name=f"{base}_d2s",
                                       blocksize=2, mode="DCR"))
         done += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    used = {name for node in nodes for name in node.input}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    return model, done
+    return _with_nodes(model, nodes), done
