@@ -166,10 +166,11 @@ def subpixel_output(model: Any) -> tuple[Any, int]:
     SpaceToDepth, a convolution with four times the channels on both sides and a kernel half as wide, and
     DepthToSpace: the same function exactly, since each output pixel parity reads the input's four parities.
 
-    Why: onnxruntime computes output channels in blocks of 8 or 16, so a 3-channel convolution pays for 16 (it
-    took a third of a latency-searched student's time, float or int8, and int8 kernels lose on it outright); with
-    12 channels the block is three quarters used. The input must have even height and width (the generators'
-    sizes are multiples of 4, and an unpadded odd kernel keeps the parity). Returns the model and the count.
+    Why: onnxruntime computes output channels in blocks of 8 or 16, so a 3-channel convolution pays for 16 (on
+    students whose other layers are narrow it is a large share of the time, float or int8, and int8 kernels lose
+    on it outright); with 12 channels the block is three quarters used. The input must have even height and
+    width (the generators' sizes are multiples of 4, and an unpadded odd kernel keeps the parity). Returns the
+    model and the count.
     """
     inits = {t.name: t for t in model.graph.initializer}
     done = 0
