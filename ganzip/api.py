@@ -232,9 +232,11 @@ def fid(student: str | os.PathLike | None = None, *, data: str | os.PathLike | N
 
 
 def export_onnx(student: str | os.PathLike, output: str | os.PathLike | None = None, *, opset: int | None = None,
-                dynamic: bool = True, size: int = 256, runs: int = 20, threads: int | None = None) -> ExportReport:
+                dynamic: bool = True, size: int = 256, runs: int = 20, threads: int | None = None,
+                rewrite: bool = True) -> ExportReport:
     """Export a checkpoint to ONNX (default: beside it, NAME.onnx), check onnxruntime against PyTorch at two sizes
-    and time it. A mismatch does not raise: the report says so (`ok`, `problem`), as the file is kept to inspect."""
+    and time it. A mismatch does not raise: the report says so (`ok`, `problem`), as the file is kept to inspect.
+    `rewrite` False keeps the exporter's graph without ganzip's exact sub-pixel rewrites."""
     if runs <= 0:
         raise UserError(f"{setting('runs')} must be a positive integer")
     student = Path(student)
@@ -242,7 +244,7 @@ def export_onnx(student: str | os.PathLike, output: str | os.PathLike | None = N
     refuse_input_as_output(out, student)
     threads = thread_policy.resolve(threads)
     info = export.export_checked(ckpt.load_module(student), out, opset=opset, dynamic=dynamic, size=size,
-                                 runs=runs, threads=threads)
+                                 runs=runs, threads=threads, rewrite_graph=rewrite)
     return ExportReport(Path(info["path"]), info["ok"], export.mismatch(info),
                         info["onnxruntime_latency"]["median_ms"], info)
 

@@ -40,7 +40,7 @@ from ganzip.onnx_units import unit_onnx
 from ganzip.profile import input_channels
 from ganzip.threads import keep_freed_memory
 
-FORMAT = 1
+FORMAT = 2  # 2: onnxruntime units carry export's exact sub-pixel rewrites
 
 
 def cpu_model() -> str:

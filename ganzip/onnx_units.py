@@ -1,4 +1,4 @@
-"""A unit of a network (layers a latency table times together) as the ONNX graph torch's exporter would write.
+"""A unit of a network (layers a latency table times together) as the ONNX graph `ganzip export` would write.
 
 Built directly from the modules: exporting each of the hundreds of units a width search times would take minutes.
 """
@@ -14,13 +14,16 @@ from torch import nn
 
 from ganzip.archs.resnet import ResnetBlock
 from ganzip.errors import UserError, setting
+from ganzip.onnx_rewrites import rewrite
 
 ONNX_OPSET = 20  # what torch's exporter writes, so units are timed on the graph an export would run
 
 
 def unit_onnx(module: nn.Module, shape: tuple[int, ...]) -> Any:
     """The unit as the ONNX graph torch's exporter writes for these layers (Pad, Conv, InstanceNormalization,
-    Relu, Add ...), built directly: exporting each of the hundreds of units a search times would take minutes."""
+    Relu, Add ...), built directly (exporting each of the hundreds of units a search times would take minutes),
+    with the exact rewrites `export_onnx` applies: the output convolution's only in the unit that ends in the
+    generator's Tanh, as in the whole network."""
     nodes: list[Any] = []
     inits: list[Any] = []
 
@@ -77,4 +80,6 @@ def unit_onnx(module: nn.Module, shape: tuple[int, ...]) -> Any:
     out = emit(module, "input")
     graph = helper.make_graph(nodes, "unit", [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=10)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=10)
+    output_unit = bool(nodes) and nodes[-1].op_type == "Tanh"
+    return rewrite(model, even_sizes=output_unit and all(d % 2 == 0 for d in shape[2:]))[0]

@@ -10,9 +10,9 @@ bench/results/int8.json; the README has the table. The choices:
 - Stride-2 transposed convolutions are rewritten as convolution + DepthToSpace (exactly the same function):
   onnxruntime has int8 kernels for convolutions and none for transposed ones.
 - The output convolution (a few channels, 7x7, full resolution) is rewritten to read SpaceToDepth'd input with
-  four times the channels (int8_graph.subpixel_output, again exactly the same function): CPU kernels compute
-  output channels in blocks, so 3 channels paid for 16. Float-exact, so an fp32 graph would gain from it too;
-  bench/int8.py times that fp32 graph beside the others so int8's own share stays visible.
+  four times the channels (onnx_rewrites.subpixel_output, again exactly the same function): CPU kernels compute
+  output channels in blocks, so 3 channels paid for 16. Both rewrites are float-exact, so `ganzip export` applies
+  them to fp32 too, and int8's speedup is measured over that fp32 graph.
 - Only convolutions (and the DepthToSpace after them, which then moves bytes, not floats) are quantized:
   InstanceNorm, residual adds, padding and tanh stay float (onnxruntime has no int8 InstanceNorm; quantizing
   around it only adds rounding).
@@ -43,10 +43,11 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from ganzip import export, profile
 from ganzip.atomic import atomic_path
 from ganzip.errors import UserError, setting
-from ganzip.export import PRECISION_KEY, _session, file_runner, set_metadata
+from ganzip.export import PRECISION_KEY, _session, even_sizes, file_runner, set_metadata
 from ganzip.fidelity import psnr
 from ganzip.images import list_images, load_batch, spaced
-from ganzip.int8_graph import balance_before_norms, subpixel_output, subpixel_transposed
+from ganzip.int8_graph import balance_before_norms
+from ganzip.onnx_rewrites import subpixel_output, subpixel_transposed
 from ganzip.paths import check_writable
 
 CALIBRATIONS = ("minmax", "percentile", "entropy")
@@ -70,6 +71,7 @@ class Recipe:
     subpixel: bool = True  # stride-2 transposed convolutions as convolution + DepthToSpace (int8-capable)
     subpixel_output: bool = True  # the few-channel output convolution on SpaceToDepth'd input (blocks filled)
     extra_float: tuple[str, ...] = field(default_factory=tuple)  # further node names kept float
+    float_below: int = 0  # convolutions with fewer input or output channels than this stay float (0: none)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,10 +93,13 @@ def split_calibration(paths: Sequence[Path], held_out: int) -> tuple[list[Path],
 
 
 def _float_nodes(model: Any, recipe: Recipe) -> list[str]:
-    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
     keep = list(recipe.extra_float)
     if convs:
-        keep += [convs[0]] * ("first" in recipe.keep_float) + [convs[-1]] * ("last" in recipe.keep_float)
+        keep += [convs[0].name] * ("first" in recipe.keep_float) + [convs[-1].name] * ("last" in recipe.keep_float)
+    if recipe.float_below:
+        shapes = {t.name: t.dims for t in model.graph.initializer}
+        keep += [n.name for n in convs if n.input[1] in shapes and min(shapes[n.input[1]][:2]) < recipe.float_below]
     return keep
 
 
@@ -151,22 +156,14 @@ def _pre_process(fp32_path: Path, prepared: Path) -> None:
         os.chdir(here)
 
 
-def _exact_rewrites(model: Any, recipe: Recipe) -> Any:
+def _exact_rewrites(model: Any, recipe: Recipe, even: bool) -> Any:
+    """The recipe's sub-pixel rewrites (a file `ganzip export` wrote has them already: then they find nothing);
+    the output convolution's only where the file's inputs have even sizes (`export.even_sizes`)."""
     if recipe.subpixel:
         model, _ = subpixel_transposed(model)
-    if recipe.subpixel_output:
+    if recipe.subpixel_output and even:
         model, _ = subpixel_output(model)
     return model
-
-
-def rewrite_fp32(fp32_path: str | os.PathLike, out_path: str | os.PathLike, recipe: Recipe = Recipe()) -> Path:
-    """The fp32 graph with the recipe's float-exact rewrites and nothing quantized: what the rewrites alone are
-    worth in float, so a bench can tell int8's own gain from theirs."""
-    out_path = check_writable(out_path)
-    model = _exact_rewrites(onnx.load(str(fp32_path)), recipe)
-    with atomic_path(out_path) as tmp:
-        onnx.save_model(model, str(tmp))
-    return out_path
 
 
 def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib: np.ndarray,
@@ -193,7 +190,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
         _pre_process(fp32_path, prepared)
         model = onnx.load(str(prepared))
         name = model.graph.input[0].name
-        model = _exact_rewrites(model, recipe)
+        model = _exact_rewrites(model, recipe, even_sizes(onnx.load(str(fp32_path), load_external_data=False)))
         if recipe.balance:
             model, _ = balance_before_norms(model, calib)
         onnx.save_model(model, str(prepared))
@@ -230,12 +227,10 @@ def compare(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, held_out
             "images": len(per_image), "max_abs_diff": float(max(np.abs(g - r).max() for g, r in zip(got, ref)))}
 
 
-def time_three(fp32_path: str | os.PathLike, rewritten_path: str | os.PathLike, int8_path: str | os.PathLike,
-               shape: tuple[int, ...], threads: int | None = None, runs: int = 20) -> dict:
-    """fp32, fp32 with int8's exact graph rewrites, and int8 onnxruntime latency, timed in alternation on the same
-    input: the middle one tells how much of int8's speedup the rewrites alone would give a float model."""
+def time_pair(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, shape: tuple[int, ...],
+              threads: int | None = None, runs: int = 20) -> dict:
+    """fp32 and int8 onnxruntime latency, timed in alternation on the same input."""
     timings = profile.time_alternating({"fp32": file_runner(fp32_path, shape, threads),
-                                        "rewritten": file_runner(rewritten_path, shape, threads),
                                         "int8": file_runner(int8_path, shape, threads)}, runs=runs)
     return {name: t.as_dict() for name, t in timings.items()}
 
@@ -253,11 +248,12 @@ def export_int8(source: Any, out_path: str | os.PathLike, calib_dir: str | os.Pa
                 threads: int | None = None, runs: int = 20, recipe: Recipe = Recipe(), dynamic: bool = True,
                 opset: int | None = None, held_out: int = 8, limit: int = 64) -> dict:
     """An int8 .onnx of `source` (a generator module, or an fp32 .onnx path) calibrated on `calib_dir`, with its
-    PSNR to fp32 on held-out images there and onnxruntime latencies at `size` (alternating runs) of fp32, int8 and
-    fp32 with int8's float-exact graph rewrites (the share of the speedup that is not int8's).
+    PSNR to fp32 on held-out images there and onnxruntime latencies at `size` (alternating runs) of int8 and of
+    the fp32 graph `ganzip export` ships (with its exact rewrites, so the speedup is int8's own).
 
-    A module is first exported to fp32 ONNX and checked against PyTorch, as `ganzip export` does; that fp32 file
-    is the reference every int8 number is measured against, then deleted.
+    A module is first exported to fp32 ONNX and checked against PyTorch, as `ganzip export` does, without the
+    rewrites (the recipe decides which the int8 model gets); that file is the reference every int8 PSNR is
+    measured against, then deleted.
     """
     out_path = check_writable(out_path)
     calib, held, data = load_images(calib_dir, size, held_out=held_out, limit=limit)
@@ -268,7 +264,7 @@ def export_int8(source: Any, out_path: str | os.PathLike, calib_dir: str | os.Pa
         else:
             export.check_size(source, size)
             fp32 = Path(work) / "fp32.onnx"
-            export.export_onnx(source, fp32, opset=opset, dynamic=dynamic, size=size)
+            export.export_onnx(source, fp32, opset=opset, dynamic=dynamic, size=size, rewrite_graph=False)
             info["fp32_check"] = export.verify(source, fp32, sizes=export.verify_sizes(source, size, dynamic))
             if not info["fp32_check"]["ok"]:
                 worst = max(info["fp32_check"]["max_abs_diff"].values())
@@ -279,14 +275,14 @@ def export_int8(source: Any, out_path: str | os.PathLike, calib_dir: str | os.Pa
                             f"{calib.shape[1]} channels")
         quantize_onnx(fp32, out_path, calib, recipe)
         info.update(compare(fp32, out_path, held, threads))
-        rewritten = rewrite_fp32(fp32, Path(work) / "rewritten.onnx", recipe)
-        timing = time_three(fp32, rewritten, out_path, (1, calib.shape[1], size, size), threads, runs)
+        shipped = Path(work) / "shipped.onnx"
+        info["fp32_rewrites"] = export.rewrite_file(fp32, shipped)
+        timing = time_pair(shipped, out_path, (1, calib.shape[1], size, size), threads, runs)
     int8_ms = timing["int8"]["median_ms"]
     info.update({"path": str(out_path), "bytes": out_path.stat().st_size, "size": size,
                  "latency_ms": int8_ms, "fp32_latency_ms": timing["fp32"]["median_ms"],
                  "speedup": timing["fp32"]["median_ms"] / int8_ms, "latency": timing["int8"],
-                 "fp32_latency": timing["fp32"], "rewritten_fp32_latency_ms": timing["rewritten"]["median_ms"],
-                 "speedup_over_rewritten_fp32": timing["rewritten"]["median_ms"] / int8_ms, "runs": runs})
+                 "fp32_latency": timing["fp32"], "runs": runs})
     return info
 
 

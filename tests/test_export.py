@@ -137,3 +137,73 @@ def test_export_prints_nothing_on_stderr(tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def _ops(path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def test_export_rewrites_by_default_records_it_and_plain_keeps_the_exporters_graph(tmp_path):
+    """The default file carries the sub-pixel forms (checked against PyTorch at two sizes by `_check`) and says so
+    in its metadata; `--plain` writes the exporter's graph with its transposed convolutions and says none."""
+    student = _pruned_student()
+    info = _check(student, tmp_path, 64, (64, 36))
+    assert info["rewrites"] == {"subpixel_transposed": 2, "subpixel_output": 1}
+    ops = _ops(tmp_path / "m.onnx")
+    assert "ConvTranspose" not in ops and ops.count("SpaceToDepth") == 1 and ops.count("DepthToSpace") == 3
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert json.loads(meta["ganzip.rewrites"]) == info["rewrites"]
+    checkpoint.save_generator(student, tmp_path / "s.pth")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "s.pth"), "--plain", "--size", "32", "--runs", "1",
+                                      "-o", str(tmp_path / "p.onnx"), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["ok"] and out["rewrites"] is None and _ops(tmp_path / "p.onnx").count("ConvTranspose") == 2
+    assert "ganzip.rewrites" not in {p.key for p in onnx.load(str(tmp_path / "p.onnx")).metadata_props}
+
+
+def test_rewriting_a_plain_file_gives_what_export_writes_and_a_second_time_nothing(tmp_path):
+    student = _pruned_student()
+    export.export_onnx(student, tmp_path / "p.onnx", size=32, rewrite_graph=False)
+    assert export.rewrite_file(tmp_path / "p.onnx", tmp_path / "r.onnx") == {"subpixel_transposed": 2,
+                                                                               "subpixel_output": 1}
+    assert export.verify(student, tmp_path / "r.onnx", sizes=(32, 20))["ok"]
+    again = export.rewrite_file(tmp_path / "r.onnx", tmp_path / "r2.onnx")
+    assert again == {"subpixel_transposed": 2, "subpixel_output": 1} and _ops(tmp_path / "r2.onnx") == _ops(
+        tmp_path / "r.onnx")  # nothing left to rewrite; the file's own counts carry over
+
+
+def test_only_the_last_convolution_gets_the_space_to_depth_form_and_only_at_even_sizes(tmp_path):
+    """An inner few-channel convolution may work at an odd size (a student's bottleneck), so it stays; a file
+    that does not promise even sizes keeps its output convolution too."""
+    student = _pruned_student()
+    export.export_onnx(student, tmp_path / "p.onnx", size=32, rewrite_graph=False)
+    model = onnx.load(str(tmp_path / "p.onnx"))
+    assert export.even_sizes(model)  # the spec's size multiple is 4
+    del model.metadata_props[:]
+    assert not export.even_sizes(model)  # dynamic sizes and no spec: nothing promised
+    onnx.save_model(model, str(tmp_path / "nospec.onnx"))
+    assert export.rewrite_file(tmp_path / "nospec.onnx", tmp_path / "r.onnx")["subpixel_output"] == 0
+    weights = [torch.randn(3, 5, 3, 3), torch.randn(2, 3, 3, 3)]
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", "w0"], ["h"]), onnx.helper.make_node("Conv", ["h", "w1"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 5, 14, 14])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(w.numpy(), f"w{i}") for i, w in enumerate(weights)])
+    rewritten, n = export.rewrite(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]),
+                                  even_sizes=True)
+    assert n["subpixel_output"] == 1
+    assert [nd.op_type for nd in rewritten.graph.node] == ["Conv", "SpaceToDepth", "Conv", "DepthToSpace"]
+    onnx.save_model(rewritten, str(tmp_path / "two.onnx"))
+    x = torch.randn(1, 5, 14, 14)
+    expected = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, weights[0]), weights[1]).numpy()
+    got = export._session(tmp_path / "two.onnx").run(None, {"x": x.numpy()})[0]
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_plain_and_int8_together_are_refused_in_one_line(tmp_path):
+    checkpoint.save_generator(_pruned_student(), tmp_path / "s.pth")
+    (tmp_path / "calib").mkdir()
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "s.pth"), "--plain", "--int8", "--calib",
+                                      str(tmp_path / "calib")])
+    assert result.exit_code == 2 and "--plain" in result.output and "Traceback" not in result.output

@@ -273,16 +273,21 @@ def test_units_as_onnx_graphs_compute_what_pytorch_does(affine):
     layout = channels.layout_of(spec)
     from ganzip.export import _session
 
+    ops = []
     for unit in latency.units(layout, 32):
         module = latency._materialise(latency._unit_module(spec, unit))
         shape = (1, input_channels(module), *unit.hw)
         x = torch.randn(shape)
         with torch.no_grad():
             expected = module(x).numpy()
-        session = _session(onnx_units.unit_onnx(module, shape).SerializeToString(), 1)
-        got = session.run(None, {"input": x.numpy()})[0]
+        graph = onnx_units.unit_onnx(module, shape)
+        ops.append([n.op_type for n in graph.graph.node])
+        got = _session(graph.SerializeToString(), 1).run(None, {"input": x.numpy()})[0]
         assert got.shape == expected.shape
         assert np.abs(got - expected).max() < 1e-4
+    # timed as export writes them: upsampling as convolution + DepthToSpace, the output unit on SpaceToDepth
+    assert not any("ConvTranspose" in unit for unit in ops) and sum("DepthToSpace" in unit for unit in ops) == 3
+    assert [("SpaceToDepth" in unit) for unit in ops] == [False] * (len(ops) - 1) + [True]
 
 
 def test_latency_search_is_refused_for_unet():
