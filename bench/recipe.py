@@ -30,7 +30,7 @@ Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint 
                          finest wavelet level's KD weight halved (--band-weights 0.5,1,1): less pull on its phase
   final_default_energy30_spectral300, _energy0_spectral300, _energy30_spectral500, _energy0_spectral500
                          detail energy 30 or 0 with spectral detail 300 or 500
-  final_default_lr2e-3, final_default_spectral300_lr2e-3   the defaults (or spectral detail 300) at lr 2e-3
+  final_default_lr2e-3, final_default_lr3e-3   the defaults at lr 2e-3 or 3e-3
   final_default_spectral300_colour30, final_default_spectral300_colourmse100   retired (RETIRED): spectral
                          detail 300 with a colour term on the channel means, worse on every column; removed
   highbands, low, pixel_anchor, cycle   the earlier anchor study (cycle needs a reverse teacher, fitted here once)
@@ -110,7 +110,7 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "final_default_energy30_spectral500": ("refit", {"lambda_energy": 30.0, "lambda_spectral": 500.0}),
     "final_default_energy0_spectral500": ("refit", {"lambda_energy": 0.0, "lambda_spectral": 500.0}),
     "final_default_lr2e-3": ("refit", {"lr": 2e-3}),
-    "final_default_spectral300_lr2e-3": ("refit", {"lambda_spectral": 300.0, "lr": 2e-3}),
+    "final_default_lr3e-3": ("refit", {"lr": 3e-3}),
     "highbands": ("pruned", {**_GAN, **_AUTHORS, "anchor": "none"}),
     "low": ("pruned", {**_GAN, **_AUTHORS, "anchor": "low"}),
     "pixel_anchor": ("pruned", {**_GAN, **_AUTHORS, "anchor": "pixel"}),
