@@ -47,8 +47,6 @@ VARIANTS = {
     "conv_outputs_float": {"conv_outputs": False},
     "int8_activations": {"activations": "int8"},
     "qoperator": {"fmt": "qoperator"},
-    "float_below_16": {"float_below": 16},
-    "float_below_32": {"float_below": 32},
 }
 
 

@@ -71,7 +71,6 @@ class Recipe:
     subpixel: bool = True  # stride-2 transposed convolutions as convolution + DepthToSpace (int8-capable)
     subpixel_output: bool = True  # the few-channel output convolution on SpaceToDepth'd input (blocks filled)
     extra_float: tuple[str, ...] = field(default_factory=tuple)  # further node names kept float
-    float_below: int = 0  # convolutions with fewer input or output channels than this stay float (0: none)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -93,13 +92,10 @@ def split_calibration(paths: Sequence[Path], held_out: int) -> tuple[list[Path],
 
 
 def _float_nodes(model: Any, recipe: Recipe) -> list[str]:
-    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
     keep = list(recipe.extra_float)
     if convs:
-        keep += [convs[0].name] * ("first" in recipe.keep_float) + [convs[-1].name] * ("last" in recipe.keep_float)
-    if recipe.float_below:
-        shapes = {t.name: t.dims for t in model.graph.initializer}
-        keep += [n.name for n in convs if n.input[1] in shapes and min(shapes[n.input[1]][:2]) < recipe.float_below]
+        keep += [convs[0]] * ("first" in recipe.keep_float) + [convs[-1]] * ("last" in recipe.keep_float)
     return keep
 
 
