@@ -75,8 +75,9 @@ OUTPUT_CONV_MAX_CHANNELS = 4  # at most this many outputs: CPU kernels pad them 
 
 def subpixel_output(model: Any) -> tuple[Any, int]:
     """Rewrite the graph's last convolution, when it is stride-1 with a handful of output channels (a generator's
-    7x7 to RGB), as SpaceToDepth, a convolution with four times the channels on both sides and a kernel half as wide, and
-    DepthToSpace: the same function exactly, since each output pixel parity reads the input's four parities.
+    7x7 to RGB), as SpaceToDepth, a convolution with four times the channels on both sides and a kernel half as
+    wide, and DepthToSpace: the same function exactly, since each output pixel parity reads the input's four
+    parities.
 
     Why: onnxruntime computes output channels in blocks of 8 or 16, so a 3-channel convolution pays for 16 (on
     students whose other layers are narrow it is a large share of the time, float or int8, and int8 kernels lose
