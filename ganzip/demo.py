@@ -88,7 +88,7 @@ class Settings:
 # What this buys on the vintagify teacher is in each demo's summary.json (one quiet run is kept as
 # bench/results/demo_summary.json).
 # Latency is measured at 256 px, the teacher's own resolution, where a CPU shows what the MACs ratio buys.
-PHOTOS = Settings(size=128, train_size=64, profile_size=256, distill_steps=2000, method=DEFAULT_METHOD["macs"],
+PHOTOS = Settings(size=128, train_size=64, profile_size=256, distill_steps=3000, method=DEFAULT_METHOD["macs"],
                   precision="auto", profile_runs=10, grid_images=6)
 PHOTOS_QUICK = Settings(size=64, profile_size=64, distill_steps=60, method="uniform", precision="auto",
                         profile_runs=3, grid_images=4)
