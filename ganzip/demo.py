@@ -84,7 +84,7 @@ class Settings:
 # computes in it (precision auto; a CPU without AVX512-BF16 emulates bf16, far slower than fp32), 64 px crops
 # cut from the photos at their full 128 px (four times the steps of 128 px crops for the same time, at the scale the
 # student is scored and used at; crops of photos downscaled first teach the teacher at the wrong scale), and
-# `distill`'s widths method, objective and lr (no discriminator makes each step cheaper, so twice the steps fit).
+# `distill`'s widths method, objective and lr (no discriminator makes each step cheaper, so three times the steps fit).
 # What this buys on the vintagify teacher is in each demo's summary.json (one quiet run is kept as
 # bench/results/demo_summary.json).
 # Latency is measured at 256 px, the teacher's own resolution, where a CPU shows what the MACs ratio buys.
