@@ -106,12 +106,12 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, opset: int | None = 
         # the exporter falls back to its default opset when it cannot convert, and says so only in a warning
         raise UserError(f"PyTorch's exporter wrote opset {_opset(proto)} instead of the {setting('opset', opset)} "
                         f"asked for; pick another {setting('opset')}, or leave it out")
+    set_metadata(proto, {SPEC_KEY: json.dumps(getattr(module, "spec", None)), PRECISION_KEY: "fp32",
+                         PROVENANCE_KEY: json.dumps(getattr(module, "provenance", None) or None, default=str)})
     counts = None
     if rewrite_graph:
-        proto, counts = rewrite(proto, even_sizes=_multiple(module) % 2 == 0 if dynamic else size % 2 == 0)
-    set_metadata(proto, {SPEC_KEY: json.dumps(getattr(module, "spec", None)), PRECISION_KEY: "fp32",
-                         PROVENANCE_KEY: json.dumps(getattr(module, "provenance", None) or None, default=str),
-                         REWRITES_KEY: json.dumps(counts)})
+        proto, counts = rewrite(proto, even_sizes=even_sizes(proto))
+        set_metadata(proto, {REWRITES_KEY: json.dumps(counts)})
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
@@ -213,7 +213,8 @@ def onnx_runner(module: nn.Module, size: int, batch: int = 1, threads: int | Non
     """A zero-argument callable running one onnxruntime inference of the graph `export_onnx` writes (export and
     session built once, here)."""
     check_size(module, size)
-    proto, _ = rewrite(_program(module, size, batch, None, dynamic=False).model_proto, even_sizes=size % 2 == 0)
+    proto = _program(module, size, batch, None, dynamic=False).model_proto
+    proto, _ = rewrite(proto, even_sizes=even_sizes(proto))  # static shape: even_sizes reads it
     session = _session(proto.SerializeToString(), threads)
     return _runner(session, (batch, input_channels(module), size, size))
 

@@ -91,9 +91,12 @@ def subpixel_output(model: Any) -> tuple[Any, int]:
     done = 0
     nodes = []
     for index, node in enumerate(model.graph.node):
+        if index != last:
+            nodes.append(node)
+            continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         weight = numpy_helper.to_array(inits[node.input[1]]) if (
-            index == last and node.input[1] in inits and attrs.get("group", 1) == 1
+            node.input[1] in inits and attrs.get("group", 1) == 1
             and list(attrs.get("strides", [1, 1])) == [1, 1] and list(attrs.get("dilations", [1, 1])) == [1, 1]
             and list(attrs.get("pads", [0] * 4)) == [0] * 4
             and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")) else None
@@ -126,9 +129,10 @@ def subpixel_output(model: Any) -> tuple[Any, int]:
     return _with_nodes(model, nodes), done
 
 
-def rewrite(model: Any, even_sizes: bool) -> tuple[Any, dict[str, int]]:
-    """Both rewrites; the output convolution's only when `even_sizes` (the graph's inputs always have even height
-    and width, which SpaceToDepth needs: a generator's size multiple of 2 or more, or a static even shape)."""
-    model, transposed = subpixel_transposed(model)
-    output = subpixel_output(model)[1] if even_sizes else 0
-    return model, {"subpixel_transposed": transposed, "subpixel_output": output}
+def rewrite(model: Any, even_sizes: bool, transposed: bool = True) -> tuple[Any, dict[str, int]]:
+    """Both rewrites (the transposed convolutions' unless `transposed` is False); the output convolution's only
+    when `even_sizes` (the graph's inputs always have even height and width, which SpaceToDepth needs: a
+    generator's size multiple of 2 or more, or a static even shape)."""
+    model, done = subpixel_transposed(model) if transposed else (model, 0)
+    model, output = subpixel_output(model) if even_sizes else (model, 0)
+    return model, {"subpixel_transposed": done, "subpixel_output": output}

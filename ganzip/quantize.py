@@ -47,7 +47,7 @@ from ganzip.export import PRECISION_KEY, _session, even_sizes, file_runner, set_
 from ganzip.fidelity import psnr
 from ganzip.images import list_images, load_batch, spaced
 from ganzip.int8_graph import balance_before_norms
-from ganzip.onnx_rewrites import subpixel_output, subpixel_transposed
+from ganzip.onnx_rewrites import rewrite
 from ganzip.paths import check_writable
 
 CALIBRATIONS = ("minmax", "percentile", "entropy")
@@ -152,16 +152,6 @@ def _pre_process(fp32_path: Path, prepared: Path) -> None:
         os.chdir(here)
 
 
-def _exact_rewrites(model: Any, recipe: Recipe, even: bool) -> Any:
-    """The recipe's sub-pixel rewrites (a file `ganzip export` wrote has them already: then they find nothing);
-    the output convolution's only where the file's inputs have even sizes (`export.even_sizes`)."""
-    if recipe.subpixel:
-        model, _ = subpixel_transposed(model)
-    if recipe.subpixel_output and even:
-        model, _ = subpixel_output(model)
-    return model
-
-
 def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib: np.ndarray,
                   recipe: Recipe = Recipe()) -> Path:
     """Write the int8 model of `fp32_path` to `out_path` (atomically), calibrated on `calib` (N x C x H x W)."""
@@ -186,7 +176,9 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
         _pre_process(fp32_path, prepared)
         model = onnx.load(str(prepared))
         name = model.graph.input[0].name
-        model = _exact_rewrites(model, recipe, even_sizes(onnx.load(str(fp32_path), load_external_data=False)))
+        # the recipe's sub-pixel rewrites (a file `ganzip export` wrote has them already: then they find nothing)
+        even = even_sizes(onnx.load(str(fp32_path), load_external_data=False))
+        model, _ = rewrite(model, even_sizes=recipe.subpixel_output and even, transposed=recipe.subpixel)
         if recipe.balance:
             model, _ = balance_before_norms(model, calib)
         onnx.save_model(model, str(prepared))
