@@ -1,6 +1,6 @@
 """The int8-only rewrite of an fp32 ONNX graph: the same function, but one onnxruntime quantizes well.
 
-Convolution channels that feed an InstanceNorm are centred and scaled to unit spread, which the norm undoes
+Convolution channels that feed an InstanceNorm are shifted and scaled to one common range, which the norm undoes
 exactly (up to its epsilon), so one per-tensor activation range no longer crushes the quiet channels. It needs
 calibration images, so it lives here; the rewrites that are exact without any (the sub-pixel forms) are
 `ganzip.onnx_rewrites`, which every export applies.
@@ -19,38 +19,45 @@ from ganzip.export import _session
 BALANCE_MIN_STD = 0.1  # channels quieter than this keep their scale: InstanceNorm's epsilon matters for them
 
 
-def _output_moments(model: Any, names: list[str], calib: np.ndarray, threads: int | None
-                    ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
-    """Per-channel sums and sums of squares of the named tensors over the calibration images, one image at a
-    time (memory stays one image's activations), and the pixels each sum is over."""
+def _output_stats(model: Any, names: list[str], calib: np.ndarray, threads: int | None
+                  ) -> list[dict[str, np.ndarray | int]]:
+    """Per-channel sum, sum of squares, minimum and maximum of each named tensor over the calibration images, one
+    image at a time (memory stays one image's activations), with the pixels the sums are over."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     probe.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
     session = _session(probe.SerializeToString(), threads)
     feed = session.get_inputs()[0].name
     n_out = len(model.graph.output)
-    sums = [np.zeros(0)] * len(names)
-    squares = [np.zeros(0)] * len(names)
-    pixels = [0] * len(names)
+    stats: list[dict[str, Any]] = [{} for _ in names]
     for i in range(len(calib)):
         outs = session.run(None, {feed: calib[i:i + 1].astype(np.float32)})[n_out:]
-        for k, y in enumerate(outs):
+        for st, y in zip(stats, outs):
             y = y.astype(np.float64)
-            s1, s2 = y.sum(axis=(0, 2, 3)), (y ** 2).sum(axis=(0, 2, 3))
-            sums[k], squares[k] = (s1, s2) if i == 0 else (sums[k] + s1, squares[k] + s2)
-            pixels[k] += y.shape[0] * y.shape[2] * y.shape[3]
-    return sums, squares, pixels
+            now = {"sum": y.sum(axis=(0, 2, 3)), "squares": (y ** 2).sum(axis=(0, 2, 3)),
+                   "min": y.min(axis=(0, 2, 3)), "max": y.max(axis=(0, 2, 3)),
+                   "pixels": y.shape[0] * y.shape[2] * y.shape[3]}
+            if not st:
+                st.update(now)
+                continue
+            for key in ("sum", "squares", "pixels"):
+                st[key] = st[key] + now[key]
+            st["min"], st["max"] = np.minimum(st["min"], now["min"]), np.maximum(st["max"], now["max"])
+    return stats
 
 
 def balance_before_norms(model: Any, calib: np.ndarray, threads: int | None = None) -> tuple[Any, int]:
-    """Give every output channel of a convolution that feeds an InstanceNorm zero mean and unit spread.
+    """Give every output channel of a convolution that feeds an InstanceNorm the same range, [-1, 1].
 
     InstanceNorm removes each channel's mean and divides by its spread, so a per-channel shift and positive scale
     of its input change nothing (the scale is only applied where the spread dwarfs epsilon). But they change
     everything for int8: the convolution's output is quantized with one scale per tensor, and before this a
     channel with a small spread got a handful of levels, whose rounding the norm then blew up to unit variance.
-    Through a DepthToSpace (the rewritten upsampling) the sub-channels that form one norm channel share one shift
-    and scale. Statistics come from the calibration images. Returns the model and how many were balanced.
+    Each channel is centred on the middle of its calibration range and scaled by half its width, so every channel
+    spans the tensor's levels: scaled to unit spread instead, one heavy-tailed channel set the range for all and
+    narrow students lost the most (bench/int8.py, README "int8"). Through a DepthToSpace (the rewritten
+    upsampling) the sub-channels that form one norm channel share one shift and scale. Statistics come from the
+    calibration images. Returns the model and how many were balanced.
     """
     consumers: dict[str, list[Any]] = {}
     for node in model.graph.node:
@@ -77,13 +84,19 @@ def balance_before_norms(model: Any, calib: np.ndarray, threads: int | None = No
              and (len(n.input) < 3 or (n.input[2] in inits and uses.get(n.input[2]) == 1))]
     if not convs:
         return model, 0
-    sums, squares, pixels = _output_moments(model, [n.output[0] for n in convs], calib, threads)
-    for k, node in enumerate(convs):
+    stats = _output_stats(model, [n.output[0] for n in convs], calib, threads)
+    for node, st in zip(convs, stats):
         group = group_of(node)
-        count = pixels[k] * group
-        mean = np.repeat(sums[k].reshape(-1, group).sum(1) / count, group)  # one shift and scale per norm channel
-        std = np.sqrt(np.maximum(np.repeat(squares[k].reshape(-1, group).sum(1) / count, group) - mean ** 2, 0))
-        scale = np.where(std >= BALANCE_MIN_STD, 1 / np.maximum(std, 1e-12), 1.0)
+
+        def per_norm_channel(values: np.ndarray, reduce: Any) -> np.ndarray:  # one shift and scale per norm channel
+            return np.repeat(reduce(values.reshape(-1, group), axis=1), group)
+
+        count = st["pixels"] * group
+        mean = per_norm_channel(st["sum"], np.sum) / count
+        std = np.sqrt(np.maximum(per_norm_channel(st["squares"], np.sum) / count - mean ** 2, 0))
+        low, high = per_norm_channel(st["min"], np.min), per_norm_channel(st["max"], np.max)
+        middle, half = (low + high) / 2, (high - low) / 2
+        scale = np.where(std >= BALANCE_MIN_STD, 1 / np.maximum(half, 1e-12), 1.0)
         weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
         axis = 1 if node.op_type == "ConvTranspose" else 0
         groups = next((a.i for a in node.attribute if a.name == "group"), 1)
@@ -92,9 +105,9 @@ def balance_before_norms(model: Any, calib: np.ndarray, threads: int | None = No
         shape = [1] * weight.ndim
         shape[axis] = -1
         bias = (numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if len(node.input) >= 3
-                else np.zeros_like(mean))
+                else np.zeros_like(middle))
         new_weight = (weight * scale.reshape(shape)).astype(np.float32)
-        new_bias = ((bias - mean) * scale).astype(np.float32)
+        new_bias = ((bias - middle) * scale).astype(np.float32)
         inits[node.input[1]].CopyFrom(numpy_helper.from_array(new_weight, node.input[1]))
         if len(node.input) >= 3:
             inits[node.input[2]].CopyFrom(numpy_helper.from_array(new_bias, node.input[2]))

@@ -18,8 +18,10 @@ bench/results/int8.json; the README has the table. The choices:
   around it only adds rounding).
 - The first and last convolutions stay float: the last one (to 3 channels, 7x7, full resolution) runs slower in
   int8 than in float, and it writes the image through tanh.
-- Each convolution output channel that feeds an InstanceNorm is centred and scaled to unit spread first (the
-  norm undoes it exactly): per-tensor activation ranges no longer crush quiet channels.
+- Each convolution output channel that feeds an InstanceNorm is shifted and scaled to the range [-1, 1] first
+  (the norm undoes it exactly): per-tensor activation ranges no longer crush quiet channels.
+- A DepthToSpace is quantized only after an int8 convolution: after a float one (the output convolution's, in
+  particular) it would round a float tensor, the image itself, to 8 bits.
 - Percentile calibration (99.999th, each tail on its own) instead of min/max; per-channel weights;
   uint8 activations with int8 weights, the pair AVX512-VNNI's int8 dot products take directly; QDQ format.
 """
@@ -67,7 +69,7 @@ class Recipe:
     fmt: str = "qdq"
     activations: str = "uint8"  # uint8 (U8S8, VNNI's native pair) or int8
     conv_outputs: bool = True  # quantize convolution outputs too (what lets onnxruntime fuse int8 kernels)
-    balance: bool = True  # centre and scale each convolution output channel that feeds an InstanceNorm
+    balance: bool = True  # bring each convolution output channel that feeds an InstanceNorm to the range [-1, 1]
     subpixel: bool = True  # stride-2 transposed convolutions as convolution + DepthToSpace (int8-capable)
     subpixel_output: bool = True  # the few-channel output convolution on SpaceToDepth'd input (blocks filled)
     extra_float: tuple[str, ...] = field(default_factory=tuple)  # further node names kept float
@@ -92,10 +94,22 @@ def split_calibration(paths: Sequence[Path], held_out: int) -> tuple[list[Path],
 
 
 def _float_nodes(model: Any, recipe: Recipe) -> list[str]:
+    """The recipe's float convolutions, and each DepthToSpace that reads a float convolution's output.
+
+    A DepthToSpace is quantized to carry an int8 convolution's output on in int8; after a float one it would only
+    round a float tensor, and after the output convolution (onnx_rewrites.subpixel_output) it would round the
+    image itself to 8 bits before the tanh.
+    """
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
     keep = list(recipe.extra_float)
     if convs:
         keep += [convs[0]] * ("first" in recipe.keep_float) + [convs[-1]] * ("last" in recipe.keep_float)
+    if recipe.op_types:
+        producer = {out: n for n in model.graph.node for out in n.output}
+        for node in model.graph.node:
+            source = producer.get(node.input[0]) if node.op_type == "DepthToSpace" else None
+            if source is not None and (source.name in keep or source.op_type not in recipe.op_types):
+                keep.append(node.name)
     return keep
 
 

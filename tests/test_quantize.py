@@ -106,6 +106,55 @@ def test_balancing_channels_before_instance_norm_keeps_the_function(tmp_path):
     assert np.abs(run(tmp_path / "b.onnx", x) - expected).max() < 1e-3  # only InstanceNorm's epsilon moves
 
 
+def test_balanced_channels_span_one_range_on_the_calibration_images(tmp_path):
+    """Every channel that feeds an InstanceNorm, measured on the calibration images by running the balanced
+    graph (its sub-channels through a DepthToSpace taken together), reaches -1 and 1: all share the tensor's
+    levels. The quiet ones, whose spread epsilon would distort, are left as they were."""
+    module = student()
+    export.export_onnx(module, tmp_path / "m.onnx", size=32, rewrite_graph=False)
+    model, _ = onnx_rewrites.subpixel_transposed(onnx.load(str(tmp_path / "m.onnx")))
+    calib = calibration.synthetic_batch(4, 3, 32, seed=3).numpy()
+    model, n = int8_graph.balance_before_norms(model, calib)
+    consumers = {i: node for node in model.graph.node for i in node.input}
+    taps = {}
+    for node in model.graph.node:
+        nxt = consumers.get(node.output[0])
+        if node.op_type == "Conv" and nxt is not None and nxt.op_type in ("InstanceNormalization", "DepthToSpace"):
+            taps[nxt.output[0] if nxt.op_type == "DepthToSpace" else node.output[0]] = node.name
+    assert len(taps) == n
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in taps)
+    session = _session(model.SerializeToString())
+    outs = [session.run(list(taps), {session.get_inputs()[0].name: calib[i:i + 1]}) for i in range(len(calib))]
+    for k, tap in enumerate(taps):
+        y = np.concatenate([o[k] for o in outs]).swapaxes(0, 1)
+        y = y.reshape(y.shape[0], -1)  # (channels, every pixel of every image)
+        spread = y.std(1)
+        loud = spread >= int8_graph.BALANCE_MIN_STD
+        assert loud.any(), tap
+        assert np.allclose(y[loud].min(1), -1, atol=1e-3) and np.allclose(y[loud].max(1), 1, atol=1e-3), tap
+
+
+def test_only_depth_to_space_after_an_int8_convolution_is_quantized(tmp_path):
+    """The output convolution stays float, so the DepthToSpace that assembles the image from it does too: the
+    image reaches the tanh without an 8-bit rounding. The upsampling's DepthToSpace carries int8 on."""
+    module = student()
+    export.export_onnx(module, tmp_path / "m.onnx", size=32, rewrite_graph=False)
+    calib = calibration.synthetic_batch(6, 3, 32, seed=4).numpy()
+    out = quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", calib, quantize.Recipe())
+    graph = onnx.load(str(out)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = {i: n for n in graph.node for i in n.input}
+    d2s = [n for n in graph.node if n.op_type == "DepthToSpace"]
+    assert len(d2s) == 3  # two upsamplings and the output convolution's
+    for node in d2s:
+        after_float_conv = producer[node.input[0]].op_type == "Conv"
+        quantized_after = consumers[node.output[0]].op_type == "QuantizeLinear"
+        assert quantized_after != after_float_conv, node.name
+    tanh = next(n for n in graph.node if n.op_type == "Tanh")
+    assert producer[tanh.input[0]].op_type == "DepthToSpace"
+    assert producer[producer[tanh.input[0]].input[0]].op_type == "Conv"
+
+
 def test_int8_export_stays_close_to_pytorch_and_reports_its_measurements(tmp_path):
     module = student()
     checkpoint.save_generator(module, tmp_path / "s.pth")
