@@ -46,6 +46,12 @@ def _output_stats(model: Any, names: list[str], calib: np.ndarray, threads: int 
     return stats
 
 
+def _per_norm_channel(values: np.ndarray, reduce: Any, group: int) -> np.ndarray:
+    """A per-output-channel statistic pooled over the `group` sub-channels that make one norm channel, repeated
+    back to one value per output channel: they must share one shift and scale."""
+    return np.repeat(reduce(values.reshape(-1, group), axis=1), group)
+
+
 def balance_before_norms(model: Any, calib: np.ndarray, threads: int | None = None) -> tuple[Any, int]:
     """Give every output channel of a convolution that feeds an InstanceNorm the same range, [-1, 1].
 
@@ -87,14 +93,10 @@ def balance_before_norms(model: Any, calib: np.ndarray, threads: int | None = No
     stats = _output_stats(model, [n.output[0] for n in convs], calib, threads)
     for node, st in zip(convs, stats):
         group = group_of(node)
-
-        def per_norm_channel(values: np.ndarray, reduce: Any) -> np.ndarray:  # one shift and scale per norm channel
-            return np.repeat(reduce(values.reshape(-1, group), axis=1), group)
-
         count = st["pixels"] * group
-        mean = per_norm_channel(st["sum"], np.sum) / count
-        std = np.sqrt(np.maximum(per_norm_channel(st["squares"], np.sum) / count - mean ** 2, 0))
-        low, high = per_norm_channel(st["min"], np.min), per_norm_channel(st["max"], np.max)
+        mean = _per_norm_channel(st["sum"], np.sum, group) / count
+        std = np.sqrt(np.maximum(_per_norm_channel(st["squares"], np.sum, group) / count - mean ** 2, 0))
+        low, high = _per_norm_channel(st["min"], np.min, group), _per_norm_channel(st["max"], np.max, group)
         middle, half = (low + high) / 2, (high - low) / 2
         scale = np.where(std >= BALANCE_MIN_STD, 1 / np.maximum(half, 1e-12), 1.0)
         weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
