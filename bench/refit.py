@@ -1,11 +1,11 @@
 """Zero-shot fidelity of a pruned student before and after the least-squares refit, on the real vintagify teacher.
 
-Prunes the teacher 7x by MACs with uniform widths (no search: the refit alone is measured), refits it on 24
+Prunes the teacher 7x by MACs with uniform widths (no search: the refit alone is measured), refits it on 32
 horse2zebra trainA photos at 128 px and scores it against the teacher on 20 testA photos it never saw.
 Writes bench/results/refit.json; with --results X.jsonl, appends one line there instead (a sweep of --rows and
 --ridge, one setting per invocation).
 
-    python bench/refit.py [--threads 2] [--rows N] [--ridge 1e-4] [--multiple-of 1]
+    python bench/refit.py [--threads 2] [--fit-images 32] [--rows N] [--ridge 1e-4] [--multiple-of 1]
                           [--results bench/results/refit_sweep.jsonl]
 """
 
@@ -26,7 +26,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ratio", type=float, default=7.0)
-    ap.add_argument("--fit-images", type=int, default=24)
+    ap.add_argument("--fit-images", type=int, default=32)
     ap.add_argument("--rows", type=int, default=refit.ROWS, help="output pixels sampled per layer's regression")
     ap.add_argument("--ridge", type=float, default=1e-4, help="ridge term, relative to each input's energy")
     ap.add_argument("--multiple-of", type=int, default=None,
