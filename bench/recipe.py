@@ -111,6 +111,7 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "final_default_energy0_spectral500": ("refit", {"lambda_energy": 0.0, "lambda_spectral": 500.0}),
     "final_default_lr2e-3": ("refit", {"lr": 2e-3}),
     "final_default_lr3e-3": ("refit", {"lr": 3e-3}),
+    "final_default_spectral600": ("refit", {"lambda_spectral": 600.0}),
     "highbands": ("pruned", {**_GAN, **_AUTHORS, "anchor": "none"}),
     "low": ("pruned", {**_GAN, **_AUTHORS, "anchor": "low"}),
     "pixel_anchor": ("pruned", {**_GAN, **_AUTHORS, "anchor": "pixel"}),
