@@ -13,7 +13,7 @@ medians over `--runs` runs after `--warmup`. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import copy
+import bisect
 import json
 import statistics
 import tempfile
@@ -48,7 +48,7 @@ def profiled(path: Path, size: int, threads: int, runs: int, warmup: int, work: 
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < starts[0]:
             continue
-        run = per_run[sum(1 for s in starts if s <= e["ts"]) - 1]
+        run = per_run[bisect.bisect_right(starts, e["ts"]) - 1]
         shape = next(iter(e["args"]["output_type_shape"][0].values()))
         height = shape[-2] if len(shape) >= 4 else 0
         scale = "full" if height > 0.75 * size else "half" if height > 0.375 * size else "quarter or less"
@@ -83,15 +83,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ganzip-int8-ops-") as tmp:
         work = Path(tmp)
         for name in args.models.split(","):
-            spec = copy.deepcopy(teacher.spec)
-            if name != "teacher":
-                spec["widths"] = recorded["models"][name]["prune"]["widths"]
-            module = prune.inherit(teacher, spec) if name != "teacher" else teacher
+            module = teacher if name == "teacher" else prune.inherit(
+                teacher, {**teacher.spec, "widths": recorded["models"][name]["prune"]["widths"]})
             plain, fp32, int8 = (work / f"{name}_{k}.onnx" for k in ("plain", "fp32", "int8"))
             export.export_onnx(module, plain, size=args.size, rewrite_graph=False)
             export.rewrite_file(plain, fp32)
             quantize.quantize_onnx(plain, int8, calib)
-            entry = {"widths": spec["widths"]}
+            entry = {"widths": module.spec["widths"]}
             for kind, path in (("fp32", fp32), ("int8", int8)):
                 entry[kind] = profiled(path, args.size, args.threads, args.runs, args.warmup, work)
             entry["int8_over_fp32"] = entry["fp32"]["run_ms"] / entry["int8"]["run_ms"]
