@@ -5,7 +5,7 @@ horse2zebra trainA photos at 128 px and scores it against the teacher on 20 test
 Writes bench/results/refit.json; with --results X.jsonl, appends one line there instead (a sweep of --rows and
 --ridge, one setting per invocation).
 
-    python bench/refit.py [--threads 2] [--fit-images 32] [--rows N] [--ridge 1e-4] [--multiple-of 1]
+    python bench/refit.py [--threads 2] [--fit-images 32] [--fit-set 0] [--rows N] [--ridge 1e-4] [--multiple-of 1]
                           [--results bench/results/refit_sweep.jsonl]
 """
 
@@ -27,6 +27,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ratio", type=float, default=7.0)
     ap.add_argument("--fit-images", type=int, default=32)
+    ap.add_argument("--fit-set", type=int, default=0, choices=(0, 1, 2),
+                    help="which of three disjoint photo sets, each spread evenly over trainA (the fit set moves the "
+                         "score: compare settings over all three)")
     ap.add_argument("--rows", type=int, default=refit.ROWS, help="output pixels sampled per layer's regression")
     ap.add_argument("--ridge", type=float, default=1e-4, help="ridge term, relative to each input's energy")
     ap.add_argument("--multiple-of", type=int, default=None,
@@ -36,7 +39,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     teacher = checkpoint.load_module(demo.vintagify_teacher())
     train, test = sorted((DATA / "trainA").iterdir()), sorted((DATA / "testA").iterdir())
-    fit = images.load_batch([train[i * len(train) // args.fit_images] for i in range(args.fit_images)], 128)
+    if args.fit_set and len(train) < 3 * args.fit_images:
+        raise SystemExit(f"--fit-set needs 3 x --fit-images photos in trainA, it has {len(train)}")
+    shift = args.fit_set * (len(train) // (3 * args.fit_images))
+    fit = images.load_batch([train[i * len(train) // args.fit_images + shift] for i in range(args.fit_images)], 128)
     held = images.load_batch([test[i * len(test) // 20] for i in range(20)], 128)
     pruned = prune.prune(teacher, args.ratio, method="uniform", multiple_of=args.multiple_of)
     student = pruned.module
@@ -49,7 +55,8 @@ def main() -> None:
     result = {"teacher": "vintagify G_A2B_epoch33", "ratio_macs": args.ratio, "achieved": pruned.achieved,
               "widths": "uniform", "multiple_of": pruned.info["multiple_of"], "spec_widths": student.spec["widths"],
               "commit": commit(),
-              "fit": f"{args.fit_images} trainA photos at 128 px", "scored_on": "20 testA photos at 128 px",
+              "fit": f"{args.fit_images} trainA photos at 128 px", "fit_set": args.fit_set,
+              "scored_on": "20 testA photos at 128 px",
               "threads": args.threads, "refit": record, "before": before, "after": after}
     if args.results.suffix == ".jsonl":
         with open(args.results, "a") as f:
