@@ -34,6 +34,7 @@ VARIANTS = {
     "convtranspose_too": {"op_types": ("Conv", "ConvTranspose"), "subpixel": False},
     "no_subpixel": {"subpixel": False},
     "no_subpixel_output": {"subpixel_output": False},
+    "no_quantize_earlier": {"quantize_earlier": False},
     "depth_to_space_float": {"op_types": ("Conv",)},
     "first_last_int8": {"keep_float": ()},
     "last_int8": {"keep_float": ("first",)},

@@ -155,6 +155,33 @@ def test_only_depth_to_space_after_an_int8_convolution_is_quantized(tmp_path):
     assert producer[producer[tanh.input[0]].input[0]].op_type == "Conv"
 
 
+def test_rounding_before_pads_and_in_place_of_relus_changes_no_output(tmp_path):
+    """The same calibration with and without the post-quantization moves: onnxruntime gives the same outputs on
+    new images, while every reflection pad now copies uint8 and no ReLU feeds a rounding."""
+    module = student()
+    export.export_onnx(module, tmp_path / "m.onnx", size=32, rewrite_graph=False)
+    calib = calibration.synthetic_batch(6, 3, 32, seed=4).numpy()
+    moved = quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "moved.onnx", calib, quantize.Recipe())
+    plain = quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "plain.onnx", calib,
+                                   quantize.Recipe(quantize_earlier=False))
+    x = calibration.synthetic_batch(3, 3, 32, seed=11)
+    np.testing.assert_array_equal(run(moved, x), run(plain, x))
+
+    def ops(path):
+        graph = onnx.load(str(path)).graph
+        producer = {o: n.op_type for n in graph.node for o in n.output}
+        reader = {i: n.op_type for n in graph.node for i in n.input}
+        pads = [producer.get(n.input[0]) for n in graph.node if n.op_type == "Pad"]
+        relus = [reader.get(n.output[0]) for n in graph.node if n.op_type == "Relu"]
+        return pads, relus
+
+    (pads, relus), (plain_pads, plain_relus) = ops(moved), ops(plain)
+    # residual blocks pad the stem's, and each block's, normalised output; in float before the move
+    assert len(pads) == len(plain_pads) >= 4 and "QuantizeLinear" not in plain_pads
+    assert pads.count("QuantizeLinear") >= 4 and "QuantizeLinear" not in relus
+    assert len(relus) < len(plain_relus)
+
+
 def test_int8_export_stays_close_to_pytorch_and_reports_its_measurements(tmp_path):
     module = student()
     checkpoint.save_generator(module, tmp_path / "s.pth")
