@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -180,6 +181,26 @@ def test_rounding_before_pads_and_in_place_of_relus_changes_no_output(tmp_path):
     assert len(pads) == len(plain_pads) >= 4 and "QuantizeLinear" not in plain_pads
     assert pads.count("QuantizeLinear") >= 4 and "QuantizeLinear" not in relus
     assert len(relus) < len(plain_relus)
+
+
+@pytest.mark.parametrize("speedup", [1.04, 1.6])
+def test_int8_export_says_when_fp32_is_nearly_as_fast(tmp_path, monkeypatch, speedup):
+    """The advice follows the measured speedup, whatever the model (the measurement is stubbed: timing is not
+    what is tested here)."""
+    from ganzip import api
+    from ganzip.cli import evaluate
+
+    info = {"path": str(tmp_path / "s.int8.onnx"), "bytes": 2**20, "psnr_db": 35.0, "psnr_db_worst": 33.0,
+            "calibration": {"calibration_images": 9, "held_out_images": 3, "folder": str(tmp_path)},
+            "fp32_latency_ms": 10.0 * speedup, "latency_ms": 10.0, "speedup": speedup}
+    monkeypatch.setattr(api, "export_int8", lambda *a, **k: api.Int8Report(Path(info["path"]), 35.0, speedup, info))
+    checkpoint.save_generator(student(), tmp_path / "s.pth")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "s.pth"), "--int8", "--calib", str(tmp_path),
+                                      "--runs", "2", "--threads", "1"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    advised = "fp32 file `ganzip export` writes is exact and nearly as fast" in result.output
+    assert advised == (speedup < evaluate.INT8_PAYS)
+    assert f"{speedup:.2f}x faster" in result.output
 
 
 def test_int8_export_stays_close_to_pytorch_and_reports_its_measurements(tmp_path):
