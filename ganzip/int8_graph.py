@@ -1,15 +1,16 @@
 """The int8-only rewrites of an ONNX graph: the same function, but one onnxruntime quantizes well and runs fast.
 
-Before quantization, convolution channels that feed an InstanceNorm are shifted and scaled to one common range,
-which the norm undoes exactly (up to its epsilon), so one per-tensor activation range no longer crushes the quiet
-channels; it needs calibration images. After it, rounding moves ahead of the ops it commutes with, so they move
-bytes instead of floats. The rewrites that are exact in fp32 too (the sub-pixel forms) are
+Before quantization, narrow convolutions get zero filters up to the width onnxruntime's fast int8 kernel needs,
+and convolution channels that feed an InstanceNorm are shifted and scaled to one common range, which the norm
+undoes exactly (up to its epsilon), so one per-tensor activation range no longer crushes the quiet channels (it
+needs calibration images). After it, rounding moves ahead of the ops it commutes with, so they move bytes
+instead of floats. The rewrites that are exact in fp32 too (the sub-pixel forms) are
 `ganzip.onnx_rewrites`, which every export applies.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
@@ -17,6 +18,7 @@ from onnx import helper, numpy_helper
 
 from ganzip.export import _session
 
+WIDEN_TO = 16  # output channels onnxruntime's in-place int8 convolution needs (MLAS's symmetric kernels)
 BALANCE_MIN_STD = 0.1  # channels quieter than this keep their scale: InstanceNorm's epsilon matters for them
 
 
@@ -129,31 +131,119 @@ def _consumers(model: Any) -> dict[str, list[Any]]:
     return found
 
 
-def quantize_earlier(model: Any) -> tuple[Any, dict[str, int]]:
-    """Round before a reflection pad, and in place of a ReLU, in a QDQ int8 graph; returns how many of each.
+def _ungrouped(node: Any) -> bool:
+    return all(a.i == 1 for a in node.attribute if a.name == "group")
 
-    The quantizer leaves a residual block's padding in float (InstanceNorm -> ReLU -> Pad -> QuantizeLinear), so the
-    pad copies four bytes a value and the rounding reads the padded tensor. Padding by reflection or by the edge
-    only copies values, and rounding is elementwise, so QuantizeLinear can go first and the pad then copies uint8.
-    A ReLU whose only reader rounds to uint8 with zero point 0 does nothing the rounding does not (it clamps at
-    0), so it goes. Both change no output value; what they save was measured (bench/int8.py, variant `no_quantize_earlier`).
+
+def _norm_chain(conv: Any, consumers: dict[str, list[Any]]) -> tuple[Any, Any] | None:
+    """(InstanceNorm, next Conv) when `conv` feeds only a norm whose output reaches one ungrouped convolution
+    through ReLUs and pads alone (each the only reader of what it reads); else None."""
+    readers = consumers.get(conv.output[0], [])
+    if [r.op_type for r in readers] != ["InstanceNormalization"]:
+        return None
+    norm = node = readers[0]
+    while True:
+        after = consumers.get(node.output[0], [])
+        if len(after) != 1:
+            return None
+        node = after[0]
+        if node.op_type == "Conv":
+            return (norm, node) if _ungrouped(node) else None
+        if node.op_type not in ("Relu", "Pad"):
+            return None
+
+
+def widen_narrow_convs(model: Any, skip: Sequence[str] = (), width: int = WIDEN_TO) -> tuple[Any, dict[str, int]]:
+    """Give every ungrouped convolution with fewer than `width` output channels zero filters up to `width`.
+
+    onnxruntime's int8 convolution reads its input in place (an indirection table, no im2col copy) only with at
+    least 16 output channels; narrower ones copy every receptive field first, and on narrow students that copy
+    made int8 slower than float (bench/int8.py, variant `no_widen`). The added channels are exactly zero: where an
+    InstanceNorm follows, its scale and shift are zero there too and the next convolution reads them with zero
+    weights, so nothing downstream changes; elsewhere (the output convolution) a Slice takes the real channels
+    back. `skip` names convolutions that stay float. Returns the model and how many were widened each way.
     """
+    inits = {t.name: t for t in model.graph.initializer}
     consumers = _consumers(model)
+    counts = {"widened_into_norm": 0, "widened_and_sliced": 0}
+
+    def pad_axis(name: str, axis: int, extra: int) -> None:
+        a = numpy_helper.to_array(inits[name])
+        shape = list(a.shape)
+        shape[axis] = extra
+        inits[name].CopyFrom(numpy_helper.from_array(np.concatenate([a, np.zeros(shape, a.dtype)], axis), name))
+
+    for conv in [n for n in model.graph.node if n.op_type == "Conv" and n.name not in skip and _ungrouped(n)]:
+        if conv.input[1] not in inits or any(i not in inits for i in conv.input[2:]):
+            continue
+        channels = numpy_helper.to_array(inits[conv.input[1]]).shape[0]
+        if channels >= width:
+            continue
+        chain = _norm_chain(conv, consumers)
+        if chain is not None and (any(i not in inits for i in chain[0].input[1:]) or chain[1].input[1] not in inits):
+            chain = None
+        for name in conv.input[1:]:
+            pad_axis(name, 0, width - channels)
+        if chain is not None:
+            norm, reader = chain
+            for name in norm.input[1:]:
+                pad_axis(name, 0, width - channels)
+            pad_axis(reader.input[1], 1, width - channels)
+            counts["widened_into_norm"] += 1
+            continue
+        narrow, conv.output[0] = conv.output[0], f"{conv.output[0]}_widened"
+        bounds = [f"{conv.output[0]}_{k}" for k in ("starts", "ends", "axes")]
+        model.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), n)
+                                       for n, v in zip(bounds, ([0], [channels], [1])))
+        cut = helper.make_node("Slice", [conv.output[0], *bounds], [narrow], name=f"{conv.name}_real_channels")
+        model.graph.node.insert(list(model.graph.node).index(conv) + 1, cut)
+        counts["widened_and_sliced"] += 1
+    if any(counts.values()):
+        del model.graph.value_info[:]  # shapes changed; the quantizer infers them again
+    return model, counts
+
+
+def _moves_values(node: Any) -> bool:
+    """Ops that only move values (so rounding commutes with them): pads by reflection or edge, DepthToSpace and
+    SpaceToDepth."""
+    if node.op_type == "Pad":
+        mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
+        return mode in (b"reflect", b"edge")
+    return node.op_type in ("DepthToSpace", "SpaceToDepth")
+
+
+def quantize_earlier(model: Any) -> tuple[Any, dict[str, int]]:
+    """Round before the pads and rearrangements that lead to a rounding, and in place of a ReLU, in a QDQ graph;
+    returns how many roundings moved and how many ReLUs went.
+
+    The quantizer leaves a residual block's padding in float (InstanceNorm -> ReLU -> Pad -> QuantizeLinear), and
+    the output convolution's Pad -> SpaceToDepth too, so they copy four bytes a value and the rounding reads their
+    larger output. They only move values and rounding is elementwise, so QuantizeLinear can go first and they
+    then move uint8. A ReLU whose only reader rounds to uint8 with zero point 0 does nothing the rounding does not
+    (it clamps at 0), so it goes. Neither changes an output value; what they save was measured (bench/int8.py,
+    variant `no_quantize_earlier`).
+    """
     graph, moved, dropped = model.graph, 0, 0
-    for pad in [n for n in graph.node if n.op_type == "Pad"]:
-        attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
-        readers = consumers.get(pad.output[0], [])
-        if attrs.get("mode", b"constant") not in (b"reflect", b"edge"):
+    producer = {out: n for n in graph.node for out in n.output}
+    consumers = _consumers(model)
+    for quant in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
+        chain: list[Any] = []
+        node = producer.get(quant.input[0])
+        while node is not None and _moves_values(node) and len(consumers.get(node.output[0], [])) == 1:
+            chain.insert(0, node)
+            node = producer.get(node.input[0])
+        if not chain:
             continue
-        if [r.op_type for r in readers] != ["QuantizeLinear"]:
-            continue
-        quant = readers[0]
-        early = helper.make_node("QuantizeLinear", [pad.input[0], *quant.input[1:]], [f"{pad.input[0]}_uint8"],
-                                 name=f"{quant.name}_before_pad", **{a.name: helper.get_attribute_value(a)
-                                                                     for a in quant.attribute})
-        pad.input[0], pad.output[0] = early.output[0], quant.output[0]
+        early = helper.make_node("QuantizeLinear", [chain[0].input[0], *quant.input[1:]],
+                                 [f"{chain[0].input[0]}_uint8"], name=f"{quant.name}_early",
+                                 **{a.name: helper.get_attribute_value(a) for a in quant.attribute})
+        chain[0].input[0], chain[-1].output[0] = early.output[0], quant.output[0]
         graph.node.remove(quant)
-        graph.node.insert(list(graph.node).index(pad), early)
+        graph.node.insert(list(graph.node).index(chain[0]), early)
+        retyped = {n.output[0] for n in chain[:-1]}  # now uint8: drop what shape inference said of them
+        kept = [v for v in graph.value_info if v.name not in retyped]
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
         moved += 1
     consumers = _consumers(model)
     zero_points = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
@@ -167,4 +257,4 @@ def quantize_earlier(model: Any) -> tuple[Any, dict[str, int]]:
         readers[0].input[0] = relu.input[0]
         graph.node.remove(relu)
         dropped += 1
-    return model, {"quantize_before_pad": moved, "relu_in_quantize": dropped}
+    return model, {"quantize_moved_earlier": moved, "relu_in_quantize": dropped}

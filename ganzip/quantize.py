@@ -14,16 +14,22 @@ bench/results/int8.json; the README has the table. The choices:
   output channels in blocks, so 3 channels paid for 16. Both rewrites are float-exact, so `ganzip export` applies
   them to fp32 too, and int8's speedup is measured over that fp32 graph.
 - Only convolutions (and the DepthToSpace after them, which then moves bytes, not floats) are quantized:
-  InstanceNorm, residual adds, padding and tanh stay float (onnxruntime has no int8 InstanceNorm; quantizing
-  around it only adds rounding).
-- The first and last convolutions stay float: the last one (to 3 channels, 7x7, full resolution) runs slower in
-  int8 than in float, and it writes the image through tanh.
+  InstanceNorm, residual adds and tanh stay float (onnxruntime has no int8 InstanceNorm; quantizing around it
+  only adds rounding).
+- The first convolution stays float: it reads the image itself (3 channels, which onnxruntime's fast int8 kernel
+  cannot take). The output convolution is int8 since narrow convolutions are widened (below); in float it was
+  the largest single cost of the narrow students.
+- Convolutions with fewer than 16 output channels get zero filters up to 16 (int8_graph.widen_narrow_convs):
+  onnxruntime's int8 kernel that reads its input in place needs 16, narrower ones first copy every receptive
+  field. Exact: the extra channels are zero and nothing reads them.
 - Each convolution output channel that feeds an InstanceNorm is shifted and scaled to the range [-1, 1] first
   (the norm undoes it exactly): per-tensor activation ranges no longer crush quiet channels.
-- A DepthToSpace is quantized only after an int8 convolution: after a float one (the output convolution's, in
-  particular) it would round a float tensor, the image itself, to 8 bits.
-- After quantization, rounding moves ahead of each reflection pad (the pad then copies bytes) and replaces each
-  ReLU it makes redundant (int8_graph.quantize_earlier): the same outputs, fewer float passes.
+- A DepthToSpace is quantized only when it reads an int8 convolution directly: after a float op (a float
+  convolution, or the Slice that takes the output convolution's real channels) it would add a rounding, after
+  the output convolution one of the image itself.
+- After quantization, rounding moves ahead of the reflection pads and SpaceToDepth that lead to it (they then move
+  bytes) and replaces each ReLU it makes redundant (int8_graph.quantize_earlier): the same outputs, fewer float
+  passes.
 - Percentile calibration (99.999th, each tail on its own) instead of min/max; per-channel weights;
   uint8 activations with int8 weights, the pair AVX512-VNNI's int8 dot products take directly; QDQ format.
 """
@@ -50,7 +56,7 @@ from ganzip.errors import UserError, setting
 from ganzip.export import PRECISION_KEY, _session, even_sizes, file_runner, set_metadata
 from ganzip.fidelity import psnr
 from ganzip.images import list_images, load_batch, spaced
-from ganzip.int8_graph import balance_before_norms, quantize_earlier
+from ganzip.int8_graph import WIDEN_TO, balance_before_norms, quantize_earlier, widen_narrow_convs
 from ganzip.onnx_rewrites import rewrite
 from ganzip.paths import check_writable
 
@@ -63,7 +69,7 @@ class Recipe:
     """Every choice that changes an int8 model; recorded with each result so a number names its recipe."""
 
     op_types: tuple[str, ...] = ("Conv", "DepthToSpace")  # empty: every op onnxruntime can quantize
-    keep_float: tuple[str, ...] = ("first", "last")  # which of the first and last Conv stay float
+    keep_float: tuple[str, ...] = ("first",)  # which of the first and last Conv stay float
     per_channel: bool = True
     calibration: str = "percentile"
     percentile: float = 99.999  # 99.99 kept held-out images further from fp32 at the same speed (bench/int8.py)
@@ -74,15 +80,16 @@ class Recipe:
     balance: bool = True  # bring each convolution output channel that feeds an InstanceNorm to the range [-1, 1]
     subpixel: bool = True  # stride-2 transposed convolutions as convolution + DepthToSpace (int8-capable)
     subpixel_output: bool = True  # the few-channel output convolution on SpaceToDepth'd input (blocks filled)
-    quantize_earlier: bool = True  # round before reflection pads and in place of ReLUs (exact; int8_graph)
+    widen: int = WIDEN_TO  # int8 convolutions narrower than this get zero filters up to it (exact; 0: off)
+    quantize_earlier: bool = True  # round before reflection pads and SpaceToDepth, in place of ReLUs (exact)
     extra_float: tuple[str, ...] = field(default_factory=tuple)  # further node names kept float
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-NAIVE = Recipe(op_types=(), keep_float=(), per_channel=True, calibration="minmax", activations="int8",
-               balance=False)
+NAIVE = Recipe(op_types=(), keep_float=(), per_channel=True, calibration="minmax", activations="int8", widen=0,
+               balance=False, quantize_earlier=False)
 
 
 def split_calibration(paths: Sequence[Path], held_out: int) -> tuple[list[Path], list[Path]]:
@@ -97,11 +104,12 @@ def split_calibration(paths: Sequence[Path], held_out: int) -> tuple[list[Path],
 
 
 def _float_nodes(model: Any, recipe: Recipe) -> list[str]:
-    """The recipe's float convolutions, and each DepthToSpace that reads a float convolution's output.
+    """The recipe's float convolutions, and each DepthToSpace that reads a float output (of a float convolution, or
+    of an op the recipe does not quantize).
 
-    A DepthToSpace is quantized to carry an int8 convolution's output on in int8; after a float one it would only
-    round a float tensor, and after the output convolution (onnx_rewrites.subpixel_output) it would round the
-    image itself to 8 bits before the tanh.
+    A DepthToSpace is quantized to carry an int8 convolution's output on in int8; after a float op it would only
+    round a float tensor again, and after the output convolution (onnx_rewrites.subpixel_output) and the Slice
+    that takes its real channels (int8_graph.widen_narrow_convs) it would round the image once more.
     """
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
     keep = list(recipe.extra_float)
@@ -196,6 +204,8 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
         # the recipe's sub-pixel rewrites (a file `ganzip export` wrote has them already: then they find nothing)
         even = even_sizes(onnx.load(str(fp32_path), load_external_data=False))
         model, _ = rewrite(model, even_sizes=recipe.subpixel_output and even, transposed=recipe.subpixel)
+        if recipe.widen:
+            model, _ = widen_narrow_convs(model, skip=_float_nodes(model, recipe), width=recipe.widen)
         if recipe.balance:
             model, _ = balance_before_norms(model, calib)
         onnx.save_model(model, str(prepared))

@@ -73,6 +73,28 @@ def test_output_convolution_on_space_to_depth_is_exact(tmp_path):
     assert np.abs(run(tmp_path / "r.onnx", x) - expected).max() < 1e-5
 
 
+def test_widening_narrow_convolutions_still_computes_what_pytorch_does(tmp_path):
+    """Every convolution but the first gets at least 16 output channels: into an InstanceNorm (the narrow inner
+    residual convolution and the first down layer) with nothing downstream changed, or sliced back (the output
+    convolution on SpaceToDepth'd input, 12 channels). Checked against PyTorch on new images."""
+    module = student()
+    export.export_onnx(module, tmp_path / "m.onnx", size=32, rewrite_graph=False)
+    export.rewrite_file(tmp_path / "m.onnx", tmp_path / "r.onnx")
+    model = onnx.load(str(tmp_path / "r.onnx"))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    model, counts = int8_graph.widen_narrow_convs(model, skip=[convs[0].name])
+    # narrow: down 12, inner 9 (into norms); the output convolution (3 x 4 channels after the rewrite)
+    assert counts == {"widened_into_norm": 2, "widened_and_sliced": 1}
+    inits = {t.name: t for t in model.graph.initializer}
+    widths = [onnx.numpy_helper.to_array(inits[n.input[1]]).shape[0] for n in model.graph.node if n.op_type == "Conv"]
+    assert widths[0] == 6 and min(widths[1:]) >= 16
+    onnx.save_model(model, str(tmp_path / "w.onnx"))
+    x = calibration.synthetic_batch(2, 3, 32, seed=19)
+    with torch.no_grad():
+        expected = module(x).numpy()
+    assert np.abs(run(tmp_path / "w.onnx", x) - expected).max() < 1e-5
+
+
 @pytest.mark.parametrize("cout,k,stride", [(3, 7, 1), (1, 3, 1), (4, 5, 1), (5, 7, 1), (3, 7, 2), (3, 4, 1)])
 def test_space_to_depth_rewrite_matches_torch_convolution_and_skips_what_it_cannot_do(tmp_path, cout, k, stride):
     """Against torch's conv2d on the same weights, for the kernels it rewrites; a convolution with more than 4
@@ -135,25 +157,29 @@ def test_balanced_channels_span_one_range_on_the_calibration_images(tmp_path):
         assert np.allclose(y[loud].min(1), -1, atol=1e-3) and np.allclose(y[loud].max(1), 1, atol=1e-3), tap
 
 
-def test_only_depth_to_space_after_an_int8_convolution_is_quantized(tmp_path):
-    """The output convolution stays float, so the DepthToSpace that assembles the image from it does too: the
-    image reaches the tanh without an 8-bit rounding. The upsampling's DepthToSpace carries int8 on."""
+@pytest.mark.parametrize("keep_float", [("first",), ("first", "last")])
+def test_only_depth_to_space_after_an_int8_convolution_is_quantized(tmp_path, keep_float):
+    """A DepthToSpace is quantized only when it reads an int8 convolution's output directly. The output
+    convolution's does not, float or int8 (int8: it reads the Slice that drops the widened channels), so the image
+    reaches the tanh without a second 8-bit rounding. The upsamplings' DepthToSpace carry int8 on."""
     module = student()
     export.export_onnx(module, tmp_path / "m.onnx", size=32, rewrite_graph=False)
     calib = calibration.synthetic_batch(6, 3, 32, seed=4).numpy()
-    out = quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", calib, quantize.Recipe())
+    recipe = quantize.Recipe(keep_float=keep_float)
+    out = quantize.quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", calib, recipe)
     graph = onnx.load(str(out)).graph
     producer = {o: n for n in graph.node for o in n.output}
     consumers = {i: n for n in graph.node for i in n.input}
     d2s = [n for n in graph.node if n.op_type == "DepthToSpace"]
     assert len(d2s) == 3  # two upsamplings and the output convolution's
     for node in d2s:
-        after_float_conv = producer[node.input[0]].op_type == "Conv"
+        after_int8_conv = producer[node.input[0]].op_type == "DequantizeLinear"
         quantized_after = consumers[node.output[0]].op_type == "QuantizeLinear"
-        assert quantized_after != after_float_conv, node.name
+        assert quantized_after == after_int8_conv, node.name
     tanh = next(n for n in graph.node if n.op_type == "Tanh")
+    before = producer[producer[tanh.input[0]].input[0]]
     assert producer[tanh.input[0]].op_type == "DepthToSpace"
-    assert producer[producer[tanh.input[0]].input[0]].op_type == "Conv"
+    assert before.op_type == ("Conv" if "last" in keep_float else "Slice")
 
 
 def test_rounding_before_pads_and_in_place_of_relus_changes_no_output(tmp_path):
@@ -176,10 +202,16 @@ def test_rounding_before_pads_and_in_place_of_relus_changes_no_output(tmp_path):
         relus = [reader.get(n.output[0]) for n in graph.node if n.op_type == "Relu"]
         return pads, relus
 
+    # the output convolution is int8: its Pad and SpaceToDepth move rounded values
+    graph = onnx.load(str(moved)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    s2d = next(n for n in graph.node if n.op_type == "SpaceToDepth")
+    assert [producer[s2d.input[0]].op_type, producer[producer[s2d.input[0]].input[0]].op_type] == [
+        "Pad", "QuantizeLinear"]
     (pads, relus), (plain_pads, plain_relus) = ops(moved), ops(plain)
     # residual blocks pad the stem's, and each block's, normalised output; in float before the move
-    assert len(pads) == len(plain_pads) >= 4 and "QuantizeLinear" not in plain_pads
-    assert pads.count("QuantizeLinear") >= 4 and "QuantizeLinear" not in relus
+    assert len(pads) == len(plain_pads) >= 5 and "QuantizeLinear" not in plain_pads
+    assert pads.count("QuantizeLinear") >= 5 and "QuantizeLinear" not in relus
     assert len(relus) < len(plain_relus)
 
 
