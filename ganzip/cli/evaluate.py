@@ -216,7 +216,7 @@ def _export_int8(checkpoint: Path, out: Optional[Path], calib: Optional[Path], o
                                                                  f"({info['speedup']:.2f}x faster)")
     console.print(table)
     if info["speedup"] < INT8_PAYS:
-        # students searched --by latency spend most of their time in what onnxruntime keeps float (README, "int8")
+        # a model whose time is mostly in what onnxruntime keeps float (InstanceNorm, the first convolution)
         console.print(Text(f"int8 is only {info['speedup']:.2f}x faster than fp32 on this model: the fp32 file "
                            f"`ganzip export` writes is exact and nearly as fast"))
 
