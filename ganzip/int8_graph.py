@@ -55,6 +55,14 @@ def _per_norm_channel(values: np.ndarray, reduce: Any, group: int) -> np.ndarray
     return np.repeat(reduce(values.reshape(-1, group), axis=1), group)
 
 
+def _consumers(model: Any) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
 def balance_before_norms(model: Any, calib: np.ndarray, threads: int | None = None) -> tuple[Any, int]:
     """Give every output channel of a convolution that feeds an InstanceNorm the same range, [-1, 1].
 
@@ -68,10 +76,7 @@ def balance_before_norms(model: Any, calib: np.ndarray, threads: int | None = No
     upsampling) the sub-channels that form one norm channel share one shift and scale. Statistics come from the
     calibration images. Returns the model and how many were balanced.
     """
-    consumers: dict[str, list[Any]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(model)
     inits = {t.name: t for t in model.graph.initializer}
     uses = {name: len(nodes) for name, nodes in consumers.items()}
     def group_of(node: Any) -> int | None:
@@ -121,14 +126,6 @@ def balance_before_norms(model: Any, calib: np.ndarray, threads: int | None = No
             model.graph.initializer.append(numpy_helper.from_array(new_bias, name))
             node.input.append(name)
     return model, len(convs)
-
-
-def _consumers(model: Any) -> dict[str, list[Any]]:
-    found: dict[str, list[Any]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            found.setdefault(name, []).append(node)
-    return found
 
 
 def _ungrouped(node: Any) -> bool:

@@ -21,7 +21,7 @@ bench/results/int8.json; the README has the table. The choices:
   the largest single cost of the narrow students.
 - Convolutions with fewer than 16 output channels get zero filters up to 16 (int8_graph.widen_narrow_convs):
   onnxruntime's int8 kernel that reads its input in place needs 16, narrower ones first copy every receptive
-  field. Exact: the extra channels are zero and nothing reads them.
+  field. Exact: the extra channels are zero, read with zero weights or sliced off.
 - Each convolution output channel that feeds an InstanceNorm is shifted and scaled to the range [-1, 1] first
   (the norm undoes it exactly): per-tensor activation ranges no longer crush quiet channels.
 - A DepthToSpace is quantized only when it reads an int8 convolution directly: after a float op (a float
