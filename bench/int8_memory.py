@@ -19,9 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from int8_ops import recorded_model
 from provenance import commit
 
-from ganzip import checkpoint, demo, prune
+from ganzip import checkpoint, demo
 
 RESULTS = Path(__file__).parent / "results"
 CALIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "horse2zebra" / "trainA"
@@ -46,8 +47,7 @@ def main() -> None:
                  "size": 256, "threads": args.threads, "calib": str(CALIB), "models": {}}
     with tempfile.TemporaryDirectory(prefix="ganzip-int8-memory-") as tmp:
         for name in args.models.split(","):
-            module = teacher if name == "teacher" else prune.inherit(
-                teacher, {**teacher.spec, "widths": recorded["models"][name]["prune"]["widths"]})
+            module = recorded_model(teacher, recorded, name)
             path = Path(tmp) / f"{name}.pth"
             checkpoint.save_generator(module, path)
             status, peak = peak_rss_of([sys.executable, "-m", "ganzip", "export", str(path), "--int8", "--calib",

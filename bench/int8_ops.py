@@ -31,6 +31,14 @@ RESULTS = Path(__file__).parent / "results"
 CALIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "horse2zebra" / "trainA"
 
 
+def recorded_model(teacher: torch.nn.Module, recorded: dict, name: str) -> torch.nn.Module:
+    """The teacher, or a student of bench/results/latency.json (`recorded`) rebuilt from its widths with inherited
+    weights: what a model costs in time or memory does not depend on its weights' values."""
+    if name == "teacher":
+        return teacher
+    return prune.inherit(teacher, {**teacher.spec, "widths": recorded["models"][name]["prune"]["widths"]})
+
+
 def profiled(path: Path, size: int, threads: int, runs: int, warmup: int, work: Path) -> dict:
     """Per-run kernel milliseconds of one .onnx, by operator type and by output resolution (medians over runs)."""
     options = ort.SessionOptions()
@@ -83,8 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ganzip-int8-ops-") as tmp:
         work = Path(tmp)
         for name in args.models.split(","):
-            module = teacher if name == "teacher" else prune.inherit(
-                teacher, {**teacher.spec, "widths": recorded["models"][name]["prune"]["widths"]})
+            module = recorded_model(teacher, recorded, name)
             plain, fp32, int8 = (work / f"{name}_{k}.onnx" for k in ("plain", "fp32", "int8"))
             export.export_onnx(module, plain, size=args.size, rewrite_graph=False)
             export.rewrite_file(plain, fp32)
