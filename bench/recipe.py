@@ -3,7 +3,8 @@
 Setup (the issue's): the vintagify CycleGAN teacher (ResNet-9, ngf 64, photo -> vintage), 128 px. Inputs are the
 horse2zebra trainA photos; the discriminator's "real" images are the teacher's outputs on the trainB photos
 (there is no real vintage set offline); held-out scoring on testA (all 120). The student is pruned once, 7x by
-MACs with searched widths (and refitted once, for the `refit` variants); every variant trains that student with
+MACs with searched widths (and refitted once, for the `refit` variants; since channels are chosen by activations,
+as `distill --ratio` does, on the 32 refit photos, rows are labelled `+act`); every variant trains that student with
 the same budget (--steps, batch 4) for each --seeds value and the same recipe otherwise (lr constant then linear
 to 0, random 143 -> 128 crops, flips); --precision and --lr apply to every variant of one invocation and each row
 records them with the git commit that ran it.
@@ -62,7 +63,7 @@ import numpy as np
 import torch
 from provenance import commit
 
-from ganzip import archs, checkpoint, fid, fit, images, prune, refit
+from ganzip import archs, checkpoint, fid, fit, images, prune
 from ganzip.distill import DistillConfig, distill
 from ganzip.fidelity import paired, psnr
 from ganzip.translate import translate_tensor
@@ -172,28 +173,29 @@ def prepare(work: Path, args: argparse.Namespace) -> dict:
         save_folder(translate_tensor(teacher, images.load_batch(test_paths, args.size), 8), work / "reference",
                     [p.name for p in test_paths])
     train_paths = images.list_images(H2Z / "trainA")
-    if not (work / "student_init.pth").exists():
+    if not (work / "student_refit.pth").exists():
+        # what `distill --ratio` does: channels chosen by their activations on 32 training photos spread over trainA
+        # and the student refit on them (a quarter held out to score the refit)
         t0 = time.perf_counter()
         calib = images.load_batch(train_paths[:: max(1, len(train_paths) // 8)][:8], args.size)
-        pruned = prune.prune(teacher, args.ratio, by="macs", method=args.method, size=args.size, calib=calib, seed=0)
-        checkpoint.save_generator(pruned.module, work / "student_init.pth",
-                                  teacher_sha256=checkpoint.sha256(teacher_path), ratio=args.ratio, by="macs",
-                                  method=args.method, achieved=pruned.achieved, size=args.size)
-        log(f"pruned {pruned.achieved:.2f}x by MACs in {time.perf_counter() - t0:.0f} s: {pruned.spec['widths']}")
-    student = checkpoint.load(work / "student_init.pth")
-    refit_record = None
-    if not (work / "student_refit.pth").exists():
-        # the refit `distill --ratio` does: 32 training photos spread over trainA (a quarter held out to score it)
-        module = checkpoint.instantiate(student)
-        fit_paths = [train_paths[i * len(train_paths) // 32] for i in range(32)]
-        refit_record = refit.refit_student(teacher, module, images.load_batch(fit_paths, args.size),
-                                           rows=args.refit_rows)
-        checkpoint.save_generator(module, work / "student_refit.pth", **student.provenance, refit=refit_record)
-        log(f"refit: {json.dumps(refit_record['after'])} (before {json.dumps(refit_record['before'])})")
+        fit = images.load_batch([train_paths[i * len(train_paths) // 32] for i in range(32)], args.size)
+        result = prune.prune(teacher, args.ratio, by="macs", method=args.method, size=args.size, calib=calib, seed=0,
+                             refit_images=fit)
+        common = {"teacher_sha256": checkpoint.sha256(teacher_path), "ratio": args.ratio, "by": "macs",
+                  "method": args.method, "achieved": result.achieved, "size": args.size,
+                  "channels_by": result.info["channels_by"], "kept": {g: k.tolist() for g, k in result.keep.items()}}
+        checkpoint.save_generator(prune.inherit(teacher, result.spec, result.keep), work / "student_init.pth",
+                                  **common)
+        checkpoint.save_generator(result.module, work / "student_refit.pth", **common, refit=result.info["refit"])
+        log(f"pruned {result.achieved:.2f}x by MACs and refit in {time.perf_counter() - t0:.0f} s: "
+            f"{result.spec['widths']}; refit {json.dumps(result.info['refit']['after'])} "
+            f"(before {json.dumps(result.info['refit']['before'])})")
+    student = checkpoint.load(work / "student_refit.pth")
     info = {"teacher": str(teacher_path), "size": args.size, "ratio": args.ratio,
             "method": student.provenance["method"], "achieved": student.provenance["achieved"],
+            "channels_by": student.provenance["channels_by"],
             "widths": student.spec["widths"], "targets": len(target_paths), "test_images": len(test_paths),
-            "refit": checkpoint.load(work / "student_refit.pth").provenance.get("refit", refit_record)}
+            "refit": student.provenance["refit"]}
     info_path.write_text(json.dumps(info, indent=2))
     return info
 
@@ -277,14 +279,16 @@ def _spread(values: list[float]) -> dict:
 
 def _label(row: dict) -> str:
     """A row's line in the table: its variant, marked with the shared student's pruning method unless `search` (a
-    student pruned otherwise is another experiment, never averaged with the searched one), and `16` when its
-    widths are all multiples of 16."""
+    student pruned otherwise is another experiment, never averaged with the searched one), `16` when its widths
+    are all multiples of 16, and `+act` when its channels were chosen by their activations."""
     prepared = row.get("prepared", {})
     method = prepared.get("method", "search")
     widths = prepared.get("widths", {})
     flat = [w for v in widths.values() for w in (v if isinstance(v, list) else [v])]
     if flat and all(w % 16 == 0 for w in flat):
         method += "16"  # the kernel-friendly widths uniform prunes to since 0463ca4: another student
+    if prepared.get("channels_by") == "activations":
+        method += "+act"  # channels kept by their activations on the refit photos (before: by weight L1)
     return row["variant"] if method == "search" else f"{row['variant']}@{method}"
 
 
@@ -297,7 +301,8 @@ def table(results: Path, steps: int) -> dict:
             if row["steps"] in (0, steps):
                 rows[(_label(row), row["seed"])] = row
     out: dict[str, dict] = {}
-    for label in [lab for v in (*VARIANTS, *RETIRED) for lab in (v, f"{v}@uniform", f"{v}@uniform16")]:
+    suffixes = ("", "@uniform", "@uniform16", "@search+act", "@uniform+act", "@uniform16+act")
+    for label in [v + suffix for v in (*VARIANTS, *RETIRED) for suffix in suffixes]:
         mine = [r for (name, _), r in sorted(rows.items()) if name == label]
         if mine:
             out[label] = {"seeds": [r["seed"] for r in mine], "steps": mine[0]["steps"],
@@ -329,8 +334,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 on a CPU with AVX512-BF16 (recorded in each row's recipe)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
-    p.add_argument("--refit-rows", type=int, default=refit.ROWS,
-                   help="pixels per layer the refit samples (16384 before 790d20c: to extend rows prepared then)")
     p.add_argument("--reverse-steps", type=int, default=1500, help="L1 fit steps of the reverse teacher (cycle)")
     p.add_argument("--work", type=Path, default=Path("/tmp/ganzip-recipe"))
     p.add_argument("--results", type=Path, default=RESULTS)

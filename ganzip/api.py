@@ -114,8 +114,9 @@ def prune(teacher: str | os.PathLike, ratio: float, *, output: str | os.PathLike
           multiple_of: int | None = None, runtime: str = "torch", threads: int | None = None, runs: int = 10,
           refit: bool | None = None, refit_images: int = 32, seed: int = 0,
           progress: Progress | None = None) -> PruneReport:
-    """Search channel widths `ratio` times smaller than the teacher's, inherit its most important channels, refit
-    them by least squares on `calib` images (the default when they are given), and save the student.
+    """Search channel widths `ratio` times smaller than the teacher's, inherit its most important channels (those
+    that carry the most signal on `calib` images, else the largest weights), refit them by least squares on those
+    images (the default when they are given), and save the student.
 
     `runs` alternating teacher/student runs measure the speedup in `runtime` (0: none); with `by="latency"` a
     student that measures short of `ratio` is searched again at a corrected target. `output` is replaced if

@@ -222,14 +222,55 @@ def layout_of(module_or_spec: nn.Module | dict) -> Layout:
     return tr.layout
 
 
-def importance(layout: Layout, state_dict: dict[str, torch.Tensor], gid: str) -> torch.Tensor:
-    """L1 importance of each channel of `gid`, summed over every weight that writes or reads it.
+def input_energy(module: nn.Module, images: torch.Tensor, chunk: int = 8) -> dict[str, tuple[int, torch.Tensor]]:
+    """Per convolution weight key: the dimension of its weight that indexes input channels, and the mean square of
+    each input channel over `images` (float64). `importance` weighs channels by the signal they carry with it."""
+    sums: dict[str, torch.Tensor] = {}
+    dims: dict[str, int] = {}
+    handles = []
+    for name, m in module.named_modules():
+        if isinstance(m, _CONVS):
+            key = f"{name}.weight"
+            dims[key] = 0 if isinstance(m, nn.ConvTranspose2d) or m.groups > 1 else 1
 
-    Each tensor's per-channel L1 is divided by its mean first: layers differ in scale (fan-in, init, norm
-    gains), and a coupled channel should be kept for being useful anywhere, not for living in the largest layer.
+            def record(mod: nn.Module, inputs: tuple, key: str = key) -> None:
+                sq = inputs[0].detach().double().pow(2).mean((2, 3)).sum(0)
+                sums[key] = sums[key] + sq if key in sums else sq
+            handles.append(m.register_forward_pre_hook(record))
+    was = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            for first in range(0, images.shape[0], chunk):
+                module(images[first: first + chunk])
+    finally:
+        module.train(was)
+        for h in handles:
+            h.remove()
+    return {key: (dims[key], (s / images.shape[0]).cpu()) for key, s in sums.items()}
+
+
+def importance(layout: Layout, state_dict: dict[str, torch.Tensor], gid: str,
+               energy: dict[str, tuple[int, torch.Tensor]] | None = None) -> torch.Tensor:
+    """Importance of each channel of `gid`, summed over the tensors that hold it, each divided by its mean first
+    (layers differ in scale: a coupled channel should be kept for being useful anywhere, not for living in the
+    largest layer).
+
+    Without `energy`: the L1 of every weight that writes or reads the channel. With `energy` (`input_energy` on
+    real images): the signal the channel sends into each convolution that reads it, |W[:, c]|^2 x E[a_c^2]. A
+    channel with large weights can still carry almost nothing on real images; measured on the refit's photos,
+    students keep the channels the next layers hear, and start much closer to the teacher (README, "Refit").
     """
     size = layout.groups[gid].size
     total = torch.zeros(size, dtype=torch.float64)
+    if energy is not None:
+        for key, dim, offset in layout.members(gid):
+            if key in energy and dim == energy[key][0]:
+                w = state_dict[key].detach().to(torch.float64).narrow(dim, offset, size)
+                per = w.movedim(dim, 0).reshape(size, -1).pow(2).sum(1) * energy[key][1].narrow(0, offset, size)
+                total += per / (per.mean() + 1e-30)
+        if total.any():
+            return total
     for key, dim, offset in layout.members(gid):
         if not key.endswith("weight"):
             continue
@@ -239,9 +280,11 @@ def importance(layout: Layout, state_dict: dict[str, torch.Tensor], gid: str) ->
     return total
 
 
-def ranking(layout: Layout, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def ranking(layout: Layout, state_dict: dict[str, torch.Tensor],
+            energy: dict[str, tuple[int, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
     """Channel indices of every group, most important first (ties keep the lower index)."""
-    return {gid: torch.sort(-importance(layout, state_dict, gid), stable=True).indices for gid in layout.groups}
+    return {gid: torch.sort(-importance(layout, state_dict, gid, energy), stable=True).indices
+            for gid in layout.groups}
 
 
 def keep_sets(layout: Layout, ranks: dict[str, torch.Tensor], widths: dict[WidthKey, int]) -> dict[str, torch.Tensor]:
@@ -249,7 +292,8 @@ def keep_sets(layout: Layout, ranks: dict[str, torch.Tensor], widths: dict[Width
 
 
 def kept(teacher: nn.Module, student_spec: dict) -> dict[str, torch.Tensor]:
-    """Which teacher channels a student of `student_spec` inherited (`ganzip.prune.inherit`'s choice), per group."""
+    """Which teacher channels a student of `student_spec` inherited by weight L1 (`ganzip.prune.inherit` without
+    a ranking), per group."""
     layout = layout_of(teacher)
     return keep_sets(layout, ranking(layout, teacher.state_dict()), layout.widths(student_spec))
 

@@ -283,14 +283,15 @@ def _players(prep: _Prepared, rt: _Dist, device: str, stop: StopSignals, progres
     cfg, state = prep.cfg, prep.state
     if state is not None:
         student, disc, info = students.resumed(state, cfg.out_dir / runs.STATE_FILE)
+        keep = None  # the adapters are restored from the run below
     else:
-        student, info = students.make_student(cfg, prep.teacher, prep.train, stop, progress)
+        student, info, keep = students.make_student(cfg, prep.teacher, prep.train, stop, progress)
         disc = students.make_discriminator(cfg, prep.teacher, prep.source.paired)
     archs.check_size(student.spec, cfg.size)
     prep.teacher.to(device).eval().requires_grad_(False)
     student.to(device).train()
     disc.to(device).train()
-    objective = Objective(cfg, prep.teacher, student, prep.source.paired, device, cast)
+    objective = Objective(cfg, prep.teacher, student, prep.source.paired, device, cast, keep)
     opt_g = torch.optim.Adam([*student.parameters(), *objective.parameters()], lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     if state is not None:

@@ -69,10 +69,11 @@ class Recorder:
             h.remove()
 
 
-def adapters(teacher: nn.Module, student: nn.Module) -> nn.ModuleList:
-    """One 1x1 convolution per tap, student width -> teacher width, set to the inherited channel selection."""
+def adapters(teacher: nn.Module, student: nn.Module, keep: dict[str, torch.Tensor] | None = None) -> nn.ModuleList:
+    """One 1x1 convolution per tap, student width -> teacher width, set to the inherited channel selection (`keep`,
+    as `PruneResult.keep`; by default the weight-L1 choice, which students pruned without images hold)."""
     layout = channels.layout_of(teacher)
-    keep = channels.kept(teacher, student.spec)
+    keep = keep if keep is not None else channels.kept(teacher, student.spec)
     t_widths, s_widths = layout.widths(), layout.widths(student.spec)
     out = nn.ModuleList()
     for _, gid in taps(teacher):

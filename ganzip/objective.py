@@ -58,7 +58,7 @@ class Objective:
     """
 
     def __init__(self, cfg: DistillConfig, teacher: nn.Module, student: nn.Module, paired: bool, device: str,
-                 cast: Autocast):
+                 cast: Autocast, keep: dict[str, torch.Tensor] | None = None):
         self.paired, self.cast = paired, cast
         self.weights = {"gan": cfg.lambda_gan, "kd": cfg.lambda_kd, "anchor": cfg.lambda_anchor,
                         "feat": cfg.lambda_feat, "energy": cfg.lambda_energy,
@@ -69,7 +69,7 @@ class Objective:
         self.anchor = _anchor_term(cfg, device, cast)
         self.feat: features.FeatureKD | None = None
         if cfg.lambda_feat > 0:
-            self.feat = features.FeatureKD(features.adapters(teacher, student)).to(device)
+            self.feat = features.FeatureKD(features.adapters(teacher, student, keep)).to(device)
             self._watch = (features.Recorder(teacher, [n for n, _ in features.taps(teacher)]),
                            features.Recorder(student, [n for n, _ in features.taps(student)]))
 

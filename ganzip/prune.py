@@ -38,6 +38,7 @@ class PruneResult:
     spec: dict
     achieved: float
     info: dict = field(default_factory=dict)
+    keep: dict[str, torch.Tensor] = field(default_factory=dict)  # the teacher channels each group kept
 
 
 def uniform_spec(spec: dict, multiplier: float, multiple_of: int = 1) -> dict:
@@ -64,12 +65,14 @@ def _check_student(layout: Layout, student_spec: dict) -> dict[WidthKey, int]:
     return widths
 
 
-def inherit(teacher: nn.Module, student_spec: dict) -> nn.Module:
-    """The student of `student_spec` holding the teacher's most important channels (L1, coupled groups jointly)."""
+def inherit(teacher: nn.Module, student_spec: dict, keep: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """The student of `student_spec` holding the teacher's channels `keep` (`PruneResult.keep`, or a checkpoint's
+    recorded "kept"), by default the most important by weight L1 (coupled groups jointly)."""
     layout = channels.layout_of(teacher)
     widths = _check_student(layout, student_spec)
     sd = teacher.state_dict()
-    keep = channels.keep_sets(layout, channels.ranking(layout, sd), widths)
+    if keep is None:
+        keep = channels.keep_sets(layout, channels.ranking(layout, sd), widths)
     return channels.materialise(student_spec, channels.slice_state(layout, sd, keep)).eval()
 
 
@@ -88,7 +91,9 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str | N
     ResNet searched by MACs or parameters: charged in milliseconds and kept at uniform's pace, a search for fewer
     MACs stops keeping the full-resolution layers that MACs barely count but that dominate the time.
     `refit_images` (real inputs) turn on the least-squares refit (ganzip.refit) of the chosen student; a quarter of
-    them (when there are 8 or more) is kept out of the fit to report zero-shot fidelity before and after.
+    them (when there are 8 or more) is kept out of the fit to report zero-shot fidelity before and after. They
+    also choose the channels: with them every candidate keeps the channels that carry the most signal into the
+    layers that read them on the fit images (`channels.input_energy`), else those with the largest weights.
     `calib` is the batch on which `search` compares candidates with the teacher; without it a fixed synthetic
     batch is used. `progress` receives the fraction done (search only); `refit_progress` the refit's layers done and
     its layer count (ganzip.refit), reported apart as the refit is the longer half of pruning with real images.
@@ -123,8 +128,14 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str | N
         multiple_of = (8 if latency_priced else KERNEL_BLOCK if method == "uniform" else 1) if roomy else 1
     was_training = teacher.training
     try:
+        ranks = None
+        if refit_images is not None:
+            fit_images = refit.holdout(refit_images)[0].float().to(next(teacher.parameters()).device)
+            ranks = channels.ranking(layout, teacher.state_dict(), channels.input_energy(teacher, fit_images))
+
         def search(target: float) -> PruneResult:
-            return _prune(teacher, target, cost, price, method, size, calib, multiple_of, seed, progress, fallback)
+            return _prune(teacher, target, cost, price, method, size, calib, multiple_of, seed, progress, fallback,
+                          ranks)
 
         teacher.eval()
         if verify_runs and cost.by == "latency":
@@ -132,7 +143,7 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str | N
         else:
             result = search(ratio)
         if refit_images is not None:
-            result.info["refit"] = refit.refit_student(teacher, result.module, refit_images, seed,
+            result.info["refit"] = refit.refit_student(teacher, result.module, refit_images, result.keep, seed,
                                                        progress=refit_progress)
         return result
     finally:
@@ -186,12 +197,12 @@ def _until_measured(search: Callable[[float], PruneResult], teacher: nn.Module, 
 
 def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel | None, method: str, size: int,
            calib: torch.Tensor | None, multiple_of: int, seed: int, progress: Callable[[float], None] | None,
-           fallback: bool = False) -> PruneResult:
+           fallback: bool = False, ranks: dict[str, torch.Tensor] | None = None) -> PruneResult:
     spec, multiple = teacher.spec, archs.size_multiple(teacher.spec)
-    problem = Problem(teacher, cost, multiple_of, price)
+    problem = Problem(teacher, cost, multiple_of, price, ranks=ranks)
     if fallback and multiple_of > 1 and not _reaches(problem, ratio):
         multiple_of = 1  # kernel-friendly widths were only a default: no rounding reaches this ratio, so none
-        problem = Problem(teacher, cost, multiple_of, price)
+        problem = Problem(teacher, cost, multiple_of, price, ranks=ranks)
     problem.check_ratio(ratio)
     if calib is None:
         calib_size = max(64, multiple)
@@ -212,6 +223,7 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
     uniform = problem.uniform(ratio)
     uniform_score = distance(problem.student(uniform), x, target_out)
     info: dict = {"method": method, "by": cost.by, "ratio": ratio, "size": size, "multiple_of": multiple_of,
+                  "channels_by": "activations" if ranks is not None else "weights",
                   "calibration": {"source": calib_source, "images": int(x.shape[0]), "size": list(x.shape[-2:])},
                   "uniform_score": uniform_score}
     if problem.price is not problem.cost:
@@ -247,7 +259,7 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
             measured["student"]["predicted_ms"] = model(widths)
             info["latency_table"] = model.table.info()
     info.update({"achieved": achieved, "score": score, **measured})
-    return PruneResult(student, student.spec, achieved, info)
+    return PruneResult(student, student.spec, achieved, info, problem.keep(widths))
 
 
 def _reaches(problem: Problem, ratio: float) -> bool:
@@ -270,7 +282,8 @@ def save_student(result: PruneResult, teacher: nn.Module, teacher_path: str | os
                   "teacher_base": archs.base_width(teacher.spec), "ratio": info["ratio"], "by": info["by"],
                   "method": info["method"], "achieved": result.achieved, "size": info["size"],
                   "calibration": info["calibration"]["source"], "multiple_of": info["multiple_of"],
-                  "refit": "refit" in info,
+                  "refit": "refit" in info, "channels_by": info["channels_by"],
+                  "kept": {gid: idx.tolist() for gid, idx in result.keep.items()},
                   **({"runtime": info["latency_table"]["runtime"], "threads": info["latency_table"]["threads"]}
                      if "latency_table" in info else {}),
                   **({"price": info["price"]} if "price" in info else {}),

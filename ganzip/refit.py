@@ -104,17 +104,19 @@ ROWS = 49152
 PROGRESS_TASK = "refitting layers"  # what a progress bar calls the refit, wherever it runs
 
 
-def refit(teacher: nn.Module, student: nn.Module, images: torch.Tensor, *, rows: int = ROWS,
-          ridge: float = 1e-4, chunk: int = 8, seed: int = 0,
+def refit(teacher: nn.Module, student: nn.Module, images: torch.Tensor, *, keep: dict[str, torch.Tensor] | None = None,
+          rows: int = ROWS, ridge: float = 1e-4, chunk: int = 8, seed: int = 0,
           progress: Callable[[int, int], None] | None = None) -> dict:
     """Refit every convolution of `student` (a student pruned from `teacher`) in place; returns what was done.
 
+    `keep`: the teacher channels the student holds (`PruneResult.keep`); by default those `prune.inherit` keeps by
+    weight L1.
     `rows` output pixels per layer are sampled over the images (spread evenly across them) for each regression.
     `progress(layers done, layers)` after each layer: a refit of a full-size generator takes as long as the rest
     of pruning together, and a command should not sit silent through it.
     """
     layout = channels.layout_of(teacher)
-    keep = channels.kept(teacher, student.spec)
+    keep = keep if keep is not None else channels.kept(teacher, student.spec)
     t_mods, s_mods = dict(teacher.named_modules()), dict(student.named_modules())
     names = [key[: -len(".weight")] for key in layout.convs]
     started = time.perf_counter()
@@ -256,20 +258,28 @@ def _fit_layer(stages: _Stages, name: str, conv: nn.Module, target: torch.Tensor
             conv.bias.copy_(bias.to(conv.bias.dtype))
 
 
-def refit_student(teacher: nn.Module, student: nn.Module, images: torch.Tensor, seed: int = 0,
-                  rows: int = ROWS, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Refit `student` in place; returns the refit's record with zero-shot fidelity to the teacher before and after,
-    on held-out images when there are enough (else on the fit images, and the record says so). `progress` as
-    `refit`'s."""
+def holdout(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit, held-out) images: every fourth one is held out when there are 8 or more, else all are fit (and the
+    held-out tensor is empty)."""
     n = images.shape[0]
     held = torch.arange(n) % 4 == 3 if n >= 8 else torch.zeros(n, dtype=torch.bool)
-    fit_x, eval_x = images[~held], (images[held] if held.any() else images)
+    return images[~held], images[held]
+
+
+def refit_student(teacher: nn.Module, student: nn.Module, images: torch.Tensor,
+                  keep: dict[str, torch.Tensor] | None = None, seed: int = 0, rows: int = ROWS,
+                  progress: Callable[[int, int], None] | None = None) -> dict:
+    """Refit `student` in place; returns the refit's record with zero-shot fidelity to the teacher before and after,
+    on held-out images when there are enough (`holdout`; else on the fit images, and the record says so). `keep`
+    and `progress` as `refit`'s."""
+    fit_x, held_x = holdout(images)
+    eval_x = held_x if held_x.shape[0] else images
     with torch.inference_mode():
         t_out = teacher(eval_x)
         before = fidelity.similarity(student(eval_x), t_out)
-    record = refit(teacher, student, fit_x, rows=rows, seed=seed, progress=progress)
+    record = refit(teacher, student, fit_x, keep=keep, rows=rows, seed=seed, progress=progress)
     with torch.inference_mode():
         after = fidelity.similarity(student(eval_x), t_out)
     keys = ("psnr_db", "colour_drift_8bit")
-    return {**record, "scored_on": f"{int(held.sum())} held-out images" if held.any() else "the fit images",
+    return {**record, "scored_on": f"{held_x.shape[0]} held-out images" if held_x.shape[0] else "the fit images",
             "before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys}}

@@ -35,7 +35,7 @@ class Problem:
     save (`price`, what a search step is charged; the cost itself unless the caller knows better)."""
 
     def __init__(self, teacher: nn.Module, cost: CostModel, multiple_of: int, price: CostModel | None = None,
-                 min_width: int = 0):
+                 min_width: int = 0, ranks: dict[str, torch.Tensor] | None = None):
         if multiple_of < 1:
             raise UserError(f"widths can only be rounded to a positive multiple, not {multiple_of}")
         self.teacher = teacher
@@ -48,7 +48,7 @@ class Problem:
         self.base = self.cost(self.full)
         self.floor = {p: min(max(multiple_of, min_width), w) for p, w in self.full.items()}
         self._sd = teacher.state_dict()
-        self._ranks: dict[str, torch.Tensor] | None = None
+        self._ranks = ranks  # which channels a student keeps (channels.ranking); weight L1 when None
 
     def ratio(self, widths: dict[WidthKey, int]) -> float:
         return self.base / self.cost(widths)
@@ -72,10 +72,14 @@ class Problem:
                             f"even with every width at {max(self.floor.values())} channel(s) it is {best:.2f}x by "
                             f"{self.by}; ask for {best:.2f}x or less")
 
-    def student(self, widths: dict[WidthKey, int]) -> nn.Module:
+    def keep(self, widths: dict[WidthKey, int]) -> dict[str, torch.Tensor]:
+        """The teacher channels each group keeps at `widths`."""
         if self._ranks is None:
             self._ranks = channels.ranking(self.layout, self._sd)
-        keep = channels.keep_sets(self.layout, self._ranks, widths)
+        return channels.keep_sets(self.layout, self._ranks, widths)
+
+    def student(self, widths: dict[WidthKey, int]) -> nn.Module:
+        keep = self.keep(widths)
         spec = channels.with_widths(self.layout.spec, widths)
         return channels.materialise(spec, channels.slice_state(self.layout, self._sd, keep)).eval()
 

@@ -59,7 +59,9 @@ def scratch_init(module: nn.Module, seed: int) -> None:
 
 
 def make_student(cfg: DistillConfig, teacher: nn.Module, train: trainset.TrainSet, stop: StopSignals,
-                  progress: Progress) -> tuple[nn.Module, dict]:
+                  progress: Progress) -> tuple[nn.Module, dict, dict[str, torch.Tensor] | None]:
+    """The student, its description for the run's provenance, and the teacher channels it holds (None: the weight
+    L1 choice of students pruned before channels were chosen by activations, which do not record it)."""
     if cfg.student is not None:
         loaded = checkpoint.load(cfg.student)
         student = checkpoint.instantiate(loaded)
@@ -73,9 +75,11 @@ def make_student(cfg: DistillConfig, teacher: nn.Module, train: trainset.TrainSe
                             f"prune it from this teacher (ganzip prune)")
         # A student from `ganzip prune` carries its ratio; the distilled checkpoint keeps saying what it is.
         pruned = loaded.provenance
-        info = {"student_from": str(cfg.student), **{k: pruned[k] for k in ("ratio", "by", "method") if k in pruned}}
+        info = {"student_from": str(cfg.student),
+                **{k: pruned[k] for k in ("ratio", "by", "method", "channels_by") if k in pruned}}
         if "achieved" in pruned:
             info["achieved_ratio"] = pruned["achieved"]
+        keep = {gid: torch.tensor(idx) for gid, idx in pruned["kept"].items()} if "kept" in pruned else None
     else:
         calib = torch.stack([train.item(i, 0)["input"] for i in range(min(8, len(train)))])
         # the refit sees 32 training crops spread over the inputs: enough rows for every layer's regression
@@ -93,15 +97,15 @@ def make_student(cfg: DistillConfig, teacher: nn.Module, train: trainset.TrainSe
                              refit_progress=lambda done, layers: report(done, layers, refit.PROGRESS_TASK))
         progress.finish(task)
         progress.finish(refit.PROGRESS_TASK)
-        student = result.module
+        student, keep = result.module, result.keep
         info = {"ratio": cfg.ratio, "achieved_ratio": result.achieved, "by": cfg.by, "method": cfg.method,
-                "teacher_base": archs.base_width(teacher.spec),
+                "teacher_base": archs.base_width(teacher.spec), "channels_by": result.info["channels_by"],
                 **({"price": result.info["price"]} if "price" in result.info else {}),
                 **({"refit": result.info["refit"]} if "refit" in result.info else {})}
     if cfg.init == "scratch":
         scratch_init(student, cfg.seed)
     info["init"] = cfg.init
-    return student, info
+    return student, info, keep
 
 
 def make_discriminator(cfg: DistillConfig, teacher: nn.Module, paired: bool) -> nn.Module:

@@ -83,9 +83,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(setup, monkeypatch
     original = students.make_student
 
     def capture(*args):
-        student, info = original(*args)
+        student, info, keep = original(*args)
         poison.student = student
-        return student, info
+        return student, info, keep
 
     monkeypatch.setattr(students, "make_student", capture)
     with pytest.raises(UserError, match=r"loss G \(generator total\) became nan at step 4; training stopped and "

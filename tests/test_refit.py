@@ -6,7 +6,7 @@ import pytest
 import pywt
 import torch
 
-from ganzip import archs, features, fidelity, prune, refit
+from ganzip import archs, channels, checkpoint, features, fidelity, prune, refit
 from ganzip.losses import WaveletKD
 
 NETS = [("resnet", dict(ngf=8, n_blocks=3)), ("mobile_resnet", dict(ngf=8, n_blocks=3)),
@@ -124,3 +124,85 @@ def test_gradient_shares_add_up_to_one_and_follow_the_gradient_norms():
     shares = gradient_shares(parts, [w])
     assert sum(shares.values()) == pytest.approx(1.0)
     assert shares["a"] == pytest.approx(18 ** 0.5 / (18 ** 0.5 + 20 ** 0.5))
+
+
+def test_input_energy_is_each_input_channels_mean_square():
+    t = _teacher("resnet", dict(ngf=8, n_blocks=3))
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    energy = channels.input_energy(t, x, chunk=4)
+    with torch.no_grad():
+        down_in = t.model[:4](x)  # what the first down-convolution (model.4) reads
+        up = next(i for i, m in enumerate(t.model) if isinstance(m, torch.nn.ConvTranspose2d))
+        up_in = t.model[:up](x)
+    assert energy["model.4.weight"][0] == 1 and energy[f"model.{up}.weight"][0] == 0  # input dim: conv 1, transposed 0
+    assert torch.allclose(energy["model.4.weight"][1], down_in.double().square().mean((0, 2, 3)), rtol=1e-6)
+    assert torch.allclose(energy[f"model.{up}.weight"][1], up_in.double().square().mean((0, 2, 3)), rtol=1e-6)
+
+
+def test_activation_ranking_drops_a_loud_but_silent_channel():
+    """A stem channel that is zero on every input (its filter is) but whose outgoing weights are the largest: weight
+    L1 keeps it first, activations rank it last."""
+    t = _teacher("resnet", dict(ngf=8, n_blocks=3))
+    with torch.no_grad():
+        t.model[1].weight[5], t.model[1].bias[5] = 0.0, 0.0
+        t.model[4].weight[:, 5] *= 1000
+    layout = channels.layout_of(t)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    assert int(channels.ranking(layout, t.state_dict())["stem"][0]) == 5
+    assert int(channels.ranking(layout, t.state_dict(), channels.input_energy(t, x))["stem"][-1]) == 5
+
+
+def test_prune_with_images_refits_the_channels_it_kept():
+    """The refit targets the channels the student holds: its first convolution, which reads the image itself,
+    comes out equal to the teacher's on exactly those channels; and the checkpoint records them."""
+    t = _teacher("resnet", dict(ngf=8, n_blocks=3))
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    result = prune.prune(t, 2, method="uniform", size=32, refit_images=x)
+    layout = channels.layout_of(t)
+    expected = channels.keep_sets(layout, channels.ranking(layout, t.state_dict(),
+                                                           channels.input_energy(t, refit.holdout(x)[0])),
+                                  layout.widths(result.spec))
+    assert result.info["channels_by"] == "activations"
+    assert all(torch.equal(result.keep[g], expected[g]) for g in expected)
+    assert not all(torch.equal(result.keep[g], k) for g, k in channels.kept(t, result.spec).items())
+    with torch.no_grad():
+        s_out, t_out = result.module.model[:2](x), t.model[:2](x)
+    assert torch.allclose(s_out, t_out[:, result.keep["stem"]], atol=1e-3)
+
+
+def test_the_pruned_checkpoint_records_its_channels(tmp_path):
+    t = _teacher("resnet", dict(ngf=8, n_blocks=3))
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    checkpoint.save_generator(t, tmp_path / "t.pth")
+    result = prune.prune(t, 2, method="uniform", size=32, refit_images=x)
+    provenance = prune.save_student(result, t, tmp_path / "t.pth", tmp_path / "s.pth")
+    loaded = checkpoint.load(tmp_path / "s.pth").provenance
+    assert loaded["channels_by"] == provenance["channels_by"] == "activations"
+    assert loaded["kept"] == {g: k.tolist() for g, k in result.keep.items()}
+    plain = prune.prune(t, 2, method="uniform", size=32)
+    assert plain.info["channels_by"] == "weights"
+    assert all(torch.equal(plain.keep[g], k) for g, k in channels.kept(t, plain.spec).items())
+
+
+def test_feature_adapters_follow_the_channels_given():
+    t = _teacher("resnet", dict(ngf=8, n_blocks=3))
+    s = prune.inherit(t, prune.uniform_spec(t.spec, 0.5))
+    layout = channels.layout_of(t)
+    keep = {g: torch.arange(layout.widths(s.spec)[grp.path]) * 2 for g, grp in layout.groups.items()}
+    for a in features.adapters(t, s, keep):
+        rows = a.weight[:, :, 0, 0].argmax(0)  # the teacher channel each student channel maps to
+        assert torch.equal(rows, keep["trunk"])
+
+
+@pytest.mark.parametrize("arch,kw", NETS)
+def test_channels_by_activations_in_every_generator(arch, kw):
+    """Depthwise convolutions (mobile ResNet) and skip concatenations (U-Net) read channels too: every group is
+    ranked whole, and the refit still brings the student closer."""
+    t = _teacher(arch, kw)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    layout = channels.layout_of(t)
+    ranks = channels.ranking(layout, t.state_dict(), channels.input_energy(t, x))
+    assert all(torch.equal(r.sort().values, torch.arange(layout.groups[g].size)) for g, r in ranks.items())
+    result = prune.prune(t, 2, method="uniform", size=32, refit_images=x)
+    rf = result.info["refit"]
+    assert result.info["channels_by"] == "activations" and rf["after"]["psnr_db"] > rf["before"]["psnr_db"]

@@ -64,8 +64,10 @@ def prune_cmd(
     runs: int = typer.Option(10, "--runs", help="Alternating teacher/student runs for the measured speedup "
                                                 "(0: do not measure). With --by latency a student measured short "
                                                 "of --ratio is searched again at a corrected target."),
-    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="Refit every pruned layer by least squares "
-                                         "to reproduce the teacher on --calib images (default: on with --calib)."),
+    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="Keep the channels that carry the most "
+                                         "signal on --calib images and refit every pruned layer by least squares to "
+                                         "reproduce the teacher on them (default: on with --calib; off: the "
+                                         "channels with the largest weights, no refit)."),
     refit_images: int = typer.Option(32, "--refit-images", min=1, help="Calibration images for the refit, loaded "
                                      "at 128 px (or --size if smaller); a quarter is kept out to score it."),
     seed: int = typer.Option(0, help="Seed for the calibration crops."),
@@ -125,7 +127,8 @@ def _render_prune(report: PruneReport, title: str, ratio: float, by: str, runtim
             for r in info["rounds"]))
     if "refit" in info:
         rf = info["refit"]
-        console.print(f"refit: {rf['layers']} layers on {rf['images']} images in {rf['seconds']:.0f} s; on "
+        console.print(f"refit: channels chosen by their activations, {rf['layers']} layers fit on {rf['images']} "
+                      f"images in {rf['seconds']:.0f} s; on "
                       f"{escape(rf['scored_on'])}, PSNR to teacher {rf['before']['psnr_db']:.1f} -> "
                       f"{rf['after']['psnr_db']:.1f} dB, colour drift {rf['before']['colour_drift_8bit']:.1f} -> "
                       f"{rf['after']['colour_drift_8bit']:.1f} levels")
