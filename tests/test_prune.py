@@ -265,6 +265,12 @@ def test_cli_prune_writes_a_loadable_student_with_provenance(tmp_path):
     loaded = checkpoint.load(out)
     assert loaded.provenance["teacher_sha256"] == checkpoint.sha256(tpath)
     assert loaded.provenance["ratio"] == 2 and loaded.provenance["method"] == info["method"]
+    assert info["channels_by"] == loaded.provenance["channels_by"] == "activations"  # --calib images: refit on
+    kept = loaded.provenance["kept"]
+    assert sorted(kept) == sorted(channels.layout_of(teacher).groups)
+    shown = runner.invoke(app, ["inspect", str(out)])
+    assert shown.exit_code == 0 and f"the teacher channels of {len(kept)} groups" in shown.output
+    assert json.loads(runner.invoke(app, ["inspect", str(out), "--json"]).stdout)["provenance"]["kept"] == kept
     assert count_macs(teacher, 32)["paper"] / count_macs(student, 32)["paper"] == pytest.approx(info["achieved"])
     prof = runner.invoke(app, ["profile", str(out), "--teacher", str(tpath), "--size", "32", "--runs", "1", "--json"])
     assert prof.exit_code == 0, prof.output

@@ -68,6 +68,8 @@ def inspect_cmd(
     table.add_row(f"MACs @{size}px (paper/thop)", giga(info["macs"]))
     table.add_row(f"MACs @{size}px (exact)", giga(info["macs_exact"]))
     for key, value in info["provenance"].items():
+        if key == "kept" and isinstance(value, dict):  # hundreds of channel indices: --json lists them
+            value = f"the teacher channels of {len(value)} groups (--json lists them)"
         table.add_row(Text(f"provenance.{key}"), Text(str(value)))  # text from the file, never markup
     console.print(table)
     for note in info["notes"]:
