@@ -33,6 +33,7 @@ Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint 
                          detail energy 30 or 0 with spectral detail 300 or 500
   final_default_lr2e-3, final_default_lr3e-3   the defaults at lr 2e-3 or 3e-3
   final_default_spectral600, _spectral2000, _spectral3000   the defaults with spectral detail at that weight
+  final_default_lr3e-3_spectral1000   lr 3e-3 and spectral detail 1000
   final_default_spectral300_colour30, final_default_spectral300_colourmse100   retired (RETIRED): spectral
                          detail 300 with a colour term on the channel means, worse on every column; removed
   highbands, low, pixel_anchor, cycle   the earlier anchor study (cycle needs a reverse teacher, fitted here once)
@@ -116,6 +117,7 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "final_default_spectral600": ("refit", {"lambda_spectral": 600.0}),
     "final_default_spectral2000": ("refit", {"lambda_spectral": 2000.0}),
     "final_default_spectral3000": ("refit", {"lambda_spectral": 3000.0}),
+    "final_default_lr3e-3_spectral1000": ("refit", {"lr": 3e-3, "lambda_spectral": 1000.0}),
     "highbands": ("pruned", {**_GAN, **_AUTHORS, "anchor": "none"}),
     "low": ("pruned", {**_GAN, **_AUTHORS, "anchor": "low"}),
     "pixel_anchor": ("pruned", {**_GAN, **_AUTHORS, "anchor": "pixel"}),
