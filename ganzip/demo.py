@@ -272,7 +272,8 @@ def _prune(s: Settings, teacher: torch.nn.Module, calib: torch.Tensor, out: Path
                              refit_progress=lambda done, layers: progress.update(refit.PROGRESS_TASK, done, layers))
     prune.save_student(result, teacher, teacher_path, out / "student_init.pth")
     return {"ratio": s.ratio, "achieved": result.achieved, "method": result.info.get("picked", s.method),
-            "spec": result.spec, "seconds": time.perf_counter() - start, "path": str(out / "student_init.pth"),
+            "channels_by": result.info["channels_by"], "spec": result.spec, "seconds": time.perf_counter() - start,
+            "path": str(out / "student_init.pth"),
             **({"refit": result.info["refit"]} if "refit" in result.info else {})}
 
 
