@@ -100,9 +100,9 @@ def test_resolved_defaults_are_what_the_run_records(setup):
     # "equal" band weights are recorded as the weights used: one per level
     assert (prov["band_weights"], prov["levels"], prov["kd_distance"]) == ("1,1", 2, "l1")
     assert prov["decay_from"] == 0.5 and prov["direction"] == "AtoB"
-    # no discriminator and feature KD at 10 (the recipe bench's wkd_refit_feat10_nogan_lr1e-3), at lr 2e-3
-    # (final_default_lr2e-3@uniform16)
-    assert (prov["lambda_gan"], prov["disc_real"], prov["lambda_feat"], prov["lr"]) == (0.0, None, 10.0, 2e-3)
+    # no discriminator and feature KD at 10 (the recipe bench's wkd_refit_feat10_nogan_lr1e-3), at lr 3e-3
+    # (final_default_lr3e-3@uniform16+act)
+    assert (prov["lambda_gan"], prov["disc_real"], prov["lambda_feat"], prov["lr"]) == (0.0, None, 10.0, 3e-3)
     # detail energy and spectral detail: the recipe bench's final_default_energy30_spectral300@uniform16
     assert (prov["lambda_energy"], prov["lambda_spectral"]) == (30.0, 300.0)
     recorded = json.loads((tmp_path / "defaults" / "config.json").read_text())

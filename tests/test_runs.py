@@ -73,12 +73,12 @@ def test_resume_refuses_a_changed_recipe_and_names_each_flag(setup):
     line = _line(runner.invoke(app, _args(tmp_path, root, "run", "--resume", "--steps", "6", "--kd", "pixel",
                                           "--seed", "3", "--lr", "0.01")))
     assert line.startswith(f"error: {tmp_path / 'run'} was trained with another recipe (")
-    for change in ("--kd wavelet -> pixel", "--seed 0 -> 3", "--lr 0.002 -> 0.01"):
+    for change in ("--kd wavelet -> pixel", "--seed 0 -> 3", "--lr 0.003 -> 0.01"):
         assert change in line
     assert "recorded in" in line and "config.json" in line
     # unchanged: the run continued nowhere and its provenance still says what was trained
     prov = checkpoint.load(tmp_path / "run" / "student.pth").provenance
-    assert (prov["kd"], prov["seed"], prov["lr"], prov["steps"]) == ("wavelet", 0, 2e-3, 4)
+    assert (prov["kd"], prov["seed"], prov["lr"], prov["steps"]) == ("wavelet", 0, 3e-3, 4)
     # switching the data from unpaired to paired is a recipe change too, not a traceback
     (tmp_path / "pairs" / "train").mkdir(parents=True)
     for i in range(4):

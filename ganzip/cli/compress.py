@@ -241,7 +241,7 @@ def distill_cmd(
     steps: int = typer.Option(1000, "--steps", help="Training steps.", rich_help_panel=_TRAINING),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per step (per process under torchrun).",
                                    rich_help_panel=_TRAINING),
-    lr: float = typer.Option(2e-3, "--lr", help="Adam learning rate (betas 0.5, 0.999; upstream's 2e-4 is for runs "
+    lr: float = typer.Option(3e-3, "--lr", help="Adam learning rate (betas 0.5, 0.999; upstream's 2e-4 is for runs "
                              "with a discriminator).", rich_help_panel=_TRAINING),
     decay_from: float = typer.Option(0.5, "--decay-from", help="Fraction of --steps after which the lr falls "
                                      "linearly to 0 (1: constant).", rich_help_panel=_TRAINING),
