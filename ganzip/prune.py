@@ -126,6 +126,9 @@ def prune(teacher: nn.Module, ratio: float, *, by: str = "macs", method: str | N
         roomy = min(layout.widths().values()) >= 32
         latency_priced = "latency" in (cost.by, getattr(price, "by", None))
         multiple_of = (8 if latency_priced else KERNEL_BLOCK if method == "uniform" else 1) if roomy else 1
+    for batch in (calib, refit_images):
+        if batch is not None:
+            _check_channels(spec, batch)
     was_training = teacher.training
     try:
         ranks = None
@@ -208,10 +211,6 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
         calib_size = max(64, multiple)
         x, calib_source = calibration.synthetic_batch(4, spec["input_nc"], calib_size, seed), "synthetic"
     else:
-        if calib.dim() != 4 or calib.shape[1] != spec["input_nc"]:  # images are read as RGB: a gray teacher's case
-            held = f"{calib.shape[1]}-channel images" if calib.dim() == 4 else f"a {calib.dim()}-D tensor"
-            raise UserError(f"{archs.describe(spec)} takes {spec['input_nc']}-channel inputs, but the calibration "
-                            f"batch holds {held} (images are read as RGB); prune it without {setting('calib')}")
         if calib.shape[-1] % multiple or calib.shape[-2] % multiple:
             raise UserError(f"calibration batch must be N x {spec['input_nc']} x H x W with H, W multiples of "
                             f"{multiple}")
@@ -260,6 +259,14 @@ def _prune(teacher: nn.Module, ratio: float, cost: CostModel, price: CostModel |
             info["latency_table"] = model.table.info()
     info.update({"achieved": achieved, "score": score, **measured})
     return PruneResult(student, student.spec, achieved, info, problem.keep(widths))
+
+
+def _check_channels(spec: dict, batch: torch.Tensor) -> None:
+    """Real images are read as RGB: a gray teacher's calibration folder is refused before any work."""
+    if batch.dim() != 4 or batch.shape[1] != spec["input_nc"]:
+        held = f"{batch.shape[1]}-channel images" if batch.dim() == 4 else f"a {batch.dim()}-D tensor"
+        raise UserError(f"{archs.describe(spec)} takes {spec['input_nc']}-channel inputs, but the calibration "
+                        f"batch holds {held} (images are read as RGB); prune it without {setting('calib')}")
 
 
 def _reaches(problem: Problem, ratio: float) -> bool:
