@@ -49,9 +49,9 @@ LOAD_RATIO = 286 / 256             # upstream: resize to 286, random crop 256 (g
 # How the student is trained: what provenance records, the demo reports and --resume refuses to change. `world`
 # (processes under torchrun) is part of it: a rank's data shard and the effective batch depend on it.
 TRAINING = ("init", "kd", "wavelet", "levels", "band_weights", "kd_distance", "lambda_kd", "anchor", "lambda_anchor",
-            "lambda_feat", "lambda_energy", "lambda_spectral", "lambda_gan", "disc_real", "lambda_rec", "disc_ratio",
-            "ndf", "batch_size", "world", "lr", "decay_from", "size", "load_size", "flip", "seed", "teacher_mode",
-            "precision", "cache_teacher", "direction")
+            "lambda_feat", "lambda_energy", "lambda_spectral", "lambda_hf_power", "lambda_gan", "disc_real",
+            "lambda_rec", "disc_ratio", "ndf", "batch_size", "world", "lr", "decay_from", "size", "load_size", "flip",
+            "seed", "teacher_mode", "precision", "cache_teacher", "direction")
 # ... and where its student, data and teachers came from: the whole recipe of a run.
 RECIPE = ("data", "inputs", "targets", "ratio", "student", "by", "method", "teacher_reverse", "teacher_disc", "val",
           "val_images", *TRAINING)
@@ -87,6 +87,7 @@ class DistillConfig:
     lambda_energy: float = 30.0      # local detail magnitude towards the teacher's (losses.DetailEnergy); 0: off
     lambda_spectral: float = 300.0   # near-Nyquist amplitude towards the teacher's (losses.SpectralDetail); 0: off
                                      # (both: README recipe table, final_default_energy30_spectral300@uniform16)
+    lambda_hf_power: float = 0.0     # near-Nyquist power per patch and ring to the teacher's (losses.SpectralPower)
     teacher_reverse: Path | None = None
     disc_ratio: float | None = None
     teacher_disc: Path | None = None
@@ -152,7 +153,7 @@ def validate(cfg: DistillConfig) -> None:
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise UserError(f"{setting('lr')} must be a positive number, not {cfg.lr}")
     for name in ("lambda_kd", "lambda_gan", "lambda_rec", "lambda_anchor", "lambda_feat", "lambda_energy",
-                 "lambda_spectral"):
+                 "lambda_spectral", "lambda_hf_power"):
         value = getattr(cfg, name)
         if value is not None and not (value >= 0 and math.isfinite(value)):
             raise UserError(f"{setting(name)} must be a finite number >= 0 (a negative weight rewards the student "
@@ -289,7 +290,7 @@ def record(cfg: DistillConfig) -> dict[str, Any]:
 
 
 # What a run recorded before a term existed trained without it, whatever the default is now.
-_BEFORE_IT_EXISTED = {"lambda_feat": 0.0, "lambda_energy": 0.0, "lambda_spectral": 0.0}
+_BEFORE_IT_EXISTED = {"lambda_feat": 0.0, "lambda_energy": 0.0, "lambda_spectral": 0.0, "lambda_hf_power": 0.0}
 
 
 def recipe_changes(saved: dict, new: DistillConfig) -> list[str]:

@@ -78,6 +78,7 @@ class Settings:
     lambda_feat: float = DistillConfig.lambda_feat
     lambda_energy: float = DistillConfig.lambda_energy
     lambda_spectral: float = DistillConfig.lambda_spectral
+    lambda_hf_power: float = DistillConfig.lambda_hf_power
 
 
 # Photos: a few minutes of a 2-core CPU is a short run, so the demo spends it where it buys most: bf16 where the CPU
@@ -95,7 +96,8 @@ PHOTOS_QUICK = Settings(size=64, profile_size=64, distill_steps=60, method="unif
 # Maps: 1500 fit steps make the teacher's street grid plain to see (at 600 it is a faint blur). Its distillation keeps
 # the discriminator and no feature KD or detail energy, the recipe it was measured with: on the full maps set the
 # defaults stay closer to the teacher and this recipe looks more like the real photos (bench/paired_recipe.py, README).
-_MAPS_RECIPE = {"lambda_gan": 1.0, "lambda_feat": 0.0, "lambda_energy": 0.0, "lambda_spectral": 0.0, "lr": 2e-4}
+_MAPS_RECIPE = {"lambda_gan": 1.0, "lambda_feat": 0.0, "lambda_energy": 0.0, "lambda_spectral": 0.0,
+                "lambda_hf_power": 0.0, "lr": 2e-4}
 MAPS = Settings(size=128, profile_size=128, distill_steps=1000, method="search", precision="fp32", profile_runs=10,
                 grid_images=6, ngf=32, teacher_steps=1500, **_MAPS_RECIPE)
 MAPS_QUICK = Settings(size=64, profile_size=64, distill_steps=30, method="search", precision="fp32", profile_runs=5,
@@ -282,7 +284,7 @@ def _distill(s: Settings, out: Path, seed: int, device: str, **data: Any) -> dic
         student=out / "student_init.pth", steps=s.distill_steps, batch_size=s.batch_size, size=s.train_size or s.size,
         load_size=s.size if s.train_size else None,
         seed=seed, lr=s.lr, lambda_gan=s.lambda_gan, lambda_feat=s.lambda_feat, lambda_energy=s.lambda_energy,
-        lambda_spectral=s.lambda_spectral,
+        lambda_spectral=s.lambda_spectral, lambda_hf_power=s.lambda_hf_power,
         device=device, precision=s.precision, ndf=s.ngf or 64, val_images=20,
         eval_every=max(s.distill_steps // 2, 1), sample_every=max(s.distill_steps // 4, 1),
         save_every=s.distill_steps, output=out / "student.pth", out_dir=out / "distill", **data)

@@ -134,6 +134,35 @@ class SpectralDetail(nn.Module):
         return (self.amplitudes(student) - t).abs().mean()
 
 
+class SpectralPower(SpectralDetail):
+    """L1 between the RMS amplitudes of student and teacher per patch and frequency ring above `cutoff` (rings
+    1/patch cycles/pixel wide), in SpectralDetail's units.
+
+    SpectralDetail asks each frequency coefficient for its own amplitude: for grain the student cannot place, L1's
+    best answer is the median amplitude, below the RMS, so the student's detail power stays short of the teacher's
+    however heavily that term is weighted. A patch's power in a ring is far more predictable than any of its
+    coefficients, so matching it asks for the teacher's amount of grain at each scale and place without asking
+    where within the patch it falls; the rings keep the student from paying the debt at Nyquist alone.
+    """
+
+    def __init__(self, patch: int = 16, cutoff: float = 0.25):
+        super().__init__(patch, cutoff)
+        fy = torch.fft.fftfreq(patch)[:, None]
+        fx = torch.fft.rfftfreq(patch)[None, :]
+        radius = (fy.square() + fx.square()).sqrt()[self.mask]
+        ring = torch.floor((radius - cutoff) * patch).long()
+        rings = F.one_hot(ring).float()
+        self.register_buffer("rings", rings / rings.sum(0), persistent=False)  # coefficient -> ring mean
+
+    def power(self, x: torch.Tensor) -> torch.Tensor:
+        return self.amplitudes(x).square() @ self.rings
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t = (self.power(teacher.detach()) + 1e-12).sqrt()
+        return ((self.power(student) + 1e-12).sqrt() - t).abs().mean()
+
+
 class LowBandL1(nn.Module):
     """L1 between the coarsest low bands (LL) of student and teacher, in image units.
 

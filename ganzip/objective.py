@@ -10,6 +10,7 @@ all speak of the same terms (their losses live in ganzip.losses):
 - `feat`: inner activations towards the teacher's, through 1x1 adapters (ganzip.features);
 - `energy`: the teacher's amount of local detail, whatever its phase (losses.DetailEnergy);
 - `spectral`: the teacher's amplitude near Nyquist, whatever its phase (losses.SpectralDetail);
+- `hf_power`: the teacher's power near Nyquist per patch and frequency ring (losses.SpectralPower);
 - `rec` (paired data): L1 to the real target, weight 100 as upstream.
 """
 
@@ -31,6 +32,7 @@ from ganzip.losses import (
     DetailEnergy,
     LowBandL1,
     SpectralDetail,
+    SpectralPower,
     WaveletKD,
     gradient_shares,
     lsgan_d_loss,
@@ -62,10 +64,11 @@ class Objective:
         self.paired, self.cast = paired, cast
         self.weights = {"gan": cfg.lambda_gan, "kd": cfg.lambda_kd, "anchor": cfg.lambda_anchor,
                         "feat": cfg.lambda_feat, "energy": cfg.lambda_energy,
-                        "spectral": cfg.lambda_spectral, "rec": cfg.lambda_rec}
+                        "spectral": cfg.lambda_spectral, "hf_power": cfg.lambda_hf_power, "rec": cfg.lambda_rec}
         self.kd = _kd_term(cfg, device)
         self.energy = DetailEnergy(cfg.wavelet, cfg.levels).to(device) if cfg.lambda_energy > 0 else None
         self.spectral = SpectralDetail().to(device) if cfg.lambda_spectral > 0 else None
+        self.hf_power = SpectralPower().to(device) if cfg.lambda_hf_power > 0 else None
         self.anchor = _anchor_term(cfg, device, cast)
         self.feat: features.FeatureKD | None = None
         if cfg.lambda_feat > 0:
@@ -96,6 +99,8 @@ class Objective:
             terms["energy"] = self.energy(s, t)
         if self.spectral is not None:
             terms["spectral"] = self.spectral(s, t)
+        if self.hf_power is not None:
+            terms["hf_power"] = self.hf_power(s, t)
         if self.feat is not None:
             teacher_feats, student_feats = (w.take() for w in self._watch)
             terms["feat"] = self.feat(student_feats, teacher_feats)

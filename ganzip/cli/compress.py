@@ -231,6 +231,10 @@ def distill_cmd(
                                           "teacher's amplitude above a quarter cycle per pixel (grain near Nyquist, "
                                           "which Haar bands barely separate), per 16 px patch, whatever its phase, "
                                           "asked of the student (0: off).", rich_help_panel=_OBJECTIVE),
+    lambda_hf_power: float = typer.Option(0.0, "--lambda-hf-power", help="Weight of near-Nyquist power: the "
+                                          "teacher's amount of grain above a quarter cycle per pixel in each 16 px "
+                                          "patch and frequency ring, wherever it falls in the patch (0: off).",
+                                          rich_help_panel=_OBJECTIVE),
     disc_ratio: Optional[float] = typer.Option(None, "--disc-ratio", help="Prune the discriminator this many times "
                                                "(paper: about 4x, ndf 64 -> 32; needs --lambda-gan > 0).",
                                                rich_help_panel=_OBJECTIVE),
