@@ -283,10 +283,11 @@ def _players(prep: _Prepared, rt: _Dist, device: str, stop: StopSignals, progres
     cfg, state = prep.cfg, prep.state
     if state is not None:
         student, disc, info = students.resumed(state, cfg.out_dir / runs.STATE_FILE)
-        keep = None  # the adapters are restored from the run below
     else:
-        student, info, keep = students.make_student(cfg, prep.teacher, prep.train, stop, progress)
+        student, info = students.make_student(cfg, prep.teacher, prep.train, stop, progress)
         disc = students.make_discriminator(cfg, prep.teacher, prep.source.paired)
+    # a resumed run restores its adapters below; a new one starts them from the channels the student holds
+    keep = {gid: torch.tensor(idx) for gid, idx in info["kept"].items()} if "kept" in info else None
     archs.check_size(student.spec, cfg.size)
     prep.teacher.to(device).eval().requires_grad_(False)
     student.to(device).train()
@@ -343,7 +344,7 @@ def _summary(prep: _Prepared, run: RunFolder, players: Players, losses: dict, sc
             "resumed_from": prep.start, "losses": losses,
             "final": {"path": str(prep.output), "step": prep.cfg.steps, **score},
             "best": {"path": str(run.best), **meta["best"]} if meta["best"] else None, "images_per_s": rate,
-            "cache": prep.budget.as_dict(), **info,
+            "cache": prep.budget.as_dict(), **{k: v for k, v in info.items() if k != "kept"},
             "student": archs.describe(student.spec, {**info, "achieved": info.get("achieved_ratio")})}
 
 

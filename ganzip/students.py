@@ -59,9 +59,11 @@ def scratch_init(module: nn.Module, seed: int) -> None:
 
 
 def make_student(cfg: DistillConfig, teacher: nn.Module, train: trainset.TrainSet, stop: StopSignals,
-                  progress: Progress) -> tuple[nn.Module, dict, dict[str, torch.Tensor] | None]:
-    """The student, its description for the run's provenance, and the teacher channels it holds (None: the weight
-    L1 choice of students pruned before channels were chosen by activations, which do not record it)."""
+                  progress: Progress) -> tuple[nn.Module, dict]:
+    """The student and its description for the run's provenance, which carries the teacher channels it holds
+    (`kept`, per group) when they are known, so a distilled student distilled again still starts its feature
+    adapters from them; students pruned before channels were chosen by activations hold the weight-L1 choice and do
+    not record it."""
     if cfg.student is not None:
         loaded = checkpoint.load(cfg.student)
         student = checkpoint.instantiate(loaded)
@@ -76,10 +78,9 @@ def make_student(cfg: DistillConfig, teacher: nn.Module, train: trainset.TrainSe
         # A student from `ganzip prune` carries its ratio; the distilled checkpoint keeps saying what it is.
         pruned = loaded.provenance
         info = {"student_from": str(cfg.student),
-                **{k: pruned[k] for k in ("ratio", "by", "method", "channels_by") if k in pruned}}
+                **{k: pruned[k] for k in ("ratio", "by", "method", "channels_by", "kept") if k in pruned}}
         if "achieved" in pruned:
             info["achieved_ratio"] = pruned["achieved"]
-        keep = {gid: torch.tensor(idx) for gid, idx in pruned["kept"].items()} if "kept" in pruned else None
     else:
         calib = torch.stack([train.item(i, 0)["input"] for i in range(min(8, len(train)))])
         # the refit sees 32 training crops spread over the inputs: enough rows for every layer's regression
@@ -97,15 +98,16 @@ def make_student(cfg: DistillConfig, teacher: nn.Module, train: trainset.TrainSe
                              refit_progress=lambda done, layers: report(done, layers, refit.PROGRESS_TASK))
         progress.finish(task)
         progress.finish(refit.PROGRESS_TASK)
-        student, keep = result.module, result.keep
+        student = result.module
         info = {"ratio": cfg.ratio, "achieved_ratio": result.achieved, "by": cfg.by, "method": cfg.method,
                 "teacher_base": archs.base_width(teacher.spec), "channels_by": result.info["channels_by"],
+                "kept": {gid: idx.tolist() for gid, idx in result.keep.items()},
                 **({"price": result.info["price"]} if "price" in result.info else {}),
                 **({"refit": result.info["refit"]} if "refit" in result.info else {})}
     if cfg.init == "scratch":
         scratch_init(student, cfg.seed)
     info["init"] = cfg.init
-    return student, info, keep
+    return student, info
 
 
 def make_discriminator(cfg: DistillConfig, teacher: nn.Module, paired: bool) -> nn.Module:

@@ -83,9 +83,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(setup, monkeypatch
     original = students.make_student
 
     def capture(*args):
-        student, info, keep = original(*args)
+        student, info = original(*args)
         poison.student = student
-        return student, info, keep
+        return student, info
 
     monkeypatch.setattr(students, "make_student", capture)
     with pytest.raises(UserError, match=r"loss G \(generator total\) became nan at step 4; training stopped and "
@@ -534,3 +534,28 @@ def test_a_signal_under_torchrun_stops_every_rank_at_one_step_that_rank_0_saves_
     assert [[r[k] for k in keys] for r in _log(out)] == [[r[k] for k in keys] for r in _log(straight)]
     a, b = (checkpoint.load(folder / "student.pth").state_dict for folder in (out, straight))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_distilled_student_distilled_again_starts_its_adapters_from_its_channels(setup, monkeypatch):
+    """The channels a pruned student holds travel through distillation: its checkpoint records them, and a second
+    distillation of it starts the feature adapters from them, not from the weight-L1 choice."""
+    tmp_path, data = setup
+    first = distill(_cfg(tmp_path, data, "first", lambda_gan=0.0))
+    assert "kept" not in first  # the summary speaks to people; the lists live in the checkpoint
+    kept = checkpoint.load(tmp_path / "first" / "student.pth").provenance["kept"]
+    assert kept and all(isinstance(v, list) for v in kept.values())
+
+    from ganzip import features
+
+    seen = {}
+    original = features.adapters
+
+    def capture(teacher, student, keep=None):
+        seen["keep"] = keep
+        return original(teacher, student, keep)
+
+    monkeypatch.setattr(features, "adapters", capture)
+    distill(_cfg(tmp_path, data, "again", ratio=None, student=tmp_path / "first" / "student.pth", lambda_gan=0.0,
+                 steps=2))
+    assert {g: k.tolist() for g, k in seen["keep"].items()} == kept
+    assert checkpoint.load(tmp_path / "again" / "student.pth").provenance["kept"] == kept
