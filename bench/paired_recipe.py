@@ -45,7 +45,7 @@ DIRECTION = "BtoA"
 VARIANTS: dict[str, dict] = {
     "default": {},  # distill's defaults (each row's recipe says which: rows before spectral detail had none)
     "gan": {"lambda_gan": 1.0, "lambda_feat": 0.0, "lambda_energy": 0.0, "lambda_spectral": 0.0,
-            "lr": 2e-4},  # demo --paired's recipe
+            "lambda_hf_power": 0.0, "lr": 2e-4},  # demo --paired's recipe
 }
 COLUMNS = ("psnr_db", "colour_drift_8bit", "band_error_L1", "spectral_hf_ratio", "psnr_to_real_db", "fid_to_real")
 

@@ -396,7 +396,8 @@ def test_disc_real_teacher_band_weights_and_lambda_gan_are_used_and_recorded(set
     assert prov["levels"] == 2
     shares = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())
               if r.get("event") == "gradient_shares"]
-    assert len(shares) == 1 and set(shares[0]["shares"]) == {"gan", "kd", "anchor", "feat", "energy", "spectral"}
+    assert len(shares) == 1 and set(shares[0]["shares"]) == {"gan", "kd", "anchor", "feat", "energy", "spectral",
+                                                                 "hf_power"}
     assert (sum(shares[0]["shares"].values()) == pytest.approx(1)
             and sum(shares[0]["kd_levels"].values()) == pytest.approx(1))
     # each step D sees the student (G step), then the real images, then the student again: real = teacher's outputs

@@ -86,8 +86,8 @@ def test_the_readme_lines_run_here_are_the_readme_s():
 def test_the_demo_s_recipe_is_distill_s_defaults():
     """The full demo differs from the --quick one compared below only in size and steps, and its recipe is what
     `distill` does unless told otherwise."""
-    recipe = ("batch_size", "ratio", "lr", "lambda_gan", "lambda_feat", "lambda_energy", "lambda_spectral", "precision",
-              "method")
+    recipe = ("batch_size", "ratio", "lr", "lambda_gan", "lambda_feat", "lambda_energy", "lambda_spectral",
+              "lambda_hf_power", "precision", "method")
     full, quick = demo.PHOTOS, demo.PHOTOS_QUICK
     assert {k: getattr(full, k) for k in recipe} == {k: getattr(quick, k) for k in recipe}
     defaults = DistillConfig(teacher=Path("t.pth"))

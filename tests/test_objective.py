@@ -61,21 +61,22 @@ def test_feature_kd_trains_logs_its_share_and_resumes_exactly(setup):
     assert [r["step"] for r in a] == [1, 2, 3, 4] and all(r["loss_feat"] > 0 for r in a)
     assert [r["loss_feat"] for r in a] == [r["loss_feat"] for r in b]  # the adapters resumed with the student
     shares = next(r for r in _lines(tmp_path / "a") if r.get("event") == "gradient_shares")
-    assert set(shares["shares"]) == {"gan", "kd", "anchor", "feat", "energy", "spectral"}
+    assert set(shares["shares"]) == {"gan", "kd", "anchor", "feat", "energy", "spectral", "hf_power"}
     assert sum(shares["shares"].values()) == pytest.approx(1)
     assert checkpoint.load(tmp_path / "a" / "student.pth").provenance["lambda_feat"] == 2
 
 
-@pytest.mark.parametrize("term,weight", [("energy", 3), ("spectral", 5)])
+@pytest.mark.parametrize("term,weight", [("energy", 3), ("spectral", 5), ("hf_power", 7)])
 def test_detail_terms_are_named_terms_of_the_run(setup, term, weight):
     tmp_path, data = setup
     out = tmp_path / term
-    flag = f"--lambda-{term}"
+    flag = f"--lambda-{term.replace('_', '-')}"
     result = _distill(tmp_path, "--inputs", str(data / "trainA"), flag, str(weight), "--out-dir", str(out))
     assert result.exit_code == 0, result.output
     rows = [r for r in _lines(out) if "loss_g" in r]
     assert rows and all(r[f"loss_{term}"] > 0 for r in rows)
-    weights = {"kd": 10, "anchor": 10, "feat": 10, "energy": 30, "spectral": 300, term: weight}  # defaults + given
+    weights = {"kd": 10, "anchor": 10, "feat": 10, "energy": 30, "spectral": 300, "hf_power": 300,
+               term: weight}  # defaults + given
     assert all(r["loss_g"] == pytest.approx(sum(w * r[f"loss_{k}"] for k, w in weights.items()), rel=1e-4)
                for r in rows)
     shares = next(r for r in _lines(out) if r.get("event") == "gradient_shares")

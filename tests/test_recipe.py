@@ -103,8 +103,9 @@ def test_resolved_defaults_are_what_the_run_records(setup):
     # no discriminator and feature KD at 10 (the recipe bench's wkd_refit_feat10_nogan_lr1e-3), at lr 3e-3
     # (final_default_lr3e-3@uniform16+act)
     assert (prov["lambda_gan"], prov["disc_real"], prov["lambda_feat"], prov["lr"]) == (0.0, None, 10.0, 3e-3)
-    # detail energy and spectral detail: the recipe bench's final_default_energy30_spectral300@uniform16
-    assert (prov["lambda_energy"], prov["lambda_spectral"]) == (30.0, 300.0)
+    # detail energy and spectral detail: the recipe bench's final_default_energy30_spectral300@uniform16; spectral
+    # power: final_default_hfpower300@uniform16+act
+    assert (prov["lambda_energy"], prov["lambda_spectral"], prov["lambda_hf_power"]) == (30.0, 300.0, 300.0)
     recorded = json.loads((tmp_path / "defaults" / "config.json").read_text())
     assert recorded["method"] == "uniform" and recorded["anchor"] == "pixel" and recorded["load_size"] == 32
     assert recorded["lambda_kd"] == 10.0
@@ -123,7 +124,7 @@ def test_paired_data_defaults_to_l1_weight_100_and_no_anchor(tmp_path):
     cfg = DistillConfig(teacher=tmp_path / "teacher.pth", data=tmp_path / "maps", ratio=2.0, method="uniform",
                         steps=2, batch_size=2, size=32, kd="none", out_dir=tmp_path / "run", progress=False,
                         val_images=0, lambda_gan=1.0, lambda_feat=0.0, lambda_energy=0.0,
-                        lambda_spectral=0.0)
+                        lambda_spectral=0.0, lambda_hf_power=0.0)
     assert cfg.lambda_rec == 100.0
     distill(cfg)
     rows = [r for r in _lines(tmp_path / "run") if "loss_g" in r]

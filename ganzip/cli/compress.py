@@ -231,7 +231,7 @@ def distill_cmd(
                                           "teacher's amplitude above a quarter cycle per pixel (grain near Nyquist, "
                                           "which Haar bands barely separate), per 16 px patch, whatever its phase, "
                                           "asked of the student (0: off).", rich_help_panel=_OBJECTIVE),
-    lambda_hf_power: float = typer.Option(0.0, "--lambda-hf-power", help="Weight of near-Nyquist power: the "
+    lambda_hf_power: float = typer.Option(300.0, "--lambda-hf-power", help="Weight of near-Nyquist power: the "
                                           "teacher's amount of grain above a quarter cycle per pixel in each 16 px "
                                           "patch and frequency ring, wherever it falls in the patch (0: off).",
                                           rich_help_panel=_OBJECTIVE),
@@ -282,8 +282,8 @@ def distill_cmd(
     as_json: bool = json_option(rich_help_panel=_RUN),
 ) -> None:
     """Prune the teacher (--ratio) or take a pruned --student, and train it to match the teacher: wavelet KD on the
-    high bands, their detail energy, the spectral detail near Nyquist, inner features and an anchor for colour and
-    layout (a discriminator with --lambda-gan 1). Ctrl-C saves; --resume continues."""
+    high bands, their detail energy, the spectral detail and power near Nyquist, inner features and an anchor for
+    colour and layout (a discriminator with --lambda-gan 1). Ctrl-C saves; --resume continues."""
     from ganzip import api
 
     settings = {name: value for name, value in locals().items() if name not in ("teacher", "as_json", "api")}
