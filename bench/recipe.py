@@ -35,7 +35,7 @@ Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint 
   final_default_spectral600, _spectral2000, _spectral3000   the defaults with spectral detail at that weight
   final_default_lr3e-3_spectral1000   lr 3e-3 and spectral detail 1000
   final_default_hfpower100, _hfpower300, _hfpower1000, _hfpower3000   near-Nyquist power per patch and frequency
-                         ring (--lambda-hf-power) at that weight (300: today's default)
+                         ring (--lambda-hf-power) at that weight (100: today's default)
   final_default_spectral0_hfpower1000   that power term at 1000 in place of spectral detail
   final_default_spectral300_colour30, final_default_spectral300_colourmse100   retired (RETIRED): spectral
                          detail 300 with a colour term on the channel means, worse on every column; removed

@@ -87,8 +87,8 @@ class DistillConfig:
     lambda_energy: float = 30.0      # local detail magnitude towards the teacher's (losses.DetailEnergy); 0: off
     lambda_spectral: float = 300.0   # near-Nyquist amplitude towards the teacher's (losses.SpectralDetail); 0: off
                                      # (both: README recipe table, final_default_energy30_spectral300@uniform16)
-    lambda_hf_power: float = 300.0   # near-Nyquist power per patch and ring to the teacher's (losses.SpectralPower);
-                                     # 0: off (README recipe table, final_default_hfpower300@uniform16+act)
+    lambda_hf_power: float = 100.0   # near-Nyquist power per patch and ring to the teacher's (losses.SpectralPower);
+                                     # 0: off (README recipe table, final_default_hfpower100@uniform16+act)
     teacher_reverse: Path | None = None
     disc_ratio: float | None = None
     teacher_disc: Path | None = None

@@ -75,7 +75,7 @@ def test_detail_terms_are_named_terms_of_the_run(setup, term, weight):
     assert result.exit_code == 0, result.output
     rows = [r for r in _lines(out) if "loss_g" in r]
     assert rows and all(r[f"loss_{term}"] > 0 for r in rows)
-    weights = {"kd": 10, "anchor": 10, "feat": 10, "energy": 30, "spectral": 300, "hf_power": 300,
+    weights = {"kd": 10, "anchor": 10, "feat": 10, "energy": 30, "spectral": 300, "hf_power": 100,
                term: weight}  # defaults + given
     assert all(r["loss_g"] == pytest.approx(sum(w * r[f"loss_{k}"] for k, w in weights.items()), rel=1e-4)
                for r in rows)

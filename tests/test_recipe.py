@@ -104,8 +104,8 @@ def test_resolved_defaults_are_what_the_run_records(setup):
     # (final_default_lr3e-3@uniform16+act)
     assert (prov["lambda_gan"], prov["disc_real"], prov["lambda_feat"], prov["lr"]) == (0.0, None, 10.0, 3e-3)
     # detail energy and spectral detail: the recipe bench's final_default_energy30_spectral300@uniform16; spectral
-    # power: final_default_hfpower300@uniform16+act
-    assert (prov["lambda_energy"], prov["lambda_spectral"], prov["lambda_hf_power"]) == (30.0, 300.0, 300.0)
+    # power: final_default_hfpower100@uniform16+act
+    assert (prov["lambda_energy"], prov["lambda_spectral"], prov["lambda_hf_power"]) == (30.0, 300.0, 100.0)
     recorded = json.loads((tmp_path / "defaults" / "config.json").read_text())
     assert recorded["method"] == "uniform" and recorded["anchor"] == "pixel" and recorded["load_size"] == 32
     assert recorded["lambda_kd"] == 10.0

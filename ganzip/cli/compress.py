@@ -231,7 +231,7 @@ def distill_cmd(
                                           "teacher's amplitude above a quarter cycle per pixel (grain near Nyquist, "
                                           "which Haar bands barely separate), per 16 px patch, whatever its phase, "
                                           "asked of the student (0: off).", rich_help_panel=_OBJECTIVE),
-    lambda_hf_power: float = typer.Option(300.0, "--lambda-hf-power", help="Weight of near-Nyquist power: the "
+    lambda_hf_power: float = typer.Option(100.0, "--lambda-hf-power", help="Weight of near-Nyquist power: the "
                                           "teacher's amount of grain above a quarter cycle per pixel in each 16 px "
                                           "patch and frequency ring, wherever it falls in the patch (0: off).",
                                           rich_help_panel=_OBJECTIVE),
