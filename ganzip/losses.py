@@ -128,10 +128,14 @@ class SpectralDetail(nn.Module):
         spec = torch.fft.rfft2(cols.transpose(1, 2).reshape(-1, p, p), norm="ortho")[:, self.mask]
         return (spec.real.square() + spec.imag.square() + 1e-12).sqrt()
 
+    def distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """The term from both amplitude spectra (`amplitudes`): spectral terms of one step share them."""
+        return (student - teacher).abs().mean()
+
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             t = self.amplitudes(teacher.detach())
-        return (self.amplitudes(student) - t).abs().mean()
+        return self.distance(self.amplitudes(student), t)
 
 
 class SpectralPower(SpectralDetail):
@@ -154,13 +158,9 @@ class SpectralPower(SpectralDetail):
         rings = F.one_hot(ring).float()
         self.register_buffer("rings", rings / rings.sum(0), persistent=False)  # coefficient -> ring mean
 
-    def power(self, x: torch.Tensor) -> torch.Tensor:
-        return self.amplitudes(x).square() @ self.rings
-
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            t = (self.power(teacher.detach()) + 1e-12).sqrt()
-        return ((self.power(student) + 1e-12).sqrt() - t).abs().mean()
+    def distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        rms_s, rms_t = ((a.square() @ self.rings + 1e-12).sqrt() for a in (student, teacher))
+        return (rms_s - rms_t).abs().mean()
 
 
 class LowBandL1(nn.Module):

@@ -97,10 +97,14 @@ class Objective:
             terms["anchor"] = self.anchor(s, t, x)
         if self.energy is not None:
             terms["energy"] = self.energy(s, t)
-        if self.spectral is not None:
-            terms["spectral"] = self.spectral(s, t)
-        if self.hf_power is not None:
-            terms["hf_power"] = self.hf_power(s, t)
+        spectral = [(name, term) for name, term in (("spectral", self.spectral), ("hf_power", self.hf_power))
+                    if term is not None]
+        if spectral:  # both read the same patch spectra (same patch and cutoff): computed once
+            amplitudes = spectral[0][1].amplitudes
+            with torch.no_grad():
+                t_amp = amplitudes(t.detach())
+            s_amp = amplitudes(s)
+            terms.update({name: term.distance(s_amp, t_amp) for name, term in spectral})
         if self.feat is not None:
             teacher_feats, student_feats = (w.take() for w in self._watch)
             terms["feat"] = self.feat(student_feats, teacher_feats)
