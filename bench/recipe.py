@@ -34,9 +34,8 @@ Variants (see VARIANTS; each row's `recipe` is the provenance of the checkpoint 
   final_default_lr2e-3, final_default_lr3e-3   the defaults at lr 2e-3 or 3e-3
   final_default_spectral600, _spectral2000, _spectral3000   the defaults with spectral detail at that weight
   final_default_lr3e-3_spectral1000   lr 3e-3 and spectral detail 1000
-  final_default_hfpower100, _hfpower300, _hfpower1000, _hfpower3000   near-Nyquist power per patch and frequency
-                         ring (--lambda-hf-power) at that weight (100: today's default)
-  final_default_spectral0_hfpower1000   that power term at 1000 in place of spectral detail
+  final_default_hfpower100, _hfpower300, _hfpower1000   near-Nyquist power per patch and frequency ring
+                         (--lambda-hf-power) at that weight (100: today's default)
   final_default_spectral300_colour30, final_default_spectral300_colourmse100   retired (RETIRED): spectral
                          detail 300 with a colour term on the channel means, worse on every column; removed
   highbands, low, pixel_anchor, cycle   the earlier anchor study (cycle needs a reverse teacher, fitted here once)
@@ -124,8 +123,6 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "final_default_hfpower100": ("refit", {"lambda_hf_power": 100.0}),
     "final_default_hfpower300": ("refit", {"lambda_hf_power": 300.0}),
     "final_default_hfpower1000": ("refit", {"lambda_hf_power": 1000.0}),
-    "final_default_hfpower3000": ("refit", {"lambda_hf_power": 3000.0}),
-    "final_default_spectral0_hfpower1000": ("refit", {"lambda_spectral": 0.0, "lambda_hf_power": 1000.0}),
     "highbands": ("pruned", {**_GAN, **_AUTHORS, "anchor": "none"}),
     "low": ("pruned", {**_GAN, **_AUTHORS, "anchor": "low"}),
     "pixel_anchor": ("pruned", {**_GAN, **_AUTHORS, "anchor": "pixel"}),
