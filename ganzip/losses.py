@@ -117,9 +117,12 @@ class SpectralDetail(nn.Module):
         self.patch = patch
         hann = torch.hann_window(patch, periodic=True)
         self.register_buffer("window", (hann[:, None] * hann[None, :]).flatten()[:, None], persistent=False)
-        fy = torch.fft.fftfreq(patch)[:, None]
-        fx = torch.fft.rfftfreq(patch)[None, :]
-        self.register_buffer("mask", (fy.square() + fx.square()).sqrt() >= cutoff, persistent=False)
+        self.register_buffer("mask", self.radius(patch) >= cutoff, persistent=False)
+
+    @staticmethod
+    def radius(patch: int) -> torch.Tensor:
+        """Each rfft2 coefficient's frequency in cycles/pixel."""
+        return (torch.fft.fftfreq(patch)[:, None].square() + torch.fft.rfftfreq(patch)[None, :].square()).sqrt()
 
     def amplitudes(self, x: torch.Tensor) -> torch.Tensor:
         n, c, _, _ = x.shape
@@ -151,10 +154,7 @@ class SpectralPower(SpectralDetail):
 
     def __init__(self, patch: int = 16, cutoff: float = 0.25):
         super().__init__(patch, cutoff)
-        fy = torch.fft.fftfreq(patch)[:, None]
-        fx = torch.fft.rfftfreq(patch)[None, :]
-        radius = (fy.square() + fx.square()).sqrt()[self.mask]
-        ring = torch.floor((radius - cutoff) * patch).long()
+        ring = torch.floor((self.radius(patch)[self.mask] - cutoff) * patch).long()
         rings = F.one_hot(ring).float()
         self.register_buffer("rings", rings / rings.sum(0), persistent=False)  # coefficient -> ring mean
 
